@@ -1,0 +1,8 @@
+pub mod classify;
+pub mod embed;
+
+/// Formats a vector for the text output: compact, fixed precision.
+pub fn format_row(row: &[f32]) -> String {
+    let items: Vec<String> = row.iter().map(|v| format!("{v:.6}")).collect();
+    format!("[{}]", items.join(", "))
+}

@@ -1,0 +1,5 @@
+//! Library half of the `glimpse` binary: the pipelines that join data
+//! preparation and models, shared by the commands and the integration tests.
+
+pub mod device;
+pub mod pipeline;

@@ -1,0 +1,123 @@
+//! CLIP / SigLIP directory -> embeddings and zero-shot label probabilities.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use glimpse_data::{
+    load_rgb, preprocess_batch, ImageLimits, Padding, ProcessorConfig, TextTokenizer,
+};
+use glimpse_models::{DualEncoder, DualKind};
+
+use super::{PipelineError, Result};
+
+pub struct DualPipeline {
+    pub model: DualEncoder,
+    pub tokenizer: TextTokenizer,
+    pub processor: ProcessorConfig,
+    pub limits: ImageLimits,
+    pad_id: u32,
+    device: Device,
+}
+
+impl DualPipeline {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let model = DualEncoder::load(dir, DType::F32, device)?;
+        let processor = ProcessorConfig::from_file(&dir.join("preprocessor_config.json"))?;
+        let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let pad_id = pad_token_id(dir, &tokenizer).unwrap_or(model.config().text.pad_token_id);
+        Ok(Self {
+            model,
+            tokenizer,
+            processor,
+            limits: ImageLimits::default(),
+            pad_id,
+            device: device.clone(),
+        })
+    }
+
+    /// Decodes and preprocesses images into one batch.
+    ///
+    /// # Shapes
+    /// returns (B, 3, H, W)
+    pub fn pixel_values(&self, paths: &[PathBuf]) -> Result<Tensor> {
+        if paths.is_empty() {
+            return Err(PipelineError::Usage("no images given".into()));
+        }
+        let images = paths
+            .iter()
+            .map(|p| load_rgb(p, &self.limits))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(preprocess_batch(&images, &self.processor)?.to_device(&self.device)?)
+    }
+
+    /// Tokenises as each model's processor does: CLIP pads to the longest
+    /// text and passes the attention mask; SigLIP was trained on texts padded
+    /// to `max_length` without a mask, and pools the last position, so it
+    /// must see exactly that.
+    ///
+    /// # Shapes
+    /// returns (input_ids (B, L) u32, attention_mask (B, L) u32)
+    pub fn tokenize(&self, texts: &[&str]) -> Result<(Tensor, Tensor)> {
+        if texts.is_empty() {
+            return Err(PipelineError::Usage("no texts given".into()));
+        }
+        let max_len = self.model.config().text.max_position_embeddings;
+        let padding = match self.model.config().kind {
+            DualKind::Clip => Padding::Longest,
+            DualKind::Siglip => Padding::MaxLength(max_len),
+        };
+        let batch = self
+            .tokenizer
+            .encode_batch(texts, padding, self.pad_id, max_len)?;
+        let (b, l) = (batch.ids.len(), batch.ids.first().map_or(0, Vec::len));
+        let ids = Tensor::from_vec(batch.ids.concat(), (b, l), &self.device)?;
+        let mask = Tensor::from_vec(batch.attention_mask.concat(), (b, l), &self.device)?;
+        Ok((ids, mask))
+    }
+
+    fn text_mask<'a>(&self, mask: &'a Tensor) -> Option<&'a Tensor> {
+        match self.model.config().kind {
+            DualKind::Clip => Some(mask),
+            DualKind::Siglip => None,
+        }
+    }
+
+    /// # Shapes
+    /// returns (B, E), unit rows
+    pub fn image_embeds(&self, paths: &[PathBuf]) -> Result<Tensor> {
+        Ok(self.model.image_embeds(&self.pixel_values(paths)?)?)
+    }
+
+    /// # Shapes
+    /// returns (B, E), unit rows
+    pub fn text_embeds(&self, texts: &[&str]) -> Result<Tensor> {
+        let (ids, mask) = self.tokenize(texts)?;
+        Ok(self.model.text_embeds(&ids, self.text_mask(&mask))?)
+    }
+
+    /// Probability of each label for one image, in the labels' order.
+    pub fn classify(&self, image: &Path, labels: &[&str]) -> Result<Vec<f32>> {
+        if labels.is_empty() {
+            return Err(PipelineError::Usage("no labels given".into()));
+        }
+        let images = self.image_embeds(&[image.to_path_buf()])?;
+        let texts = self.text_embeds(labels)?;
+        let logits = self.model.logits_per_image(&images, &texts)?;
+        let probs = self.model.probabilities(&logits)?;
+        // (1, labels) -> (labels)
+        Ok(probs.squeeze(0)?.to_vec1::<f32>()?)
+    }
+}
+
+/// The pad token the tokenizer was saved with (`tokenizer_config.json`),
+/// which is what transformers pads with; configs' `pad_token_id` is often
+/// stale (openai CLIP's says 1, its tokenizer pads with `<|endoftext|>`).
+fn pad_token_id(dir: &Path, tokenizer: &TextTokenizer) -> Option<u32> {
+    let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let pad = value.get("pad_token")?;
+    let token = pad
+        .as_str()
+        .or_else(|| pad.get("content").and_then(|c| c.as_str()))?;
+    tokenizer.token_to_id(token)
+}

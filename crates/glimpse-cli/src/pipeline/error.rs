@@ -1,0 +1,17 @@
+use glimpse_data::DataError;
+use glimpse_models::ModelError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("tensor op: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// The request itself is wrong (no labels, no inputs...).
+    #[error("{0}")]
+    Usage(String),
+}
+
+pub type Result<T> = std::result::Result<T, PipelineError>;

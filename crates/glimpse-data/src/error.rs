@@ -1,0 +1,40 @@
+//! Errors of the data crate: one line each, naming the file or field.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("image {name}: {msg}")]
+    Image { name: String, msg: String },
+
+    #[error("{}: {msg}", path.display())]
+    Config { path: PathBuf, msg: String },
+
+    #[error("tokenizer {}: {msg}", path.display())]
+    Tokenizer { path: PathBuf, msg: String },
+
+    #[error("{0}")]
+    Input(String),
+
+    #[error("tensor op: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T> = std::result::Result<T, DataError>;
+
+/// Library errors (image, serde, tokenizers) may span lines; ours may not.
+pub(crate) fn one_line(msg: impl std::fmt::Display) -> String {
+    msg.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl DataError {
+    pub(crate) fn image(name: impl Into<String>, msg: impl std::fmt::Display) -> Self {
+        DataError::Image {
+            name: name.into(),
+            msg: one_line(msg),
+        }
+    }
+}

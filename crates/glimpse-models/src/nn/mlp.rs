@@ -1,0 +1,33 @@
+//! Two-layer feed-forward block `fc2(act(fc1(x)))` (HF `CLIPMLP`, `SiglipMLP`).
+
+use candle_core::{Result, Tensor};
+use candle_nn::{Linear, Module, VarBuilder};
+
+use super::Activation;
+
+pub struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    pub fn new(
+        hidden: usize,
+        intermediate: usize,
+        act: Activation,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Ok(Self {
+            fc1: candle_nn::linear(hidden, intermediate, vb.pp("fc1"))?,
+            fc2: candle_nn::linear(intermediate, hidden, vb.pp("fc2"))?,
+            act,
+        })
+    }
+
+    /// # Shapes
+    /// `xs`: (..., hidden) -> (..., hidden)
+    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.act.forward(&self.fc1.forward(xs)?)?)
+    }
+}

@@ -1,0 +1,13 @@
+//! Building blocks shared by every architecture: activations, attention,
+//! MLPs, the pre-LayerNorm encoder layer and position-grid interpolation.
+
+pub mod activation;
+pub mod attention;
+pub mod encoder;
+pub mod interpolate;
+pub mod mlp;
+
+pub use activation::Activation;
+pub use attention::SelfAttention;
+pub use encoder::{Encoder, EncoderLayer};
+pub use mlp::Mlp;

@@ -1,0 +1,107 @@
+//! Patch + position embeddings (HF `CLIPVisionEmbeddings`, `SiglipVisionEmbeddings`).
+
+use candle_core::{Result, Tensor};
+use candle_nn::{Embedding, VarBuilder};
+
+use super::{VitConfig, VitFlavor};
+use crate::nn::interpolate::bicubic_resize_grid;
+
+pub struct VisionEmbeddings {
+    /// Conv weight flattened to (D, C·p·p): a stride-p, kernel-p convolution
+    /// is one matmul over non-overlapping patches, which is faster than a
+    /// general conv on CPU and gives the same numbers.
+    patch_weight: Tensor,
+    patch_bias: Option<Tensor>,
+    class_embedding: Option<Tensor>,
+    position_embedding: Embedding,
+    patch_size: usize,
+    num_channels: usize,
+    /// Patches per side of the trained position grid.
+    grid: usize,
+}
+
+impl VisionEmbeddings {
+    pub fn new(cfg: &VitConfig, vb: VarBuilder) -> Result<Self> {
+        let d = cfg.encoder.hidden_size;
+        let (c, p) = (cfg.num_channels, cfg.patch_size);
+        let grid = cfg.grid();
+        let conv = vb.pp("patch_embedding");
+        let weight = conv.get((d, c, p, p), "weight")?;
+        let (patch_bias, class_embedding, positions) = match cfg.flavor {
+            VitFlavor::Clip => (None, Some(vb.get(d, "class_embedding")?), grid * grid + 1),
+            VitFlavor::Siglip => (Some(conv.get(d, "bias")?), None, grid * grid),
+        };
+        Ok(Self {
+            patch_weight: weight.reshape((d, c * p * p))?,
+            patch_bias,
+            class_embedding,
+            position_embedding: candle_nn::embedding(positions, d, vb.pp("position_embedding"))?,
+            patch_size: p,
+            num_channels: c,
+            grid,
+        })
+    }
+
+    /// Position embeddings for a `gh` x `gw` patch grid, bicubically
+    /// interpolated from the trained grid when it differs (as transformers
+    /// does with `interpolate_pos_encoding=True`).
+    ///
+    /// # Shapes
+    /// returns (1, [1 +] gh·gw, D)
+    fn positions(&self, gh: usize, gw: usize) -> Result<Tensor> {
+        let table = self.position_embedding.embeddings();
+        let d = table.dim(1)?;
+        let cls = usize::from(self.class_embedding.is_some());
+        if (gh, gw) == (self.grid, self.grid) {
+            return table.unsqueeze(0);
+        }
+        // (grid², D) -> (grid, grid, D) -> (gh, gw, D) -> (gh·gw, D)
+        let patch_table = table.narrow(0, cls, self.grid * self.grid)?;
+        let grid = patch_table.reshape((self.grid, self.grid, d))?;
+        let resized = bicubic_resize_grid(&grid, gh, gw)?.reshape((gh * gw, d))?;
+        let full = if cls == 1 {
+            Tensor::cat(&[&table.narrow(0, 0, 1)?, &resized], 0)?
+        } else {
+            resized
+        };
+        full.unsqueeze(0)
+    }
+
+    /// # Shapes
+    /// `pixels`: (B, C, H, W) -> (B, [1 +] (H/p)·(W/p), D); trailing pixels
+    /// that do not fill a patch are dropped, as the strided conv does.
+    pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = pixels.dims4()?;
+        if c != self.num_channels {
+            candle_core::bail!(
+                "pixel tensor has {c} channels, the vision tower takes {}",
+                self.num_channels
+            );
+        }
+        let p = self.patch_size;
+        let (gh, gw) = (h / p, w / p);
+        if gh == 0 || gw == 0 {
+            candle_core::bail!("image {h}x{w} is smaller than one {p}x{p} patch");
+        }
+        let d = self.patch_weight.dim(0)?;
+        let pixels = pixels.narrow(2, 0, gh * p)?.narrow(3, 0, gw * p)?;
+        // (B, C, gh, p, gw, p) -> (B, gh, gw, C, p, p) -> (B·gh·gw, C·p·p)
+        let patches = pixels
+            .reshape((b, c, gh, p, gw, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b * gh * gw, c * p * p))?;
+        // (B·gh·gw, C·p·p) x (C·p·p, D) -> (B, gh·gw, D)
+        let mut xs = patches.matmul(&self.patch_weight.t()?)?;
+        if let Some(bias) = &self.patch_bias {
+            xs = xs.broadcast_add(bias)?;
+        }
+        let mut xs = xs.reshape((b, gh * gw, d))?;
+        if let Some(cls) = &self.class_embedding {
+            // (D) -> (B, 1, D), prepended to the patch sequence
+            let cls = cls.reshape((1, 1, d))?.broadcast_as((b, 1, d))?;
+            xs = Tensor::cat(&[&cls.to_dtype(xs.dtype())?, &xs], 1)?;
+        }
+        xs.broadcast_add(&self.positions(gh, gw)?)
+    }
+}
