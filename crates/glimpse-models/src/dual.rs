@@ -2,8 +2,11 @@
 
 use std::path::Path;
 
+use candle_core::Module;
 use candle_core::{DType, Device, Tensor, D};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::nn::Linear;
 
 pub use crate::dual_config::{DualConfig, DualKind};
 use crate::error::{ModelError, Result};
@@ -30,12 +33,12 @@ impl DualEncoder {
         let text_model = TextTransformer::new(&cfg.text, vb.pp("text_model"))?;
         let (visual_projection, text_projection, logit_scale, logit_bias) = match cfg.kind {
             DualKind::Clip => (
-                Some(candle_nn::linear_no_bias(
+                Some(crate::nn::linear::linear_no_bias(
                     cfg.vision.encoder.hidden_size,
                     cfg.projection_dim,
                     vb.pp("visual_projection"),
                 )?),
-                Some(candle_nn::linear_no_bias(
+                Some(crate::nn::linear::linear_no_bias(
                     cfg.text.encoder.hidden_size,
                     cfg.projection_dim,
                     vb.pp("text_projection"),

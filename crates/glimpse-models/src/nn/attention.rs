@@ -1,8 +1,11 @@
 //! Multi-head self-attention with separate q/k/v/out projections, as HF
 //! `CLIPAttention` and `SiglipAttention` store it.
 
+use candle_core::Module;
 use candle_core::{Result, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::nn::Linear;
 
 pub struct SelfAttention {
     q_proj: Linear,
@@ -27,9 +30,9 @@ impl SelfAttention {
             );
         }
         let head_dim = hidden / num_heads;
-        let q_proj = candle_nn::linear(hidden, hidden, vb.pp("q_proj"))?;
-        let k_proj = candle_nn::linear(hidden, hidden, vb.pp("k_proj"))?;
-        let v_proj = candle_nn::linear(hidden, hidden, vb.pp("v_proj"))?;
+        let q_proj = crate::nn::linear::linear(hidden, hidden, vb.pp("q_proj"))?;
+        let k_proj = crate::nn::linear::linear(hidden, hidden, vb.pp("k_proj"))?;
+        let v_proj = crate::nn::linear::linear(hidden, hidden, vb.pp("v_proj"))?;
         let scale = (head_dim as f64).powf(-0.5);
         let qkv = if q_proj.weight().track_op() {
             None
@@ -53,7 +56,7 @@ impl SelfAttention {
             q_proj,
             k_proj,
             v_proj,
-            out_proj: candle_nn::linear(hidden, hidden, vb.pp("out_proj"))?,
+            out_proj: crate::nn::linear::linear(hidden, hidden, vb.pp("out_proj"))?,
             qkv,
             num_heads,
             head_dim,
@@ -92,6 +95,10 @@ impl SelfAttention {
             ),
         };
         // (B, H, L, hd) x (B, H, hd, L) -> (B, H, L, L)
+        if mask.is_none() && scale.is_none() && super::fused_attention::applies(&q) {
+            let out = super::fused_attention::attention(&q, &k, &v)?;
+            return self.out_proj.forward(&out);
+        }
         let mut scores = q.matmul(&k.t()?)?;
         if let Some(scale) = scale {
             scores = (scores * scale)?;

@@ -1,7 +1,10 @@
 //! Two-layer feed-forward block `fc2(act(fc1(x)))` (HF `CLIPMLP`, `SiglipMLP`).
 
+use candle_core::Module;
 use candle_core::{Result, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::nn::Linear;
 
 use super::Activation;
 
@@ -19,8 +22,8 @@ impl Mlp {
         vb: VarBuilder,
     ) -> Result<Self> {
         Ok(Self {
-            fc1: candle_nn::linear(hidden, intermediate, vb.pp("fc1"))?,
-            fc2: candle_nn::linear(intermediate, hidden, vb.pp("fc2"))?,
+            fc1: crate::nn::linear::linear(hidden, intermediate, vb.pp("fc1"))?,
+            fc2: crate::nn::linear::linear(intermediate, hidden, vb.pp("fc2"))?,
             act,
         })
     }

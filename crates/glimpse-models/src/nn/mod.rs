@@ -4,10 +4,13 @@
 pub mod activation;
 pub mod attention;
 pub mod encoder;
+pub mod fused_attention;
 pub mod interpolate;
+pub mod linear;
 pub mod mlp;
 
 pub use activation::Activation;
 pub use attention::SelfAttention;
 pub use encoder::{Encoder, EncoderLayer};
+pub use linear::Linear;
 pub use mlp::Mlp;

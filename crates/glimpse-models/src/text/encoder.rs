@@ -2,7 +2,9 @@
 //! (HF `SiglipTextTransformer`).
 
 use candle_core::{DType, IndexOp, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, Module, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, Module, VarBuilder};
+
+use crate::nn::Linear;
 
 use crate::nn::attention::{causal_mask, padding_mask};
 use crate::nn::encoder::EncoderConfig;
@@ -51,7 +53,11 @@ impl TextTransformer {
         let emb = vb.pp("embeddings");
         let head = match cfg.flavor {
             TextFlavor::Clip => None,
-            TextFlavor::Siglip => Some(candle_nn::linear(d, cfg.projection_size, vb.pp("head"))?),
+            TextFlavor::Siglip => Some(crate::nn::linear::linear(
+                d,
+                cfg.projection_size,
+                vb.pp("head"),
+            )?),
         };
         Ok(Self {
             token_embedding: candle_nn::embedding(cfg.vocab_size, d, emb.pp("token_embedding"))?,

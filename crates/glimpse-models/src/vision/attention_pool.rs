@@ -3,7 +3,9 @@
 //! over the patch sequence, then a residual MLP.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{LayerNorm, Linear, Module, VarBuilder};
+use candle_nn::{LayerNorm, Module, VarBuilder};
+
+use crate::nn::Linear;
 
 use crate::nn::encoder::EncoderConfig;
 use crate::nn::Mlp;
@@ -27,7 +29,7 @@ impl AttentionPoolHead {
             probe: vb.get((1, 1, d), "probe")?,
             in_proj_weight: attn.get((3 * d, d), "in_proj_weight")?,
             in_proj_bias: attn.get(3 * d, "in_proj_bias")?,
-            out_proj: candle_nn::linear(d, d, attn.pp("out_proj"))?,
+            out_proj: crate::nn::linear::linear(d, d, attn.pp("out_proj"))?,
             layernorm: candle_nn::layer_norm(d, cfg.layer_norm_eps, vb.pp("layernorm"))?,
             mlp: Mlp::new(d, cfg.intermediate_size, cfg.hidden_act, vb.pp("mlp"))?,
             num_heads: cfg.num_attention_heads,
