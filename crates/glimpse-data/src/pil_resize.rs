@@ -121,14 +121,15 @@ fn clip8(acc: i32) -> u8 {
     (acc >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// Resizes like `PIL.Image.resize((w, h), filter)` on an RGB image.
+/// Resizes like `PIL.Image.resize((w, h), filter)` on an RGB image;
+/// `None` only if `h` or `w` is 0 or too large to address.
 ///
 /// # Shapes
 /// HWC u8 (H, W, 3) -> (h, w, 3)
-pub fn resize(img: &RgbImage, h: usize, w: usize, filter: Filter) -> RgbImage {
+pub fn resize(img: &RgbImage, h: usize, w: usize, filter: Filter) -> Option<RgbImage> {
     let (in_w, in_h) = (img.width() as usize, img.height() as usize);
     if (in_h, in_w) == (h, w) {
-        return img.clone();
+        return Some(img.clone());
     }
     let horiz = taps(in_w, w, filter);
     let vert = taps(in_h, h, filter);
@@ -188,5 +189,5 @@ pub fn resize(img: &RgbImage, h: usize, w: usize, filter: Filter) -> RgbImage {
         cur_h = h;
     }
     debug_assert_eq!((cur_h, cur_w), (h, w));
-    RgbImage::from_raw(w as u32, h as u32, src).unwrap_or_else(|| RgbImage::new(w as u32, h as u32))
+    RgbImage::from_raw(w as u32, h as u32, src)
 }

@@ -19,6 +19,9 @@ const OPENAI_CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// `size` as HF writes it.
+/// Largest intermediate canvas preprocessing will allocate (Pillow's limit).
+const MAX_RESIZED_PIXELS: usize = 89_478_485;
+
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(untagged)]
 pub enum SizeSpec {
@@ -196,8 +199,16 @@ pub fn preprocess(img: &RgbImage, cfg: &ProcessorConfig) -> Result<Vec<f32>> {
     let (h, w) = (img.height() as usize, img.width() as usize);
     let (rh, rw) = cfg.resized_hw(h, w);
     let filter = cfg.resample_filter().map_err(DataError::Input)?;
+    // An extreme aspect ratio (1 x 80M px) would resize to a canvas far
+    // larger than the input; refuse it instead of allocating it.
+    if cfg.do_resize && (rh.saturating_mul(rw) > MAX_RESIZED_PIXELS || rh == 0 || rw == 0) {
+        return Err(DataError::Input(format!(
+            "image {w}x{h} would resize to {rw}x{rh}: aspect ratio too extreme for this processor"
+        )));
+    }
     let mut img = if cfg.do_resize {
         resize(img, rh, rw, filter)
+            .ok_or_else(|| DataError::Input(format!("cannot resize to {rw}x{rh}")))?
     } else {
         img.clone()
     };

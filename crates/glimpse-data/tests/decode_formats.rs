@@ -139,3 +139,13 @@ fn bad_processor_configs_are_named() -> Result<()> {
     assert!(err.contains("image_std contains 0"), "{err}");
     Ok(())
 }
+
+#[test]
+fn extreme_aspect_ratio_is_refused_not_allocated() -> Result<()> {
+    let cfg = config(r#"{"size": {"shortest_edge": 224}, "crop_size": 224}"#)?;
+    // 1 x 500000 would resize to 224 x 112000000
+    let img = RgbImage::new(500_000, 1);
+    let err = preprocess(&img, &cfg).unwrap_err().to_string();
+    assert!(err.contains("aspect ratio too extreme"), "{err}");
+    Ok(())
+}

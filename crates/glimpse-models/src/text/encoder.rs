@@ -89,6 +89,9 @@ impl TextTransformer {
         attention_mask: Option<&Tensor>,
     ) -> Result<TextOutput> {
         let (b, l) = input_ids.dims2()?;
+        if l == 0 {
+            candle_core::bail!("text tower got an empty token sequence");
+        }
         if l > self.cfg.max_position_embeddings {
             candle_core::bail!(
                 "text of {l} tokens is longer than the text tower's {} positions",
@@ -114,9 +117,11 @@ impl TextTransformer {
         let mask = mask.map(|m| m.to_dtype(xs.dtype())).transpose()?;
         let encoded = self.encoder.forward(&xs, mask.as_ref())?;
         let last_hidden_state = self.final_layer_norm.forward(&encoded)?;
-        let pooled = match (&self.head, self.cfg.flavor) {
-            (Some(head), _) => head.forward(&last_hidden_state.i((.., l - 1))?)?,
-            (None, _) => {
+        let pooled = match &self.head {
+            // SigLIP: (B, L, D) -> last position (B, D) -> head
+            Some(head) => head.forward(&last_hidden_state.i((.., l - 1))?)?,
+            // CLIP: (B, L, D) -> each row's EOS position (B, D)
+            None => {
                 let idx = self.eos_positions(input_ids)?;
                 let rows = (0..b)
                     .map(|i| last_hidden_state.i((i, idx[i]))?.unsqueeze(0))
