@@ -1,6 +1,6 @@
 //! Activations by their Hugging Face `hidden_act` names.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use serde::Deserialize;
 
@@ -28,7 +28,7 @@ impl Activation {
         // them, which cost a ViT-B/16 more time than its attention softmax.
         // Autograd needs the composed ops, so tensors that track gradients
         // take the general path.
-        if xs.device().is_cpu() && xs.dtype() == candle_core::DType::F32 && !xs.track_op() {
+        if fused_applies(xs) {
             return xs.apply_op1_no_bwd(&FusedCpu(*self));
         }
         match self {
@@ -38,6 +38,18 @@ impl Activation {
             Activation::Relu => xs.relu(),
             Activation::Silu => xs.silu(),
         }
+    }
+
+    /// `act(xs + bias)`, the bias broadcast over the last dim: the pass that
+    /// adds a linear layer's bias and the activation pass made one.
+    ///
+    /// # Shapes
+    /// `xs`: (..., N), `bias`: (N) -> (..., N)
+    pub fn forward_biased(&self, xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        if fused_applies(xs) && fused_applies(bias) {
+            return xs.apply_op2_no_bwd(bias, &FusedCpu(*self));
+        }
+        self.forward(&xs.broadcast_add(bias)?)
     }
 
     /// The scalar function, with the formulas candle's own ops use so both
@@ -60,8 +72,63 @@ impl Activation {
     }
 }
 
+fn fused_applies(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !t.track_op()
+}
+
+fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("fused activation takes f32");
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("fused activation takes a contiguous tensor"),
+    }
+}
+
 /// Activation applied in one parallel pass over a contiguous f32 CPU buffer.
 struct FusedCpu(Activation);
+
+/// Rows per parallel task: large enough that scheduling is noise next to the math.
+const CHUNK: usize = 16 * 1024;
+
+impl CustomOp2 for FusedCpu {
+    fn name(&self) -> &'static str {
+        "fused-bias-activation"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (src, bias) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let n = bias.len();
+        if n == 0 || l1.shape().dims().last() != Some(&n) {
+            candle_core::bail!(
+                "bias {:?} does not match the last dim of {:?}",
+                l2.shape(),
+                l1.shape()
+            );
+        }
+        let act = self.0;
+        let mut out = vec![0f32; src.len()];
+        // whole rows per task so the bias lines up with each chunk
+        let rows = CHUNK.div_ceil(n).max(1) * n;
+        out.par_chunks_mut(rows)
+            .zip(src.par_chunks(rows))
+            .for_each(|(o, i)| {
+                for (orow, irow) in o.chunks_mut(n).zip(i.chunks(n)) {
+                    for ((o, &x), &b) in orow.iter_mut().zip(irow).zip(bias) {
+                        *o = act.scalar(x + b);
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
 
 impl CustomOp1 for FusedCpu {
     fn name(&self) -> &'static str {
@@ -69,18 +136,11 @@ impl CustomOp1 for FusedCpu {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("fused activation takes f32");
-        };
-        let src: &[f32] = match layout.contiguous_offsets() {
-            Some((start, end)) => &data[start..end],
-            None => candle_core::bail!("fused activation takes a contiguous tensor"),
-        };
+        let src = contiguous_f32(storage, layout)?;
         let act = self.0;
         let mut out = vec![0f32; src.len()];
-        // Chunks large enough that scheduling is noise next to the math.
-        out.par_chunks_mut(16 * 1024)
-            .zip(src.par_chunks(16 * 1024))
+        out.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
             .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &x)| *o = act.scalar(x)));
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
@@ -107,6 +167,17 @@ mod tests {
             let composed = act.forward(tracked.as_tensor())?;
             let diff = (fused - composed)?.abs()?.max(0)?.to_scalar::<f32>()?;
             assert!(diff < 1e-6, "{act:?}: {diff}");
+            // (4, 200) + bias (200)
+            let x2 = x.reshape((4, 200))?;
+            let bias = Tensor::arange(0f32, 200., &Device::Cpu)?.affine(0.01, -1.0)?;
+            let fused = act.forward_biased(&x2, &bias)?;
+            let composed = act.forward(&x2.broadcast_add(&bias)?)?;
+            let diff = (fused - composed)?
+                .abs()?
+                .flatten_all()?
+                .max(0)?
+                .to_scalar::<f32>()?;
+            assert!(diff < 1e-6, "{act:?} with bias: {diff}");
         }
         Ok(())
     }

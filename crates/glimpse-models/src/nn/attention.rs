@@ -5,6 +5,7 @@ use candle_core::Module;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
+use super::fused_attention;
 use crate::nn::Linear;
 
 pub struct SelfAttention {
@@ -76,15 +77,17 @@ impl SelfAttention {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        // q arrives pre-scaled from the fused projection
         let (q, k, v, scale) = match &self.qkv {
             Some(qkv) => {
-                // (B, L, 3D) -> (B, L, 3, H, hd) -> (3, B, H, L, hd)
-                let all = qkv
+                // (B, L, 3D) -> (B, L, 3, H, hd)
+                let packed = qkv
                     .forward(xs)?
-                    .reshape((b, l, 3, self.num_heads, self.head_dim))?
-                    .permute((2, 0, 3, 1, 4))?
-                    .contiguous()?;
+                    .reshape((b, l, 3, self.num_heads, self.head_dim))?;
+                if mask.is_none() && fused_attention::applies(&packed) {
+                    return self.out_proj.forward(&fused_attention::attention(&packed)?);
+                }
+                // (B, L, 3, H, hd) -> (3, B, H, L, hd); q arrives pre-scaled
+                let all = packed.permute((2, 0, 3, 1, 4))?.contiguous()?;
                 (all.get(0)?, all.get(1)?, all.get(2)?, None)
             }
             None => (
@@ -94,11 +97,6 @@ impl SelfAttention {
                 Some(self.scale),
             ),
         };
-        // (B, H, L, hd) x (B, H, hd, L) -> (B, H, L, L)
-        if mask.is_none() && scale.is_none() && super::fused_attention::applies(&q) {
-            let out = super::fused_attention::attention(&q, &k, &v)?;
-            return self.out_proj.forward(&out);
-        }
         let mut scores = q.matmul(&k.t()?)?;
         if let Some(scale) = scale {
             scores = (scores * scale)?;

@@ -1,18 +1,20 @@
 //! Unmasked scaled-dot-product attention as one CPU pass per (batch, head):
-//! `softmax(q kᵀ) v` with the scores kept in a per-task buffer.
+//! `softmax(q kᵀ) v` read straight from the fused qkv projection's output,
+//! with the scores kept in a per-task buffer.
 //!
 //! Why: composed from candle ops, attention runs a separately threaded small
 //! gemm for every (batch, head), allocates the (B, H, L, L) scores twice and
 //! needs a transpose to merge heads. Here the (batch, head) pairs are the
-//! parallel axis, each gemm is single-threaded, the softmax is done in
-//! place and the output is written straight into (B, L, H·hd). This is what
+//! parallel axis, each gemm is single-threaded and reads q, k, v in place
+//! through strides, the softmax is done in place and the output is written
+//! straight into (B, L, H·hd). This is what
 //! PyTorch's fused SDPA CPU kernel does too. ViT-B/16 at batch 8 on two
 //! cores: the attention core (scores, softmax, weighted sum, head merge)
 //! went from ~19 ms to ~17 ms per layer; the rest of the layer is gemm.
 //!
 //! Inference only (no backward): callers use it when nothing tracks gradients.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
@@ -33,71 +35,60 @@ impl OutPtr {
     }
 }
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        candle_core::bail!("fused attention takes f32");
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("fused attention takes contiguous q, k, v"),
-    }
-}
-
-impl CustomOp3 for FusedAttention {
+impl CustomOp1 for FusedAttention {
     fn name(&self) -> &'static str {
         "fused-attention"
     }
 
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (
-            contiguous(s1, l1)?,
-            contiguous(s2, l2)?,
-            contiguous(s3, l3)?,
-        );
-        let (b, h, lq, d) = l1.shape().dims4()?;
-        let lk = l2.shape().dims4()?.2;
-        if l2.shape().dims() != [b, h, lk, d] || l3.shape().dims() != [b, h, lk, d] {
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("fused attention takes f32");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("fused attention takes a contiguous qkv tensor");
+        };
+        let qkv = &data[start..end];
+        let &[b, l, three, h, d] = layout.shape().dims() else {
             candle_core::bail!(
-                "fused attention: q {:?}, k {:?}, v {:?} do not fit",
-                l1.shape(),
-                l2.shape(),
-                l3.shape()
+                "fused attention takes (B, L, 3, H, hd), got {:?}",
+                layout.shape()
+            );
+        };
+        if three != 3 {
+            candle_core::bail!(
+                "fused attention takes (B, L, 3, H, hd), got {:?}",
+                layout.shape()
             );
         }
-        let mut out = vec![0f32; b * lq * h * d];
+        // q, k and v rows of one token are 3·H·hd apart; a head's columns
+        // start hi·hd into its third.
+        let row = (3 * h * d) as isize;
+        let mut out = vec![0f32; b * l * h * d];
         let out_ptr = OutPtr(out.as_mut_ptr());
         (0..b * h).into_par_iter().for_each(|bh| {
             let (bi, hi) = (bh / h, bh % h);
-            let qp = &q[bh * lq * d..(bh + 1) * lq * d];
-            let kp = &k[bh * lk * d..(bh + 1) * lk * d];
-            let vp = &v[bh * lk * d..(bh + 1) * lk * d];
-            let mut scores = vec![0f32; lq * lk];
-            // SAFETY: all pointers and strides stay inside the slices above
-            // (row-major (lq, d), (lk, d), (lq, lk)); kᵀ is read through
-            // swapped strides.
+            let base = bi * l * 3 * h * d + hi * d;
+            let (q, k, v) = (&qkv[base..], &qkv[base + h * d..], &qkv[base + 2 * h * d..]);
+            let mut scores = vec![0f32; l * l];
+            // SAFETY: q, k, v are read at rows 0..l with row stride 3·H·hd and
+            // columns 0..hd from their base, which stays inside `qkv` (the
+            // last row of v ends at base + 2·H·hd + (l-1)·3·H·hd + hd ≤ len);
+            // kᵀ is read through swapped strides.
             unsafe {
-                // scores (lq, lk) = q (lq, d) · kᵀ (d, lk)
+                // scores (l, l) = q (l, hd) · kᵀ (hd, l)
                 gemm(
-                    lq,
-                    lk,
+                    l,
+                    l,
                     d,
                     scores.as_mut_ptr(),
                     1,
-                    lk as isize,
+                    l as isize,
                     false,
-                    qp.as_ptr(),
+                    q.as_ptr(),
                     1,
-                    d as isize,
-                    kp.as_ptr(),
-                    d as isize,
+                    row,
+                    k.as_ptr(),
+                    row,
                     1,
                     0.0,
                     1.0,
@@ -107,35 +98,35 @@ impl CustomOp3 for FusedAttention {
                     Parallelism::None,
                 );
             }
-            for row in scores.chunks_mut(lk) {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            for r in scores.chunks_mut(l) {
+                let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0.0;
-                for x in row.iter_mut() {
+                for x in r.iter_mut() {
                     *x = (*x - max).exp();
                     sum += *x;
                 }
-                row.iter_mut().for_each(|x| *x /= sum);
+                r.iter_mut().for_each(|x| *x /= sum);
             }
-            // SAFETY: the destination block starts at row bi·lq, column hi·d
-            // of the (b·lq, h·d) output and spans lq rows of d columns with
-            // row stride h·d: inside `out`, disjoint from other tasks.
+            // SAFETY: the destination block starts at row bi·l, column hi·hd
+            // of the (B·L, H·hd) output and spans l rows of hd columns with
+            // row stride H·hd: inside `out`, disjoint from other tasks.
             unsafe {
-                let dst = out_ptr.get().add(bi * lq * h * d + hi * d);
-                // out (lq, d) = scores (lq, lk) · v (lk, d)
+                let dst = out_ptr.get().add(bi * l * h * d + hi * d);
+                // out (l, hd) = scores (l, l) · v (l, hd)
                 gemm(
-                    lq,
+                    l,
                     d,
-                    lk,
+                    l,
                     dst,
                     1,
                     (h * d) as isize,
                     false,
                     scores.as_ptr(),
                     1,
-                    lk as isize,
-                    vp.as_ptr(),
+                    l as isize,
+                    v.as_ptr(),
                     1,
-                    d as isize,
+                    row,
                     0.0,
                     1.0,
                     false,
@@ -145,18 +136,20 @@ impl CustomOp3 for FusedAttention {
                 );
             }
         });
-        Ok((CpuStorage::F32(out), Shape::from((b, lq, h * d))))
+        Ok((CpuStorage::F32(out), Shape::from((b, l, h * d))))
     }
 }
 
-/// Whether [`attention`] can take these inputs.
-pub fn applies(q: &Tensor) -> bool {
-    q.device().is_cpu() && q.dtype() == candle_core::DType::F32 && !q.track_op()
+/// Whether [`attention`] can take this input.
+pub fn applies(qkv: &Tensor) -> bool {
+    qkv.device().is_cpu() && qkv.dtype() == candle_core::DType::F32 && !qkv.track_op()
 }
 
+/// Self-attention straight from the fused projection's output, read in
+/// place (no split into per-head tensors).
+///
 /// # Shapes
-/// `q`: (B, H, Lq, hd), `k`, `v`: (B, H, Lk, hd), all contiguous, q already
-/// scaled; returns (B, Lq, H·hd).
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    q.apply_op3_no_bwd(k, v, &FusedAttention)
+/// `qkv`: (B, L, 3, H, hd) contiguous, q already scaled; returns (B, L, H·hd).
+pub fn attention(qkv: &Tensor) -> Result<Tensor> {
+    qkv.apply_op1_no_bwd(&FusedAttention)
 }

@@ -27,10 +27,16 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
+impl Linear {
+    /// `x Wᵀ` without the bias, for callers that fuse the bias into the next op.
+    ///
     /// # Shapes
     /// `xs`: (..., in) -> (..., out)
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+    pub fn forward_no_bias(&self, xs: &Tensor) -> Result<Tensor> {
+        self.project(xs, false)
+    }
+
+    fn project(&self, xs: &Tensor, with_bias: bool) -> Result<Tensor> {
         let dims = xs.dims();
         let (&inner, lead) = dims
             .split_last()
@@ -38,13 +44,21 @@ impl Module for Linear {
         let rows: usize = lead.iter().product();
         // (..., in) -> (N, in) x (in, out) -> (N, out)
         let mut ys = xs.reshape((rows, inner))?.matmul(&self.weight.t()?)?;
-        if let Some(b) = &self.bias {
+        if let (true, Some(b)) = (with_bias, &self.bias) {
             ys = ys.broadcast_add(b)?;
         }
         let mut out_dims = lead.to_vec();
         out_dims.push(self.weight.dim(0)?);
         // (N, out) -> (..., out)
         ys.reshape(out_dims)
+    }
+}
+
+impl Module for Linear {
+    /// # Shapes
+    /// `xs`: (..., in) -> (..., out)
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        self.project(xs, true)
     }
 }
 

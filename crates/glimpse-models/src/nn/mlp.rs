@@ -31,6 +31,13 @@ impl Mlp {
     /// # Shapes
     /// `xs`: (..., hidden) -> (..., hidden)
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.act.forward(&self.fc1.forward(xs)?)?)
+        let hidden = match self.fc1.bias() {
+            // bias and activation in one pass over the widest tensor
+            Some(bias) => self
+                .act
+                .forward_biased(&self.fc1.forward_no_bias(xs)?, bias)?,
+            None => self.act.forward(&self.fc1.forward(xs)?)?,
+        };
+        self.fc2.forward(&hidden)
     }
 }
