@@ -136,3 +136,58 @@ fn siglip_probabilities_are_independent() -> Result<()> {
     assert!((p1[0] - p2[0]).abs() < 1e-6, "{p1:?} vs {p2:?}");
     Ok(())
 }
+
+/// A checkpoint split into shards with `model.safetensors.index.json` loads
+/// and gives the same embeddings as the single file.
+#[test]
+fn sharded_checkpoint_loads() -> Result<()> {
+    let src = fixtures().join("encoders/clip-a");
+    let dir = tempfile::tempdir()?;
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+    ] {
+        std::fs::copy(src.join(f), dir.path().join(f))?;
+    }
+    let tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu)?;
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for (i, chunk) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", i + 1);
+        let shard: std::collections::HashMap<String, Tensor> = chunk
+            .iter()
+            .map(|n| ((*n).clone(), tensors[*n].clone()))
+            .collect();
+        candle_core::safetensors::save(&shard, dir.path().join(&file))?;
+        for n in chunk {
+            weight_map.insert((*n).clone(), serde_json::Value::String(file.clone()));
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )?;
+    let img = fixtures().join("images/test.png").display().to_string();
+    let sharded = glimpse_json(&[
+        "embed",
+        "--model",
+        &dir.path().display().to_string(),
+        "--image",
+        &img,
+        "--json",
+    ])?;
+    let single = glimpse_json(&[
+        "embed",
+        "--model",
+        &src.display().to_string(),
+        "--image",
+        &img,
+        "--json",
+    ])?;
+    assert_eq!(sharded, single);
+    Ok(())
+}
