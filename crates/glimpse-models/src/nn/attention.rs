@@ -8,16 +8,25 @@ use candle_nn::VarBuilder;
 use super::fused_attention;
 use crate::nn::Linear;
 
+/// How q, k and v are projected.
+enum QkvProjection {
+    /// Trainable weights (candle `Var`s): the three projections as the
+    /// checkpoint names them, so the optimizer updates what forward reads.
+    Separate {
+        q_proj: Linear,
+        k_proj: Linear,
+        v_proj: Linear,
+    },
+    /// Frozen weights: the three stacked into one (3D, D) projection (one
+    /// large matmul beats three on CPU) with the attention scale folded into
+    /// the q rows (one pass over the (L, L) scores fewer; it moves results
+    /// by float rounding only). The separate copies are dropped.
+    Fused(Linear),
+}
+
 pub struct SelfAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    qkv: QkvProjection,
     out_proj: Linear,
-    /// q, k and v stacked into one (3D, D) projection: one large matmul is
-    /// faster than three on CPU. Only for frozen weights; with trainable
-    /// weights (candle `Var`s) a copy made at load would go stale after the
-    /// first optimizer step, so training uses the three projections.
-    qkv: Option<Linear>,
     num_heads: usize,
     head_dim: usize,
     scale: f64,
@@ -36,29 +45,29 @@ impl SelfAttention {
         let v_proj = crate::nn::linear::linear(hidden, hidden, vb.pp("v_proj"))?;
         let scale = (head_dim as f64).powf(-0.5);
         let qkv = if q_proj.weight().track_op() {
-            None
+            QkvProjection::Separate {
+                q_proj,
+                k_proj,
+                v_proj,
+            }
         } else {
-            // The attention scale is folded into the q rows (one pass over
-            // the (L, L) scores fewer); it moves results by float rounding only.
-            let stack = |f: fn(&Linear) -> Option<&Tensor>| -> Result<Option<Tensor>> {
-                match (f(&q_proj), f(&k_proj), f(&v_proj)) {
-                    (Some(q), Some(k), Some(v)) => {
-                        Ok(Some(Tensor::cat(&[&(q * scale)?, k, v], 0)?))
-                    }
-                    _ => Ok(None),
-                }
+            let weight = Tensor::cat(
+                &[
+                    &(q_proj.weight() * scale)?,
+                    k_proj.weight(),
+                    v_proj.weight(),
+                ],
+                0,
+            )?;
+            let bias = match (q_proj.bias(), k_proj.bias(), v_proj.bias()) {
+                (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[&(q * scale)?, k, v], 0)?),
+                _ => None,
             };
-            let weight = stack(|l| Some(l.weight()))?;
-            weight
-                .map(|w| Ok::<_, candle_core::Error>(Linear::new(w, stack(|l| l.bias())?)))
-                .transpose()?
+            QkvProjection::Fused(Linear::new(weight, bias))
         };
         Ok(Self {
-            q_proj,
-            k_proj,
-            v_proj,
-            out_proj: crate::nn::linear::linear(hidden, hidden, vb.pp("out_proj"))?,
             qkv,
+            out_proj: crate::nn::linear::linear(hidden, hidden, vb.pp("out_proj"))?,
             num_heads,
             head_dim,
             scale,
@@ -78,7 +87,7 @@ impl SelfAttention {
                 .contiguous()
         };
         let (q, k, v, scale) = match &self.qkv {
-            Some(qkv) => {
+            QkvProjection::Fused(qkv) => {
                 // (B, L, 3D) -> (B, L, 3, H, hd)
                 let packed = qkv
                     .forward(xs)?
@@ -90,10 +99,14 @@ impl SelfAttention {
                 let all = packed.permute((2, 0, 3, 1, 4))?.contiguous()?;
                 (all.get(0)?, all.get(1)?, all.get(2)?, None)
             }
-            None => (
-                split(self.q_proj.forward(xs)?)?,
-                split(self.k_proj.forward(xs)?)?,
-                split(self.v_proj.forward(xs)?)?,
+            QkvProjection::Separate {
+                q_proj,
+                k_proj,
+                v_proj,
+            } => (
+                split(q_proj.forward(xs)?)?,
+                split(k_proj.forward(xs)?)?,
+                split(v_proj.forward(xs)?)?,
                 Some(self.scale),
             ),
         };
