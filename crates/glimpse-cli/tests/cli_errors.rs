@@ -225,6 +225,26 @@ fn pytorch_bin_only_asks_for_safetensors() -> Result<()> {
 }
 
 #[test]
+fn sentencepiece_only_tokenizer_gets_a_hint() -> Result<()> {
+    let dir = model_copy()?;
+    std::fs::remove_file(dir.path().join("tokenizer.json"))?;
+    std::fs::write(dir.path().join("spiece.model"), b"")?;
+    let out = classify(dir.path(), &image("test.png"));
+    expect_error(
+        &out,
+        1,
+        &["tokenizer.json", "only spiece.model", "save_pretrained"],
+    );
+    std::fs::remove_file(dir.path().join("spiece.model"))?;
+    expect_error(
+        &classify(dir.path(), &image("test.png")),
+        1,
+        &["tokenizer.json", "not found"],
+    );
+    Ok(())
+}
+
+#[test]
 fn bad_images() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let write = |name: &str, bytes: &[u8]| -> Result<String> {

@@ -191,3 +191,31 @@ fn sharded_checkpoint_loads() -> Result<()> {
     assert_eq!(sharded, single);
     Ok(())
 }
+
+/// More images than one tower batch: rows stay in input order.
+#[test]
+fn embed_many_images_in_order() -> Result<()> {
+    let dir = fixtures().join("encoders/clip-a");
+    let reference =
+        candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)?;
+    let (a, b) = (
+        fixtures().join("images/test.png").display().to_string(),
+        fixtures().join("images/rgba.png").display().to_string(),
+    );
+    let model = dir.display().to_string();
+    let mut args = vec!["embed", "--model", &model, "--json"];
+    for i in 0..19 {
+        args.extend(["--image", if i % 2 == 0 { &a } else { &b }]);
+    }
+    let got = rows(&glimpse_json(&args)?["image_embeds"])?;
+    assert_eq!(got.dims(), &[19, 16]);
+    for i in 0..19 {
+        assert_close(
+            &format!("row {i}"),
+            &got.get(i)?,
+            &reference["image_embeds"].get(i % 2)?,
+            1e-4,
+        )?;
+    }
+    Ok(())
+}

@@ -23,7 +23,18 @@ impl DualPipeline {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let model = DualEncoder::load(dir, DType::F32, device)?;
         let processor = ProcessorConfig::from_file(&dir.join("preprocessor_config.json"))?;
-        let tokenizer = TextTokenizer::from_file(&dir.join("tokenizer.json"))?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        if !tokenizer_path.is_file() && dir.join("spiece.model").is_file() {
+            // google/siglip-* repos ship only the SentencePiece model
+            return Err(glimpse_data::DataError::Tokenizer {
+                path: tokenizer_path,
+                msg: "not found; this directory has only spiece.model. Write tokenizer.json once with \
+                      transformers >= 5: AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)"
+                    .into(),
+            }
+            .into());
+        }
+        let tokenizer = TextTokenizer::from_file(&tokenizer_path)?;
         let pad_id = pad_token_id(dir, &tokenizer).unwrap_or(model.config().text.pad_token_id);
         Ok(Self {
             model,
@@ -82,10 +93,21 @@ impl DualPipeline {
         }
     }
 
+    /// Images go through the tower `IMAGE_BATCH` at a time, so a long list
+    /// of files costs the memory of one batch, not of all of them.
+    ///
     /// # Shapes
     /// returns (B, E), unit rows
     pub fn image_embeds(&self, paths: &[PathBuf]) -> Result<Tensor> {
-        Ok(self.model.image_embeds(&self.pixel_values(paths)?)?)
+        const IMAGE_BATCH: usize = 16;
+        if paths.is_empty() {
+            return Err(PipelineError::Usage("no images given".into()));
+        }
+        let chunks = paths
+            .chunks(IMAGE_BATCH)
+            .map(|chunk| Ok(self.model.image_embeds(&self.pixel_values(chunk)?)?))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&chunks, 0)?)
     }
 
     /// # Shapes
