@@ -4,6 +4,8 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tenso
 use rayon::prelude::*;
 use serde::Deserialize;
 
+use super::simd_act;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum Activation {
     /// `x * sigmoid(1.702 x)`, OpenAI CLIP's approximation.
@@ -50,6 +52,15 @@ impl Activation {
             return xs.apply_op2_no_bwd(bias, &FusedCpu(*self));
         }
         self.forward(&xs.broadcast_add(bias)?)
+    }
+
+    /// The vectorised kernel for this activation, if there is one.
+    fn simd_kernel(self) -> Option<simd_act::Kernel> {
+        match self {
+            Activation::QuickGelu => Some(simd_act::Kernel::QuickGelu),
+            Activation::Silu => Some(simd_act::Kernel::Silu),
+            _ => None,
+        }
     }
 
     /// The scalar function, with the formulas candle's own ops use so both
@@ -114,12 +125,16 @@ impl CustomOp2 for FusedCpu {
             );
         }
         let act = self.0;
+        let kernel = act.simd_kernel();
         let mut out = vec![0f32; src.len()];
         // whole rows per task so the bias lines up with each chunk
         let rows = CHUNK.div_ceil(n).max(1) * n;
         out.par_chunks_mut(rows)
             .zip(src.par_chunks(rows))
             .for_each(|(o, i)| {
+                if kernel.is_some_and(|k| simd_act::run(k, i, bias, o)) {
+                    return;
+                }
                 for (orow, irow) in o.chunks_mut(n).zip(i.chunks(n)) {
                     for ((o, &x), &b) in orow.iter_mut().zip(irow).zip(bias) {
                         *o = act.scalar(x + b);
@@ -138,10 +153,15 @@ impl CustomOp1 for FusedCpu {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let src = contiguous_f32(storage, layout)?;
         let act = self.0;
+        let kernel = act.simd_kernel();
         let mut out = vec![0f32; src.len()];
         out.par_chunks_mut(CHUNK)
             .zip(src.par_chunks(CHUNK))
-            .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &x)| *o = act.scalar(x)));
+            .for_each(|(o, i)| {
+                if !kernel.is_some_and(|k| simd_act::run(k, i, &[], o)) {
+                    o.iter_mut().zip(i).for_each(|(o, &x)| *o = act.scalar(x));
+                }
+            });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }

@@ -8,6 +8,7 @@ pub mod fused_attention;
 pub mod interpolate;
 pub mod linear;
 pub mod mlp;
+mod simd_act;
 
 pub use activation::Activation;
 pub use attention::SelfAttention;

@@ -1,0 +1,112 @@
+//! AVX2+FMA kernels for the exp-based activations (quick_gelu, silu).
+//!
+//! Why: the default x86-64 target has no AVX, and libm's `expf` is an
+//! opaque call, so the activation loop ran one element at a time (~9 ms for
+//! a ViT-B/16 MLP at batch 8 on two cores). Compiled for AVX2 behind a
+//! runtime check and with an inlinable `exp`, the same loop runs 8 lanes wide.
+//!
+//! `exp` here: range reduction to 2^n · e^r with |r| ≤ ln2/2 and Cephes'
+//! degree-6 polynomial for e^r; within 2 ulp of `f32::exp` for the inputs
+//! that matter (below -87 it flushes to 0, above 88 it saturates).
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+// ln 2 split in two so r = x - n·ln2 keeps its low bits
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+// adding and removing 1.5·2^23 rounds to nearest without a `round` call
+const SHIFTER: f32 = 12_582_912.0;
+
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.3, 88.7);
+    let n = (x * LOG2E + SHIFTER) - SHIFTER;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let er = p * r * r + r + 1.0;
+    er * f32::from_bits(((n as i32 + 127).clamp(0, 255) as u32) << 23)
+}
+
+#[inline(always)]
+fn quick_gelu(x: f32) -> f32 {
+    x / (1.0 + exp(-1.702 * x))
+}
+
+#[inline(always)]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
+}
+
+/// Which kernel, if any, covers an activation.
+#[derive(Clone, Copy)]
+pub enum Kernel {
+    QuickGelu,
+    Silu,
+}
+
+macro_rules! avx2_kernel {
+    ($name:ident, $f:ident) => {
+        /// `dst[i] = f(src[i] + bias[i mod n])`, or without bias when it is empty.
+        ///
+        /// # Safety
+        /// The CPU must support AVX2 and FMA.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $name(src: &[f32], bias: &[f32], dst: &mut [f32]) {
+            if bias.is_empty() {
+                for (o, &x) in dst.iter_mut().zip(src) {
+                    *o = $f(x);
+                }
+            } else {
+                for (orow, irow) in dst.chunks_mut(bias.len()).zip(src.chunks(bias.len())) {
+                    for ((o, &x), &b) in orow.iter_mut().zip(irow).zip(bias) {
+                        *o = $f(x + b);
+                    }
+                }
+            }
+        }
+    };
+}
+
+avx2_kernel!(quick_gelu_avx2, quick_gelu);
+avx2_kernel!(silu_avx2, silu);
+
+/// Runs the AVX2 kernel when the CPU has it; returns false (and writes
+/// nothing) when the caller must take the scalar path. `src` must hold
+/// whole rows of `bias.len()` when `bias` is not empty.
+pub fn run(kernel: Kernel, src: &[f32], bias: &[f32], dst: &mut [f32]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the features were just detected on this CPU.
+            unsafe {
+                match kernel {
+                    Kernel::QuickGelu => quick_gelu_avx2(src, bias, dst),
+                    Kernel::Silu => silu_avx2(src, bias, dst),
+                }
+            }
+            return true;
+        }
+    }
+    let _ = (kernel, src, bias, dst);
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exp_close_to_libm() {
+        let mut worst = 0f32;
+        let mut x = -80f32;
+        while x < 80.0 {
+            let (a, b) = (super::exp(x), x.exp());
+            worst = worst.max(((a - b) / b).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 3e-7, "relative error {worst}");
+    }
+}
