@@ -4,15 +4,19 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
+    /// An image file (or in-memory image, by the name the caller gave it).
     #[error("image {name}: {msg}")]
     Image { name: String, msg: String },
 
-    #[error("{}: {msg}", path.display())]
+    /// A `preprocessor_config.json` that cannot be read or used.
+    #[error("preprocessor_config.json {}: {msg}", path.display())]
     Config { path: PathBuf, msg: String },
 
     #[error("tokenizer {}: {msg}", path.display())]
     Tokenizer { path: PathBuf, msg: String },
 
+    /// Inputs that are fine one by one but not together (a batch of sizes
+    /// that differ, a resize to an absurd canvas).
     #[error("{0}")]
     Input(String),
 

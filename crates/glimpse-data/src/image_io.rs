@@ -1,9 +1,10 @@
-//! Image files -> 8-bit RGB, the way transformers' processors see them.
+//! Image files -> 8-bit RGB, the way transformers' processors see them:
+//! `load_image` (EXIF transpose) then `convert_to_rgb` (image_transforms.py).
 
 use std::io::Cursor;
 use std::path::Path;
 
-use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage, RgbaImage};
+use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageReader, Pixel, RgbImage, RgbaImage};
 
 use crate::error::{DataError, Result};
 
@@ -22,21 +23,31 @@ impl Default for ImageLimits {
     }
 }
 
-/// Reads and decodes an image file (format sniffed from its bytes).
+/// Reads and decodes an image file (format sniffed from its bytes, not its
+/// extension).
 pub fn load_rgb(path: &Path, limits: &ImageLimits) -> Result<RgbImage> {
     let name = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|e| DataError::image(&name, e))?;
-    if meta.is_dir() {
-        return Err(DataError::image(&name, "is a directory, not an image file"));
+    let io_err = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => DataError::image(&name, "not found"),
+        _ => DataError::image(&name, format!("cannot read: {e}")),
+    };
+    if std::fs::metadata(path).map_err(io_err)?.is_dir() {
+        return Err(DataError::image(&name, "is a directory"));
     }
-    let bytes = std::fs::read(path).map_err(|e| DataError::image(&name, e))?;
+    let bytes = std::fs::read(path).map_err(io_err)?;
     decode_rgb(&bytes, &name, limits)
 }
 
 /// Decodes PNG, JPEG, WebP, GIF (first frame) or BMP bytes; `name` is what
 /// errors call the image. The header's size is checked against `limits`
-/// before any pixel is decoded, and JPEG EXIF orientation is applied (as
+/// before any pixel is decoded, and EXIF orientation is applied (as
 /// transformers' `load_image` does with `ImageOps.exif_transpose`).
+///
+/// Lossless inputs come out bit-identical to Pillow 13 + `convert_to_rgb`
+/// (checked on RGB, RGBA, LA, L, palette+tRNS PNG, GIF, lossless WebP and
+/// 16-bit RGB/RGBA/LA/grey PNG). Lossy JPEG and WebP go through other
+/// decoders than Pillow's libjpeg-turbo / libwebp and can differ by a few
+/// levels.
 pub fn decode_rgb(bytes: &[u8], name: &str, limits: &ImageLimits) -> Result<RgbImage> {
     if bytes.is_empty() {
         return Err(DataError::image(name, "empty file"));
@@ -50,6 +61,7 @@ pub fn decode_rgb(bytes: &[u8], name: &str, limits: &ImageLimits) -> Result<RgbI
             "not a supported image (PNG, JPEG, WebP, GIF or BMP)",
         ));
     }
+    // into_decoder parses the header only; pixels come in from_decoder below.
     let mut decoder = reader
         .into_decoder()
         .map_err(|e| DataError::image(name, format!("cannot read header: {e}")))?;
@@ -70,7 +82,8 @@ pub fn decode_rgb(bytes: &[u8], name: &str, limits: &ImageLimits) -> Result<RgbI
             format!("{w}x{h} image has no pixels"),
         ));
     }
-    // Bound what the decoder may allocate too: 16-bit RGBA at the limit, plus slack.
+    // Bound what the decoder may allocate too: 16-bit RGBA at the limit, plus
+    // slack for the decoders' own buffers.
     let mut decode_limits = image::Limits::default();
     decode_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(1 << 26));
     decoder
@@ -88,16 +101,63 @@ pub fn decode_rgb(bytes: &[u8], name: &str, limits: &ImageLimits) -> Result<RgbI
 /// transformers' `convert_to_rgb`: RGB passes unchanged; anything else
 /// becomes RGBA and is alpha-composited over opaque white, so transparent
 /// pixels turn white rather than to whatever colour they stored.
+///
+/// 16-bit PNGs reach 8 bits as Pillow's PNG plugin reads them: RGB, RGBA and
+/// LA keep the high byte (rawmodes `RGB;16B`, `RGBA;16B`, `LA;16B`); 16-bit
+/// grey opens as mode `I;16`, whose conversion to RGBA (`I16_RGB` in
+/// Convert.c) clips values above 255 to 255 rather than scaling them.
 fn convert_to_rgb(img: DynamicImage) -> RgbImage {
-    match img {
-        DynamicImage::ImageRgb8(rgb) => rgb,
-        other => composite_on_white(&other.to_rgba8()),
+    let rgba = match img {
+        DynamicImage::ImageRgb8(rgb) => return rgb,
+        // Pillow opens it as mode RGB, which convert_to_rgb passes unchanged
+        DynamicImage::ImageRgb16(rgb) => {
+            let mut out = RgbImage::new(rgb.width(), rgb.height());
+            for (o, s) in out.pixels_mut().zip(rgb.pixels()) {
+                o.0 = s.0.map(high_byte);
+            }
+            return out;
+        }
+        DynamicImage::ImageRgba16(rgba) => map_pixels(&rgba, |p| p.0.map(high_byte)),
+        DynamicImage::ImageLumaA16(la) => map_pixels(&la, |p| {
+            let [l, a] = p.0.map(high_byte);
+            [l, l, l, a]
+        }),
+        DynamicImage::ImageLuma16(l) => map_pixels(&l, |p| {
+            let v = p.0[0].min(255) as u8;
+            [v, v, v, 255]
+        }),
+        // 8-bit grey, grey+alpha, RGBA: widening to RGBA is exact.
+        // (Float images never come out of the supported decoders.)
+        other => other.to_rgba8(),
+    };
+    composite_on_white(&rgba)
+}
+
+fn high_byte(v: u16) -> u8 {
+    (v >> 8) as u8
+}
+
+fn map_pixels<P: Pixel<Subpixel = u16>>(
+    src: &ImageBuffer<P, Vec<u16>>,
+    f: impl Fn(&P) -> [u8; 4],
+) -> RgbaImage {
+    let mut out = RgbaImage::new(src.width(), src.height());
+    for (o, s) in out.pixels_mut().zip(src.pixels()) {
+        o.0 = f(s);
     }
+    out
 }
 
 /// Pillow's `Image.alpha_composite(white, src)` (libImaging/AlphaComposite.c)
 /// specialised to an opaque white destination, with its integer rounding so
 /// the result is bit-identical.
+///
+/// With dst = (255, 255, 255, 255) and source alpha `a` > 0, Pillow computes
+/// `blend = 255 * (255 - a)`, `outa255 = 255 * a + blend` (= 65025),
+/// `coef1 = a * 255 * 255 * 128 / outa255` (= 128 a, exact),
+/// `coef2 = 255 * 128 - coef1`, and per colour channel `c`
+/// `tmp = c * coef1 + 255 * coef2`, `out = DIV255(tmp + (0x80 << 7)) >> 7`
+/// where `DIV255(x) = ((x >> 8) + x) >> 8`. Alpha 0 gives dst (white).
 fn composite_on_white(src: &RgbaImage) -> RgbImage {
     const PRECISION_BITS: u32 = 7;
     let shift_div_255 = |a: u32| ((a >> 8) + a) >> 8;
@@ -126,13 +186,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn opaque_and_transparent_pixels() {
-        let src = RgbaImage::from_raw(3, 1, vec![10, 20, 30, 255, 10, 20, 30, 0, 255, 0, 0, 128])
-            .unwrap();
+    fn opaque_composite_is_the_identity() {
+        // why RGB16 may skip the composite: Pillow's arithmetic returns every
+        // opaque value unchanged
+        let values: Vec<u8> = (0..=255u8).flat_map(|v| [v, v, v, 255]).collect();
+        let src = RgbaImage::from_raw(256, 1, values).unwrap();
         let out = composite_on_white(&src);
-        assert_eq!(out.get_pixel(0, 0).0, [10, 20, 30]);
-        assert_eq!(out.get_pixel(1, 0).0, [255, 255, 255]);
-        // Pillow: alpha_composite(white, (255,0,0,128)) -> (255, 127, 127)
-        assert_eq!(out.get_pixel(2, 0).0, [255, 127, 127]);
+        for (i, px) in out.pixels().enumerate() {
+            assert_eq!(px.0, [i as u8; 3]);
+        }
+    }
+
+    #[test]
+    fn transparent_pixels_turn_white() {
+        let src = RgbaImage::from_raw(1, 1, vec![10, 20, 30, 0]).unwrap();
+        assert_eq!(composite_on_white(&src).get_pixel(0, 0).0, [255; 3]);
     }
 }

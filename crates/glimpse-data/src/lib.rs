@@ -5,9 +5,12 @@ pub mod error;
 pub mod image_io;
 pub mod pil_resize;
 pub mod preprocess;
+pub mod processor_config;
 pub mod tokenize;
 
 pub use error::{DataError, Result};
 pub use image_io::{decode_rgb, load_rgb, ImageLimits};
-pub use preprocess::{preprocess, preprocess_batch, ProcessorConfig};
+pub use pil_resize::Filter;
+pub use preprocess::{center_crop, preprocess, preprocess_batch};
+pub use processor_config::{CropSize, PerChannel, ProcessorConfig, SizeSpec};
 pub use tokenize::{EncodedBatch, Padding, TextTokenizer};

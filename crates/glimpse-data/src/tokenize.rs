@@ -2,8 +2,9 @@
 //! family expects.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
-use tokenizers::Tokenizer;
+use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{one_line, DataError, Result};
 
@@ -23,9 +24,19 @@ pub struct EncodedBatch {
     pub attention_mask: Vec<Vec<u32>>,
 }
 
+/// `let (ids, mask) = tok.encode_batch(..)?.into();`
+impl From<EncodedBatch> for (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    fn from(b: EncodedBatch) -> Self {
+        (b.ids, b.attention_mask)
+    }
+}
+
 pub struct TextTokenizer {
     inner: Tokenizer,
     path: PathBuf,
+    /// A copy set up for one `max_len` (truncation on, the file's own
+    /// padding off), kept so a call does not clone the vocabulary each time.
+    working: Mutex<Option<(usize, Tokenizer)>>,
 }
 
 impl TextTokenizer {
@@ -34,16 +45,21 @@ impl TextTokenizer {
             path: path.to_path_buf(),
             msg: one_line(msg),
         };
-        if !path.is_file() {
+        if path.is_dir() {
+            return Err(err("is a directory".into()));
+        }
+        if !path.exists() {
             return Err(err("not found".into()));
         }
         let inner = Tokenizer::from_file(path).map_err(|e| err(format!("cannot load: {e}")))?;
         Ok(Self {
             inner,
             path: path.to_path_buf(),
+            working: Mutex::new(None),
         })
     }
 
+    /// The tokenizer as the file defines it (its own padding/truncation kept).
     pub fn inner(&self) -> &Tokenizer {
         &self.inner
     }
@@ -52,9 +68,17 @@ impl TextTokenizer {
         self.inner.token_to_id(token)
     }
 
+    fn err(&self, msg: impl std::fmt::Display) -> DataError {
+        DataError::Tokenizer {
+            path: self.path.clone(),
+            msg: one_line(msg),
+        }
+    }
+
     /// Ids and attention masks (1 = token, 0 = padding), with special tokens,
-    /// truncated to `max_len` as HF `truncation=True` does (keeping the
-    /// post-processor's tokens), padded on the right with `pad_id`.
+    /// truncated to `max_len` as HF `truncation=True` does (the text is cut,
+    /// the post-processor's tokens are kept), padded on the right with
+    /// `pad_id` to the longest row or to `MaxLength(n)` (at most `max_len`).
     pub fn encode_batch(
         &self,
         texts: &[&str],
@@ -62,28 +86,29 @@ impl TextTokenizer {
         pad_id: u32,
         max_len: usize,
     ) -> Result<EncodedBatch> {
-        let mut tok = self.inner.clone();
-        tok.with_truncation(Some(tokenizers::TruncationParams {
-            max_length: max_len,
-            ..Default::default()
-        }))
-        .map_err(|e| DataError::Tokenizer {
-            path: self.path.clone(),
-            msg: one_line(e),
-        })?;
-        tok.with_padding(None);
-        let encodings =
+        let encodings = {
+            let mut working = self
+                .working
+                .lock()
+                .map_err(|_| self.err("tokenizer lock poisoned by an earlier panic"))?;
+            if working.as_ref().map(|(n, _)| *n) != Some(max_len) {
+                let mut tok = self.inner.clone();
+                tok.with_truncation(Some(TruncationParams {
+                    max_length: max_len,
+                    ..Default::default()
+                }))
+                .map_err(|e| self.err(e))?;
+                tok.with_padding(None);
+                *working = Some((max_len, tok));
+            }
+            let Some((_, tok)) = working.as_ref() else {
+                return Err(self.err("tokenizer cache empty"));
+            };
             tok.encode_batch(texts.to_vec(), true)
-                .map_err(|e| DataError::Tokenizer {
-                    path: self.path.clone(),
-                    msg: one_line(format!("encode: {e}")),
-                })?;
+                .map_err(|e| self.err(format!("encode: {e}")))?
+        };
         let target = match padding {
-            Padding::Longest => encodings
-                .iter()
-                .map(|e| e.get_ids().len())
-                .max()
-                .unwrap_or(0),
+            Padding::Longest => encodings.iter().map(|e| e.len()).max().unwrap_or(0),
             Padding::MaxLength(n) => n.min(max_len),
         };
         let mut ids = Vec::with_capacity(texts.len());

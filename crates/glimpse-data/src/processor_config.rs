@@ -1,0 +1,287 @@
+//! `preprocessor_config.json` as transformers' `CLIPImageProcessor` and
+//! `SiglipImageProcessor` write it, with the defaults of those classes, plus
+//! the output geometry it implies.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{one_line, DataError, Result};
+use crate::pil_resize::Filter;
+
+// Digits as transformers' OPENAI_CLIP_MEAN / _STD write them.
+#[allow(clippy::excessive_precision)]
+const OPENAI_CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)]
+const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// `size`: `{"shortest_edge": N}`, `{"height": H, "width": W}`, or a bare
+/// integer (legacy CLIP configs), which means the shortest edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Value")]
+pub enum SizeSpec {
+    /// Short side to N, aspect kept (CLIP).
+    ShortestEdge(usize),
+    /// Exactly this size, aspect not kept (SigLIP).
+    HeightWidth { height: usize, width: usize },
+}
+
+impl TryFrom<Value> for SizeSpec {
+    type Error = String;
+
+    fn try_from(v: Value) -> std::result::Result<Self, String> {
+        // CLIPImageProcessor.resize looks at shortest_edge before height/width
+        // and ignores longest_edge when shortest_edge is there.
+        if let Some(n) = v.as_u64() {
+            return Ok(SizeSpec::ShortestEdge(to_usize(n)));
+        }
+        if let Some(n) = v.get("shortest_edge").and_then(Value::as_u64) {
+            return Ok(SizeSpec::ShortestEdge(to_usize(n)));
+        }
+        if let Some((height, width)) = height_width(&v) {
+            return Ok(SizeSpec::HeightWidth { height, width });
+        }
+        Err(format!(
+            "expected {{\"shortest_edge\": N}}, {{\"height\": H, \"width\": W}} or an integer, got {v}"
+        ))
+    }
+}
+
+/// `crop_size`: `{"height": H, "width": W}` or a bare integer for a square.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Value")]
+pub struct CropSize {
+    pub height: usize,
+    pub width: usize,
+}
+
+impl TryFrom<Value> for CropSize {
+    type Error = String;
+
+    fn try_from(v: Value) -> std::result::Result<Self, String> {
+        // get_size_dict(crop_size, default_to_square=True): an int is a square
+        let (height, width) = match v.as_u64() {
+            Some(n) => (to_usize(n), to_usize(n)),
+            None => height_width(&v).ok_or_else(|| {
+                format!("expected {{\"height\": H, \"width\": W}} or an integer, got {v}")
+            })?,
+        };
+        Ok(CropSize { height, width })
+    }
+}
+
+/// `image_mean` / `image_std`: three floats, or one for all channels (as
+/// transformers' `normalize` broadcasts it).
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(try_from = "Value")]
+pub struct PerChannel(pub [f32; 3]);
+
+impl TryFrom<Value> for PerChannel {
+    type Error = String;
+
+    fn try_from(v: Value) -> std::result::Result<Self, String> {
+        let as_f32 = |x: &Value| x.as_f64().map(|f| f as f32);
+        if let Some(x) = as_f32(&v) {
+            return Ok(PerChannel([x; 3]));
+        }
+        match v
+            .as_array()
+            .map(|a| a.iter().map(as_f32).collect::<Option<Vec<_>>>())
+        {
+            Some(Some(xs)) if xs.len() == 3 => Ok(PerChannel([xs[0], xs[1], xs[2]])),
+            _ => Err(format!("expected 3 numbers (R, G, B), got {v}")),
+        }
+    }
+}
+
+/// serde_json's type errors do not say which field; every field is optional,
+/// so the first one that fails on its own is the one at fault.
+fn blame_field(value: &Value, e: serde_json::Error) -> String {
+    let Some(map) = value.as_object() else {
+        return format!("expected a JSON object: {e}");
+    };
+    for (key, v) in map {
+        let alone = Value::Object([(key.clone(), v.clone())].into_iter().collect());
+        if let Err(field_err) = serde_json::from_value::<ProcessorConfig>(alone) {
+            return format!("field {key}: {field_err}");
+        }
+    }
+    e.to_string()
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+fn height_width(v: &Value) -> Option<(usize, usize)> {
+    let h = v.get("height")?.as_u64()?;
+    let w = v.get("width")?.as_u64()?;
+    Some((to_usize(h), to_usize(w)))
+}
+
+/// Fields transformers reads; any other field in the file is ignored.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProcessorConfig {
+    pub image_processor_type: Option<String>,
+    /// What configs written before image processors existed carry instead
+    /// (`"CLIPFeatureExtractor"`).
+    pub feature_extractor_type: Option<String>,
+    #[serde(default = "yes")]
+    pub do_resize: bool,
+    pub size: Option<SizeSpec>,
+    /// Pillow's integer filter code (`PIL.Image.Resampling`).
+    #[serde(default = "bicubic_code")]
+    pub resample: u32,
+    /// Absent: the class default (see [`ProcessorConfig::does_center_crop`]).
+    pub do_center_crop: Option<bool>,
+    pub crop_size: Option<CropSize>,
+    #[serde(default = "yes")]
+    pub do_rescale: bool,
+    #[serde(default = "inv_255")]
+    pub rescale_factor: f64,
+    #[serde(default = "yes")]
+    pub do_normalize: bool,
+    #[serde(default = "clip_mean")]
+    pub image_mean: PerChannel,
+    #[serde(default = "clip_std")]
+    pub image_std: PerChannel,
+    /// Decoding always yields RGB (`load_rgb` applies `convert_to_rgb`), so
+    /// this is kept only to be reported.
+    pub do_convert_rgb: Option<bool>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn bicubic_code() -> u32 {
+    3
+}
+fn inv_255() -> f64 {
+    1.0 / 255.0
+}
+fn clip_mean() -> PerChannel {
+    PerChannel(OPENAI_CLIP_MEAN)
+}
+fn clip_std() -> PerChannel {
+    PerChannel(OPENAI_CLIP_STD)
+}
+
+impl ProcessorConfig {
+    /// Reads and checks a `preprocessor_config.json`; every error names it.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let err = |msg: String| DataError::Config {
+            path: path.to_path_buf(),
+            msg: one_line(msg),
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => err("not found".into()),
+            _ if path.is_dir() => err("is a directory".into()),
+            _ => err(format!("cannot read: {e}")),
+        })?;
+        let cfg = Self::from_json(&text).map_err(err)?;
+        Ok(cfg)
+    }
+
+    /// Parses and checks the JSON text; the error is the message alone.
+    pub fn from_json(text: &str) -> std::result::Result<Self, String> {
+        let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+        let cfg: Self =
+            serde_json::from_value(value.clone()).map_err(|e| blame_field(&value, e))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        self.filter()?;
+        if self.do_resize && self.size.is_none() {
+            return Err("missing field size (do_resize is true)".into());
+        }
+        if self.does_center_crop() && self.crop_size.is_none() {
+            return Err("missing field crop_size (do_center_crop is true)".into());
+        }
+        if self.image_std.0.contains(&0.0) {
+            return Err(format!(
+                "image_std {:?} contains 0 (normalising would divide by zero)",
+                self.image_std.0
+            ));
+        }
+        let zero_size = match self.size {
+            Some(SizeSpec::HeightWidth { height, width }) => height == 0 || width == 0,
+            Some(SizeSpec::ShortestEdge(s)) => s == 0,
+            None => false,
+        };
+        if zero_size {
+            return Err(format!("size {:?} is 0", self.size));
+        }
+        if let Some(c) = self.crop_size.filter(|c| c.height == 0 || c.width == 0) {
+            return Err(format!("crop_size {}x{} is 0", c.height, c.width));
+        }
+        Ok(())
+    }
+
+    /// The resampling filter `resample` names.
+    pub fn filter(&self) -> std::result::Result<Filter, String> {
+        Filter::from_pil_code(self.resample).ok_or_else(|| {
+            format!(
+                "resample {} is not supported (PIL codes: 0 nearest, 1 lanczos, 2 bilinear, 3 bicubic, 4 box, 5 hamming)",
+                self.resample
+            )
+        })
+    }
+
+    /// Whether a center crop runs. An explicit `do_center_crop` decides;
+    /// absent, it is the class default: true for CLIPImageProcessor
+    /// (`do_center_crop=True` in its `__init__`), false otherwise (SigLIP's
+    /// processor has no crop at all).
+    pub fn does_center_crop(&self) -> bool {
+        self.do_center_crop.unwrap_or_else(|| {
+            let kind = self
+                .image_processor_type
+                .as_deref()
+                .or(self.feature_extractor_type.as_deref())
+                .unwrap_or("");
+            kind.starts_with("CLIPImageProcessor") || kind == "CLIPFeatureExtractor"
+        })
+    }
+
+    /// Size after resizing an `h` x `w` image (transformers'
+    /// `get_resize_output_image_size` with `default_to_square=False`).
+    pub fn resized_hw(&self, h: usize, w: usize) -> (usize, usize) {
+        let short_edge = match self.size {
+            _ if !self.do_resize => return (h, w),
+            None => return (h, w),
+            Some(SizeSpec::HeightWidth { height, width }) => return (height, width),
+            Some(SizeSpec::ShortestEdge(s)) => s,
+        };
+        let (short, long) = if w <= h { (w, h) } else { (h, w) };
+        // Python: int(new_short * long / short), true division then truncation
+        let new_long = ((short_edge * long) as f64 / short as f64) as usize;
+        if w <= h {
+            (new_long, short_edge)
+        } else {
+            (short_edge, new_long)
+        }
+    }
+
+    /// Final (H, W) of the pixel values for an `h` x `w` input.
+    pub fn output_hw(&self, h: usize, w: usize) -> (usize, usize) {
+        match (self.does_center_crop(), self.crop_size) {
+            (true, Some(c)) => (c.height, c.width),
+            _ => self.resized_hw(h, w),
+        }
+    }
+
+    /// Final (H, W) when it does not depend on the input: a crop or a fixed
+    /// `{"height", "width"}` resize. `None` when it does (shortest_edge
+    /// without a crop, or no resize at all).
+    pub fn output_size(&self) -> Option<(usize, usize)> {
+        match (self.does_center_crop(), self.crop_size, self.size) {
+            (true, Some(c), _) => Some((c.height, c.width)),
+            (_, _, Some(SizeSpec::HeightWidth { height, width })) if self.do_resize => {
+                Some((height, width))
+            }
+            _ => None,
+        }
+    }
+}
