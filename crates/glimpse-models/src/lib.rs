@@ -4,6 +4,7 @@
 pub mod dual;
 pub mod dual_config;
 pub mod error;
+pub mod gguf;
 pub mod nn;
 pub mod text;
 pub mod vision;
@@ -11,3 +12,5 @@ pub mod weights;
 
 pub use dual::{DualConfig, DualEncoder, DualKind};
 pub use error::{ModelError, Result};
+pub use gguf::GgufFile;
+pub use text::{Decoder, DecoderCache, DecoderConfig, LogitsFor};

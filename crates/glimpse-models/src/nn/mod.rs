@@ -3,15 +3,22 @@
 
 pub mod activation;
 pub mod attention;
+pub mod causal_attention;
 pub mod encoder;
 pub mod fused_attention;
 pub mod interpolate;
+pub mod kv_cache;
 pub mod linear;
 pub mod mlp;
+pub mod qlinear;
+pub mod rms_norm;
+pub mod rope;
 mod simd_act;
+pub mod swiglu;
 
 pub use activation::Activation;
 pub use attention::SelfAttention;
 pub use encoder::{Encoder, EncoderLayer};
 pub use linear::Linear;
 pub use mlp::Mlp;
+pub use rms_norm::RmsNorm;

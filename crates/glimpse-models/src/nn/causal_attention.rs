@@ -1,0 +1,136 @@
+//! Causal self-attention of Llama-family decoders (HF `LlamaAttention`,
+//! `Qwen2Attention`): rotary positions, grouped-query heads, a key/value
+//! cache, and an additive mask for padding and sliding windows.
+
+use candle_core::{DType, Module, Result, Tensor};
+
+use crate::nn::kv_cache::KvCache;
+use crate::nn::qlinear::QLinear;
+use crate::nn::rope::Rope;
+
+#[derive(Debug, Clone)]
+pub struct CausalSelfAttention {
+    pub q_proj: QLinear,
+    pub k_proj: QLinear,
+    pub v_proj: QLinear,
+    pub o_proj: QLinear,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// What a forward pass shares across layers: rotary angles of the new
+/// tokens and the mask over (new tokens × all cached tokens).
+pub struct AttentionInputs {
+    /// (T, hd/2) or (B, T, hd/2) each.
+    pub cos: Tensor,
+    pub sin: Tensor,
+    /// Additive f32 mask (B, 1, 1, T, S), 0 where a query may look and a
+    /// large negative number where it may not; `None` when every query may
+    /// see every key (one new token, no padding).
+    pub mask: Option<Tensor>,
+}
+
+impl CausalSelfAttention {
+    /// # Shapes
+    /// `xs`: (B, T, D) -> (B, T, D); the cache grows by T.
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        rope: &Rope,
+        inputs: &AttentionInputs,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let (b, t, _) = xs.dims3()?;
+        let (h, hkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        // (B, T, H*hd) -> (B, T, H, hd) -> (B, H, T, hd)
+        let heads = |p: &QLinear, n: usize| -> Result<Tensor> {
+            p.forward(xs)?
+                .reshape((b, t, n, hd))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = rope.apply(&heads(&self.q_proj, h)?, &inputs.cos, &inputs.sin)?;
+        let k = rope.apply(&heads(&self.k_proj, hkv)?, &inputs.cos, &inputs.sin)?;
+        let v = heads(&self.v_proj, hkv)?;
+        let dtype = v.dtype();
+        let q = q.to_dtype(dtype)?;
+        let k = k.to_dtype(dtype)?;
+        // (B, Hkv, S, hd) each
+        let (k, v) = cache.append(&k, &v)?;
+        let s = k.dim(2)?;
+        let group = h / hkv;
+
+        // Grouped-query attention without copying K/V per query head: the G
+        // query heads sharing one K/V head become G*T rows of one matmul.
+        // (B, H, T, hd) -> (B, Hkv, G*T, hd)
+        let q = q.reshape((b, hkv, group * t, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        // (B, Hkv, G*T, hd) x (B, Hkv, hd, S) -> (B, Hkv, G*T, S)
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        // Softmax in f32 as transformers does, whatever the activation dtype.
+        let scores = scores.to_dtype(DType::F32)?;
+        let scores = match &inputs.mask {
+            // (B, Hkv, G*T, S) -> (B, Hkv, G, T, S) + (B, 1, 1, T, S)
+            Some(mask) => scores
+                .reshape((b, hkv, group, t, s))?
+                .broadcast_add(mask)?
+                .reshape((b, hkv, group * t, s))?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+        // (B, Hkv, G*T, S) x (B, Hkv, S, hd) -> (B, Hkv, G*T, hd)
+        let out = probs.matmul(&v.contiguous()?)?;
+        // (B, Hkv, G*T, hd) = (B, H, T, hd) -> (B, T, H, hd) -> (B, T, H*hd)
+        let out = out
+            .reshape((b, h, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b, t, h * hd))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+/// Builds the additive mask for new tokens against all keys.
+///
+/// `key_valid[b][j]`: whether column j of row b (cached columns first,
+/// then the T new ones) is a real token; `offset`: cached columns before
+/// the new ones. Query i (column offset+i) sees key j when j is valid,
+/// j <= offset+i, and, with a window W, offset+i - j < W.
+///
+/// # Shapes
+/// returns (B, 1, 1, T, S) f32 with S = offset + T
+pub fn build_mask(
+    key_valid: &[Vec<bool>],
+    offset: usize,
+    t: usize,
+    window: Option<usize>,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    // Large and finite: a row with nothing visible (a padding query) gets a
+    // uniform softmax instead of NaN; its output is never read.
+    const BLOCKED: f32 = -1e9;
+    let s = offset + t;
+    let b = key_valid.len();
+    let mut data = vec![BLOCKED; b * t * s];
+    for (row, valid) in key_valid.iter().enumerate() {
+        for i in 0..t {
+            let qpos = offset + i;
+            let lo = window.map_or(0, |w| (qpos + 1).saturating_sub(w));
+            let base = (row * t + i) * s;
+            for j in lo..=qpos {
+                if valid.get(j).copied().unwrap_or(false) {
+                    data[base + j] = 0.0;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(data, (b, 1, 1, t, s), device)
+}
+
+/// Whether a forward of `t` new tokens needs an explicit mask at all.
+pub fn needs_mask(key_valid: &[Vec<bool>], t: usize, window: Option<usize>) -> bool {
+    let all_valid = key_valid.iter().all(|row| row.iter().all(|&v| v));
+    let s = key_valid.first().map_or(0, Vec::len);
+    let window_bites = window.is_some_and(|w| s > w);
+    t > 1 || !all_valid || window_bites
+}

@@ -1,0 +1,203 @@
+//! Rotary position embeddings (RoFormer, Su et al. 2021) with the frequency
+//! scalings Llama-family checkpoints use: none, linear (position
+//! interpolation) and Llama 3's wavelength-banded scaling.
+//!
+//! cos/sin are computed for exactly the positions of each forward (a few
+//! thousand `sin_cos` calls) instead of a table for the whole context, which
+//! for 128k-context models would cost tens of MB to save microseconds.
+
+use candle_core::{Device, Result, Tensor};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeConfig {
+    pub theta: f64,
+    pub scaling: RopeScaling,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    Default,
+    /// Every frequency divided by `factor`.
+    Linear { factor: f64 },
+    /// transformers `_compute_llama3_parameters`: long wavelengths divided
+    /// by `factor`, short ones kept, a smooth blend in between.
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+}
+
+/// Which dimensions rotate together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// HF layout: dimension i pairs with i + d/2.
+    HalfSplit,
+    /// GGUF llama layout: llama.cpp's converter permutes q/k rows so that
+    /// dimensions 2i and 2i+1 pair.
+    Interleaved,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rope {
+    /// (head_dim / 2) angular frequencies, f32 as transformers keeps them.
+    inv_freq: Vec<f32>,
+    style: RopeStyle,
+}
+
+impl Rope {
+    pub fn new(cfg: &RopeConfig, head_dim: usize, style: RopeStyle) -> Self {
+        // transformers computes `base ** (arange(0, d, 2) / d)` in f32.
+        let base = cfg.theta as f32;
+        let mut inv_freq: Vec<f32> = (0..head_dim / 2)
+            .map(|i| 1.0 / base.powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        match cfg.scaling {
+            RopeScaling::Default => {}
+            RopeScaling::Linear { factor } => {
+                for f in &mut inv_freq {
+                    *f /= factor as f32;
+                }
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old_ctx,
+            } => {
+                let (factor, low, high, old_ctx) = (
+                    factor as f32,
+                    low_freq_factor as f32,
+                    high_freq_factor as f32,
+                    old_ctx as f32,
+                );
+                let low_wavelen = old_ctx / low;
+                let high_wavelen = old_ctx / high;
+                for f in &mut inv_freq {
+                    let wavelen = 2.0 * std::f32::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (old_ctx / wavelen - low) / (high - low);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+        }
+        Self { inv_freq, style }
+    }
+
+    /// Divides each frequency by a per-frequency factor, as GGUF llama3
+    /// files store their scaling (`rope_freqs.weight`).
+    pub fn with_freq_factors(mut self, factors: &[f32]) -> Self {
+        for (f, d) in self.inv_freq.iter_mut().zip(factors) {
+            *f /= d;
+        }
+        self
+    }
+
+    /// cos and sin for the given positions.
+    ///
+    /// # Shapes
+    /// `positions`: B rows of T each -> cos, sin: (B, T, head_dim/2), or
+    /// (T, head_dim/2) when B = 1.
+    pub fn cos_sin(&self, positions: &[Vec<usize>], device: &Device) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let b = positions.len();
+        let t = positions.first().map_or(0, Vec::len);
+        let mut cos = Vec::with_capacity(b * t * half);
+        let mut sin = Vec::with_capacity(b * t * half);
+        for row in positions {
+            for &p in row {
+                for &f in &self.inv_freq {
+                    // f32 product then f32 sin/cos, as transformers does.
+                    let (s, c) = (p as f32 * f).sin_cos();
+                    cos.push(c);
+                    sin.push(s);
+                }
+            }
+        }
+        if b == 1 {
+            Ok((
+                Tensor::from_vec(cos, (t, half), device)?,
+                Tensor::from_vec(sin, (t, half), device)?,
+            ))
+        } else {
+            Ok((
+                Tensor::from_vec(cos, (b, t, half), device)?,
+                Tensor::from_vec(sin, (b, t, half), device)?,
+            ))
+        }
+    }
+
+    /// Rotates q or k.
+    ///
+    /// # Shapes
+    /// `xs`: (B, H, T, head_dim) contiguous; cos/sin from [`Self::cos_sin`].
+    pub fn apply(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let cos = cos.to_dtype(xs.dtype())?;
+        let sin = sin.to_dtype(xs.dtype())?;
+        match self.style {
+            RopeStyle::HalfSplit => candle_nn::rotary_emb::rope(xs, &cos, &sin),
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(xs, &cos, &sin),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama3_keeps_short_and_divides_long_wavelengths() {
+        let base = Rope::new(
+            &RopeConfig {
+                theta: 500000.0,
+                scaling: RopeScaling::Default,
+            },
+            16,
+            RopeStyle::HalfSplit,
+        );
+        let scaled = Rope::new(
+            &RopeConfig {
+                theta: 500000.0,
+                scaling: RopeScaling::Llama3 {
+                    factor: 8.0,
+                    low_freq_factor: 1.0,
+                    high_freq_factor: 4.0,
+                    original_max_position_embeddings: 32.0,
+                },
+            },
+            16,
+            RopeStyle::HalfSplit,
+        );
+        // Wavelength 2π < 32/4: kept as is.
+        assert_eq!(base.inv_freq[0], scaled.inv_freq[0]);
+        // The longest wavelengths are far above 32: divided by the factor.
+        let last = base.inv_freq.len() - 1;
+        assert!((scaled.inv_freq[last] - base.inv_freq[last] / 8.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn rotation_preserves_norm_and_position_zero_is_identity() -> Result<()> {
+        let rope = Rope::new(
+            &RopeConfig {
+                theta: 10000.0,
+                scaling: RopeScaling::Default,
+            },
+            8,
+            RopeStyle::Interleaved,
+        );
+        let xs = Tensor::arange(0f32, 16., &Device::Cpu)?.reshape((1, 1, 2, 8))?;
+        let (cos, sin) = rope.cos_sin(&[vec![0, 5]], &Device::Cpu)?;
+        let ys = rope.apply(&xs, &cos, &sin)?;
+        let x0: Vec<f32> = xs.get(0)?.get(0)?.get(0)?.to_vec1()?;
+        let y0: Vec<f32> = ys.get(0)?.get(0)?.get(0)?.to_vec1()?;
+        assert_eq!(x0, y0);
+        let n = |t: &Tensor| -> Result<f32> { t.sqr()?.sum_all()?.to_scalar::<f32>() };
+        let (nx, ny) = (n(&xs.get(0)?.get(0)?.get(1)?)?, n(&ys.get(0)?.get(0)?.get(1)?)?);
+        assert!((nx - ny).abs() < 1e-3, "{nx} vs {ny}");
+        Ok(())
+    }
+}

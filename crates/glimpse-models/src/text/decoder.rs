@@ -1,0 +1,330 @@
+//! Llama-family causal language model (HF `LlamaForCausalLM`,
+//! `MistralForCausalLM`, `Qwen2ForCausalLM`): token embeddings, pre-norm
+//! decoder layers (RMSNorm, rotary GQA self-attention, SwiGLU), final norm
+//! and LM head, with an explicit KV cache for prefill and decode steps.
+//!
+//! The model takes either ids or input embeddings, so a VLM can splice
+//! image rows into the sequence before the first layer. Batches are
+//! left-padded: `valid` marks real tokens, positions count only real tokens
+//! (as transformers' `generate` derives `position_ids` from the mask), and
+//! padding columns are masked out as keys.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use crate::error::{ModelError, Result};
+use crate::gguf::GgufFile;
+use crate::nn::causal_attention::{build_mask, needs_mask, AttentionInputs, CausalSelfAttention};
+use crate::nn::kv_cache::KvCache;
+use crate::nn::qlinear::QLinear;
+use crate::nn::rms_norm::RmsNorm;
+use crate::nn::rope::{Rope, RopeStyle};
+use crate::nn::swiglu::SwiGlu;
+use crate::text::decoder_config::DecoderConfig;
+use crate::text::decoder_weights::{DecoderWeights, TokenEmbedding};
+use crate::weights::Checkpoint;
+
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    pub self_attn: CausalSelfAttention,
+    pub mlp: SwiGlu,
+    pub input_layernorm: RmsNorm,
+    pub post_attention_layernorm: RmsNorm,
+}
+
+impl DecoderLayer {
+    fn new(cfg: &DecoderConfig, w: &DecoderWeights, prefix: &str) -> Result<Self> {
+        let (d, hd) = (cfg.hidden_size, cfg.head_dim);
+        let (h, hkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let attn = format!("{prefix}.self_attn");
+        let mlp = format!("{prefix}.mlp");
+        let i = cfg.intermediate_size;
+        Ok(Self {
+            self_attn: CausalSelfAttention {
+                q_proj: w.linear(&format!("{attn}.q_proj"), d, h * hd, cfg.qkv_bias)?,
+                k_proj: w.linear(&format!("{attn}.k_proj"), d, hkv * hd, cfg.qkv_bias)?,
+                v_proj: w.linear(&format!("{attn}.v_proj"), d, hkv * hd, cfg.qkv_bias)?,
+                o_proj: w.linear(&format!("{attn}.o_proj"), h * hd, d, cfg.o_bias)?,
+                num_heads: h,
+                num_kv_heads: hkv,
+                head_dim: hd,
+            },
+            mlp: SwiGlu {
+                gate_proj: w.linear(&format!("{mlp}.gate_proj"), d, i, cfg.mlp_bias)?,
+                up_proj: w.linear(&format!("{mlp}.up_proj"), d, i, cfg.mlp_bias)?,
+                down_proj: w.linear(&format!("{mlp}.down_proj"), i, d, cfg.mlp_bias)?,
+            },
+            input_layernorm: norm(cfg, w, &format!("{prefix}.input_layernorm"))?,
+            post_attention_layernorm: norm(cfg, w, &format!("{prefix}.post_attention_layernorm"))?,
+        })
+    }
+
+    /// # Shapes
+    /// `xs`: (B, T, D) -> (B, T, D)
+    fn forward(
+        &self,
+        xs: &Tensor,
+        rope: &Rope,
+        inputs: &AttentionInputs,
+        cache: &mut KvCache,
+    ) -> candle_core::Result<Tensor> {
+        let attn = self
+            .self_attn
+            .forward(&self.input_layernorm.forward(xs)?, rope, inputs, cache)?;
+        let xs = (xs + attn)?;
+        let mlp = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&xs)?)?;
+        xs + mlp
+    }
+}
+
+fn norm(cfg: &DecoderConfig, w: &DecoderWeights, prefix: &str) -> Result<RmsNorm> {
+    Ok(RmsNorm::new(
+        w.dense(&format!("{prefix}.weight"), &[cfg.hidden_size])?,
+        cfg.rms_norm_eps,
+    ))
+}
+
+/// Which positions get LM-head logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsFor {
+    /// Every input position (parity tests, training).
+    All,
+    /// Only the last column (generation): the head is the widest matmul,
+    /// running it over a whole prompt would be wasted.
+    Last,
+}
+
+/// Per-request decoding state: every layer's keys and values, and which
+/// cached columns of each row are real tokens.
+#[derive(Debug, Clone, Default)]
+pub struct DecoderCache {
+    layers: Vec<KvCache>,
+    key_valid: Vec<Vec<bool>>,
+}
+
+impl DecoderCache {
+    /// Columns cached so far (padding included).
+    pub fn len(&self) -> usize {
+        self.key_valid.first().map_or(0, Vec::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.key_valid.len()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    pub embed_tokens: TokenEmbedding,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    pub lm_head: QLinear,
+    rope: Rope,
+    cfg: DecoderConfig,
+    dtype: DType,
+    device: Device,
+}
+
+impl Decoder {
+    /// Builds the decoder from weights named as HF names them under
+    /// `prefix` (`model` for `LlamaForCausalLM`), the head at `head`.
+    pub fn new(
+        cfg: &DecoderConfig,
+        w: &DecoderWeights,
+        prefix: &str,
+        head: &str,
+        rope_style: RopeStyle,
+    ) -> Result<Self> {
+        let embed_tokens = w.embedding(
+            &format!("{prefix}.embed_tokens.weight"),
+            cfg.vocab_size,
+            cfg.hidden_size,
+        )?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(cfg, w, &format!("{prefix}.layers.{i}")))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = norm(cfg, w, &format!("{prefix}.norm"))?;
+        let lm_head = if cfg.tie_word_embeddings {
+            w.tied_head(&embed_tokens)?
+        } else {
+            w.linear(head, cfg.hidden_size, cfg.vocab_size, false)?
+        };
+        let mut rope = Rope::new(&cfg.rope, cfg.head_dim, rope_style);
+        if let DecoderWeights::Gguf { file, device, .. } = w {
+            // llama.cpp stores Llama 3 rope scaling as per-frequency divisors.
+            if file.has_raw("rope_freqs.weight") {
+                let f = file.raw_tensor("rope_freqs.weight", &[cfg.head_dim / 2], device)?;
+                let f: Vec<f32> = f.dequantize(device)?.to_vec1()?;
+                rope = rope.with_freq_factors(&f);
+            }
+        }
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            cfg: cfg.clone(),
+            dtype: w.compute_dtype(),
+            device: w.device(),
+        })
+    }
+
+    /// Loads an HF causal-LM directory (`config.json` + safetensors),
+    /// strictly: every tensor present and shaped right, none left over.
+    pub fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let cfg = DecoderConfig::from_file(&dir.join("config.json"))?;
+        let checkpoint = Checkpoint::open_dir(dir)?;
+        let strict = checkpoint.strict(dtype, device);
+        let vb: VarBuilder = strict.var_builder();
+        let model = Self::new(&cfg, &DecoderWeights::Hf(vb), "model", "lm_head", RopeStyle::HalfSplit)?;
+        // Tied checkpoints sometimes still carry a copy of the head;
+        // rotary buffers of old exports are derived, not learned.
+        strict.finish(|name| {
+            (cfg.tie_word_embeddings && name == "lm_head.weight") || name.ends_with("rotary_emb.inv_freq")
+        })?;
+        Ok(model)
+    }
+
+    /// Loads a llama/qwen2 GGUF file. `dequantize`: `Some(dtype)` turns every
+    /// weight dense at load (reference numerics), `None` keeps quantized
+    /// blocks and runs candle's quantized matmuls.
+    pub fn load_gguf(file: &GgufFile, dequantize: Option<DType>, device: &Device) -> Result<Self> {
+        let (cfg, style) = file.decoder_config()?;
+        let w = DecoderWeights::Gguf {
+            file,
+            dequantize,
+            device: device.clone(),
+        };
+        let model = Self::new(&cfg, &w, "model", "lm_head", style)?;
+        file.finish()?;
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &DecoderConfig {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// An empty cache for `batch` rows.
+    pub fn new_cache(&self, batch: usize) -> DecoderCache {
+        DecoderCache {
+            layers: vec![KvCache::default(); self.layers.len()],
+            key_valid: vec![Vec::new(); batch],
+        }
+    }
+
+    /// # Shapes
+    /// `ids`: (B, T) u32 -> (B, T, D) in the compute dtype
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.embed_tokens.forward(ids)?.to_dtype(self.dtype)?)
+    }
+
+    /// Runs new token ids through the model; see [`Self::forward_embeds`].
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        valid: Option<&[Vec<bool>]>,
+        cache: &mut DecoderCache,
+        logits: LogitsFor,
+    ) -> Result<Tensor> {
+        self.forward_embeds(&self.embed(ids)?, valid, cache, logits)
+    }
+
+    /// Runs T new positions of each row after what `cache` holds, and
+    /// appends them to it. `valid[b][i]` is false for padding (None: all real).
+    ///
+    /// # Shapes
+    /// `embeds`: (B, T, D) -> logits f32 (B, T, V) for [`LogitsFor::All`],
+    /// (B, 1, V) for [`LogitsFor::Last`]
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        valid: Option<&[Vec<bool>]>,
+        cache: &mut DecoderCache,
+        logits: LogitsFor,
+    ) -> Result<Tensor> {
+        let (b, t, d) = embeds.dims3()?;
+        if d != self.cfg.hidden_size {
+            return Err(ModelError::Input(format!(
+                "input embeddings are {d} wide, the decoder takes {}",
+                self.cfg.hidden_size
+            )));
+        }
+        if t == 0 {
+            return Err(ModelError::Input("no input positions".into()));
+        }
+        if cache.batch_size() != b || cache.layers.len() != self.layers.len() {
+            return Err(ModelError::Input(format!(
+                "cache holds {} rows, the input has {b}",
+                cache.batch_size()
+            )));
+        }
+        let offset = cache.len();
+        let ctx = self.cfg.max_position_embeddings;
+        if offset + t > ctx {
+            return Err(ModelError::Input(format!(
+                "{} tokens exceed the context window of {ctx} (max_position_embeddings)",
+                offset + t
+            )));
+        }
+        match valid {
+            Some(v) if v.len() != b || v.iter().any(|row| row.len() != t) => {
+                return Err(ModelError::Input(format!(
+                    "padding mask is not ({b}, {t}) like the input"
+                )))
+            }
+            _ => {}
+        }
+        // Positions count the real tokens before each column.
+        let mut positions = Vec::with_capacity(b);
+        for row in 0..b {
+            let mut next = cache.key_valid[row].iter().filter(|&&v| v).count();
+            let mut pos = Vec::with_capacity(t);
+            for i in 0..t {
+                let real = valid.is_none_or(|v| v[row][i]);
+                pos.push(next);
+                next += usize::from(real);
+                cache.key_valid[row].push(real);
+            }
+            positions.push(pos);
+        }
+        // Rows with identical positions share one (T, hd/2) table.
+        if positions.iter().all(|p| p == &positions[0]) {
+            positions.truncate(1);
+        }
+        let (cos, sin) = self.rope.cos_sin(&positions, &self.device)?;
+        let window = self.cfg.sliding_window;
+        let mask = if needs_mask(&cache.key_valid, t, window) {
+            Some(build_mask(&cache.key_valid, offset, t, window, &self.device)?)
+        } else {
+            None
+        };
+        let inputs = AttentionInputs { cos, sin, mask };
+        let mut xs = embeds.to_dtype(self.dtype)?;
+        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            xs = layer.forward(&xs, &self.rope, &inputs, kv)?;
+        }
+        if logits == LogitsFor::Last {
+            // (B, T, D) -> (B, 1, D)
+            xs = xs.narrow(1, t - 1, 1)?;
+        }
+        let xs = self.norm.forward(&xs)?;
+        Ok(candle_core::Module::forward(&self.lm_head, &xs)?.to_dtype(DType::F32)?)
+    }
+}
