@@ -21,7 +21,7 @@ pub enum ModelError {
     #[error("{0}")]
     Input(String),
 
-    #[error("tensor op: {0}")]
+    #[error("tensor op: {}", candle_message(.0))]
     Candle(#[from] candle_core::Error),
 }
 
@@ -49,4 +49,13 @@ pub(crate) fn one_line(msg: impl std::fmt::Display) -> String {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// A candle error's message without the backtrace candle appends when
+/// `RUST_BACKTRACE` is set, on one line.
+pub fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        other => one_line(other),
+    }
 }

@@ -28,7 +28,10 @@ pub struct GgufFile {
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| ModelError::file(path, e))?;
-        let file_len = file.metadata().map_err(|e| ModelError::file(path, e))?.len();
+        let file_len = file
+            .metadata()
+            .map_err(|e| ModelError::file(path, e))?
+            .len();
         let mut reader = BufReader::new(file);
         let content = Content::read(&mut reader).map_err(|e| read_error(path, e))?;
         // A download cut short keeps a valid header: check every tensor's
@@ -166,7 +169,10 @@ impl GgufFile {
             max_position_embeddings: need("context_length")?,
             tie_word_embeddings: !self.content.tensor_infos.contains_key("output.weight"),
             qkv_bias: self.content.tensor_infos.contains_key("blk.0.attn_q.bias"),
-            o_bias: self.content.tensor_infos.contains_key("blk.0.attn_output.bias"),
+            o_bias: self
+                .content
+                .tensor_infos
+                .contains_key("blk.0.attn_output.bias"),
             mlp_bias: false,
             sliding_window: None,
             bos_token_id: self
@@ -197,10 +203,14 @@ impl GgufFile {
 
     /// A tensor by its GGUF name.
     pub fn raw_tensor(&self, name: &str, shape: &[usize], device: &Device) -> Result<Arc<QTensor>> {
-        let info = self.content.tensor_infos.get(name).ok_or_else(|| ModelError::Weights {
-            path: self.path.clone(),
-            msg: format!("tensor {name} is missing"),
-        })?;
+        let info = self
+            .content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| ModelError::Weights {
+                path: self.path.clone(),
+                msg: format!("tensor {name} is missing"),
+            })?;
         if info.shape.dims() != shape {
             return Err(ModelError::Weights {
                 path: self.path.clone(),
@@ -213,7 +223,12 @@ impl GgufFile {
         let mut reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         let t = info
             .read(&mut *reader, self.content.tensor_data_offset, device)
-            .map_err(|e| ModelError::file(&self.path, format!("tensor {name}: {e}")))?;
+            .map_err(|e| {
+                ModelError::file(
+                    &self.path,
+                    format!("tensor {name}: {}", crate::error::candle_message(&e)),
+                )
+            })?;
         self.used
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -293,10 +308,11 @@ fn as_f64(v: &Value) -> Option<f64> {
 
 /// candle reports an unknown ggml type as a bare number; name it.
 fn read_error(path: &Path, e: candle_core::Error) -> ModelError {
-    let msg = e.to_string();
+    let msg = crate::error::candle_message(&e);
     if let Some(id) = msg
         .strip_prefix("unknown dtype for tensor ")
-        .and_then(|s| s.trim().parse::<u32>().ok())
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse::<u32>().ok())
     {
         return ModelError::file(
             path,
@@ -312,10 +328,45 @@ fn read_error(path: &Path, e: candle_core::Error) -> ModelError {
 
 fn ggml_type_name(id: u32) -> &'static str {
     const NAMES: [&str; 40] = [
-        "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K",
-        "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL",
-        "IQ3_S", "IQ2_S", "IQ4_XS", "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16", "Q4_0_4_4",
-        "Q4_0_4_8", "Q4_0_8_8", "TQ1_0", "TQ2_0", "IQ4_NL_4_4", "IQ4_NL_4_8", "IQ4_NL_8_8",
+        "F32",
+        "F16",
+        "Q4_0",
+        "Q4_1",
+        "Q4_2",
+        "Q4_3",
+        "Q5_0",
+        "Q5_1",
+        "Q8_0",
+        "Q8_1",
+        "Q2_K",
+        "Q3_K",
+        "Q4_K",
+        "Q5_K",
+        "Q6_K",
+        "Q8_K",
+        "IQ2_XXS",
+        "IQ2_XS",
+        "IQ3_XXS",
+        "IQ1_S",
+        "IQ4_NL",
+        "IQ3_S",
+        "IQ2_S",
+        "IQ4_XS",
+        "I8",
+        "I16",
+        "I32",
+        "I64",
+        "F64",
+        "IQ1_M",
+        "BF16",
+        "Q4_0_4_4",
+        "Q4_0_4_8",
+        "Q4_0_8_8",
+        "TQ1_0",
+        "TQ2_0",
+        "IQ4_NL_4_4",
+        "IQ4_NL_4_8",
+        "IQ4_NL_8_8",
         "MXFP4",
     ];
     NAMES.get(id as usize).copied().unwrap_or("unknown")

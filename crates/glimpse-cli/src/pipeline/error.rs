@@ -7,7 +7,9 @@ pub enum PipelineError {
     Data(#[from] DataError),
     #[error(transparent)]
     Model(#[from] ModelError),
-    #[error("tensor op: {0}")]
+    #[error(transparent)]
+    Infer(#[from] glimpse_infer::InferError),
+    #[error("tensor op: {}", glimpse_models::error::candle_message(.0))]
     Candle(#[from] candle_core::Error),
     /// The request itself is wrong (no labels, no inputs...).
     #[error("{0}")]

@@ -82,7 +82,12 @@ mod tests {
                 all.push(step as f32);
             }
             assert_eq!(ks.dims(), &[1, 2, all.len(), 4]);
-            let col: Vec<f32> = ks.get(0)?.get(1)?.narrow(1, 0, 1)?.flatten_all()?.to_vec1()?;
+            let col: Vec<f32> = ks
+                .get(0)?
+                .get(1)?
+                .narrow(1, 0, 1)?
+                .flatten_all()?
+                .to_vec1()?;
             assert_eq!(col, all);
             assert_eq!(vs.dims(), ks.dims());
         }

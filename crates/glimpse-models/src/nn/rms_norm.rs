@@ -49,7 +49,8 @@ mod tests {
         let xs = Tensor::randn(0f32, 2.0, (3, 5, 16), &dev)?;
         let w = Tensor::randn(1f32, 0.1, 16, &dev)?;
         let fused = RmsNorm::new(w.clone(), 1e-6).forward(&xs)?;
-        let composed = RmsNorm::new(Var::from_tensor(&w)?.as_tensor().clone(), 1e-6).forward(&xs)?;
+        let composed =
+            RmsNorm::new(Var::from_tensor(&w)?.as_tensor().clone(), 1e-6).forward(&xs)?;
         let diff = (fused - composed)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-5, "{diff}");
         Ok(())

@@ -18,7 +18,9 @@ pub struct RopeConfig {
 pub enum RopeScaling {
     Default,
     /// Every frequency divided by `factor`.
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// transformers `_compute_llama3_parameters`: long wavelengths divided
     /// by `factor`, short ones kept, a smooth blend in between.
     Llama3 {
@@ -196,7 +198,10 @@ mod tests {
         let y0: Vec<f32> = ys.get(0)?.get(0)?.get(0)?.to_vec1()?;
         assert_eq!(x0, y0);
         let n = |t: &Tensor| -> Result<f32> { t.sqr()?.sum_all()?.to_scalar::<f32>() };
-        let (nx, ny) = (n(&xs.get(0)?.get(0)?.get(1)?)?, n(&ys.get(0)?.get(0)?.get(1)?)?);
+        let (nx, ny) = (
+            n(&xs.get(0)?.get(0)?.get(1)?)?,
+            n(&ys.get(0)?.get(0)?.get(1)?)?,
+        );
         assert!((nx - ny).abs() < 1e-3, "{nx} vs {ny}");
         Ok(())
     }

@@ -70,9 +70,9 @@ impl DecoderLayer {
         inputs: &AttentionInputs,
         cache: &mut KvCache,
     ) -> candle_core::Result<Tensor> {
-        let attn = self
-            .self_attn
-            .forward(&self.input_layernorm.forward(xs)?, rope, inputs, cache)?;
+        let attn =
+            self.self_attn
+                .forward(&self.input_layernorm.forward(xs)?, rope, inputs, cache)?;
         let xs = (xs + attn)?;
         let mlp = self
             .mlp
@@ -185,11 +185,18 @@ impl Decoder {
         let checkpoint = Checkpoint::open_dir(dir)?;
         let strict = checkpoint.strict(dtype, device);
         let vb: VarBuilder = strict.var_builder();
-        let model = Self::new(&cfg, &DecoderWeights::Hf(vb), "model", "lm_head", RopeStyle::HalfSplit)?;
+        let model = Self::new(
+            &cfg,
+            &DecoderWeights::Hf(vb),
+            "model",
+            "lm_head",
+            RopeStyle::HalfSplit,
+        )?;
         // Tied checkpoints sometimes still carry a copy of the head;
         // rotary buffers of old exports are derived, not learned.
         strict.finish(|name| {
-            (cfg.tie_word_embeddings && name == "lm_head.weight") || name.ends_with("rotary_emb.inv_freq")
+            (cfg.tie_word_embeddings && name == "lm_head.weight")
+                || name.ends_with("rotary_emb.inv_freq")
         })?;
         Ok(model)
     }
@@ -311,7 +318,13 @@ impl Decoder {
         let (cos, sin) = self.rope.cos_sin(&positions, &self.device)?;
         let window = self.cfg.sliding_window;
         let mask = if needs_mask(&cache.key_valid, t, window) {
-            Some(build_mask(&cache.key_valid, offset, t, window, &self.device)?)
+            Some(build_mask(
+                &cache.key_valid,
+                offset,
+                t,
+                window,
+                &self.device,
+            )?)
         } else {
             None
         };

@@ -101,7 +101,9 @@ impl DecoderConfig {
         };
         let hidden_size = raw.hidden_size.unwrap_or(d.hidden);
         let heads = raw.num_attention_heads.unwrap_or(d.heads);
-        let kv_heads = raw.num_key_value_heads.unwrap_or(d.kv_heads.unwrap_or(heads));
+        let kv_heads = raw
+            .num_key_value_heads
+            .unwrap_or(d.kv_heads.unwrap_or(heads));
         if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
             return Err(format!(
                 "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
@@ -117,11 +119,15 @@ impl DecoderConfig {
             }
         };
         if head_dim % 2 != 0 {
-            return Err(format!("head_dim {head_dim} must be even for rotary embeddings"));
+            return Err(format!(
+                "head_dim {head_dim} must be even for rotary embeddings"
+            ));
         }
         let act = raw.hidden_act.as_deref().unwrap_or("silu");
         if act != "silu" {
-            return Err(format!("hidden_act '{act}' is not supported (SwiGLU needs silu)"));
+            return Err(format!(
+                "hidden_act '{act}' is not supported (SwiGLU needs silu)"
+            ));
         }
         let rope = rope_config(value)?;
         let attention_bias = raw.attention_bias.unwrap_or(false);
@@ -315,8 +321,9 @@ mod tests {
     fn bad_configs_name_the_field() {
         let e = DecoderConfig::from_json(&json!({"model_type": "gpt2"})).unwrap_err();
         assert!(e.contains("unknown model_type 'gpt2'"), "{e}");
-        let e = DecoderConfig::from_json(&json!({"num_attention_heads": 6, "num_key_value_heads": 4}))
-            .unwrap_err();
+        let e =
+            DecoderConfig::from_json(&json!({"num_attention_heads": 6, "num_key_value_heads": 4}))
+                .unwrap_err();
         assert!(e.contains("not a multiple"), "{e}");
         let e = DecoderConfig::from_json(&json!({"rope_scaling": {"type": "yarn", "factor": 2.0}}))
             .unwrap_err();

@@ -75,7 +75,13 @@ impl DecoderWeights<'_> {
     }
 
     /// `{prefix}.weight` (out, in) and, with `bias`, `{prefix}.bias` (out).
-    pub fn linear(&self, prefix: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<QLinear> {
+    pub fn linear(
+        &self,
+        prefix: &str,
+        in_dim: usize,
+        out_dim: usize,
+        bias: bool,
+    ) -> Result<QLinear> {
         let bias_t = if bias {
             Some(self.dense(&format!("{prefix}.bias"), &[out_dim])?)
         } else {
@@ -98,7 +104,11 @@ impl DecoderWeights<'_> {
         }
     }
 
-    fn gguf_linear(q: Arc<QTensor>, bias: Option<Tensor>, dequantize: Option<DType>) -> Result<QLinear> {
+    fn gguf_linear(
+        q: Arc<QTensor>,
+        bias: Option<Tensor>,
+        dequantize: Option<DType>,
+    ) -> Result<QLinear> {
         match dequantize {
             Some(dtype) => {
                 let w = q.dequantize(&q.device())?.to_dtype(dtype)?;
