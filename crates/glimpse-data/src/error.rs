@@ -15,6 +15,15 @@ pub enum DataError {
     #[error("tokenizer {}: {msg}", path.display())]
     Tokenizer { path: PathBuf, msg: String },
 
+    /// A chat template that cannot be read, compiled or rendered; `name` is
+    /// its file, or `chat_template` for one given as a string.
+    #[error("chat template {name}: {msg}")]
+    ChatTemplate { name: String, msg: String },
+
+    /// GGUF tokenizer metadata that is missing or unusable, by its key.
+    #[error("gguf {key}: {msg}")]
+    Gguf { key: String, msg: String },
+
     /// Inputs that are fine one by one but not together (a batch of sizes
     /// that differ, a resize to an absurd canvas).
     #[error("{0}")]

@@ -1,14 +1,20 @@
 //! glimpse-data: everything between files on disk and model-ready tensors:
-//! image decoding, HF image-processor parity, tokenization.
+//! image decoding, HF image-processor parity, tokenization (tokenizer.json
+//! or GGUF metadata), chat templates.
 
+pub mod chat_template;
 pub mod error;
+pub mod gguf_tokenizer;
 pub mod image_io;
+mod jinja_compat;
 pub mod pil_resize;
 pub mod preprocess;
 pub mod processor_config;
 pub mod tokenize;
 
+pub use chat_template::{ChatMessage, ChatTemplate, SpecialTokens};
 pub use error::{DataError, Result};
+pub use gguf_tokenizer::{tokenizer_from_gguf, GgufTokenizer};
 pub use image_io::{decode_rgb, load_rgb, ImageLimits};
 pub use pil_resize::Filter;
 pub use preprocess::{center_crop, preprocess, preprocess_batch};
