@@ -25,6 +25,7 @@ struct Cli {
 enum Command {
     Embed(commands::embed::EmbedArgs),
     Classify(commands::classify::ClassifyArgs),
+    Generate(commands::generate::GenerateArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Embed(args) => commands::embed::run(args),
         Command::Classify(args) => commands::classify::run(args),
+        Command::Generate(args) => commands::generate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -9,40 +9,7 @@ use std::process::Command;
 
 use anyhow::Result;
 use candle_core::{Device, Tensor};
-use common::fixtures;
-
-struct Outcome {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn glimpse(args: &[&str]) -> Outcome {
-    let out = Command::new(env!("CARGO_BIN_EXE_glimpse"))
-        .args(args)
-        .output()
-        .expect("the glimpse binary runs");
-    Outcome {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// Exit `code`, exactly one stderr line, containing every `needles` item.
-fn expect_error(out: &Outcome, code: i32, needles: &[&str]) {
-    assert!(!out.stderr.contains("panicked"), "panic: {}", out.stderr);
-    assert_eq!(out.code, code, "exit status; stderr: {}", out.stderr);
-    let lines: Vec<&str> = out.stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "one line on stderr, got: {:?}", out.stderr);
-    for n in needles {
-        assert!(
-            lines[0].contains(n),
-            "stderr {:?} should mention {n:?}",
-            lines[0]
-        );
-    }
-}
+use common::{expect_error, fixtures, glimpse, Outcome};
 
 fn clip_a() -> PathBuf {
     fixtures().join("encoders/clip-a")

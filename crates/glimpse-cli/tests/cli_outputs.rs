@@ -3,23 +3,9 @@
 
 mod common;
 
-use std::process::Command;
-
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use candle_core::{Device, Tensor};
-use common::{assert_close, fixtures, repo_root};
-
-fn glimpse_json(args: &[&str]) -> Result<serde_json::Value> {
-    let out = Command::new(env!("CARGO_BIN_EXE_glimpse"))
-        .args(args)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "glimpse {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
-}
+use common::{assert_close, fixtures, glimpse_json, repo_root};
 
 fn rows(v: &serde_json::Value) -> Result<Tensor> {
     let rows: Vec<Vec<f32>> = serde_json::from_value(v.clone())?;

@@ -1,5 +1,6 @@
 pub mod classify;
 pub mod embed;
+pub mod generate;
 
 /// Formats a vector for the text output: compact, fixed precision.
 pub fn format_row(row: &[f32]) -> String {

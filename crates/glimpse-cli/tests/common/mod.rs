@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::process::Command;
 
 use candle_core::{DType, Tensor};
 
@@ -30,4 +31,44 @@ pub fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) -> anyhow
     eprintln!("{what}: max |diff| = {diff:.3e}");
     anyhow::ensure!(diff <= tol, "{what}: max |diff| {diff:.3e} > {tol:.1e}");
     Ok(())
+}
+
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn glimpse(args: &[&str]) -> Outcome {
+    let out = Command::new(env!("CARGO_BIN_EXE_glimpse"))
+        .args(args)
+        .output()
+        .expect("the glimpse binary runs");
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Exit `code`, exactly one stderr line, containing every `needles` item.
+pub fn expect_error(out: &Outcome, code: i32, needles: &[&str]) {
+    assert!(!out.stderr.contains("panicked"), "panic: {}", out.stderr);
+    assert_eq!(out.code, code, "exit status; stderr: {}", out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line on stderr, got: {:?}", out.stderr);
+    for n in needles {
+        assert!(
+            lines[0].contains(n),
+            "stderr {:?} should mention {n:?}",
+            lines[0]
+        );
+    }
+}
+
+/// Runs glimpse with `--json`-style output and parses stdout.
+pub fn glimpse_json(args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let out = glimpse(args);
+    anyhow::ensure!(out.code == 0, "glimpse {args:?}: {}", out.stderr);
+    Ok(serde_json::from_str(&out.stdout)?)
 }

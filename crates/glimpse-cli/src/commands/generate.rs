@@ -1,0 +1,140 @@
+//! `glimpse generate`: text from a Llama-family model (HF directory or GGUF
+//! file), streamed to stdout as it is produced.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use candle_core::DType;
+use clap::{Args, ValueEnum};
+use glimpse_cli::device::default_device;
+use glimpse_cli::pipeline::{CausalLm, PipelineError};
+use glimpse_infer::GenerationConfig;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum DTypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl DTypeArg {
+    fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::F16 => DType::F16,
+            Self::Bf16 => DType::BF16,
+        }
+    }
+}
+
+#[derive(Args)]
+#[command(about = "Generate text with a language model (HF directory or GGUF file)")]
+pub struct GenerateArgs {
+    /// HF model directory (llama, mistral, qwen2) or a .gguf file
+    #[arg(long)]
+    model: PathBuf,
+    /// Send the prompt as one user message through the model's chat template
+    #[arg(long)]
+    chat: bool,
+    /// System message before the prompt (needs --chat)
+    #[arg(long)]
+    system: Option<String>,
+    /// Weights dtype. HF directories load in f32 by default; GGUF files keep
+    /// their quantized blocks unless a dtype is given, which dequantizes at load
+    #[arg(long, value_enum)]
+    dtype: Option<DTypeArg>,
+    /// Most tokens to generate (generation also ends at an eos token or a full context)
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0 = greedy. Default: the model's generation_config.json, else greedy
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Keep only the K most likely tokens
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// > 1 discourages repeating tokens already in the prompt or output
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Seed of the sampler
+    #[arg(long, default_value_t = 299792458)]
+    seed: u64,
+    /// Stop when the text contains this string (repeatable)
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// Keep generating past eos tokens (benchmarks: a fixed number of decode steps)
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Print one JSON object at the end instead of streaming text
+    #[arg(long)]
+    json: bool,
+    /// The prompt
+    prompt: String,
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    if args.system.is_some() && !args.chat {
+        return Err(PipelineError::Usage("--system needs --chat".into()).into());
+    }
+    let lm = CausalLm::load(
+        &args.model,
+        args.dtype.map(DTypeArg::dtype),
+        &default_device(),
+    )?;
+    let prompt_ids = lm.prompt_ids(&args.prompt, args.chat, args.system.as_deref())?;
+
+    let mut sampling = lm.sampling.clone();
+    if let Some(t) = args.temperature {
+        sampling.temperature = t;
+    }
+    if args.top_p.is_some() {
+        sampling.top_p = args.top_p;
+    }
+    if args.top_k.is_some() {
+        sampling.top_k = args.top_k;
+    }
+    if let Some(r) = args.repetition_penalty {
+        sampling.repetition_penalty = r;
+    }
+    sampling.seed = args.seed;
+    sampling
+        .validate()
+        .map_err(|e| PipelineError::Usage(e.to_string()))?;
+    let cfg = GenerationConfig {
+        max_new_tokens: args.max_tokens,
+        sampling,
+        eos_ids: if args.ignore_eos {
+            Vec::new()
+        } else {
+            lm.eos_ids.clone()
+        },
+        stop_strings: args.stop.clone(),
+    };
+
+    let stream = !args.json;
+    let mut stdout = std::io::stdout().lock();
+    let generation = lm.generate(&prompt_ids, &cfg, |piece| {
+        if stream {
+            stdout.write_all(piece.as_bytes())?;
+            stdout.flush()?;
+        }
+        Ok(())
+    })?;
+    if args.json {
+        let out = serde_json::json!({
+            "text": generation.text,
+            "tokens": generation.tokens,
+            "prompt_tokens": generation.prompt_tokens,
+            "finish_reason": generation.finish_reason,
+            "prompt_tok_per_s": generation.prompt_tok_per_s(),
+            "decode_tok_per_s": generation.decode_tok_per_s(),
+        });
+        writeln!(stdout, "{out}")?;
+    } else {
+        writeln!(stdout)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,236 @@
+//! A causal language model as users hold one: an HF directory
+//! (`config.json`, safetensors, `tokenizer.json`, chat template,
+//! `generation_config.json`) or a single GGUF file (weights, tokenizer and
+//! chat template all in its metadata) → prompt ids → generated text.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use glimpse_data::{ChatMessage, ChatTemplate};
+use glimpse_infer::{Generation, GenerationConfig, SamplingConfig, TokenModel};
+use glimpse_models::{Decoder, DecoderCache, GgufFile, LogitsFor, ModelError};
+use serde_json::Value;
+use tokenizers::Tokenizer;
+
+use super::{PipelineError, Result};
+
+pub struct CausalLm {
+    pub model: Decoder,
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+    /// Any of these ends generation (`generation_config.json` first, as
+    /// transformers' `generate` reads it, else the model config / GGUF).
+    pub eos_ids: Vec<u32>,
+    /// Sampling defaults the model ships (`generation_config.json`);
+    /// greedy when it ships none.
+    pub sampling: SamplingConfig,
+    pub path: PathBuf,
+}
+
+impl CausalLm {
+    /// `path`: an HF directory or a `.gguf` file. `dtype`: for an HF
+    /// directory the weights' dtype (default f32); for a GGUF file, `Some`
+    /// dequantizes every weight to it at load, `None` keeps the quantized
+    /// blocks and runs quantized matmuls.
+    pub fn load(path: &Path, dtype: Option<DType>, device: &Device) -> Result<Self> {
+        if !path.exists() {
+            return Err(ModelError::file(path, "model not found").into());
+        }
+        if path.is_dir() {
+            Self::load_hf_dir(path, dtype.unwrap_or(DType::F32), device)
+        } else {
+            Self::load_gguf(path, dtype, device)
+        }
+    }
+
+    fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let model = Decoder::load_hf_dir(dir, dtype, device)?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| {
+            glimpse_data::DataError::Tokenizer {
+                path: tokenizer_path.clone(),
+                msg: one_line(e),
+            }
+        })?;
+        let template = ChatTemplate::from_model_dir(dir)?;
+        let generation = read_generation_config(&dir.join("generation_config.json"))?;
+        let eos_ids = match generation
+            .as_ref()
+            .map(|g| glimpse_models::text::decoder_config::ids(&g.get("eos_token_id").cloned()))
+        {
+            Some(ids) if !ids.is_empty() => ids,
+            _ => model.config().eos_token_ids.clone(),
+        };
+        let sampling = generation
+            .as_ref()
+            .map(sampling_from_generation_config)
+            .unwrap_or_default();
+        Ok(Self {
+            model,
+            tokenizer,
+            template,
+            eos_ids,
+            sampling,
+            path: dir.to_path_buf(),
+        })
+    }
+
+    fn load_gguf(path: &Path, dequantize: Option<DType>, device: &Device) -> Result<Self> {
+        let file = GgufFile::open(path)?;
+        let model = Decoder::load_gguf(&file, dequantize, device)?;
+        let tok = glimpse_data::tokenizer_from_gguf(file.metadata())
+            .map_err(|e| ModelError::file(path, e))?;
+        let template = tok.chat_template().map_err(|e| ModelError::file(path, e))?;
+        let mut eos_ids = model.config().eos_token_ids.clone();
+        if let Some(id) = tok.eos_token_id {
+            if !eos_ids.contains(&id) {
+                eos_ids.push(id);
+            }
+        }
+        Ok(Self {
+            model,
+            tokenizer: tok.tokenizer,
+            template,
+            eos_ids,
+            sampling: SamplingConfig::greedy(),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Token ids of a prompt. `chat`: one user message (after an optional
+    /// system message) through the model's chat template, tokenised without
+    /// adding specials (the template writes them), as transformers'
+    /// `apply_chat_template(tokenize=True)` does; otherwise the text as
+    /// given, with the BOS the tokenizer adds.
+    pub fn prompt_ids(&self, prompt: &str, chat: bool, system: Option<&str>) -> Result<Vec<u32>> {
+        let (text, add_special) = if chat {
+            let template = self.template.as_ref().ok_or_else(|| {
+                PipelineError::Usage(format!(
+                    "{}: the model has no chat template; drop --chat to send the prompt as is",
+                    self.path.display()
+                ))
+            })?;
+            let mut messages = Vec::new();
+            if let Some(s) = system {
+                messages.push(ChatMessage::new("system", s));
+            }
+            messages.push(ChatMessage::new("user", prompt));
+            (template.render(&messages, true)?, false)
+        } else {
+            (prompt.to_string(), true)
+        };
+        let ids = self
+            .tokenizer
+            .encode(text, add_special)
+            .map_err(|e| {
+                PipelineError::Usage(format!("cannot tokenise the prompt: {}", one_line(e)))
+            })?
+            .get_ids()
+            .to_vec();
+        if ids.is_empty() {
+            return Err(PipelineError::Usage("the prompt is empty".into()));
+        }
+        Ok(ids)
+    }
+
+    /// Generates after `prompt_ids`, streaming text pieces to `on_text`.
+    /// Generation also stops when the context window is full.
+    pub fn generate(
+        &self,
+        prompt_ids: &[u32],
+        cfg: &GenerationConfig,
+        on_text: impl FnMut(&str) -> std::result::Result<(), glimpse_infer::OutputError>,
+    ) -> Result<Generation> {
+        let ctx = self.model.config().max_position_embeddings;
+        if prompt_ids.len() >= ctx {
+            return Err(PipelineError::Usage(format!(
+                "the prompt is {} tokens; the model's context window is {ctx} (max_position_embeddings), \
+                 leaving no room to generate",
+                prompt_ids.len()
+            )));
+        }
+        let mut cfg = cfg.clone();
+        cfg.max_new_tokens = cfg.max_new_tokens.min(ctx - prompt_ids.len());
+        let mut session = Session::new(&self.model, prompt_ids);
+        Ok(glimpse_infer::generate(
+            &mut session,
+            prompt_ids,
+            &self.tokenizer,
+            &cfg,
+            on_text,
+        )?)
+    }
+}
+
+/// One request's decoding state: the model, its cache and the prompt.
+pub struct Session<'m> {
+    model: &'m Decoder,
+    cache: DecoderCache,
+    prompt: Vec<u32>,
+}
+
+impl<'m> Session<'m> {
+    pub fn new(model: &'m Decoder, prompt: &[u32]) -> Self {
+        Self {
+            model,
+            cache: model.new_cache(1),
+            prompt: prompt.to_vec(),
+        }
+    }
+
+    /// # Shapes
+    /// `ids` (T,) -> last position's logits (V,)
+    fn run(&mut self, ids: &[u32]) -> std::result::Result<Vec<f32>, ModelError> {
+        let input = Tensor::from_slice(ids, (1, ids.len()), self.model.device())?;
+        let logits = self
+            .model
+            .forward(&input, None, &mut self.cache, LogitsFor::Last)?;
+        // (1, 1, V) -> (V,)
+        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+impl TokenModel for Session<'_> {
+    type Error = ModelError;
+
+    fn prefill(&mut self) -> std::result::Result<Vec<f32>, ModelError> {
+        let prompt = std::mem::take(&mut self.prompt);
+        self.run(&prompt)
+    }
+
+    fn step(&mut self, token: u32) -> std::result::Result<Vec<f32>, ModelError> {
+        self.run(&[token])
+    }
+}
+
+fn read_generation_config(path: &Path) -> Result<Option<Value>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::file(path, e))?;
+    let value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::config(path, format!("invalid JSON: {e}")))?;
+    Ok(Some(value))
+}
+
+/// transformers' sampling fields: `do_sample` false (its default) means
+/// greedy whatever the temperature says.
+fn sampling_from_generation_config(g: &Value) -> SamplingConfig {
+    let mut s = SamplingConfig::greedy();
+    if g.get("do_sample").and_then(Value::as_bool) != Some(true) {
+        return s;
+    }
+    let num = |k: &str| g.get(k).and_then(Value::as_f64);
+    s.temperature = num("temperature").unwrap_or(1.0) as f32;
+    s.top_k = Some(num("top_k").map_or(50, |k| k as usize));
+    s.top_p = num("top_p").map(|p| p as f32);
+    s.repetition_penalty = num("repetition_penalty").unwrap_or(1.0) as f32;
+    s
+}
+
+fn one_line(e: impl std::fmt::Display) -> String {
+    e.to_string()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
