@@ -268,3 +268,36 @@ fn batched_greedy_equals_each_alone() -> Result<()> {
     }
     Ok(())
 }
+
+/// Half-precision weights and activations (softmax and norms in f32) stay
+/// close to transformers' f32 logits. The fixture's weights are large
+/// (std 0.35), so bf16's 8-bit mantissa costs ~11% of the logit range; a
+/// wrong cast or layout costs all of it.
+#[test]
+fn half_precision_logits_stay_close() -> Result<()> {
+    for (dtype, tol) in [(DType::F16, 0.03f32), (DType::BF16, 0.2)] {
+        let dir = fixture("llama-gqa-tied");
+        let model = Decoder::load_hf_dir(&dir, dtype, &Device::Cpu)?;
+        let want = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)?;
+        let reference: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
+        let prompt = &rows(&reference["prompt_ids"])[2];
+        let mut cache = model.new_cache(1);
+        let got = model.forward(
+            &ids_tensor(&[prompt.clone()])?,
+            None,
+            &mut cache,
+            LogitsFor::All,
+        )?;
+        assert_eq!(got.dtype(), DType::F32);
+        let want = &want["logits_2"];
+        let range = want.abs()?.max_all()?.to_scalar::<f32>()?;
+        let rel = max_diff(&got, want)? / range;
+        assert!(
+            rel < tol,
+            "{dtype:?}: logits differ by {rel} of their range"
+        );
+        eprintln!("{dtype:?}: max logit difference {rel:.2e} of the range");
+    }
+    Ok(())
+}
