@@ -93,6 +93,73 @@ const SIGLIP_DEFAULTS: Defaults = Defaults {
     eps: 1e-6,
 };
 
+/// The vision tower of a dual encoder or of a VLM's `vision_config`, with
+/// the family's defaults.
+fn vit_config(
+    v: &RawTower,
+    kind: DualKind,
+    d: &Defaults,
+) -> std::result::Result<VitConfig, String> {
+    let name = v.hidden_act.as_deref().unwrap_or(d.act);
+    let act: Activation = serde_json::from_value(serde_json::Value::String(name.to_string()))
+        .map_err(|_| format!("vision_config.hidden_act: unknown activation \"{name}\""))?;
+    Ok(VitConfig {
+        flavor: match kind {
+            DualKind::Clip => VitFlavor::Clip,
+            DualKind::Siglip => VitFlavor::Siglip,
+        },
+        encoder: EncoderConfig {
+            hidden_size: v.hidden_size.unwrap_or(768),
+            intermediate_size: v.intermediate_size.unwrap_or(3072),
+            num_hidden_layers: v.num_hidden_layers.unwrap_or(12),
+            num_attention_heads: v.num_attention_heads.unwrap_or(12),
+            hidden_act: act,
+            layer_norm_eps: v.layer_norm_eps.unwrap_or(d.eps),
+        },
+        num_channels: v.num_channels.unwrap_or(3),
+        image_size: v.image_size.unwrap_or(224),
+        patch_size: v.patch_size.unwrap_or(d.vision_patch),
+        use_head: v.vision_use_head.unwrap_or(true),
+    })
+}
+
+/// A VLM's `vision_config` object (`model_type` `clip_vision_model` or
+/// `siglip_vision_model`) as a tower config.
+pub fn vision_config_from_json(
+    value: &serde_json::Value,
+) -> std::result::Result<VitConfig, String> {
+    let model_type = value
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("clip_vision_model");
+    let (kind, d) = match model_type {
+        "clip_vision_model" | "clip" => (DualKind::Clip, &CLIP_DEFAULTS),
+        "siglip_vision_model" | "siglip" => (DualKind::Siglip, &SIGLIP_DEFAULTS),
+        other => {
+            return Err(format!(
+                "vision_config: unknown model_type '{other}' (glimpse reads clip_vision_model, siglip_vision_model)"
+            ))
+        }
+    };
+    let raw: RawTower =
+        serde_json::from_value(value.clone()).map_err(|e| format!("vision_config: {e}"))?;
+    let cfg = vit_config(&raw, kind, d)?;
+    let enc = &cfg.encoder;
+    if enc.num_attention_heads == 0 || !enc.hidden_size.is_multiple_of(enc.num_attention_heads) {
+        return Err(format!(
+            "vision_config: hidden_size {} is not divisible by num_attention_heads {}",
+            enc.hidden_size, enc.num_attention_heads
+        ));
+    }
+    if cfg.patch_size == 0 || cfg.image_size < cfg.patch_size {
+        return Err(format!(
+            "vision_config: image_size {} smaller than patch_size {}",
+            cfg.image_size, cfg.patch_size
+        ));
+    }
+    Ok(cfg)
+}
+
 impl DualConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ModelError::file(path, e))?;
@@ -144,24 +211,7 @@ impl DualConfig {
             pad_token_id: t.pad_token_id.unwrap_or(1),
             projection_size: t.projection_size.unwrap_or(text_hidden),
         };
-        let vision = VitConfig {
-            flavor: match kind {
-                DualKind::Clip => VitFlavor::Clip,
-                DualKind::Siglip => VitFlavor::Siglip,
-            },
-            encoder: EncoderConfig {
-                hidden_size: v.hidden_size.unwrap_or(768),
-                intermediate_size: v.intermediate_size.unwrap_or(3072),
-                num_hidden_layers: v.num_hidden_layers.unwrap_or(12),
-                num_attention_heads: v.num_attention_heads.unwrap_or(12),
-                hidden_act: act(v, "vision_config")?,
-                layer_norm_eps: v.layer_norm_eps.unwrap_or(d.eps),
-            },
-            num_channels: v.num_channels.unwrap_or(3),
-            image_size: v.image_size.unwrap_or(224),
-            patch_size: v.patch_size.unwrap_or(d.vision_patch),
-            use_head: v.vision_use_head.unwrap_or(true),
-        };
+        let vision = vit_config(v, kind, d).map_err(|msg| ModelError::config(path, msg))?;
         let cfg = DualConfig {
             kind,
             vision,

@@ -4,13 +4,19 @@
 pub mod dual;
 pub mod dual_config;
 pub mod error;
+pub mod fusion;
 pub mod gguf;
 pub mod nn;
+pub mod projector;
 pub mod text;
 pub mod vision;
+pub mod vlm;
+pub mod vlm_config;
 pub mod weights;
 
 pub use dual::{DualConfig, DualEncoder, DualKind};
 pub use error::{ModelError, Result};
 pub use gguf::GgufFile;
 pub use text::{Decoder, DecoderCache, DecoderConfig, LogitsFor};
+pub use vlm::{Vlm, VlmCache, VlmNames};
+pub use vlm_config::{FeatureSelect, FusionConfig, VlmConfig};

@@ -88,6 +88,15 @@ fn norm(cfg: &DecoderConfig, w: &DecoderWeights, prefix: &str) -> Result<RmsNorm
     ))
 }
 
+/// Blocks a caller runs between decoder layers (cross-attention fusion):
+/// `after_layer(i, xs)` sees the output of layer `i` and returns what layer
+/// `i + 1` reads. The decoder knows nothing of what the hook holds.
+pub trait LayerHook {
+    /// # Shapes
+    /// `xs`: (B, T, D) -> (B, T, D)
+    fn after_layer(&self, index: usize, xs: Tensor) -> Result<Tensor>;
+}
+
 /// Which positions get LM-head logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogitsFor {
@@ -266,6 +275,21 @@ impl Decoder {
         cache: &mut DecoderCache,
         logits: LogitsFor,
     ) -> Result<Tensor> {
+        self.forward_embeds_with(embeds, valid, cache, logits, None)
+    }
+
+    /// [`Self::forward_embeds`] with `hook` run after every layer.
+    ///
+    /// # Shapes
+    /// as [`Self::forward_embeds`]
+    pub fn forward_embeds_with(
+        &self,
+        embeds: &Tensor,
+        valid: Option<&[Vec<bool>]>,
+        cache: &mut DecoderCache,
+        logits: LogitsFor,
+        hook: Option<&dyn LayerHook>,
+    ) -> Result<Tensor> {
         let (b, t, d) = embeds.dims3()?;
         if d != self.cfg.hidden_size {
             return Err(ModelError::Input(format!(
@@ -330,8 +354,11 @@ impl Decoder {
         };
         let inputs = AttentionInputs { cos, sin, mask };
         let mut xs = embeds.to_dtype(self.dtype)?;
-        for (layer, kv) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (i, (layer, kv)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
             xs = layer.forward(&xs, &self.rope, &inputs, kv)?;
+            if let Some(hook) = hook {
+                xs = hook.after_layer(i, xs)?;
+            }
         }
         if logits == LogitsFor::Last {
             // (B, T, D) -> (B, 1, D)

@@ -1,0 +1,197 @@
+//! Projectors: vision-tower patch features (B, N, Dv) into the language
+//! model's embedding space (B, M, Dt).
+//!
+//! Every projector runs with frozen checkpoint tensors (inference fast
+//! paths) and with trainable `Var`s (only ops with a backward pass), so the
+//! same module serves the align / instruct training stages.
+//!
+//! | kind | reference | tokens out |
+//! |---|---|---|
+//! | `linear` | LLaVA-1 `mm_projector` | N (after compression) |
+//! | `mlp` | LLaVA-1.5 `LlavaMultiModalProjector` (`mlpNx_gelu`) | N (after compression) |
+//! | `perceiver` | Flamingo §2.1 / IDEFICS `IdeficsPerceiverResampler` | `num_latents` |
+//! | `qformer` | InstructBLIP `InstructBlipQFormerModel` | `num_query_tokens` |
+//!
+//! Each config carries a [`TokenCompression`] applied to the features first;
+//! the projector's input width is then `compression.out_width(vision_hidden_size)`
+//! (×4 for pixel shuffle, unchanged for pooling).
+
+pub mod compress;
+mod layer_norm;
+pub mod linear;
+pub mod mlp;
+mod multi_head;
+pub mod perceiver;
+pub mod qformer;
+mod qformer_layer;
+
+pub use compress::TokenCompression;
+pub use linear::{LinearProjector, LinearProjectorConfig};
+pub use mlp::{MlpProjector, MlpProjectorConfig};
+pub use perceiver::{PerceiverConfig, PerceiverResampler};
+pub use qformer::{QFormer, QFormerConfig};
+
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+use crate::nn::Activation;
+
+/// Which projector, with its sizes; `"type"` names the kind in JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ProjectorConfig {
+    Linear(LinearProjectorConfig),
+    Mlp(MlpProjectorConfig),
+    Perceiver(PerceiverConfig),
+    #[serde(rename = "qformer")]
+    QFormer(QFormerConfig),
+}
+
+impl ProjectorConfig {
+    /// Width of the vision tower's features, before compression.
+    pub fn vision_hidden_size(&self) -> usize {
+        match self {
+            Self::Linear(c) => c.vision_hidden_size,
+            Self::Mlp(c) => c.vision_hidden_size,
+            Self::Perceiver(c) => c.vision_hidden_size,
+            Self::QFormer(c) => c.vision_hidden_size,
+        }
+    }
+
+    /// Width of the language model's embeddings (the output width).
+    pub fn text_hidden_size(&self) -> usize {
+        match self {
+            Self::Linear(c) => c.text_hidden_size,
+            Self::Mlp(c) => c.text_hidden_size,
+            Self::Perceiver(c) => c.text_hidden_size,
+            Self::QFormer(c) => c.text_hidden_size,
+        }
+    }
+
+    pub fn compression(&self) -> TokenCompression {
+        match self {
+            Self::Linear(c) => c.compression,
+            Self::Mlp(c) => c.compression,
+            Self::Perceiver(c) => c.compression,
+            Self::QFormer(c) => c.compression,
+        }
+    }
+
+    /// Width the projector's first layer takes: the tower's width, ×4 after
+    /// pixel shuffle.
+    pub fn input_width(&self) -> usize {
+        self.compression().out_width(self.vision_hidden_size())
+    }
+
+    /// How many embedding rows an image of `num_patches` features becomes
+    /// (how many `<image>` placeholders the prompt needs).
+    pub fn num_output_tokens(&self, num_patches: usize) -> Result<usize> {
+        match self {
+            Self::Linear(_) | Self::Mlp(_) => self.compression().out_tokens(num_patches),
+            Self::Perceiver(c) => Ok(c.num_latents),
+            Self::QFormer(c) => Ok(c.num_query_tokens),
+        }
+    }
+
+    /// Whether the projector reads the instruction (only the Q-Former does).
+    pub fn reads_instruction(&self) -> bool {
+        matches!(self, Self::QFormer(_))
+    }
+}
+
+pub enum Projector {
+    Linear(LinearProjector),
+    Mlp(MlpProjector),
+    Perceiver(PerceiverResampler),
+    QFormer(QFormer),
+}
+
+impl Projector {
+    pub fn new(cfg: &ProjectorConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(match cfg {
+            ProjectorConfig::Linear(c) => Self::Linear(LinearProjector::new(c, vb)?),
+            ProjectorConfig::Mlp(c) => Self::Mlp(MlpProjector::new(c, vb)?),
+            ProjectorConfig::Perceiver(c) => Self::Perceiver(PerceiverResampler::new(c, vb)?),
+            ProjectorConfig::QFormer(c) => Self::QFormer(QFormer::new(c, vb)?),
+        })
+    }
+
+    /// # Shapes
+    /// `features`: (B, N, Dv) -> (B, M, Dt), M as [`ProjectorConfig::num_output_tokens`].
+    pub fn forward(&self, features: &Tensor) -> Result<Tensor> {
+        self.forward_with_instruction(features, None, None)
+    }
+
+    /// As [`Projector::forward`]; the Q-Former also reads the instruction
+    /// (see [`QFormer::forward`]), the other kinds ignore it.
+    ///
+    /// # Shapes
+    /// `features`: (B, N, Dv); `instruction`: (B, L, Di); `instruction_mask`:
+    /// (B, L) of 1 (token) / 0 (padding). Returns (B, M, Dt).
+    pub fn forward_with_instruction(
+        &self,
+        features: &Tensor,
+        instruction: Option<&Tensor>,
+        instruction_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        match self {
+            Self::Linear(p) => p.forward(features),
+            Self::Mlp(p) => p.forward(features),
+            Self::Perceiver(p) => p.forward(features),
+            Self::QFormer(p) => p.forward(features, instruction, instruction_mask),
+        }
+    }
+}
+
+/// A config the projector cannot be built from.
+pub(crate) fn config_error(msg: impl std::fmt::Display) -> ModelError {
+    ModelError::config("projector", msg)
+}
+
+pub(crate) fn check_heads(width: usize, heads: usize) -> Result<usize> {
+    if heads == 0 || !width.is_multiple_of(heads) {
+        return Err(config_error(format!(
+            "hidden size {width} is not divisible by {heads} attention heads"
+        )));
+    }
+    Ok(width / heads)
+}
+
+/// Features as (B, N, D) with D the width the projector was built for.
+pub(crate) fn check_features(features: &Tensor, width: usize) -> Result<(usize, usize)> {
+    let (b, n, d) = features.dims3().map_err(|_| {
+        ModelError::Input(format!("features {:?} are not (B, N, D)", features.dims()))
+    })?;
+    if d != width {
+        return Err(ModelError::Input(format!(
+            "features of width {d}, the projector takes {width}"
+        )));
+    }
+    Ok((b, n))
+}
+
+pub(crate) fn default_act() -> Activation {
+    Activation::Gelu
+}
+
+/// `nn::Activation` deserialises from HF's `hidden_act` names; this writes
+/// the same names back.
+pub(crate) mod act_name {
+    use crate::nn::Activation;
+
+    pub fn serialize<S: serde::Serializer>(act: &Activation, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match act {
+            Activation::QuickGelu => "quick_gelu",
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_pytorch_tanh",
+            Activation::Relu => "relu",
+            Activation::Silu => "silu",
+        })
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Activation, D::Error> {
+        serde::Deserialize::deserialize(d)
+    }
+}

@@ -1,0 +1,308 @@
+//! Vision-language model: vision tower → projector → Llama-family decoder,
+//! fused early (LLaVA, Liu et al. 2023: projected rows replace the
+//! `<image>` placeholder rows) or through gated cross-attention blocks
+//! (Flamingo §2.2; Llama 3.2 Vision) run after every k-th decoder layer.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+
+use crate::error::{ModelError, Result};
+use crate::fusion::cross_attention::{CrossKv, GatedCrossAttention};
+use crate::nn::rope::RopeStyle;
+use crate::projector::Projector;
+use crate::text::{Decoder, DecoderCache, DecoderWeights, LayerHook, LogitsFor};
+use crate::vision::VisionTransformer;
+use crate::vlm_config::{FeatureSelect, FusionConfig, VlmConfig, VlmFormat};
+use crate::weights::Checkpoint;
+
+/// Where each part's tensors live in a checkpoint. transformers 5 saves
+/// LLaVA with the original names (`vision_tower.*`, `language_model.model.*`);
+/// llava-hf repos nest the tower under `vision_model`, and in-memory
+/// transformers 5 modules use `model.*`: all are found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VlmNames {
+    pub vision_tower: String,
+    pub projector: String,
+    pub decoder: String,
+    pub lm_head: String,
+    pub cross_layers: String,
+}
+
+impl Default for VlmNames {
+    /// What glimpse writes.
+    fn default() -> Self {
+        Self {
+            vision_tower: "vision_tower".into(),
+            projector: "multi_modal_projector".into(),
+            decoder: "language_model.model".into(),
+            lm_head: "language_model.lm_head".into(),
+            cross_layers: "cross_layers".into(),
+        }
+    }
+}
+
+impl VlmNames {
+    pub fn detect(shapes: &BTreeMap<String, Vec<usize>>) -> Self {
+        let has = |k: &str| shapes.contains_key(k);
+        let mut names = Self::default();
+        for tower in [
+            "vision_tower",
+            "vision_tower.vision_model",
+            "model.vision_tower",
+            "model.vision_tower.vision_model",
+        ] {
+            if has(&format!("{tower}.embeddings.patch_embedding.weight")) {
+                names.vision_tower = tower.into();
+            }
+        }
+        if shapes
+            .keys()
+            .any(|k| k.starts_with("model.multi_modal_projector."))
+        {
+            names.projector = "model.multi_modal_projector".into();
+        }
+        if has("model.language_model.embed_tokens.weight") {
+            names.decoder = "model.language_model".into();
+            names.lm_head = "lm_head".into();
+        }
+        names
+    }
+}
+
+pub struct Vlm {
+    pub vision_tower: VisionTransformer,
+    pub multi_modal_projector: Projector,
+    pub language_model: Decoder,
+    /// (decoder layer after which it runs, block); empty for early fusion.
+    pub cross_layers: Vec<(usize, GatedCrossAttention)>,
+    cfg: VlmConfig,
+}
+
+/// Per-request state: the decoder's KV cache and, for cross fusion, every
+/// block's image keys/values (computed once, reused by every step).
+pub struct VlmCache {
+    pub decoder: DecoderCache,
+    cross_kv: Vec<CrossKv>,
+    /// (B, S): which image rows are real, for rows with fewer images.
+    cross_mask: Option<Tensor>,
+}
+
+struct CrossHook<'a> {
+    blocks: &'a [(usize, GatedCrossAttention)],
+    kv: &'a [CrossKv],
+    mask: Option<&'a Tensor>,
+}
+
+impl LayerHook for CrossHook<'_> {
+    fn after_layer(&self, index: usize, xs: Tensor) -> Result<Tensor> {
+        match self.blocks.iter().position(|(at, _)| *at == index) {
+            Some(i) => self.blocks[i].1.forward(&xs, &self.kv[i], self.mask),
+            None => Ok(xs),
+        }
+    }
+}
+
+impl Vlm {
+    pub fn new(cfg: &VlmConfig, vb: VarBuilder, names: &VlmNames) -> Result<Self> {
+        let vision_tower = VisionTransformer::new(&cfg.vision, vb.pp(&names.vision_tower))?;
+        let multi_modal_projector = Projector::new(&cfg.projector, vb.pp(&names.projector))?;
+        let language_model = Decoder::new(
+            &cfg.text,
+            &DecoderWeights::Hf(vb.clone()),
+            &names.decoder,
+            &names.lm_head,
+            RopeStyle::HalfSplit,
+        )?;
+        let cross_layers = match cfg.cross_block_config() {
+            None => Vec::new(),
+            Some(block) => cfg
+                .cross_layer_indices()
+                .into_iter()
+                .enumerate()
+                .map(|(i, at)| {
+                    Ok((
+                        at,
+                        GatedCrossAttention::new(
+                            &block,
+                            vb.pp(format!("{}.{i}", names.cross_layers)),
+                        )?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?,
+        };
+        Ok(Self {
+            vision_tower,
+            multi_modal_projector,
+            language_model,
+            cross_layers,
+            cfg: cfg.clone(),
+        })
+    }
+
+    /// Loads a LLaVA or glimpse-format directory strictly.
+    pub fn load_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let cfg = VlmConfig::from_file(&dir.join("config.json"))?;
+        let checkpoint = Checkpoint::open_dir(dir)?;
+        let names = match cfg.format {
+            VlmFormat::Llava | VlmFormat::Glimpse => VlmNames::detect(checkpoint.shapes()),
+        };
+        let strict = checkpoint.strict(dtype, device);
+        let model = Self::new(&cfg, strict.var_builder(), &names)?;
+        let tied = cfg.text.tie_word_embeddings;
+        strict.finish(|name| {
+            name.ends_with("position_ids") || (tied && name == format!("{}.weight", names.lm_head))
+        })?;
+        Ok(model)
+    }
+
+    pub fn config(&self) -> &VlmConfig {
+        &self.cfg
+    }
+
+    /// Projected image rows, one block of [`VlmConfig::image_tokens`] rows
+    /// per image. `instruction`: the question's token embeddings, read by a
+    /// Q-Former projector (ignored by the others).
+    ///
+    /// # Shapes
+    /// `pixels`: (N, C, H, W) -> (N, M, Dt)
+    pub fn encode_images(&self, pixels: &Tensor, instruction: Option<&Tensor>) -> Result<Tensor> {
+        let layers = &self.cfg.feature_layers;
+        let states = if let [one] = layers.as_slice() {
+            vec![self.vision_tower.hidden_state(pixels, *one)?]
+        } else {
+            let all = self.vision_tower.forward(pixels)?.hidden_states;
+            let count = all.len() as isize;
+            layers
+                .iter()
+                .map(|&i| all[(if i < 0 { count + i } else { i }) as usize].clone())
+                .collect()
+        };
+        // k x (N, L, Dv) -> (N, L, k*Dv)
+        let features = Tensor::cat(&states, D::Minus1)?;
+        let features = match self.cfg.select {
+            // (N, L, W) -> (N, L-1, W): drop the class token
+            FeatureSelect::Default => features.narrow(1, 1, features.dim(1)? - 1)?,
+            FeatureSelect::Full => features,
+        };
+        let instruction = match instruction {
+            Some(t) if t.dim(0)? != features.dim(0)? => {
+                Some(t.broadcast_as((features.dim(0)?, t.dim(1)?, t.dim(2)?))?)
+            }
+            other => other.cloned(),
+        };
+        let rows = self.multi_modal_projector.forward_with_instruction(
+            &features,
+            instruction.as_ref(),
+            None,
+        )?;
+        Ok(rows.to_dtype(self.language_model.dtype())?)
+    }
+
+    /// Input embeddings of one prompt. Early fusion: the k-th image's rows
+    /// replace the k-th run of placeholder ids, so the prompt must hold
+    /// exactly N·M placeholders. Cross fusion: placeholders stay tokens.
+    ///
+    /// # Shapes
+    /// `ids`: (T,), `images`: (N, M, D) -> (1, T, D)
+    pub fn prompt_embeds(&self, ids: &[u32], images: Option<&Tensor>) -> Result<Tensor> {
+        let dev = self.language_model.device();
+        let input = Tensor::from_slice(ids, (1, ids.len()), dev)?;
+        let embeds = self.language_model.embed(&input)?;
+        if self.cfg.fusion != FusionConfig::Early {
+            return Ok(embeds);
+        }
+        let slots: Vec<usize> = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, &id)| id == self.cfg.image_token_id)
+            .map(|(i, _)| i)
+            .collect();
+        let (n, m, d) = match images {
+            Some(im) => im.dims3()?,
+            None => (0, 0, embeds.dim(2)?),
+        };
+        if slots.len() != n * m {
+            return Err(ModelError::Input(format!(
+                "the prompt holds {} image placeholder tokens, but {n} image(s) need {} ({m} each)",
+                slots.len(),
+                n * m
+            )));
+        }
+        let Some(images) = images else {
+            return Ok(embeds);
+        };
+        let t = ids.len();
+        // Rows of [text rows (T, D); image rows (N*M, D)] gathered in prompt order.
+        let table = Tensor::cat(
+            &[
+                embeds.squeeze(0)?,
+                images.reshape((n * m, d))?.to_dtype(embeds.dtype())?,
+            ],
+            0,
+        )?;
+        let mut index: Vec<u32> = (0..t as u32).collect();
+        for (k, &slot) in slots.iter().enumerate() {
+            index[slot] = (t + k) as u32;
+        }
+        let index = Tensor::from_vec(index, t, dev)?;
+        // (T, D) -> (1, T, D)
+        Ok(table.index_select(&index, 0)?.unsqueeze(0)?)
+    }
+
+    pub fn new_cache(&self, batch: usize) -> VlmCache {
+        VlmCache {
+            decoder: self.language_model.new_cache(batch),
+            cross_kv: Vec::new(),
+            cross_mask: None,
+        }
+    }
+
+    /// Cross fusion: every block projects the request's image rows to its
+    /// keys and values once. `mask` (B, S): real image rows, for batches
+    /// whose rows hold different numbers of images. No-op for early fusion.
+    ///
+    /// # Shapes
+    /// `images`: (B, S, D)
+    pub fn attach_images(
+        &self,
+        cache: &mut VlmCache,
+        images: &Tensor,
+        mask: Option<Tensor>,
+    ) -> Result<()> {
+        cache.cross_kv = self
+            .cross_layers
+            .iter()
+            .map(|(_, b)| b.image_kv(images))
+            .collect::<Result<_>>()?;
+        cache.cross_mask = mask;
+        Ok(())
+    }
+
+    /// Runs new positions (prompt embeddings, or embedded generated ids).
+    ///
+    /// # Shapes
+    /// `embeds`: (B, T, D) -> logits (B, T, V) or (B, 1, V)
+    pub fn forward_embeds(
+        &self,
+        embeds: &Tensor,
+        valid: Option<&[Vec<bool>]>,
+        cache: &mut VlmCache,
+        logits: LogitsFor,
+    ) -> Result<Tensor> {
+        let hook = (!cache.cross_kv.is_empty()).then(|| CrossHook {
+            blocks: &self.cross_layers,
+            kv: &cache.cross_kv,
+            mask: cache.cross_mask.as_ref(),
+        });
+        self.language_model.forward_embeds_with(
+            embeds,
+            valid,
+            &mut cache.decoder,
+            logits,
+            hook.as_ref().map(|h| h as &dyn LayerHook),
+        )
+    }
+}

@@ -1,0 +1,245 @@
+//! `config.json` of a vision-language model: HF `LlavaForConditionalGeneration`
+//! (`"model_type": "llava"`) or glimpse's own format (`"model_type": "glimpse"`),
+//! which names any tower × projector × fusion × decoder combination.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::dual_config::vision_config_from_json;
+use crate::error::{ModelError, Result};
+use crate::fusion::cross_attention::GatedCrossAttentionConfig;
+use crate::nn::Activation;
+use crate::projector::{MlpProjectorConfig, ProjectorConfig, TokenCompression};
+use crate::text::DecoderConfig;
+use crate::vision::{VitConfig, VitFlavor};
+
+/// Which tower tokens the projector reads (HF `vision_feature_select_strategy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureSelect {
+    /// Drop the first token (CLIP's class token), as LLaVA does.
+    Default,
+    /// Every token.
+    Full,
+}
+
+/// How image rows reach the decoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum FusionConfig {
+    /// LLaVA: projected rows replace the `<image>` placeholder rows.
+    Early,
+    /// Flamingo / Llama 3.2 Vision: gated cross-attention blocks after every
+    /// `every`-th decoder layer read the projected rows as keys and values.
+    Cross {
+        every: usize,
+        #[serde(default)]
+        qk_norm: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VlmConfig {
+    pub vision: VitConfig,
+    pub text: DecoderConfig,
+    pub projector: ProjectorConfig,
+    pub fusion: FusionConfig,
+    /// Tower hidden states fed to the projector (Python indexing; several
+    /// are concatenated along the width).
+    pub feature_layers: Vec<isize>,
+    pub select: FeatureSelect,
+    /// The placeholder id; early fusion expands it to
+    /// [`VlmConfig::image_tokens`] copies per image.
+    pub image_token_id: u32,
+    pub format: VlmFormat,
+}
+
+/// Where the checkpoint came from, which decides tensor names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VlmFormat {
+    Llava,
+    Glimpse,
+}
+
+impl VlmConfig {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| ModelError::file(path, e))?;
+        let value: Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::config(path, format!("invalid JSON: {e}")))?;
+        Self::from_json(&value).map_err(|msg| ModelError::config(path, msg))
+    }
+
+    pub fn from_json(value: &Value) -> std::result::Result<Self, String> {
+        let model_type = value
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let format = match model_type {
+            "llava" => VlmFormat::Llava,
+            "glimpse" => VlmFormat::Glimpse,
+            other => {
+                return Err(format!(
+                    "unknown model_type '{other}' for a vision-language model (glimpse reads llava, glimpse)"
+                ))
+            }
+        };
+        let vision = vision_config_from_json(value.get("vision_config").unwrap_or(&Value::Null))?;
+        let text = DecoderConfig::from_json(value.get("text_config").unwrap_or(&Value::Null))
+            .map_err(|e| format!("text_config: {e}"))?;
+        let feature_layers = match value.get("vision_feature_layer") {
+            None | Some(Value::Null) => vec![-2],
+            Some(Value::Number(n)) => {
+                vec![n.as_i64().ok_or("vision_feature_layer is not an integer")? as isize]
+            }
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_i64().map(|i| i as isize))
+                .collect::<Option<Vec<_>>>()
+                .filter(|v| !v.is_empty())
+                .ok_or("vision_feature_layer must be an integer or a non-empty list of integers")?,
+            Some(_) => return Err("vision_feature_layer must be an integer or a list".into()),
+        };
+        let layers = vision.encoder.num_hidden_layers as isize;
+        if let Some(bad) = feature_layers
+            .iter()
+            .find(|&&i| i > layers || i < -(layers + 1))
+        {
+            return Err(format!(
+                "vision_feature_layer {bad} is out of range: the tower has {layers} layers"
+            ));
+        }
+        let select = match value
+            .get("vision_feature_select_strategy")
+            .and_then(Value::as_str)
+        {
+            None | Some("default") => FeatureSelect::Default,
+            Some("full") => FeatureSelect::Full,
+            Some(other) => {
+                return Err(format!(
+                    "vision_feature_select_strategy '{other}' is not default or full"
+                ))
+            }
+        };
+        let image_token_id = value
+            .get("image_token_id")
+            .or_else(|| value.get("image_token_index"))
+            .and_then(Value::as_u64)
+            .unwrap_or(32000) as u32;
+        let feature_width = vision.encoder.hidden_size * feature_layers.len();
+        let (projector, fusion) = match format {
+            VlmFormat::Llava => {
+                let act_name = value
+                    .get("projector_hidden_act")
+                    .and_then(Value::as_str)
+                    .unwrap_or("gelu");
+                let act: Activation = serde_json::from_value(Value::String(act_name.into()))
+                    .map_err(|_| {
+                        format!("projector_hidden_act: unknown activation '{act_name}'")
+                    })?;
+                let projector = ProjectorConfig::Mlp(MlpProjectorConfig {
+                    vision_hidden_size: feature_width,
+                    text_hidden_size: text.hidden_size,
+                    depth: 2,
+                    projector_hidden_act: act,
+                    multimodal_projector_bias: value
+                        .get("multimodal_projector_bias")
+                        .and_then(Value::as_bool)
+                        .unwrap_or(true),
+                    compression: TokenCompression::None,
+                });
+                (projector, FusionConfig::Early)
+            }
+            VlmFormat::Glimpse => {
+                let projector: ProjectorConfig = serde_json::from_value(
+                    value
+                        .get("projector")
+                        .cloned()
+                        .ok_or("missing field projector")?,
+                )
+                .map_err(|e| format!("projector: {e}"))?;
+                let fusion: FusionConfig = serde_json::from_value(
+                    value
+                        .get("fusion")
+                        .cloned()
+                        .unwrap_or(serde_json::json!({"mode": "early"})),
+                )
+                .map_err(|e| format!("fusion: {e}"))?;
+                if projector.vision_hidden_size() != feature_width {
+                    return Err(format!(
+                        "projector.vision_hidden_size {} does not match the tower's features ({feature_width})",
+                        projector.vision_hidden_size()
+                    ));
+                }
+                if projector.text_hidden_size() != text.hidden_size {
+                    return Err(format!(
+                        "projector.text_hidden_size {} does not match text_config.hidden_size {}",
+                        projector.text_hidden_size(),
+                        text.hidden_size
+                    ));
+                }
+                if let FusionConfig::Cross { every: 0, .. } = fusion {
+                    return Err("fusion.every must be at least 1".into());
+                }
+                (projector, fusion)
+            }
+        };
+        let cfg = Self {
+            vision,
+            text,
+            projector,
+            fusion,
+            feature_layers,
+            select,
+            image_token_id,
+            format,
+        };
+        if cfg.image_token_id as usize >= cfg.text.vocab_size {
+            return Err(format!(
+                "image_token_id {} is outside the vocabulary of {}",
+                cfg.image_token_id, cfg.text.vocab_size
+            ));
+        }
+        cfg.image_tokens().map_err(|e| e.to_string())?;
+        Ok(cfg)
+    }
+
+    /// Tower tokens per image after feature selection.
+    pub fn feature_tokens(&self) -> usize {
+        let grid = self.vision.grid();
+        let cls = usize::from(self.vision.flavor == VitFlavor::Clip);
+        let all = grid * grid + cls;
+        match self.select {
+            FeatureSelect::Default => all - 1,
+            FeatureSelect::Full => all,
+        }
+    }
+
+    /// Embedding rows one image becomes (placeholders per image for early
+    /// fusion; key/value rows for cross fusion).
+    pub fn image_tokens(&self) -> Result<usize> {
+        self.projector.num_output_tokens(self.feature_tokens())
+    }
+
+    /// Decoder layers after which a cross-attention block runs.
+    pub fn cross_layer_indices(&self) -> Vec<usize> {
+        match self.fusion {
+            FusionConfig::Early => Vec::new(),
+            FusionConfig::Cross { every, .. } => (0..self.text.num_hidden_layers)
+                .filter(|i| (i + 1) % every == 0)
+                .collect(),
+        }
+    }
+
+    pub fn cross_block_config(&self) -> Option<GatedCrossAttentionConfig> {
+        match self.fusion {
+            FusionConfig::Early => None,
+            FusionConfig::Cross { qk_norm, .. } => Some(GatedCrossAttentionConfig::for_decoder(
+                &self.text,
+                self.text.hidden_size,
+                qk_norm,
+            )),
+        }
+    }
+}
