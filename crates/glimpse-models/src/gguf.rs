@@ -118,7 +118,7 @@ impl GgufFile {
         let kv_heads = self
             .number(&format!("{arch}.attention.head_count_kv"))?
             .map_or(heads, |v| v as usize);
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(self.meta_error(
                 &format!("{arch}.attention.head_count_kv"),
                 &format!("{kv_heads} does not divide head_count {heads}"),

@@ -114,7 +114,7 @@ fn single_prompt_logits_and_cached_decoding_match() -> Result<()> {
             let want = &case.tensors[&format!("logits_{i}")];
             let mut cache = case.model.new_cache(1);
             let full = case.model.forward(
-                &ids_tensor(&[prompt.clone()])?,
+                &ids_tensor(std::slice::from_ref(prompt))?,
                 None,
                 &mut cache,
                 LogitsFor::All,
@@ -284,7 +284,7 @@ fn half_precision_logits_stay_close() -> Result<()> {
         let prompt = &rows(&reference["prompt_ids"])[2];
         let mut cache = model.new_cache(1);
         let got = model.forward(
-            &ids_tensor(&[prompt.clone()])?,
+            &ids_tensor(std::slice::from_ref(prompt))?,
             None,
             &mut cache,
             LogitsFor::All,

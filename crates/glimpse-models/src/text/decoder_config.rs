@@ -104,21 +104,21 @@ impl DecoderConfig {
         let kv_heads = raw
             .num_key_value_heads
             .unwrap_or(d.kv_heads.unwrap_or(heads));
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(format!(
                 "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
             ));
         }
         let head_dim = match raw.head_dim {
             Some(h) => h,
-            None if hidden_size % heads == 0 => hidden_size / heads,
+            None if hidden_size.is_multiple_of(heads) => hidden_size / heads,
             None => {
                 return Err(format!(
                     "hidden_size {hidden_size} is not divisible by num_attention_heads {heads}"
                 ))
             }
         };
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(format!(
                 "head_dim {head_dim} must be even for rotary embeddings"
             ));
