@@ -12,7 +12,16 @@ Each fixtures/llava/<name>/ is an HF directory as
 LlavaForConditionalGeneration.save_pretrained and LlavaProcessor.save_pretrained
 write it (config.json with vision_config / text_config, model.safetensors,
 generation_config.json, tokenizer.json, tokenizer_config.json,
-chat_template.jinja, preprocessor_config.json, processor_config.json) plus:
+chat_template.jinja, processor_config.json with the image processor nested
+under "image_processor"; transformers 5.23 writes no preprocessor_config.json),
+then rewritten into one of three released layouts (see rename_weights and
+relayout; transformers reads each back to the same weights):
+    native             what 5.23 writes for a freshly built model (siglip-qwen2)
+    llava-hf           the llava-hf repositories: vision_tower.vision_model.*, and
+                       preprocessor_config.json + processor_config.json +
+                       chat_template.json (clip-llama)
+    transformers-4.52  model.* prefixes as 4.52-4.57 saved them (clip-llama-multilayer)
+plus:
 
 reference.safetensors (f32; <case> is single_image, two_images or raw):
     <case>.pixel_values     (N_img, 3, 32, 32)  what the processor makes of the images
@@ -29,7 +38,7 @@ reference.safetensors (f32; <case> is single_image, two_images or raw):
                             image features scattered into the <image> positions
 
 reference.json:
-    model, versions{torch, transformers, tokenizers, safetensors, pillow}
+    model, layout, versions{torch, transformers, tokenizers, safetensors, pillow}
     image_token, image_token_id, image_seq_length (config), tokens_per_image (what
         the processor expands one <image> to), vocab_size
     config{vision_feature_layer, vision_feature_select_strategy,
@@ -53,6 +62,7 @@ reference.json:
 """
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -62,7 +72,7 @@ import tokenizers
 import torch
 import transformers
 from PIL import Image, ImageOps
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import (
     AutoProcessor,
     CLIPVisionConfig,
@@ -94,7 +104,7 @@ TEXT_STD = 0.35  # like the decoder fixtures (also written as text initializer_r
 
 # Chosen so that the smallest top-2 margin over every greedy step is far above f32 noise and no
 # greedy step emits <image> (see min_greedy_margin in each reference.json).
-SEEDS = {"clip-llama": 6, "siglip-qwen2": 2, "clip-llama-multilayer": 2}
+SEEDS = {"clip-llama": 19, "siglip-qwen2": 2, "clip-llama-multilayer": 5}
 
 # LLaVA-1.5 style: "USER: <image>\n<question> ASSISTANT:". Content may be a string or a list of
 # {"type": "image"} / {"type": "text", "text": ...} items, rendered in order. No BOS in the template:
@@ -239,6 +249,49 @@ def vision_selected(model, pixel_values):
     return torch.cat(picked, dim=-1)
 
 
+def rename_weights(key: str, layout: str) -> str:
+    """Maps a key as transformers 5.23 saves a freshly built LlavaForConditionalGeneration
+    ("native": language_model.model.*, language_model.lm_head.*, vision_tower.* without the
+    vision_model. level, multi_modal_projector.*) to another released layout."""
+    if layout == "native":
+        return key
+    if layout == "llava-hf":  # llava-hf/llava-1.5-*-hf as uploaded (transformers 4.3x-4.51)
+        return re.sub(r"^vision_tower\.", "vision_tower.vision_model.", key)
+    assert layout == "transformers-4.52", layout  # what transformers 4.52-4.57 save_pretrained wrote
+    for src, dst in [
+        (r"^language_model\.model\.", "model.language_model."),
+        (r"^language_model\.lm_head\.", "lm_head."),
+        (r"^vision_tower\.", "model.vision_tower.vision_model."),
+        (r"^multi_modal_projector\.", "model.multi_modal_projector."),
+    ]:
+        key, n = re.subn(src, dst, key)
+        if n:
+            return key
+    raise AssertionError(key)
+
+
+def write_json(path: Path, obj):
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def relayout(path: Path, layout: str):
+    """Rewrites a saved directory into `layout`; the reload in build() checks that transformers
+    reads it back to the same weights. "llava-hf" also splits the processor files the way the
+    llava-hf repositories have them: preprocessor_config.json (the image processor),
+    processor_config.json (without it) and chat_template.json ({"chat_template": ...})."""
+    weights = load_file(path / "model.safetensors")
+    save_file({rename_weights(k, layout): v for k, v in weights.items()}, str(path / "model.safetensors"), metadata={"format": "pt"})
+    if layout == "llava-hf":
+        proc = json.loads((path / "processor_config.json").read_text())
+        image = proc.pop("image_processor")
+        image["processor_class"] = "LlavaProcessor"
+        write_json(path / "processor_config.json", proc)
+        write_json(path / "preprocessor_config.json", image)
+        template = path / "chat_template.jinja"
+        write_json(path / "chat_template.json", {"chat_template": template.read_text()})
+        template.unlink()
+
+
 def build(spec, out_root=OUT, seed=None, verbose=True):
     name = spec["name"]
     seed = SEEDS[name] if seed is None else seed
@@ -330,14 +383,19 @@ def build(spec, out_root=OUT, seed=None, verbose=True):
     model.generation_config.bos_token_id = fast.bos_token_id
     model.generation_config.do_sample = False
     model.generation_config._from_model_config = False  # generation_config.json is authoritative
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
     model.save_pretrained(path)
     processor.save_pretrained(path)
+    relayout(path, spec["layout"])
 
     # Reload: the references are what a user gets from the directory.
     processor = AutoProcessor.from_pretrained(path)
     assert type(processor).__name__ == "LlavaProcessor", type(processor)
     assert type(processor.image_processor).__name__.endswith("Pil"), type(processor.image_processor)
     model = LlavaForConditionalGeneration.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+    loaded = model.state_dict()
+    assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected), name
+    assert processor.chat_template == template
     tok = processor.tokenizer
     assert tok.convert_tokens_to_ids(IMAGE_TOKEN) == model.config.image_token_id == image_token_id
     if spec["tie"]:
@@ -348,6 +406,7 @@ def build(spec, out_root=OUT, seed=None, verbose=True):
     saved_cfg = json.loads((path / "config.json").read_text())
     ref = {
         "model": name,
+        "layout": spec["layout"],
         "versions": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,
@@ -446,13 +505,19 @@ def build(spec, out_root=OUT, seed=None, verbose=True):
 
 
 FIXTURES = [
-    # llava-1.5 layout: CLIP (quick_gelu), penultimate layer, CLS dropped; Llama with GQA, untied.
-    dict(name="clip-llama", vision="clip", text="llama", layer=-2, strategy="default", bias=True, tie=False),
-    # SigLIP (no CLS), last layer (before post_layernorm), all tokens; Qwen2 with tied embeddings,
-    # projector without biases.
-    dict(name="siglip-qwen2", vision="siglip", text="qwen2", layer=-1, strategy="full", bias=False, tie=True),
+    # llava-1.5: CLIP (quick_gelu), penultimate layer, CLS dropped; Llama with GQA, untied. Stored
+    # the way the llava-hf repositories are (weights and processor files).
+    dict(name="clip-llama", vision="clip", text="llama", layer=-2, strategy="default", bias=True, tie=False,
+         layout="llava-hf"),
+    # SigLIP (no CLS; its unused MAP head is in the weights), last layer (before post_layernorm), all
+    # tokens; Qwen2 with tied embeddings (no lm_head weight), projector without biases. Stored as
+    # transformers 5.23 writes it.
+    dict(name="siglip-qwen2", vision="siglip", text="qwen2", layer=-1, strategy="full", bias=False, tie=True,
+         layout="native"),
     # Two CLIP layers concatenated on the channel axis; "full" keeps CLS (17 tokens per image).
-    dict(name="clip-llama-multilayer", vision="clip", text="llama", layer=[-2, -1], strategy="full", bias=True, tie=False),
+    # Weights named the way transformers 4.52-4.57 saved them.
+    dict(name="clip-llama-multilayer", vision="clip", text="llama", layer=[-2, -1], strategy="full", bias=True,
+         tie=False, layout="transformers-4.52"),
 ]
 
 

@@ -23,6 +23,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    Ask(commands::ask::AskArgs),
     Embed(commands::embed::EmbedArgs),
     Classify(commands::classify::ClassifyArgs),
     Generate(commands::generate::GenerateArgs),
@@ -32,6 +33,7 @@ fn main() -> ExitCode {
     glimpse_cli::alloc::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Ask(args) => commands::ask::run(args),
         Command::Embed(args) => commands::embed::run(args),
         Command::Classify(args) => commands::classify::run(args),
         Command::Generate(args) => commands::generate::run(args),

@@ -1,3 +1,4 @@
+pub mod ask;
 pub mod classify;
 pub mod embed;
 pub mod generate;

@@ -53,18 +53,8 @@ impl CausalLm {
             }
         })?;
         let template = ChatTemplate::from_model_dir(dir)?;
-        let generation = read_generation_config(&dir.join("generation_config.json"))?;
-        let eos_ids = match generation
-            .as_ref()
-            .map(|g| glimpse_models::text::decoder_config::ids(&g.get("eos_token_id").cloned()))
-        {
-            Some(ids) if !ids.is_empty() => ids,
-            _ => model.config().eos_token_ids.clone(),
-        };
-        let sampling = generation
-            .as_ref()
-            .map(sampling_from_generation_config)
-            .unwrap_or_default();
+        let (eos, sampling) = generation_defaults(dir)?;
+        let eos_ids = eos.unwrap_or_else(|| model.config().eos_token_ids.clone());
         Ok(Self {
             model,
             tokenizer,
@@ -203,6 +193,19 @@ impl TokenModel for Session<'_> {
     }
 }
 
+/// eos ids and sampling defaults from a directory's
+/// `generation_config.json` (`None` eos when it names none).
+pub(crate) fn generation_defaults(dir: &Path) -> Result<(Option<Vec<u32>>, SamplingConfig)> {
+    let Some(g) = read_generation_config(&dir.join("generation_config.json"))? else {
+        return Ok((None, SamplingConfig::greedy()));
+    };
+    let eos = glimpse_models::text::decoder_config::ids(&g.get("eos_token_id").cloned());
+    Ok((
+        (!eos.is_empty()).then_some(eos),
+        sampling_from_generation_config(&g),
+    ))
+}
+
 fn read_generation_config(path: &Path) -> Result<Option<Value>> {
     if !path.is_file() {
         return Ok(None);
@@ -228,7 +231,7 @@ fn sampling_from_generation_config(g: &Value) -> SamplingConfig {
     s
 }
 
-fn one_line(e: impl std::fmt::Display) -> String {
+pub(crate) fn one_line(e: impl std::fmt::Display) -> String {
     e.to_string()
         .split_whitespace()
         .collect::<Vec<_>>()

@@ -1,0 +1,106 @@
+//! `glimpse ask`: a question about images to a vision-language model,
+//! the answer streamed to stdout.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use glimpse_cli::device::default_device;
+use glimpse_cli::pipeline::{PipelineError, VlmPipeline};
+use glimpse_infer::GenerationConfig;
+
+/// The model `--model` defaults to, once the repository ships one.
+const DEFAULT_MODEL: &str = "models/glimpse-easy-vqa";
+
+#[derive(Args)]
+#[command(
+    about = "Ask a vision-language model about images (HF LLaVA or glimpse-format directory)"
+)]
+pub struct AskArgs {
+    /// Model directory (default: the model shipped in models/, when present)
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// An image; repeat for several, in the order their placeholders appear
+    #[arg(long = "image")]
+    images: Vec<PathBuf>,
+    /// Send QUESTION as the whole prompt, verbatim, with <image> marking each image
+    #[arg(long)]
+    raw: bool,
+    /// Most tokens to generate
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0 = greedy. Default: the model's generation_config.json, else greedy
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Seed of the sampler
+    #[arg(long, default_value_t = 299792458)]
+    seed: u64,
+    /// Print one JSON object at the end instead of streaming text
+    #[arg(long)]
+    json: bool,
+    /// The question (with --raw: the whole prompt)
+    question: String,
+}
+
+fn model_dir(arg: Option<PathBuf>) -> Result<PathBuf, PipelineError> {
+    if let Some(m) = arg {
+        return Ok(m);
+    }
+    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(DEFAULT_MODEL);
+    [PathBuf::from(DEFAULT_MODEL), shipped]
+        .into_iter()
+        .find(|p| p.join("config.json").is_file())
+        .ok_or_else(|| {
+            PipelineError::Usage(format!(
+                "--model is required ({DEFAULT_MODEL} is not there)"
+            ))
+        })
+}
+
+pub fn run(args: AskArgs) -> Result<()> {
+    let dir = model_dir(args.model)?;
+    let vlm = VlmPipeline::load(&dir, &default_device())?;
+    let prompt = vlm.prompt(&args.question, &args.images, args.raw)?;
+    let mut sampling = vlm.sampling.clone();
+    if let Some(t) = args.temperature {
+        sampling.temperature = t;
+    }
+    sampling.seed = args.seed;
+    sampling
+        .validate()
+        .map_err(|e| PipelineError::Usage(e.to_string()))?;
+    let cfg = GenerationConfig {
+        max_new_tokens: args.max_tokens,
+        sampling,
+        eos_ids: vlm.eos_ids.clone(),
+        stop_strings: Vec::new(),
+    };
+    let stream = !args.json;
+    let mut stdout = std::io::stdout().lock();
+    let generation = vlm.generate(&prompt, &cfg, |piece| {
+        if stream {
+            stdout.write_all(piece.as_bytes())?;
+            stdout.flush()?;
+        }
+        Ok(())
+    })?;
+    if args.json {
+        let out = serde_json::json!({
+            "text": generation.text,
+            "tokens": generation.tokens,
+            "image_tokens": prompt.image_tokens,
+            "prompt_tokens": generation.prompt_tokens,
+            "finish_reason": generation.finish_reason,
+            "vision_ms": prompt.vision_secs * 1000.0,
+            "prefill_tok_per_s": generation.prompt_tok_per_s(),
+            "decode_tok_per_s": generation.decode_tok_per_s(),
+        });
+        writeln!(stdout, "{out}")?;
+    } else {
+        writeln!(stdout)?;
+    }
+    Ok(())
+}

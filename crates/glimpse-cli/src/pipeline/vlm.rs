@@ -1,0 +1,308 @@
+//! A vision-language model directory (HF LLaVA or glimpse format) with its
+//! tokenizer, chat template and image processor: question + images →
+//! prompt ids with the image placeholders expanded → generated text.
+
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use glimpse_data::{
+    decode_rgb, preprocess_batch, ChatTemplate, DataError, ImageLimits, ProcessorConfig,
+};
+use glimpse_infer::{Generation, GenerationConfig, OutputError, SamplingConfig, TokenModel};
+use glimpse_models::{FusionConfig, LogitsFor, ModelError, Vlm, VlmCache};
+use serde_json::{json, Value};
+use tokenizers::Tokenizer;
+
+use super::causal_lm::{generation_defaults, one_line};
+use super::{PipelineError, Result};
+
+/// How many encoded images the LRU cache keeps.
+const IMAGE_CACHE: usize = 32;
+
+pub struct VlmPipeline {
+    pub model: Vlm,
+    pub tokenizer: Tokenizer,
+    pub template: Option<ChatTemplate>,
+    pub processor: ProcessorConfig,
+    pub limits: ImageLimits,
+    pub eos_ids: Vec<u32>,
+    pub sampling: SamplingConfig,
+    /// Encoded images by content hash, most recent last: a repeated image
+    /// costs no tower pass.
+    cache: Mutex<VecDeque<(u64, Tensor)>>,
+    path: PathBuf,
+}
+
+/// A prompt ready to run: ids (placeholders expanded for early fusion) and
+/// the projected image rows.
+pub struct VlmPrompt {
+    pub ids: Vec<u32>,
+    /// (N, M, D), or `None` without images.
+    pub images: Option<Tensor>,
+    /// Embedding rows the images take (N·M).
+    pub image_tokens: usize,
+    pub vision_secs: f64,
+}
+
+impl VlmPipeline {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(ModelError::file(dir, "model directory not found").into());
+        }
+        let model = Vlm::load_dir(dir, DType::F32, device)?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer =
+            Tokenizer::from_file(&tokenizer_path).map_err(|e| DataError::Tokenizer {
+                path: tokenizer_path.clone(),
+                msg: one_line(e),
+            })?;
+        let template = ChatTemplate::from_model_dir(dir)?;
+        let processor = processor_config(dir)?;
+        let (eos, sampling) = generation_defaults(dir)?;
+        let eos_ids = eos.unwrap_or_else(|| model.config().text.eos_token_ids.clone());
+        Ok(Self {
+            model,
+            tokenizer,
+            template,
+            processor,
+            limits: ImageLimits::default(),
+            eos_ids,
+            sampling,
+            cache: Mutex::new(VecDeque::new()),
+            path: dir.to_path_buf(),
+        })
+    }
+
+    /// Builds the prompt. `raw`: `text` is the whole prompt, `<image>` (the
+    /// tokenizer's placeholder) marking each image; otherwise the images and
+    /// the question become one user message through the chat template.
+    pub fn prompt(&self, text: &str, images: &[PathBuf], raw: bool) -> Result<VlmPrompt> {
+        let rendered = if raw {
+            text.to_string()
+        } else {
+            let template = self.template.as_ref().ok_or_else(|| {
+                PipelineError::Usage(format!(
+                    "{}: the model has no chat template; use --raw with <image> in the prompt",
+                    self.path.display()
+                ))
+            })?;
+            let mut content: Vec<Value> = images.iter().map(|_| json!({"type": "image"})).collect();
+            content.push(json!({"type": "text", "text": text}));
+            template.render_with(&[json!({"role": "user", "content": content})], true)?
+        };
+        // As LlavaProcessor: the rendered text is tokenised with the
+        // tokenizer's specials (BOS), unless the template wrote them.
+        let bos = self.tokenizer.get_post_processor().is_some();
+        let template_wrote_bos = self
+            .model
+            .config()
+            .text
+            .bos_token_id
+            .and_then(|id| self.tokenizer.id_to_token(id))
+            .is_some_and(|b| rendered.starts_with(&b));
+        let encoding = self
+            .tokenizer
+            .encode(rendered, bos && !template_wrote_bos)
+            .map_err(|e| {
+                PipelineError::Usage(format!("cannot tokenise the prompt: {}", one_line(e)))
+            })?;
+        let cfg = self.model.config();
+        let placeholder = cfg.image_token_id;
+        let ids = encoding.get_ids();
+        let slots = ids.iter().filter(|&&id| id == placeholder).count();
+        if slots != images.len() {
+            let name = self
+                .tokenizer
+                .id_to_token(placeholder)
+                .unwrap_or_else(|| placeholder.to_string());
+            return Err(PipelineError::Usage(format!(
+                "the prompt has {slots} {name} placeholder(s) but {} image(s) were given",
+                images.len()
+            )));
+        }
+        let per_image = cfg.image_tokens()?;
+        let early = cfg.fusion == FusionConfig::Early;
+        let mut expanded = Vec::with_capacity(ids.len() + slots * per_image);
+        for &id in ids {
+            let copies = if id == placeholder && early {
+                per_image
+            } else {
+                1
+            };
+            expanded.extend(std::iter::repeat_n(id, copies));
+        }
+        let ctx = cfg.text.max_position_embeddings;
+        if expanded.len() >= ctx {
+            return Err(PipelineError::Usage(format!(
+                "the prompt is {} tokens with {} image token(s); the model's context window is {ctx}",
+                expanded.len(),
+                slots * per_image
+            )));
+        }
+        let start = Instant::now();
+        let instruction = if cfg.projector.reads_instruction() {
+            let q = self
+                .tokenizer
+                .encode(text, false)
+                .map_err(|e| PipelineError::Usage(one_line(e)))?;
+            let q = Tensor::from_slice(
+                q.get_ids(),
+                (1, q.get_ids().len()),
+                self.model.language_model.device(),
+            )?;
+            Some(self.model.language_model.embed(&q)?)
+        } else {
+            None
+        };
+        let encoded = images
+            .iter()
+            .map(|p| self.encode_image(p, instruction.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        let images = if encoded.is_empty() {
+            None
+        } else {
+            Some(Tensor::stack(&encoded, 0)?)
+        };
+        Ok(VlmPrompt {
+            ids: expanded,
+            images,
+            image_tokens: slots * per_image,
+            vision_secs: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// One image's projected rows (M, D), from the cache when the same bytes
+    /// (and, for a Q-Former, the same question) were seen before.
+    fn encode_image(&self, path: &Path, instruction: Option<&Tensor>) -> Result<Tensor> {
+        let name = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| DataError::Image {
+            name: name.clone(),
+            msg: match e.kind() {
+                std::io::ErrorKind::NotFound => "not found".into(),
+                _ if path.is_dir() => "is a directory".into(),
+                _ => format!("cannot read: {}", one_line(e)),
+            },
+        })?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut h);
+        if let Some(q) = instruction {
+            q.flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .for_each(|v| v.to_bits().hash(&mut h));
+        }
+        let key = h.finish();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
+            let entry = cache
+                .remove(i)
+                .ok_or_else(|| PipelineError::Usage("image cache".into()))?;
+            let rows = entry.1.clone();
+            cache.push_back(entry);
+            return Ok(rows);
+        }
+        drop(cache);
+        let image = decode_rgb(&bytes, &name, &self.limits)?;
+        let pixels = preprocess_batch(&[image], &self.processor)?
+            .to_device(self.model.language_model.device())?;
+        // (1, M, D) -> (M, D)
+        let rows = self.model.encode_images(&pixels, instruction)?.squeeze(0)?;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() == IMAGE_CACHE {
+            cache.pop_front();
+        }
+        cache.push_back((key, rows.clone()));
+        Ok(rows)
+    }
+
+    /// Generates the answer to a prepared prompt.
+    pub fn generate(
+        &self,
+        prompt: &VlmPrompt,
+        cfg: &GenerationConfig,
+        on_text: impl FnMut(&str) -> std::result::Result<(), OutputError>,
+    ) -> Result<Generation> {
+        let ctx = self.model.config().text.max_position_embeddings;
+        let mut cfg = cfg.clone();
+        cfg.max_new_tokens = cfg.max_new_tokens.min(ctx.saturating_sub(prompt.ids.len()));
+        let mut session = VlmSession {
+            model: &self.model,
+            prompt,
+            cache: self.model.new_cache(1),
+        };
+        Ok(glimpse_infer::generate(
+            &mut session,
+            &prompt.ids,
+            &self.tokenizer,
+            &cfg,
+            on_text,
+        )?)
+    }
+}
+
+/// transformers 5 keeps the image processor inside `processor_config.json`;
+/// older exports write `preprocessor_config.json`.
+fn processor_config(dir: &Path) -> Result<ProcessorConfig> {
+    let legacy = dir.join("preprocessor_config.json");
+    if legacy.is_file() {
+        return Ok(ProcessorConfig::from_file(&legacy)?);
+    }
+    let path = dir.join("processor_config.json");
+    let err = |msg: String| DataError::Config {
+        path: path.clone(),
+        msg,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|_| {
+        err(
+            "not found (nor preprocessor_config.json): the model has no image processor config"
+                .into(),
+        )
+    })?;
+    let value: Value =
+        serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
+    let inner = value
+        .get("image_processor")
+        .ok_or_else(|| err("missing field image_processor".into()))?;
+    Ok(ProcessorConfig::from_json(&inner.to_string()).map_err(err)?)
+}
+
+struct VlmSession<'a> {
+    model: &'a Vlm,
+    prompt: &'a VlmPrompt,
+    cache: VlmCache,
+}
+
+impl VlmSession<'_> {
+    fn logits(&mut self, embeds: &Tensor) -> std::result::Result<Vec<f32>, ModelError> {
+        let logits = self
+            .model
+            .forward_embeds(embeds, None, &mut self.cache, LogitsFor::Last)?;
+        // (1, 1, V) -> (V,)
+        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+    }
+}
+
+impl TokenModel for VlmSession<'_> {
+    type Error = ModelError;
+
+    fn prefill(&mut self) -> std::result::Result<Vec<f32>, ModelError> {
+        let images = self.prompt.images.as_ref();
+        if let (Some(im), false) = (images, self.model.config().fusion == FusionConfig::Early) {
+            // (N, M, D) -> (1, N*M, D): every image is a key/value row
+            let (n, m, d) = im.dims3()?;
+            self.model
+                .attach_images(&mut self.cache, &im.reshape((1, n * m, d))?, None)?;
+        }
+        let embeds = self.model.prompt_embeds(&self.prompt.ids, images)?;
+        self.logits(&embeds)
+    }
+
+    fn step(&mut self, token: u32) -> std::result::Result<Vec<f32>, ModelError> {
+        let embeds = self.model.prompt_embeds(&[token], None)?;
+        self.logits(&embeds)
+    }
+}
