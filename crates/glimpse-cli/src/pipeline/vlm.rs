@@ -219,6 +219,11 @@ impl VlmPipeline {
         Ok(rows)
     }
 
+    /// Images held in the encoded-image cache.
+    pub fn cached_images(&self) -> usize {
+        self.cache.lock().map_or(0, |c| c.len())
+    }
+
     /// Generates the answer to a prepared prompt.
     pub fn generate(
         &self,
