@@ -85,9 +85,9 @@ impl VlmConfig {
                 ))
             }
         };
-        let vision = vision_config_from_json(value.get("vision_config").unwrap_or(&Value::Null))?;
-        let text = DecoderConfig::from_json(value.get("text_config").unwrap_or(&Value::Null))
-            .map_err(|e| format!("text_config: {e}"))?;
+        let section = |key: &str| value.get(key).filter(|v| v.is_object()).ok_or(format!("missing field {key}"));
+        let vision = vision_config_from_json(section("vision_config")?)?;
+        let text = DecoderConfig::from_json(section("text_config")?).map_err(|e| format!("text_config: {e}"))?;
         let feature_layers = match value.get("vision_feature_layer") {
             None | Some(Value::Null) => vec![-2],
             Some(Value::Number(n)) => {
