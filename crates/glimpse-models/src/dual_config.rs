@@ -123,6 +123,28 @@ fn vit_config(
     })
 }
 
+/// A tower config as a VLM's `vision_config` object, as transformers
+/// writes `CLIPVisionConfig` / `SiglipVisionConfig`.
+pub fn vision_config_to_json(cfg: &VitConfig) -> serde_json::Value {
+    let e = &cfg.encoder;
+    serde_json::json!({
+        "model_type": match cfg.flavor {
+            VitFlavor::Clip => "clip_vision_model",
+            VitFlavor::Siglip => "siglip_vision_model",
+        },
+        "hidden_size": e.hidden_size,
+        "intermediate_size": e.intermediate_size,
+        "num_hidden_layers": e.num_hidden_layers,
+        "num_attention_heads": e.num_attention_heads,
+        "hidden_act": e.hidden_act,
+        "layer_norm_eps": e.layer_norm_eps,
+        "num_channels": cfg.num_channels,
+        "image_size": cfg.image_size,
+        "patch_size": cfg.patch_size,
+        "vision_use_head": cfg.use_head,
+    })
+}
+
 /// A VLM's `vision_config` object (`model_type` `clip_vision_model` or
 /// `siglip_vision_model`) as a tower config.
 pub fn vision_config_from_json(

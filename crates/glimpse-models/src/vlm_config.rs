@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::dual_config::vision_config_from_json;
+use crate::dual_config::{vision_config_from_json, vision_config_to_json};
 use crate::error::{ModelError, Result};
 use crate::fusion::cross_attention::GatedCrossAttentionConfig;
 use crate::nn::Activation;
@@ -85,9 +85,15 @@ impl VlmConfig {
                 ))
             }
         };
-        let section = |key: &str| value.get(key).filter(|v| v.is_object()).ok_or(format!("missing field {key}"));
+        let section = |key: &str| {
+            value
+                .get(key)
+                .filter(|v| v.is_object())
+                .ok_or(format!("missing field {key}"))
+        };
         let vision = vision_config_from_json(section("vision_config")?)?;
-        let text = DecoderConfig::from_json(section("text_config")?).map_err(|e| format!("text_config: {e}"))?;
+        let text = DecoderConfig::from_json(section("text_config")?)
+            .map_err(|e| format!("text_config: {e}"))?;
         let feature_layers = match value.get("vision_feature_layer") {
             None | Some(Value::Null) => vec![-2],
             Some(Value::Number(n)) => {
@@ -203,6 +209,20 @@ impl VlmConfig {
         }
         cfg.image_tokens().map_err(|e| e.to_string())?;
         Ok(cfg)
+    }
+
+    /// glimpse's own `config.json` for this model.
+    pub fn to_glimpse_json(&self) -> Value {
+        serde_json::json!({
+            "model_type": "glimpse",
+            "vision_config": vision_config_to_json(&self.vision),
+            "text_config": self.text.to_hf_json(),
+            "projector": self.projector,
+            "fusion": self.fusion,
+            "vision_feature_layer": self.feature_layers,
+            "vision_feature_select_strategy": self.select,
+            "image_token_id": self.image_token_id,
+        })
     }
 
     /// Tower tokens per image after feature selection.

@@ -6,7 +6,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use super::{act_name, check_features, config_error, default_act, TokenCompression};
+use super::{check_features, config_error, default_act, TokenCompression};
 use crate::error::Result;
 use crate::nn::{Activation, Linear};
 
@@ -20,7 +20,7 @@ pub struct MlpProjectorConfig {
     #[serde(default = "default_depth")]
     pub depth: usize,
     /// HF `projector_hidden_act`; `gelu` by default.
-    #[serde(default = "default_act", with = "act_name")]
+    #[serde(default = "default_act")]
     pub projector_hidden_act: Activation,
     /// HF `multimodal_projector_bias`; `true` by default.
     #[serde(default = "default_bias")]

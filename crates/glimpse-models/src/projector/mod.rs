@@ -175,23 +175,3 @@ pub(crate) fn check_features(features: &Tensor, width: usize) -> Result<(usize, 
 pub(crate) fn default_act() -> Activation {
     Activation::Gelu
 }
-
-/// `nn::Activation` deserialises from HF's `hidden_act` names; this writes
-/// the same names back.
-pub(crate) mod act_name {
-    use crate::nn::Activation;
-
-    pub fn serialize<S: serde::Serializer>(act: &Activation, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(match act {
-            Activation::QuickGelu => "quick_gelu",
-            Activation::Gelu => "gelu",
-            Activation::GeluTanh => "gelu_pytorch_tanh",
-            Activation::Relu => "relu",
-            Activation::Silu => "silu",
-        })
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Activation, D::Error> {
-        serde::Deserialize::deserialize(d)
-    }
-}

@@ -9,7 +9,7 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::layer_norm::{layer_norm, LayerNorm};
-use super::{act_name, check_features, config_error, default_act, multi_head, TokenCompression};
+use super::{check_features, config_error, default_act, multi_head, TokenCompression};
 use crate::error::Result;
 use crate::nn::linear::{linear, linear_no_bias};
 use crate::nn::{Activation, Linear};
@@ -32,7 +32,7 @@ pub struct PerceiverConfig {
     /// MLP width as a multiple of D (Flamingo and IDEFICS: 4).
     #[serde(default = "default_mlp_ratio")]
     pub mlp_ratio: usize,
-    #[serde(default = "default_act", with = "act_name")]
+    #[serde(default = "default_act")]
     pub hidden_act: Activation,
     #[serde(default = "default_eps")]
     pub layer_norm_eps: f64,

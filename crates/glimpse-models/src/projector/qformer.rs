@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::layer_norm::{layer_norm, LayerNorm};
 use super::qformer_layer::QFormerLayer;
-use super::{act_name, check_features, check_heads, config_error, default_act, TokenCompression};
+use super::{check_features, check_heads, config_error, default_act, TokenCompression};
 use crate::error::{ModelError, Result};
 use crate::nn::linear::linear;
 use crate::nn::{Activation, Linear};
@@ -36,7 +36,7 @@ pub struct QFormerConfig {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub intermediate_size: usize,
-    #[serde(default = "default_act", with = "act_name")]
+    #[serde(default = "default_act")]
     pub hidden_act: Activation,
     /// BERT's 1e-12 by default.
     #[serde(default = "default_eps")]

@@ -83,7 +83,11 @@ impl DecoderLayer {
 
 fn norm(cfg: &DecoderConfig, w: &DecoderWeights, prefix: &str) -> Result<RmsNorm> {
     Ok(RmsNorm::new(
-        w.dense(&format!("{prefix}.weight"), &[cfg.hidden_size])?,
+        w.dense(
+            &format!("{prefix}.weight"),
+            &[cfg.hidden_size],
+            candle_nn::Init::Const(1.0),
+        )?,
         cfg.rms_norm_eps,
     ))
 }

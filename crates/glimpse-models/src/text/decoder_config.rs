@@ -166,6 +166,56 @@ impl DecoderConfig {
         })
     }
 
+    /// The config as transformers 5 writes it (`rope_parameters`), for
+    /// models glimpse saves; [`Self::from_json`] reads it back unchanged.
+    pub fn to_hf_json(&self) -> Value {
+        let model_type = match self.kind {
+            DecoderKind::Llama => "llama",
+            DecoderKind::Mistral => "mistral",
+            DecoderKind::Qwen2 => "qwen2",
+        };
+        let mut rope = serde_json::json!({"rope_theta": self.rope.theta});
+        match self.rope.scaling {
+            RopeScaling::Default => rope["rope_type"] = "default".into(),
+            RopeScaling::Linear { factor } => {
+                rope["rope_type"] = "linear".into();
+                rope["factor"] = factor.into();
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                rope["rope_type"] = "llama3".into();
+                rope["factor"] = factor.into();
+                rope["low_freq_factor"] = low_freq_factor.into();
+                rope["high_freq_factor"] = high_freq_factor.into();
+                rope["original_max_position_embeddings"] = original_max_position_embeddings.into();
+            }
+        }
+        serde_json::json!({
+            "model_type": model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_parameters": rope,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "attention_bias": self.o_bias,
+            "mlp_bias": self.mlp_bias,
+            "sliding_window": self.sliding_window,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_ids,
+        })
+    }
+
     /// Query heads per key/value head.
     pub fn group_size(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads

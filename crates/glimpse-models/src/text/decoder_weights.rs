@@ -4,13 +4,20 @@
 
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_nn::{Init, VarBuilder};
 use std::sync::Arc;
 
 use crate::error::Result;
 use crate::gguf::{is_dense, GgufFile};
 use crate::nn::qlinear::QLinear;
 use crate::nn::Linear;
+
+/// How a fresh decoder's matrices start: transformers' `initializer_range`
+/// default for Llama-family models, N(0, 0.02).
+const FRESH: Init = Init::Randn {
+    mean: 0.0,
+    stdev: 0.02,
+};
 
 pub enum DecoderWeights<'a> {
     Hf(VarBuilder<'a>),
@@ -63,10 +70,11 @@ impl DecoderWeights<'_> {
         }
     }
 
-    /// A dense tensor (norm weights, biases) in the compute dtype.
-    pub fn dense(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+    /// A dense tensor (norm weights, biases) in the compute dtype; `init`
+    /// is what a fresh (trainable) model starts from.
+    pub fn dense(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
         match self {
-            Self::Hf(vb) => Ok(vb.get(shape, name)?),
+            Self::Hf(vb) => Ok(vb.get_with_hints(shape, name, init)?),
             Self::Gguf { file, device, .. } => {
                 let q = file.tensor(name, shape, device)?;
                 Ok(q.dequantize(device)?.to_dtype(self.compute_dtype())?)
@@ -83,14 +91,14 @@ impl DecoderWeights<'_> {
         bias: bool,
     ) -> Result<QLinear> {
         let bias_t = if bias {
-            Some(self.dense(&format!("{prefix}.bias"), &[out_dim])?)
+            Some(self.dense(&format!("{prefix}.bias"), &[out_dim], Init::Const(0.0))?)
         } else {
             None
         };
         let name = format!("{prefix}.weight");
         match self {
             Self::Hf(vb) => Ok(QLinear::Dense(Linear::new(
-                vb.get((out_dim, in_dim), &name)?,
+                vb.get_with_hints((out_dim, in_dim), &name, FRESH)?,
                 bias_t,
             ))),
             Self::Gguf {
@@ -126,7 +134,11 @@ impl DecoderWeights<'_> {
 
     pub fn embedding(&self, name: &str, vocab: usize, dim: usize) -> Result<TokenEmbedding> {
         match self {
-            Self::Hf(vb) => Ok(TokenEmbedding::Dense(vb.get((vocab, dim), name)?)),
+            Self::Hf(vb) => Ok(TokenEmbedding::Dense(vb.get_with_hints(
+                (vocab, dim),
+                name,
+                FRESH,
+            )?)),
             Self::Gguf {
                 file,
                 dequantize,
