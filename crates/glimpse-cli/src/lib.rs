@@ -3,4 +3,5 @@
 
 pub mod alloc;
 pub mod device;
+pub mod heatmap;
 pub mod pipeline;

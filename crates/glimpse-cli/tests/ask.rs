@@ -99,6 +99,43 @@ fn a_repeated_image_is_encoded_once() -> Result<()> {
 }
 
 #[test]
+fn attention_map_is_a_png_per_image() -> Result<()> {
+    let out = tempfile::Builder::new().suffix(".png").tempfile()?;
+    let path = out.path().display().to_string();
+    let model = llava("clip-llama").display().to_string();
+    let (a, b) = (image("test.png"), image("gray.png"));
+    let res = glimpse(&[
+        "ask",
+        "--model",
+        &model,
+        "--raw",
+        "<image> <image> which?",
+        "--image",
+        &a,
+        "--image",
+        &b,
+        "--max-tokens",
+        "4",
+        "--attention-map",
+        &path,
+    ]);
+    assert_eq!(res.code, 0, "{}", res.stderr);
+    let png = image::open(out.path())?;
+    assert_eq!((png.width(), png.height()), (448, 224));
+    let res = glimpse(&[
+        "ask",
+        "--model",
+        &model,
+        "--raw",
+        "no image",
+        "--attention-map",
+        &path,
+    ]);
+    expect_error(&res, 2, &["--attention-map needs at least one --image"]);
+    Ok(())
+}
+
+#[test]
 fn bad_requests_fail_in_one_line() -> Result<()> {
     let model = llava("clip-llama").display().to_string();
     let test = image("test.png");

@@ -3,6 +3,7 @@
 //! `<image>` placeholder rows) or through gated cross-attention blocks
 //! (Flamingo §2.2; Llama 3.2 Vision) run after every k-th decoder layer.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -88,19 +89,31 @@ pub struct VlmCache {
     cross_kv: Vec<CrossKv>,
     /// (B, S): which image rows are real, for rows with fewer images.
     cross_mask: Option<Tensor>,
+    /// With `decoder.capture_attention`: each cross block's probabilities.
+    pub cross_attention: Vec<Tensor>,
 }
 
 struct CrossHook<'a> {
     blocks: &'a [(usize, GatedCrossAttention)],
     kv: &'a [CrossKv],
     mask: Option<&'a Tensor>,
+    /// Head-averaged cross-attention probabilities (B, T, S) per block, when kept.
+    attention: Option<RefCell<Vec<Tensor>>>,
 }
 
 impl LayerHook for CrossHook<'_> {
     fn after_layer(&self, index: usize, xs: Tensor) -> Result<Tensor> {
-        match self.blocks.iter().position(|(at, _)| *at == index) {
-            Some(i) => self.blocks[i].1.forward(&xs, &self.kv[i], self.mask),
-            None => Ok(xs),
+        let Some(i) = self.blocks.iter().position(|(at, _)| *at == index) else {
+            return Ok(xs);
+        };
+        let block = &self.blocks[i].1;
+        match &self.attention {
+            None => block.forward(&xs, &self.kv[i], self.mask),
+            Some(kept) => {
+                let (out, probs) = block.forward_with_attention(&xs, &self.kv[i], self.mask)?;
+                kept.borrow_mut().push(probs);
+                Ok(out)
+            }
         }
     }
 }
@@ -257,6 +270,7 @@ impl Vlm {
             decoder: self.language_model.new_cache(batch),
             cross_kv: Vec::new(),
             cross_mask: None,
+            cross_attention: Vec::new(),
         }
     }
 
@@ -296,13 +310,91 @@ impl Vlm {
             blocks: &self.cross_layers,
             kv: &cache.cross_kv,
             mask: cache.cross_mask.as_ref(),
+            attention: cache
+                .decoder
+                .capture_attention
+                .then(|| RefCell::new(Vec::new())),
         });
-        self.language_model.forward_embeds_with(
+        let out = self.language_model.forward_embeds_with(
             embeds,
             valid,
             &mut cache.decoder,
             logits,
             hook.as_ref().map(|h| h as &dyn LayerHook),
-        )
+        )?;
+        cache.cross_attention = hook
+            .and_then(|h| h.attention)
+            .map(RefCell::into_inner)
+            .unwrap_or_default();
+        Ok(out)
+    }
+
+    /// Where the answer looked in each image: attention from the answer
+    /// positions to each image's rows, averaged over answer tokens, heads
+    /// and layers (the decoder's self-attention for early fusion, the
+    /// cross-attention blocks for cross fusion), laid out on the patch grid.
+    /// Needs a patch-aligned projector (linear or MLP, any compression).
+    ///
+    /// # Shapes
+    /// `prompt`: (T,) as run, `images`: (N, M, D), `answer`: (A,) -> (N, g, g)
+    pub fn image_attention(
+        &self,
+        prompt: &[u32],
+        images: &Tensor,
+        answer: &[u32],
+    ) -> Result<Tensor> {
+        let (n, m, d) = images.dims3()?;
+        let cls = usize::from(
+            self.cfg.vision.flavor == crate::vision::VitFlavor::Clip
+                && self.cfg.select == FeatureSelect::Full,
+        );
+        let grid = ((m - cls.min(m)) as f64).sqrt() as usize;
+        let spatial = matches!(
+            self.cfg.projector,
+            crate::projector::ProjectorConfig::Linear(_)
+                | crate::projector::ProjectorConfig::Mlp(_)
+        );
+        if !spatial || grid * grid + cls != m || answer.is_empty() {
+            return Err(ModelError::Input(
+                "attention maps need an answer and a patch-aligned projector (linear or mlp)"
+                    .into(),
+            ));
+        }
+        let mut ids = prompt.to_vec();
+        ids.extend_from_slice(answer);
+        let mut cache = self.new_cache(1);
+        cache.decoder.capture_attention = true;
+        let early = self.cfg.fusion == FusionConfig::Early;
+        if !early {
+            // (N, M, D) -> (1, N*M, D)
+            self.attach_images(&mut cache, &images.reshape((1, n * m, d))?, None)?;
+        }
+        let embeds = self.prompt_embeds(&ids, Some(images))?;
+        self.forward_embeds(&embeds, None, &mut cache, LogitsFor::Last)?;
+        let maps = if early {
+            &cache.decoder.attention
+        } else {
+            &cache.cross_attention
+        };
+        // L x (1, T, S) -> (T, S), averaged over layers
+        let mean = (Tensor::stack(maps, 0)?.mean(0)?.squeeze(0))?;
+        let t = ids.len();
+        // The answer's rows, averaged: (A, S) -> (S,)
+        let rows = mean.narrow(0, t - answer.len(), answer.len())?.mean(0)?;
+        let columns: Vec<u32> = if early {
+            ids.iter()
+                .enumerate()
+                .filter(|(_, &id)| id == self.cfg.image_token_id)
+                .map(|(i, _)| i as u32)
+                .collect()
+        } else {
+            (0..(n * m) as u32).collect()
+        };
+        let index = Tensor::from_vec(columns, n * m, rows.device())?;
+        // (N*M,) -> (N, M) -> drop a class token -> (N, g, g)
+        let per_image = rows.index_select(&index, 0)?.reshape((n, m))?;
+        Ok(per_image
+            .narrow(1, cls, grid * grid)?
+            .reshape((n, grid, grid))?)
     }
 }

@@ -235,3 +235,45 @@ fn batch_with_different_image_counts_equals_each_alone() -> Result<()> {
     }
     Ok(())
 }
+
+/// Attention maps: (N, g, g) per image, from the decoder's self-attention
+/// (early fusion) or the cross-attention blocks (cross fusion); shares of
+/// attention, so within [0, 1] and summing to at most 1 per answer row.
+#[test]
+fn attention_maps_lie_on_the_patch_grid() -> Result<()> {
+    for fusion in [
+        FusionConfig::Early,
+        FusionConfig::Cross {
+            every: 1,
+            qk_norm: false,
+        },
+    ] {
+        let cfg = config(VitFlavor::Clip, "mlp", fusion.clone());
+        let (_, model) = fresh(&cfg)?;
+        let rows = model.encode_images(&pixels(2, &cfg, 1.0)?, None)?;
+        let ids = prompt(&model, 2)?;
+        let maps = model.image_attention(&ids, &rows, &[20, 21, 22])?;
+        let g = cfg.vision.grid();
+        assert_eq!(maps.dims(), &[2, g, g], "{fusion:?}");
+        let v: Vec<f32> = maps.flatten_all()?.to_vec1()?;
+        assert!(
+            v.iter().all(|x| x.is_finite() && (0.0..=1.0).contains(x)),
+            "{fusion:?}: {v:?}"
+        );
+        let total: f32 = v.iter().sum();
+        assert!(
+            total > 0.0 && total <= 1.0 + 1e-5,
+            "{fusion:?}: attention share {total}"
+        );
+    }
+    // A Perceiver's latents do not map to patches.
+    let cfg = config(VitFlavor::Clip, "perceiver", FusionConfig::Early);
+    let (_, model) = fresh(&cfg)?;
+    let rows = model.encode_images(&pixels(1, &cfg, 1.0)?, None)?;
+    let e = model
+        .image_attention(&prompt(&model, 1)?, &rows, &[20])
+        .err()
+        .context("accepted")?;
+    assert!(e.to_string().contains("patch-aligned"), "{e}");
+    Ok(())
+}

@@ -102,7 +102,11 @@ fn llava_matches_transformers() -> Result<()> {
                 if eos.contains(&next) || out.len() == max_new {
                     break;
                 }
-                let e = model.prompt_embeds(&[next], None)?;
+                let e = model.language_model.embed(&Tensor::from_slice(
+                    &[next],
+                    (1, 1),
+                    &Device::Cpu,
+                )?)?;
                 last = model.forward_embeds(&e, None, &mut cache, LogitsFor::Last)?;
             }
             assert_eq!(out, ids(&g["generated_ids"]), "{what}: greedy tokens");

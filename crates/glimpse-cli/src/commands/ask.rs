@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use glimpse_cli::device::default_device;
+use glimpse_cli::heatmap::write_attention_map;
 use glimpse_cli::pipeline::{PipelineError, VlmPipeline};
 use glimpse_infer::GenerationConfig;
 
@@ -39,6 +40,9 @@ pub struct AskArgs {
     /// Print one JSON object at the end instead of streaming text
     #[arg(long)]
     json: bool,
+    /// Write the images with the answer's attention over their patches to this PNG
+    #[arg(long, value_name = "OUT.png")]
+    attention_map: Option<PathBuf>,
     /// The question (with --raw: the whole prompt)
     question: String,
 }
@@ -87,6 +91,25 @@ pub fn run(args: AskArgs) -> Result<()> {
         }
         Ok(())
     })?;
+    if let Some(out) = &args.attention_map {
+        let images = prompt.images.as_ref().ok_or_else(|| {
+            PipelineError::Usage("--attention-map needs at least one --image".into())
+        })?;
+        // The eos that ended the answer is not part of what it looked at.
+        let answer: Vec<u32> = generation
+            .tokens
+            .iter()
+            .copied()
+            .filter(|t| !vlm.eos_ids.contains(t))
+            .collect();
+        let attention = vlm.model.image_attention(&prompt.ids, images, &answer)?;
+        let pictures = args
+            .images
+            .iter()
+            .map(|p| glimpse_data::load_rgb(p, &vlm.limits))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        write_attention_map(out, &pictures, &attention)?;
+    }
     if args.json {
         let out = serde_json::json!({
             "text": generation.text,

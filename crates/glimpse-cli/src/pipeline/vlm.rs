@@ -306,8 +306,11 @@ impl TokenModel for VlmSession<'_> {
         self.logits(&embeds)
     }
 
+    /// Generated ids are plain tokens, the placeholder id included (a model
+    /// may emit it; transformers embeds it as any token).
     fn step(&mut self, token: u32) -> std::result::Result<Vec<f32>, ModelError> {
-        let embeds = self.model.prompt_embeds(&[token], None)?;
+        let lm = &self.model.language_model;
+        let embeds = lm.embed(&Tensor::from_slice(&[token], (1, 1), lm.device())?)?;
         self.logits(&embeds)
     }
 }

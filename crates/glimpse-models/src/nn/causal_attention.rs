@@ -29,18 +29,21 @@ pub struct AttentionInputs {
     /// large negative number where it may not; `None` when every query may
     /// see every key (one new token, no padding).
     pub mask: Option<Tensor>,
+    /// Also return the attention probabilities (attention maps).
+    pub want_probs: bool,
 }
 
 impl CausalSelfAttention {
     /// # Shapes
-    /// `xs`: (B, T, D) -> (B, T, D); the cache grows by T.
+    /// `xs`: (B, T, D) -> (B, T, D), and with `inputs.want_probs` the
+    /// probabilities averaged over heads, f32 (B, T, S); the cache grows by T.
     pub fn forward(
         &self,
         xs: &Tensor,
         rope: &Rope,
         inputs: &AttentionInputs,
         cache: &mut KvCache,
-    ) -> Result<Tensor> {
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, _) = xs.dims3()?;
         let (h, hkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         // (B, T, H*hd) -> (B, T, H, hd) -> (B, H, T, hd)
@@ -78,7 +81,14 @@ impl CausalSelfAttention {
                 .reshape((b, hkv, group * t, s))?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(dtype)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let mean_probs = if inputs.want_probs {
+            // (B, Hkv, G*T, S) = (B, H, T, S) -> (B, T, S)
+            Some(probs.reshape((b, h, t, s))?.mean(1)?)
+        } else {
+            None
+        };
+        let probs = probs.to_dtype(dtype)?;
         // (B, Hkv, G*T, S) x (B, Hkv, S, hd) -> (B, Hkv, G*T, hd)
         let out = probs.matmul(&v.contiguous()?)?;
         // (B, Hkv, G*T, hd) = (B, H, T, hd) -> (B, T, H, hd) -> (B, T, H*hd)
@@ -86,7 +96,7 @@ impl CausalSelfAttention {
             .reshape((b, h, t, hd))?
             .transpose(1, 2)?
             .reshape((b, t, h * hd))?;
-        self.o_proj.forward(&out)
+        Ok((self.o_proj.forward(&out)?, mean_probs))
     }
 }
 

@@ -62,22 +62,23 @@ impl DecoderLayer {
     }
 
     /// # Shapes
-    /// `xs`: (B, T, D) -> (B, T, D)
+    /// `xs`: (B, T, D) -> (B, T, D), head-averaged probabilities (B, T, S)
+    /// when asked for
     fn forward(
         &self,
         xs: &Tensor,
         rope: &Rope,
         inputs: &AttentionInputs,
         cache: &mut KvCache,
-    ) -> candle_core::Result<Tensor> {
-        let attn =
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        let (attn, probs) =
             self.self_attn
                 .forward(&self.input_layernorm.forward(xs)?, rope, inputs, cache)?;
         let xs = (xs + attn)?;
         let mlp = self
             .mlp
             .forward(&self.post_attention_layernorm.forward(&xs)?)?;
-        xs + mlp
+        Ok(((xs + mlp)?, probs))
     }
 }
 
@@ -117,6 +118,10 @@ pub enum LogitsFor {
 pub struct DecoderCache {
     layers: Vec<KvCache>,
     key_valid: Vec<Vec<bool>>,
+    /// When set, each forward leaves every layer's self-attention
+    /// probabilities, averaged over heads, in `attention` ((B, T, S) each).
+    pub capture_attention: bool,
+    pub attention: Vec<Tensor>,
 }
 
 impl DecoderCache {
@@ -246,6 +251,7 @@ impl Decoder {
         DecoderCache {
             layers: vec![KvCache::default(); self.layers.len()],
             key_valid: vec![Vec::new(); batch],
+            ..Default::default()
         }
     }
 
@@ -356,10 +362,20 @@ impl Decoder {
         } else {
             None
         };
-        let inputs = AttentionInputs { cos, sin, mask };
+        let inputs = AttentionInputs {
+            cos,
+            sin,
+            mask,
+            want_probs: cache.capture_attention,
+        };
+        cache.attention.clear();
         let mut xs = embeds.to_dtype(self.dtype)?;
         for (i, (layer, kv)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
-            xs = layer.forward(&xs, &self.rope, &inputs, kv)?;
+            let (out, probs) = layer.forward(&xs, &self.rope, &inputs, kv)?;
+            xs = out;
+            if let Some(p) = probs {
+                cache.attention.push(p);
+            }
             if let Some(hook) = hook {
                 xs = hook.after_layer(i, xs)?;
             }
