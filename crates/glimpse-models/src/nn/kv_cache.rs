@@ -30,6 +30,9 @@ impl KvCache {
     /// `k`, `v`: (B, H_kv, T, head_dim) -> (B, H_kv, len + T, head_dim) each,
     /// views into the buffer.
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        if k.track_op() || v.track_op() {
+            return self.append_tracked(k, v);
+        }
         let t = k.dim(2)?;
         let needed = self.len + t;
         let capacity = self.k.as_ref().map_or(0, |b| b.dims()[2]);
@@ -46,6 +49,23 @@ impl KvCache {
         vb.slice_set(&v.contiguous()?, 2, self.len)?;
         self.len = needed;
         Ok((kb.narrow(2, 0, needed)?, vb.narrow(2, 0, needed)?))
+    }
+
+    /// Training: the buffer's in-place writes would cut the graph, so keys
+    /// and values are concatenated instead (no spare room kept).
+    fn append_tracked(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let join = |old: Option<Tensor>, new: &Tensor, len: usize| -> Result<Tensor> {
+            match old {
+                Some(old) if len > 0 => Tensor::cat(&[&old.narrow(2, 0, len)?, new], 2),
+                _ => Ok(new.clone()),
+            }
+        };
+        let k = join(self.k.take(), k, self.len)?;
+        let v = join(self.v.take(), v, self.len)?;
+        self.len = k.dim(2)?;
+        self.k = Some(k.clone());
+        self.v = Some(v.clone());
+        Ok((k, v))
     }
 
     /// A buffer of `capacity` columns holding the `len` old ones.

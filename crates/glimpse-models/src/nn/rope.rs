@@ -140,9 +140,51 @@ impl Rope {
     pub fn apply(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let cos = cos.to_dtype(xs.dtype())?;
         let sin = sin.to_dtype(xs.dtype())?;
+        if xs.track_op() {
+            // candle's rope kernels have no backward pass.
+            return self.apply_composed(xs, &cos, &sin);
+        }
         match self.style {
             RopeStyle::HalfSplit => candle_nn::rotary_emb::rope(xs, &cos, &sin),
             RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(xs, &cos, &sin),
+        }
+    }
+}
+
+impl Rope {
+    /// The rotation from differentiable ops, for training.
+    ///
+    /// # Shapes
+    /// as [`Self::apply`]
+    fn apply_composed(&self, xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let (b, h, t, d) = xs.dims4()?;
+        let half = d / 2;
+        // (T, d/2) -> (1, 1, T, d/2); (B, T, d/2) -> (B, 1, T, d/2)
+        let lift = |c: &Tensor| -> Result<Tensor> {
+            match c.rank() {
+                2 => c.narrow(0, 0, t)?.unsqueeze(0)?.unsqueeze(0),
+                _ => c.narrow(1, 0, t)?.unsqueeze(1),
+            }
+        };
+        let (cos, sin) = (lift(cos)?, lift(sin)?);
+        match self.style {
+            RopeStyle::HalfSplit => {
+                let x1 = xs.narrow(3, 0, half)?;
+                let x2 = xs.narrow(3, half, half)?;
+                let y1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+                let y2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+                Tensor::cat(&[y1, y2], 3)
+            }
+            RopeStyle::Interleaved => {
+                // (B, H, T, d) -> (B, H, T, d/2, 2): pairs (2i, 2i+1)
+                let x = xs.reshape((b, h, t, half, 2))?;
+                let x1 = x.narrow(4, 0, 1)?.squeeze(4)?;
+                let x2 = x.narrow(4, 1, 1)?.squeeze(4)?;
+                let y1 = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+                let y2 = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+                // 2 x (B, H, T, d/2) -> (B, H, T, d/2, 2) -> (B, H, T, d)
+                Tensor::stack(&[y1, y2], 4)?.reshape((b, h, t, d))
+            }
         }
     }
 }
@@ -179,6 +221,28 @@ mod tests {
         // The longest wavelengths are far above 32: divided by the factor.
         let last = base.inv_freq.len() - 1;
         assert!((scaled.inv_freq[last] - base.inv_freq[last] / 8.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn composed_rotation_equals_the_kernels() -> Result<()> {
+        let cfg = RopeConfig {
+            theta: 10000.0,
+            scaling: RopeScaling::Default,
+        };
+        let dev = Device::Cpu;
+        for style in [RopeStyle::HalfSplit, RopeStyle::Interleaved] {
+            let rope = Rope::new(&cfg, 8, style);
+            for positions in [vec![vec![0, 1, 2]], vec![vec![0, 1, 2], vec![0, 0, 1]]] {
+                let b = positions.len();
+                let xs = Tensor::randn(0f32, 1.0, (b, 2, 3, 8), &dev)?;
+                let (cos, sin) = rope.cos_sin(&positions, &dev)?;
+                let fused = rope.apply(&xs, &cos, &sin)?;
+                let composed = rope.apply_composed(&xs, &cos, &sin)?;
+                let d = (fused - composed)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(d < 1e-6, "{style:?} batch {b}: {d}");
+            }
+        }
+        Ok(())
     }
 
     #[test]
