@@ -10,6 +10,7 @@ pub mod interpolate;
 pub mod kv_cache;
 pub mod linear;
 pub mod mlp;
+pub mod q4_1_matmul;
 pub mod qlinear;
 pub mod rms_norm;
 pub mod rope;
