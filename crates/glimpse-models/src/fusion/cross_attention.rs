@@ -287,11 +287,11 @@ impl GatedCrossAttention {
                 cfg.rms_norm_eps,
                 vb.pp("post_attention_layernorm"),
             )?,
-            mlp: SwiGlu {
-                gate_proj: dense(d, i, mlp.pp("gate_proj"))?,
-                up_proj: dense(d, i, mlp.pp("up_proj"))?,
-                down_proj: dense(i, d, mlp.pp("down_proj"))?,
-            },
+            mlp: SwiGlu::new(
+                dense(d, i, mlp.pp("gate_proj"))?,
+                dense(d, i, mlp.pp("up_proj"))?,
+                dense(i, d, mlp.pp("down_proj"))?,
+            )?,
             cross_attn_mlp_gate: vb.get_with_hints(
                 (1,),
                 "cross_attn_mlp_gate",

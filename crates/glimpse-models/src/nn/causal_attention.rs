@@ -8,11 +8,36 @@ use crate::nn::kv_cache::KvCache;
 use crate::nn::qlinear::QLinear;
 use crate::nn::rope::Rope;
 
+/// The q, k, v projections as the checkpoint holds them, or joined into
+/// one layer for inference ([`QLinear::stack`]).
+#[derive(Debug, Clone)]
+pub enum QkvProjection {
+    Separate {
+        q_proj: QLinear,
+        k_proj: QLinear,
+        v_proj: QLinear,
+    },
+    /// Output columns: q (H·hd), then k, then v (Hkv·hd each).
+    Fused(QLinear),
+}
+
+impl QkvProjection {
+    /// Joins frozen projections; trainable ones stay separate.
+    pub fn new(q_proj: QLinear, k_proj: QLinear, v_proj: QLinear) -> Result<Self> {
+        Ok(match QLinear::stack(&[&q_proj, &k_proj, &v_proj])? {
+            Some(fused) => Self::Fused(fused),
+            None => Self::Separate {
+                q_proj,
+                k_proj,
+                v_proj,
+            },
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct CausalSelfAttention {
-    pub q_proj: QLinear,
-    pub k_proj: QLinear,
-    pub v_proj: QLinear,
+    pub qkv: QkvProjection,
     pub o_proj: QLinear,
     pub num_heads: usize,
     pub num_kv_heads: usize,
@@ -46,16 +71,33 @@ impl CausalSelfAttention {
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, _) = xs.dims3()?;
         let (h, hkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        // (B, T, H*hd) -> (B, T, H, hd) -> (B, H, T, hd)
-        let heads = |p: &QLinear, n: usize| -> Result<Tensor> {
-            p.forward(xs)?
-                .reshape((b, t, n, hd))?
-                .transpose(1, 2)?
-                .contiguous()
+        // (B, T, n*hd) -> (B, T, n, hd) -> (B, n, T, hd)
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            y.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()
         };
-        let q = rope.apply(&heads(&self.q_proj, h)?, &inputs.cos, &inputs.sin)?;
-        let k = rope.apply(&heads(&self.k_proj, hkv)?, &inputs.cos, &inputs.sin)?;
-        let v = heads(&self.v_proj, hkv)?;
+        let (q, k, v) = match &self.qkv {
+            QkvProjection::Separate {
+                q_proj,
+                k_proj,
+                v_proj,
+            } => (
+                q_proj.forward(xs)?,
+                k_proj.forward(xs)?,
+                v_proj.forward(xs)?,
+            ),
+            QkvProjection::Fused(qkv) => {
+                // (B, T, (H + 2 Hkv)*hd) -> q (B, T, H*hd), k, v (B, T, Hkv*hd)
+                let y = qkv.forward(xs)?;
+                (
+                    y.narrow(2, 0, h * hd)?,
+                    y.narrow(2, h * hd, hkv * hd)?,
+                    y.narrow(2, (h + hkv) * hd, hkv * hd)?,
+                )
+            }
+        };
+        let q = rope.apply(&heads(q, h)?, &inputs.cos, &inputs.sin)?;
+        let k = rope.apply(&heads(k, hkv)?, &inputs.cos, &inputs.sin)?;
+        let v = heads(v, hkv)?;
         let dtype = v.dtype();
         let q = q.to_dtype(dtype)?;
         let k = k.to_dtype(dtype)?;

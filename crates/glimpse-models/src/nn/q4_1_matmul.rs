@@ -94,6 +94,11 @@ impl Q4_1Matmul {
         self.out_dim
     }
 
+    /// The block tensor this matmul reads.
+    pub fn tensor(&self) -> &Arc<QTensor> {
+        &self.weight
+    }
+
     pub fn in_dim(&self) -> usize {
         self.in_dim
     }

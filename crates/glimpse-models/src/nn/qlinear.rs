@@ -6,8 +6,10 @@
 
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Module, Result, Tensor};
+use std::borrow::Cow;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 
 use crate::nn::q4_1_matmul::Q4_1Matmul;
 use crate::nn::Linear;
@@ -42,6 +44,72 @@ impl QLinear {
             bias,
             out_dim,
         })
+    }
+
+    /// One layer computing several that read the same input (q, k, v; gate,
+    /// up), their outputs side by side: one kernel call and one activation
+    /// quantization instead of several. `None` when the parts cannot be
+    /// joined: trainable weights (the join would be a snapshot, not the
+    /// `Var`s), different block types, or biases on some parts only.
+    ///
+    /// # Shapes
+    /// parts (o_i, in) -> (Σ o_i, in)
+    pub fn stack(parts: &[&QLinear]) -> Result<Option<QLinear>> {
+        let biases: Vec<Option<&Tensor>> = parts.iter().map(|p| p.bias()).collect();
+        let bias = if biases.iter().all(Option::is_none) {
+            None
+        } else if let Some(all) = biases.iter().copied().collect::<Option<Vec<&Tensor>>>() {
+            Some(Tensor::cat(&all, 0)?)
+        } else {
+            return Ok(None);
+        };
+        let blocks: Option<Vec<&Arc<QTensor>>> = parts
+            .iter()
+            .map(|p| match p {
+                Self::Q4_1 { weight, .. } => Some(weight.tensor()),
+                Self::Quantized {
+                    weight: QMatMul::QTensor(t),
+                    ..
+                } => Some(t),
+                _ => None,
+            })
+            .collect();
+        if let Some(blocks) = blocks {
+            let dtype = blocks[0].dtype();
+            let (_, in_dim) = blocks[0].shape().dims2()?;
+            let mut rows = 0;
+            let mut bytes = Vec::new();
+            for b in &blocks {
+                let (o, i) = b.shape().dims2()?;
+                if b.dtype() != dtype || i != in_dim || !b.device().is_cpu() {
+                    return Ok(None);
+                }
+                // Blocks are stored row by row: joining rows is joining bytes.
+                bytes.extend_from_slice(&b.data()?);
+                rows += o;
+            }
+            let storage = QStorage::from_data(Cow::Owned(bytes), &Device::Cpu, dtype)?;
+            let joined = QTensor::new(storage, (rows, in_dim))?;
+            return Ok(Some(Self::quantized(Arc::new(joined), bias)?));
+        }
+        let dense: Option<Vec<&Tensor>> = parts
+            .iter()
+            .map(|p| match p {
+                Self::Dense(l) if !l.weight().is_variable() => Some(l.weight()),
+                _ => None,
+            })
+            .collect();
+        match dense {
+            Some(ws) => Ok(Some(Self::Dense(Linear::new(Tensor::cat(&ws, 0)?, bias)))),
+            None => Ok(None),
+        }
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        match self {
+            Self::Dense(l) => l.bias(),
+            Self::Quantized { bias, .. } | Self::Q4_1 { bias, .. } => bias.as_ref(),
+        }
     }
 
     pub fn out_dim(&self) -> Result<usize> {

@@ -16,7 +16,9 @@ use candle_nn::VarBuilder;
 
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
-use crate::nn::causal_attention::{build_mask, needs_mask, AttentionInputs, CausalSelfAttention};
+use crate::nn::causal_attention::{
+    build_mask, needs_mask, AttentionInputs, CausalSelfAttention, QkvProjection,
+};
 use crate::nn::kv_cache::KvCache;
 use crate::nn::qlinear::QLinear;
 use crate::nn::rms_norm::RmsNorm;
@@ -43,19 +45,21 @@ impl DecoderLayer {
         let i = cfg.intermediate_size;
         Ok(Self {
             self_attn: CausalSelfAttention {
-                q_proj: w.linear(&format!("{attn}.q_proj"), d, h * hd, cfg.qkv_bias)?,
-                k_proj: w.linear(&format!("{attn}.k_proj"), d, hkv * hd, cfg.qkv_bias)?,
-                v_proj: w.linear(&format!("{attn}.v_proj"), d, hkv * hd, cfg.qkv_bias)?,
+                qkv: QkvProjection::new(
+                    w.linear(&format!("{attn}.q_proj"), d, h * hd, cfg.qkv_bias)?,
+                    w.linear(&format!("{attn}.k_proj"), d, hkv * hd, cfg.qkv_bias)?,
+                    w.linear(&format!("{attn}.v_proj"), d, hkv * hd, cfg.qkv_bias)?,
+                )?,
                 o_proj: w.linear(&format!("{attn}.o_proj"), h * hd, d, cfg.o_bias)?,
                 num_heads: h,
                 num_kv_heads: hkv,
                 head_dim: hd,
             },
-            mlp: SwiGlu {
-                gate_proj: w.linear(&format!("{mlp}.gate_proj"), d, i, cfg.mlp_bias)?,
-                up_proj: w.linear(&format!("{mlp}.up_proj"), d, i, cfg.mlp_bias)?,
-                down_proj: w.linear(&format!("{mlp}.down_proj"), i, d, cfg.mlp_bias)?,
-            },
+            mlp: SwiGlu::new(
+                w.linear(&format!("{mlp}.gate_proj"), d, i, cfg.mlp_bias)?,
+                w.linear(&format!("{mlp}.up_proj"), d, i, cfg.mlp_bias)?,
+                w.linear(&format!("{mlp}.down_proj"), i, d, cfg.mlp_bias)?,
+            )?,
             input_layernorm: norm(cfg, w, &format!("{prefix}.input_layernorm"))?,
             post_attention_layernorm: norm(cfg, w, &format!("{prefix}.post_attention_layernorm"))?,
         })
