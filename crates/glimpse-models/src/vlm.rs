@@ -16,7 +16,7 @@ use crate::nn::rope::RopeStyle;
 use crate::projector::Projector;
 use crate::text::{Decoder, DecoderCache, DecoderWeights, LayerHook, LogitsFor};
 use crate::vision::VisionTransformer;
-use crate::vlm_config::{FeatureSelect, FusionConfig, VlmConfig, VlmFormat};
+use crate::vlm_config::{FeatureSelect, FusionConfig, VlmConfig};
 use crate::weights::Checkpoint;
 
 /// Where each part's tensors live in a checkpoint. transformers 5 saves
@@ -159,9 +159,7 @@ impl Vlm {
     pub fn load_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let cfg = VlmConfig::from_file(&dir.join("config.json"))?;
         let checkpoint = Checkpoint::open_dir(dir)?;
-        let names = match cfg.format {
-            VlmFormat::Llava | VlmFormat::Glimpse => VlmNames::detect(checkpoint.shapes()),
-        };
+        let names = VlmNames::detect(checkpoint.shapes());
         let strict = checkpoint.strict(dtype, device);
         let model = Self::new(&cfg, strict.var_builder(), &names)?;
         let tied = cfg.text.tie_word_embeddings;
