@@ -37,10 +37,13 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-/// Peak resident memory of this process, from /proc (Linux).
-fn peak_rss_mib() -> Option<f64> {
+/// A memory line of this process's /proc status (Linux), in MiB: "VmHWM"
+/// (peak resident), "VmRSS" (resident now).
+fn status_mib(key: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let line = status
+        .lines()
+        .find(|l| l.strip_prefix(key).is_some_and(|r| r.starts_with(':')))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
 }
@@ -152,7 +155,9 @@ fn main() -> Result<()> {
             "decode_tok_per_s_median": median(rates.clone()),
             "decode_tok_per_s_all": rates,
             "first_tokens": &generated[..generated.len().min(8)],
-            "peak_rss_mib": peak_rss_mib(),
+            "peak_rss_mib": status_mib("VmHWM"),
+            // after loading (the mapped checkpoint is unmapped by then) and the runs
+            "rss_end_mib": status_mib("VmRSS"),
         })
     );
     Ok(())
