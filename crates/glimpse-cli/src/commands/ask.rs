@@ -1,7 +1,6 @@
 //! `glimpse ask`: a question about images to a vision-language model,
 //! the answer streamed to stdout.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -10,6 +9,8 @@ use glimpse_cli::device::default_device;
 use glimpse_cli::heatmap::write_attention_map;
 use glimpse_cli::pipeline::{PipelineError, VlmPipeline};
 use glimpse_infer::GenerationConfig;
+
+use super::sampling::{SamplingArgs, TextOut};
 
 /// The model `--model` defaults to, once the repository ships one.
 const DEFAULT_MODEL: &str = "models/glimpse-easy-vqa";
@@ -31,12 +32,8 @@ pub struct AskArgs {
     /// Most tokens to generate
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
-    /// 0 = greedy. Default: the model's generation_config.json, else greedy
-    #[arg(long)]
-    temperature: Option<f32>,
-    /// Seed of the sampler
-    #[arg(long, default_value_t = 299792458)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Print one JSON object at the end instead of streaming text
     #[arg(long)]
     json: bool,
@@ -68,30 +65,16 @@ pub fn run(args: AskArgs) -> Result<()> {
     let dir = model_dir(args.model)?;
     let vlm = VlmPipeline::load(&dir, &default_device())?;
     let prompt = vlm.prompt(&args.question, &args.images, args.raw)?;
-    let mut sampling = vlm.sampling.clone();
-    if let Some(t) = args.temperature {
-        sampling.temperature = t;
-    }
-    sampling.seed = args.seed;
-    sampling
-        .validate()
-        .map_err(|e| PipelineError::Usage(e.to_string()))?;
+    let sampling = args.sampling.apply(vlm.sampling.clone())?;
     let cfg = GenerationConfig {
         max_new_tokens: args.max_tokens,
         sampling,
         eos_ids: vlm.eos_ids.clone(),
         stop_strings: Vec::new(),
     };
-    let stream = !args.json;
-    let mut stdout = std::io::stdout().lock();
-    let generation = vlm.generate(&prompt, &cfg, |piece| {
-        if stream {
-            stdout.write_all(piece.as_bytes())?;
-            stdout.flush()?;
-        }
-        Ok(())
-    })?;
-    if let Some(out) = &args.attention_map {
+    let mut out = TextOut::new(args.json);
+    let generation = vlm.generate(&prompt, &cfg, |piece| out.piece(piece))?;
+    if let Some(map) = &args.attention_map {
         let images = prompt.images.as_ref().ok_or_else(|| {
             PipelineError::Usage("--attention-map needs at least one --image".into())
         })?;
@@ -108,22 +91,17 @@ pub fn run(args: AskArgs) -> Result<()> {
             .iter()
             .map(|p| glimpse_data::load_rgb(p, &vlm.limits))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        write_attention_map(out, &pictures, &attention)?;
+        write_attention_map(map, &pictures, &attention)?;
     }
-    if args.json {
-        let out = serde_json::json!({
-            "text": generation.text,
-            "tokens": generation.tokens,
-            "image_tokens": prompt.image_tokens,
-            "prompt_tokens": generation.prompt_tokens,
-            "finish_reason": generation.finish_reason,
-            "vision_ms": prompt.vision_secs * 1000.0,
-            "prefill_tok_per_s": generation.prompt_tok_per_s(),
-            "decode_tok_per_s": generation.decode_tok_per_s(),
-        });
-        writeln!(stdout, "{out}")?;
-    } else {
-        writeln!(stdout)?;
-    }
+    out.finish(serde_json::json!({
+        "text": generation.text,
+        "tokens": generation.tokens,
+        "image_tokens": prompt.image_tokens,
+        "prompt_tokens": generation.prompt_tokens,
+        "finish_reason": generation.finish_reason,
+        "vision_ms": prompt.vision_secs * 1000.0,
+        "prefill_tok_per_s": generation.prompt_tok_per_s(),
+        "decode_tok_per_s": generation.decode_tok_per_s(),
+    }))?;
     Ok(())
 }

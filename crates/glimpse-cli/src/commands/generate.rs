@@ -1,7 +1,6 @@
 //! `glimpse generate`: text from a Llama-family model (HF directory or GGUF
 //! file), streamed to stdout as it is produced.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -10,6 +9,8 @@ use clap::{Args, ValueEnum};
 use glimpse_cli::device::default_device;
 use glimpse_cli::pipeline::{CausalLm, PipelineError};
 use glimpse_infer::GenerationConfig;
+
+use super::sampling::{SamplingArgs, TextOut};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum DTypeArg {
@@ -47,21 +48,8 @@ pub struct GenerateArgs {
     /// Most tokens to generate (generation also ends at an eos token or a full context)
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
-    /// 0 = greedy. Default: the model's generation_config.json, else greedy
-    #[arg(long)]
-    temperature: Option<f32>,
-    /// Nucleus sampling: keep the most likely tokens up to this probability mass
-    #[arg(long)]
-    top_p: Option<f32>,
-    /// Keep only the K most likely tokens
-    #[arg(long)]
-    top_k: Option<usize>,
-    /// > 1 discourages repeating tokens already in the prompt or output
-    #[arg(long)]
-    repetition_penalty: Option<f32>,
-    /// Seed of the sampler
-    #[arg(long, default_value_t = 299792458)]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Stop when the text contains this string (repeatable)
     #[arg(long = "stop")]
     stop: Vec<String>,
@@ -86,23 +74,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     )?;
     let prompt_ids = lm.prompt_ids(&args.prompt, args.chat, args.system.as_deref())?;
 
-    let mut sampling = lm.sampling.clone();
-    if let Some(t) = args.temperature {
-        sampling.temperature = t;
-    }
-    if args.top_p.is_some() {
-        sampling.top_p = args.top_p;
-    }
-    if args.top_k.is_some() {
-        sampling.top_k = args.top_k;
-    }
-    if let Some(r) = args.repetition_penalty {
-        sampling.repetition_penalty = r;
-    }
-    sampling.seed = args.seed;
-    sampling
-        .validate()
-        .map_err(|e| PipelineError::Usage(e.to_string()))?;
+    let sampling = args.sampling.apply(lm.sampling.clone())?;
     let cfg = GenerationConfig {
         max_new_tokens: args.max_tokens,
         sampling,
@@ -114,27 +86,15 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         stop_strings: args.stop.clone(),
     };
 
-    let stream = !args.json;
-    let mut stdout = std::io::stdout().lock();
-    let generation = lm.generate(&prompt_ids, &cfg, |piece| {
-        if stream {
-            stdout.write_all(piece.as_bytes())?;
-            stdout.flush()?;
-        }
-        Ok(())
-    })?;
-    if args.json {
-        let out = serde_json::json!({
-            "text": generation.text,
-            "tokens": generation.tokens,
-            "prompt_tokens": generation.prompt_tokens,
-            "finish_reason": generation.finish_reason,
-            "prompt_tok_per_s": generation.prompt_tok_per_s(),
-            "decode_tok_per_s": generation.decode_tok_per_s(),
-        });
-        writeln!(stdout, "{out}")?;
-    } else {
-        writeln!(stdout)?;
-    }
+    let mut out = TextOut::new(args.json);
+    let generation = lm.generate(&prompt_ids, &cfg, |piece| out.piece(piece))?;
+    out.finish(serde_json::json!({
+        "text": generation.text,
+        "tokens": generation.tokens,
+        "prompt_tokens": generation.prompt_tokens,
+        "finish_reason": generation.finish_reason,
+        "prompt_tok_per_s": generation.prompt_tok_per_s(),
+        "decode_tok_per_s": generation.decode_tok_per_s(),
+    }))?;
     Ok(())
 }

@@ -2,6 +2,7 @@ pub mod ask;
 pub mod classify;
 pub mod embed;
 pub mod generate;
+pub mod sampling;
 
 /// Formats a vector for the text output: compact, fixed precision.
 pub fn format_row(row: &[f32]) -> String {

@@ -1,0 +1,82 @@
+//! What `generate` and `ask` share: the sampling flags and the stdout
+//! stream of generated text.
+
+use std::io::{StdoutLock, Write};
+
+use clap::Args;
+use glimpse_cli::pipeline::PipelineError;
+use glimpse_infer::{OutputError, SamplingConfig};
+
+#[derive(Args)]
+pub struct SamplingArgs {
+    /// 0 = greedy. Default: the model's generation_config.json, else greedy
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Keep only the K most likely tokens
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// > 1 discourages repeating tokens already in the prompt or output
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Seed of the sampler
+    #[arg(long, default_value_t = 299792458)]
+    seed: u64,
+}
+
+impl SamplingArgs {
+    /// The model's defaults with the flags given on top, checked.
+    pub fn apply(&self, mut s: SamplingConfig) -> Result<SamplingConfig, PipelineError> {
+        if let Some(t) = self.temperature {
+            s.temperature = t;
+        }
+        if self.top_p.is_some() {
+            s.top_p = self.top_p;
+        }
+        if self.top_k.is_some() {
+            s.top_k = self.top_k;
+        }
+        if let Some(r) = self.repetition_penalty {
+            s.repetition_penalty = r;
+        }
+        s.seed = self.seed;
+        s.validate()
+            .map_err(|e| PipelineError::Usage(e.to_string()))?;
+        Ok(s)
+    }
+}
+
+/// Generated text to stdout as it comes, or nothing until one JSON object
+/// at the end (`--json`).
+pub struct TextOut {
+    json: bool,
+    stdout: StdoutLock<'static>,
+}
+
+impl TextOut {
+    pub fn new(json: bool) -> Self {
+        Self {
+            json,
+            stdout: std::io::stdout().lock(),
+        }
+    }
+
+    pub fn piece(&mut self, text: &str) -> Result<(), OutputError> {
+        if !self.json {
+            self.stdout.write_all(text.as_bytes())?;
+            self.stdout.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Ends the stream: a newline after streamed text, or `summary`.
+    pub fn finish(mut self, summary: serde_json::Value) -> std::io::Result<()> {
+        if self.json {
+            writeln!(self.stdout, "{summary}")
+        } else {
+            writeln!(self.stdout)
+        }
+    }
+}
