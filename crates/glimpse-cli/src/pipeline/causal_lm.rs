@@ -45,13 +45,7 @@ impl CausalLm {
 
     fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let model = Decoder::load_hf_dir(dir, dtype, device)?;
-        let tokenizer_path = dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&tokenizer_path).map_err(|e| {
-            glimpse_data::DataError::Tokenizer {
-                path: tokenizer_path.clone(),
-                msg: one_line(e),
-            }
-        })?;
+        let tokenizer = load_tokenizer(dir)?;
         let template = ChatTemplate::from_model_dir(dir)?;
         let (eos, sampling) = generation_defaults(dir)?;
         let eos_ids = eos.unwrap_or_else(|| model.config().eos_token_ids.clone());
@@ -191,6 +185,17 @@ impl TokenModel for Session<'_> {
     fn step(&mut self, token: u32) -> std::result::Result<Vec<f32>, ModelError> {
         self.run(&[token])
     }
+}
+
+/// A model directory's `tokenizer.json`.
+pub(crate) fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    let path = dir.join("tokenizer.json");
+    Ok(
+        Tokenizer::from_file(&path).map_err(|e| glimpse_data::DataError::Tokenizer {
+            path: path.clone(),
+            msg: one_line(e),
+        })?,
+    )
 }
 
 /// eos ids and sampling defaults from a directory's

@@ -17,7 +17,7 @@ use glimpse_models::{FusionConfig, LogitsFor, ModelError, Vlm, VlmCache};
 use serde_json::{json, Value};
 use tokenizers::Tokenizer;
 
-use super::causal_lm::{generation_defaults, one_line};
+use super::causal_lm::{generation_defaults, load_tokenizer, one_line};
 use super::{PipelineError, Result};
 
 /// How many encoded images the LRU cache keeps.
@@ -54,12 +54,7 @@ impl VlmPipeline {
             return Err(ModelError::file(dir, "model directory not found").into());
         }
         let model = Vlm::load_dir(dir, DType::F32, device)?;
-        let tokenizer_path = dir.join("tokenizer.json");
-        let tokenizer =
-            Tokenizer::from_file(&tokenizer_path).map_err(|e| DataError::Tokenizer {
-                path: tokenizer_path.clone(),
-                msg: one_line(e),
-            })?;
+        let tokenizer = load_tokenizer(dir)?;
         let template = ChatTemplate::from_model_dir(dir)?;
         let processor = processor_config(dir)?;
         let (eos, sampling) = generation_defaults(dir)?;
