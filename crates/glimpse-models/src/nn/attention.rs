@@ -117,10 +117,21 @@ impl SelfAttention {
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = softmax_last_dim(&scores)?;
         // (B, H, L, hd) -> (B, L, H, hd) -> (B, L, D)
         let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
         self.out_proj.forward(&out)
+    }
+}
+
+/// Softmax over the last dim: candle's fused kernel for inference, the
+/// composed ops (differentiable; candle's kernel has no backward pass) when
+/// `xs` tracks gradients.
+pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if xs.track_op() {
+        candle_nn::ops::softmax(xs, candle_core::D::Minus1)
+    } else {
+        candle_nn::ops::softmax_last_dim(xs)
     }
 }
 

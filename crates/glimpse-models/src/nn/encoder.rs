@@ -2,9 +2,10 @@
 //! same tensor names, same order of operations).
 
 use candle_core::{Result, Tensor};
-use candle_nn::{LayerNorm, Module, VarBuilder};
+use candle_nn::VarBuilder;
 
-use super::{Activation, Mlp, SelfAttention};
+use super::layer_norm::layer_norm;
+use super::{Activation, LayerNorm, Mlp, SelfAttention};
 
 /// Sizes shared by every encoder stack.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,9 +30,9 @@ impl EncoderLayer {
         let h = cfg.hidden_size;
         Ok(Self {
             self_attn: SelfAttention::new(h, cfg.num_attention_heads, vb.pp("self_attn"))?,
-            layer_norm1: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
+            layer_norm1: layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm1"))?,
             mlp: Mlp::new(h, cfg.intermediate_size, cfg.hidden_act, vb.pp("mlp"))?,
-            layer_norm2: candle_nn::layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
+            layer_norm2: layer_norm(h, cfg.layer_norm_eps, vb.pp("layer_norm2"))?,
         })
     }
 

@@ -2,9 +2,10 @@
 //! (HF `SiglipTextTransformer`).
 
 use candle_core::{DType, IndexOp, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, Module, VarBuilder};
+use candle_nn::{Embedding, Module, VarBuilder};
 
-use crate::nn::Linear;
+use crate::nn::layer_norm::layer_norm;
+use crate::nn::{LayerNorm, Linear};
 
 use crate::nn::attention::{causal_mask, padding_mask};
 use crate::nn::encoder::EncoderConfig;
@@ -67,11 +68,7 @@ impl TextTransformer {
                 emb.pp("position_embedding"),
             )?,
             encoder: Encoder::new(&cfg.encoder, vb.pp("encoder"))?,
-            final_layer_norm: candle_nn::layer_norm(
-                d,
-                cfg.encoder.layer_norm_eps,
-                vb.pp("final_layer_norm"),
-            )?,
+            final_layer_norm: layer_norm(d, cfg.encoder.layer_norm_eps, vb.pp("final_layer_norm"))?,
             head,
             cfg: cfg.clone(),
         })

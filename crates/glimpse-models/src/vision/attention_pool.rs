@@ -3,9 +3,11 @@
 //! over the patch sequence, then a residual MLP.
 
 use candle_core::{Result, Tensor};
-use candle_nn::{LayerNorm, Module, VarBuilder};
+use candle_nn::{Init, Module, VarBuilder};
 
-use crate::nn::Linear;
+use crate::nn::attention::softmax_last_dim;
+use crate::nn::layer_norm::layer_norm;
+use crate::nn::{LayerNorm, Linear};
 
 use crate::nn::encoder::EncoderConfig;
 use crate::nn::Mlp;
@@ -25,12 +27,29 @@ impl AttentionPoolHead {
     pub fn new(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
         let d = cfg.hidden_size;
         let attn = vb.pp("attention");
+        // Initialised as torch does when the builder creates variables:
+        // `randn` probe, xavier-uniform packed projection, zero bias.
+        let bound = (6.0 / (4 * d) as f64).sqrt();
         Ok(Self {
-            probe: vb.get((1, 1, d), "probe")?,
-            in_proj_weight: attn.get((3 * d, d), "in_proj_weight")?,
-            in_proj_bias: attn.get(3 * d, "in_proj_bias")?,
+            probe: vb.get_with_hints(
+                (1, 1, d),
+                "probe",
+                Init::Randn {
+                    mean: 0.,
+                    stdev: 1.,
+                },
+            )?,
+            in_proj_weight: attn.get_with_hints(
+                (3 * d, d),
+                "in_proj_weight",
+                Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            )?,
+            in_proj_bias: attn.get_with_hints(3 * d, "in_proj_bias", Init::Const(0.))?,
             out_proj: crate::nn::linear::linear(d, d, attn.pp("out_proj"))?,
-            layernorm: candle_nn::layer_norm(d, cfg.layer_norm_eps, vb.pp("layernorm"))?,
+            layernorm: layer_norm(d, cfg.layer_norm_eps, vb.pp("layernorm"))?,
             mlp: Mlp::new(d, cfg.intermediate_size, cfg.hidden_act, vb.pp("mlp"))?,
             num_heads: cfg.num_attention_heads,
         })
@@ -61,7 +80,7 @@ impl AttentionPoolHead {
             .contiguous()?;
         let q = (q.broadcast_as((b, h, 1, hd))?.contiguous()? * (hd as f64).powf(-0.5))?;
         // (B, H, 1, hd) x (B, H, hd, L) -> (B, H, 1, L)
-        let probs = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+        let probs = softmax_last_dim(&q.matmul(&k.t()?)?)?;
         // (B, H, 1, hd) -> (B, 1, H, hd) -> (B, 1, D)
         let pooled = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, 1, d))?;
         let pooled = self.out_proj.forward(&pooled)?;

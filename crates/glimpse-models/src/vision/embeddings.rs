@@ -26,9 +26,23 @@ impl VisionEmbeddings {
         let (c, p) = (cfg.num_channels, cfg.patch_size);
         let grid = cfg.grid();
         let conv = vb.pp("patch_embedding");
-        let weight = conv.get((d, c, p, p), "weight")?;
+        // Hints only matter when the builder creates variables (training
+        // from scratch): a loaded checkpoint supplies every value.
+        let weight = conv.get_with_hints(
+            (d, c, p, p),
+            "weight",
+            candle_nn::init::DEFAULT_KAIMING_NORMAL,
+        )?;
+        let class_hint = candle_nn::Init::Randn {
+            mean: 0.,
+            stdev: (d as f64).powf(-0.5),
+        };
         let (patch_bias, class_embedding, positions) = match cfg.flavor {
-            VitFlavor::Clip => (None, Some(vb.get(d, "class_embedding")?), grid * grid + 1),
+            VitFlavor::Clip => (
+                None,
+                Some(vb.get_with_hints(d, "class_embedding", class_hint)?),
+                grid * grid + 1,
+            ),
             VitFlavor::Siglip => (Some(conv.get(d, "bias")?), None, grid * grid),
         };
         Ok(Self {

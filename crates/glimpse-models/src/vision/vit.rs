@@ -1,12 +1,13 @@
 //! The vision transformer (HF `CLIPVisionTransformer`, `SiglipVisionTransformer`).
 
 use candle_core::{Result, Tensor};
-use candle_nn::{LayerNorm, Module, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::attention_pool::AttentionPoolHead;
 use super::embeddings::VisionEmbeddings;
 use super::{VitConfig, VitFlavor};
-use crate::nn::Encoder;
+use crate::nn::layer_norm::layer_norm;
+use crate::nn::{Encoder, LayerNorm};
 
 pub struct VisionTransformer {
     embeddings: VisionEmbeddings,
@@ -36,7 +37,7 @@ impl VisionTransformer {
         let d = cfg.encoder.hidden_size;
         let eps = cfg.encoder.layer_norm_eps;
         let pre_layrnorm = match cfg.flavor {
-            VitFlavor::Clip => Some(candle_nn::layer_norm(d, eps, vb.pp("pre_layrnorm"))?),
+            VitFlavor::Clip => Some(layer_norm(d, eps, vb.pp("pre_layrnorm"))?),
             VitFlavor::Siglip => None,
         };
         let head = if cfg.flavor == VitFlavor::Siglip && cfg.use_head {
@@ -48,7 +49,7 @@ impl VisionTransformer {
             embeddings: VisionEmbeddings::new(cfg, vb.pp("embeddings"))?,
             pre_layrnorm,
             encoder: Encoder::new(&cfg.encoder, vb.pp("encoder"))?,
-            post_layernorm: candle_nn::layer_norm(d, eps, vb.pp("post_layernorm"))?,
+            post_layernorm: layer_norm(d, eps, vb.pp("post_layernorm"))?,
             head,
             flavor: cfg.flavor,
         })
