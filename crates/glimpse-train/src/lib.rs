@@ -1,0 +1,20 @@
+//! Training pieces for glimpse: contrastive and language-model losses, AdamW with
+//! parameter groups, learning-rate schedules, gradient clipping and accumulation.
+//!
+//! Every loss is built from candle ops that have a backward pass (no
+//! `candle_nn::ops::softmax_last_dim`, which has none), so `loss.backward()` works.
+
+pub mod error;
+pub mod losses;
+pub mod optim;
+
+pub use error::{Result, TrainError};
+pub use losses::{
+    clip_logits, clip_loss, hard_negative_clip_loss, hard_negative_mask, log_softmax_last_dim,
+    masked_lm_loss, siglip_logits, siglip_loss, HardNegativeConfig, SigLipParams,
+    CLIP_INIT_LOGIT_SCALE, IGNORE_INDEX, MAX_LOGIT_SCALE,
+};
+pub use optim::{
+    clip_grad_norm, param_groups_by_dim, AdamW, AdamWConfig, GradAccumulator, ParamGroup,
+    WarmupCosine,
+};
