@@ -24,6 +24,11 @@ pub enum DataError {
     #[error("gguf {key}: {msg}")]
     Gguf { key: String, msg: String },
 
+    /// A dataset file (JSONL, JSON, split directory) that cannot be read or
+    /// used; `msg` names the line or record where there is one.
+    #[error("dataset {}: {msg}", path.display())]
+    Dataset { path: PathBuf, msg: String },
+
     /// Inputs that are fine one by one but not together (a batch of sizes
     /// that differ, a resize to an absurd canvas).
     #[error("{0}")]
@@ -47,6 +52,13 @@ impl DataError {
     pub(crate) fn image(name: impl Into<String>, msg: impl std::fmt::Display) -> Self {
         DataError::Image {
             name: name.into(),
+            msg: one_line(msg),
+        }
+    }
+
+    pub(crate) fn dataset(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
+        DataError::Dataset {
+            path: path.into(),
             msg: one_line(msg),
         }
     }

@@ -3,6 +3,7 @@
 //! or GGUF metadata), chat templates.
 
 pub mod chat_template;
+pub mod datasets;
 pub mod error;
 pub mod gguf_tokenizer;
 pub mod image_io;

@@ -1,0 +1,67 @@
+//! Image–caption JSONL: one `{"image": path, "caption": text}` object per
+//! line, the format contrastive and align stages read.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{check_images, json_msg, parent_dir, read_text, relative_to, resolve, write_atomic};
+use crate::error::{DataError, Result};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptionRecord {
+    /// Resolved on load: a relative path in the file is joined to the file's
+    /// directory.
+    pub image: PathBuf,
+    pub caption: String,
+}
+
+/// Reads every record, resolving relative image paths against the file's
+/// directory. Blank lines are skipped; a line that is not a record is an
+/// error naming its (1-based) line number; missing images are an error listing
+/// them.
+pub fn load_caption_jsonl(path: &Path) -> Result<Vec<CaptionRecord>> {
+    let text = read_text(path)?;
+    let dir = parent_dir(path);
+    let mut records = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut rec: CaptionRecord = serde_json::from_str(line).map_err(|e| {
+            DataError::dataset(
+                path,
+                format!("line {} column {}: {}", i + 1, e.column(), json_msg(&e)),
+            )
+        })?;
+        if rec.caption.trim().is_empty() {
+            return Err(DataError::dataset(
+                path,
+                format!("line {}: empty caption", i + 1),
+            ));
+        }
+        rec.image = resolve(&dir, &rec.image);
+        records.push(rec);
+    }
+    check_images(path, records.iter().map(|r| r.image.as_path()))?;
+    Ok(records)
+}
+
+/// Writes one record per line; images under the file's directory are written
+/// relative to it.
+pub fn write_caption_jsonl(path: &Path, records: &[CaptionRecord]) -> Result<()> {
+    let dir = parent_dir(path);
+    let mut out = String::new();
+    for rec in records {
+        let rel = CaptionRecord {
+            image: relative_to(&dir, &rec.image),
+            caption: rec.caption.clone(),
+        };
+        let line = serde_json::to_string(&rel)
+            .map_err(|e| DataError::dataset(path, format!("cannot serialise: {e}")))?;
+        out.push_str(&line);
+        out.push('\n');
+    }
+    write_atomic(path, out.as_bytes())
+}
