@@ -91,7 +91,6 @@ impl VlmPipeline {
         };
         // As LlavaProcessor: the rendered text is tokenised with the
         // tokenizer's specials (BOS), unless the template wrote them.
-        let bos = self.tokenizer.get_post_processor().is_some();
         let template_wrote_bos = self
             .model
             .config()
@@ -101,7 +100,7 @@ impl VlmPipeline {
             .is_some_and(|b| rendered.starts_with(&b));
         let encoding = self
             .tokenizer
-            .encode(rendered, bos && !template_wrote_bos)
+            .encode(rendered, !template_wrote_bos)
             .map_err(|e| {
                 PipelineError::Usage(format!("cannot tokenise the prompt: {}", one_line(e)))
             })?;
