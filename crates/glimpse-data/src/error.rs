@@ -34,7 +34,7 @@ pub enum DataError {
     #[error("{0}")]
     Input(String),
 
-    #[error("tensor op: {0}")]
+    #[error("tensor op: {}", candle_message(.0))]
     Candle(#[from] candle_core::Error),
 }
 
@@ -61,5 +61,14 @@ impl DataError {
             path: path.into(),
             msg: one_line(msg),
         }
+    }
+}
+
+/// A candle error's message without the backtrace candle appends when
+/// `RUST_BACKTRACE` is set, on one line.
+fn candle_message(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(inner),
+        other => one_line(other),
     }
 }
