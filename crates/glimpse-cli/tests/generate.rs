@@ -155,13 +155,23 @@ fn smollm2() -> Option<PathBuf> {
 
 const QUESTION: &str = "What is the capital of France?";
 
-#[test]
-fn smollm2_quantized_greedy_matches_llama_cpp() -> Result<()> {
-    let Some(gguf) = smollm2() else { return Ok(()) };
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(
+/// The GGUF's path and `fixtures/smollm2/reference.json`; `None` (test
+/// skipped) without the file.
+fn smollm2_and_reference() -> Result<Option<(String, Value)>> {
+    let Some(gguf) = smollm2() else {
+        return Ok(None);
+    };
+    let r = serde_json::from_str(&std::fs::read_to_string(
         fixtures().join("smollm2/reference.json"),
     )?)?;
-    let model = gguf.display().to_string();
+    Ok(Some((gguf.display().to_string(), r)))
+}
+
+#[test]
+fn smollm2_quantized_greedy_matches_llama_cpp() -> Result<()> {
+    let Some((model, r)) = smollm2_and_reference()? else {
+        return Ok(());
+    };
     let out = glimpse_json(&[
         "generate",
         "--model",
@@ -198,11 +208,9 @@ fn smollm2_quantized_greedy_matches_llama_cpp() -> Result<()> {
 
 #[test]
 fn smollm2_dequantized_greedy_matches_transformers() -> Result<()> {
-    let Some(gguf) = smollm2() else { return Ok(()) };
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(
-        fixtures().join("smollm2/reference.json"),
-    )?)?;
-    let model = gguf.display().to_string();
+    let Some((model, r)) = smollm2_and_reference()? else {
+        return Ok(());
+    };
     let out = glimpse_json(&[
         "generate",
         "--model",

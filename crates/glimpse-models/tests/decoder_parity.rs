@@ -153,6 +153,16 @@ fn single_prompt_logits_and_cached_decoding_match() -> Result<()> {
     Ok(())
 }
 
+/// `max_new_tokens` and the eos ids (an int or a list) of a greedy record.
+fn greedy_settings(g: &Value) -> Result<(usize, Vec<u32>)> {
+    let max_new = g["max_new_tokens"].as_u64().context("max_new_tokens")? as usize;
+    let eos = match &g["eos_token_id"] {
+        Value::Array(_) => ids(&g["eos_token_id"]),
+        v => vec![v.as_u64().context("eos")? as u32],
+    };
+    Ok((max_new, eos))
+}
+
 /// Greedy decoding with the KV cache; stops after an eos id, as
 /// transformers' `generate` does (the eos is part of the output).
 fn greedy(model: &Decoder, prompt: &[u32], max_new: usize, eos: &[u32]) -> Result<Vec<u32>> {
@@ -185,11 +195,7 @@ fn greedy_generation_matches_transformers() -> Result<()> {
     for name in FIXTURES {
         let case = load(name)?;
         let g = &case.reference["greedy"];
-        let max_new = g["max_new_tokens"].as_u64().context("max_new_tokens")? as usize;
-        let eos = match &g["eos_token_id"] {
-            Value::Array(_) => ids(&g["eos_token_id"]),
-            v => vec![v.as_u64().context("eos")? as u32],
-        };
+        let (max_new, eos) = greedy_settings(g)?;
         let prompts = rows(&case.reference["prompt_ids"]);
         let singles = g["single"].as_array().context("single")?;
         for (i, (prompt, want)) in prompts.iter().zip(singles).enumerate() {
@@ -207,11 +213,7 @@ fn batched_greedy_equals_each_alone() -> Result<()> {
     for name in FIXTURES {
         let case = load(name)?;
         let g = &case.reference["greedy"];
-        let max_new = g["max_new_tokens"].as_u64().context("max_new_tokens")? as usize;
-        let eos = match &g["eos_token_id"] {
-            Value::Array(_) => ids(&g["eos_token_id"]),
-            v => vec![v.as_u64().context("eos")? as u32],
-        };
+        let (max_new, eos) = greedy_settings(g)?;
         let batch = &case.reference["batch"];
         let pad = batch["pad_token_id"].as_u64().context("pad")? as u32;
         let input = rows(&batch["input_ids"]);
