@@ -371,7 +371,7 @@ fn byte_level_bpe(meta: &Meta, tokens: &[&str]) -> Result<Tokenizer> {
                 pre_key,
                 format!(
                     "pre-tokenizer \"{pre}\" is not supported (known: {})",
-                    KNOWN_PRE.join(", ")
+                    known_pre()
                 ),
             ))
         }
@@ -416,30 +416,12 @@ const PRE_SPLITS: &[(&[&str], &str)] = &[
     (&["tekken"], TEKKEN_SPLIT),
     (&["gpt-4o", "llama4", "kanana2", "minimax-m2"], GPT4O_SPLIT),
 ];
-const KNOWN_PRE: &[&str] = &[
-    "default",
-    "gpt2",
-    "smollm",
-    "llama3",
-    "llama-v3",
-    "llama-bpe",
-    "falcon3",
-    "falcon-h1",
-    "pixtral",
-    "midm-2.0",
-    "lfm2",
-    "dbrx",
-    "smaug-bpe",
-    "qwen2",
-    "deepseek-r1-qwen",
-    "kormo",
-    "megrez",
-    "tekken",
-    "gpt-4o",
-    "llama4",
-    "kanana2",
-    "minimax-m2",
-];
+/// Every name [`split_regex`] knows, for the error message.
+fn known_pre() -> String {
+    let mut names: Vec<&str> = GPT2_PRE.to_vec();
+    names.extend(PRE_SPLITS.iter().flat_map(|(n, _)| n.iter().copied()));
+    names.join(", ")
+}
 
 /// The splitting regex of a pre-tokenizer name: `Ok(None)` for GPT-2's,
 /// `Err(())` for a name we do not know.
