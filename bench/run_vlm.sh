@@ -22,23 +22,7 @@ cargo build --release -q -p glimpse-bench --bin bench-vlm
 out=${KEEP:-$(mktemp)}
 : >"$out"
 
-# busy and total jiffies of all CPUs
-cpu_jiffies() {
-  local _c u n s i w q sq st
-  read -r _c u n s i w q sq st _ </proc/stat
-  echo "$((u + n + s + q + sq)) $((u + n + s + i + w + q + sq + st))"
-}
-
-# Others' builds share this machine: wait (bounded) for a quiet moment.
-wait_idle() {
-  local waited=0 b0 t0 b1 t1
-  while ((waited < IDLE_WAIT_S)); do
-    read -r b0 t0 < <(cpu_jiffies); sleep 2; read -r b1 t1 < <(cpu_jiffies)
-    (((b1 - b0) * 10 <= (t1 - t0))) && return 0
-    sleep 8; waited=$((waited + 10))
-  done
-  echo "machine still busy after ${IDLE_WAIT_S}s, measuring anyway" >&2
-}
+. bench/quiet.sh
 
 # Interleave the two sides so slow phases of a noisy machine hit both.
 for round in 1 2; do
