@@ -3,5 +3,6 @@
 
 pub mod alloc;
 pub mod device;
+pub mod eval;
 pub mod heatmap;
 pub mod pipeline;

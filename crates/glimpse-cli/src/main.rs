@@ -27,6 +27,8 @@ enum Command {
     Embed(commands::embed::EmbedArgs),
     Classify(commands::classify::ClassifyArgs),
     Generate(commands::generate::GenerateArgs),
+    Eval(commands::eval::EvalArgs),
+    Train(commands::train::TrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +39,8 @@ fn main() -> ExitCode {
         Command::Embed(args) => commands::embed::run(args),
         Command::Classify(args) => commands::classify::run(args),
         Command::Generate(args) => commands::generate::run(args),
+        Command::Train(args) => commands::train::run(args),
+        Command::Eval(args) => commands::eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,6 +12,7 @@ pub mod pil_resize;
 pub mod preprocess;
 pub mod processor_config;
 pub mod tokenize;
+pub mod tokenizer_train;
 
 pub use chat_template::{ChatMessage, ChatTemplate, SpecialTokens};
 pub use error::{DataError, Result};
@@ -21,3 +22,4 @@ pub use pil_resize::Filter;
 pub use preprocess::{center_crop, preprocess, preprocess_batch};
 pub use processor_config::{CropSize, PerChannel, ProcessorConfig, SizeSpec};
 pub use tokenize::{EncodedBatch, Padding, TextTokenizer};
+pub use tokenizer_train::{save_tokenizer, train_bpe_tokenizer, TokenizerTrainConfig};

@@ -3,7 +3,7 @@
 /// Errors raised by losses and optimisers.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    #[error(transparent)]
+    #[error("{}", one_line(.0))]
     Candle(#[from] candle_core::Error),
     /// Inputs whose shapes do not fit together.
     #[error("shape mismatch: {0}")]
@@ -24,6 +24,50 @@ pub enum TrainError {
     /// Optimizer state that does not match the parameters.
     #[error("optimizer state: {0}")]
     State(String),
+    /// A JSONL metrics log that cannot be opened, written or parsed;
+    /// `msg` names the line where there is one.
+    #[error("metrics log {}: {msg}", path.display())]
+    Metrics {
+        path: std::path::PathBuf,
+        msg: String,
+    },
+    /// A plot that cannot be drawn or written.
+    #[error("plot {}: {msg}", path.display())]
+    Plot {
+        path: std::path::PathBuf,
+        msg: String,
+    },
+    /// Writing or reading a checkpoint (names the file).
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    /// A recipe that cannot run (unknown stage or field, bad value).
+    #[error("recipe: {0}")]
+    Recipe(String),
+    /// A loss that is NaN or infinite: training stops, the last good
+    /// checkpoint stays.
+    #[error("{stage}: the loss is {value} at step {step}; stopped, the last good checkpoint is {last}")]
+    NonFinite {
+        stage: String,
+        step: usize,
+        value: f32,
+        last: String,
+    },
+    /// `--resume` from a checkpoint of a different model.
+    #[error("cannot resume: {0}")]
+    Resume(String),
+    #[error(transparent)]
+    Data(#[from] glimpse_data::DataError),
+    #[error(transparent)]
+    Model(#[from] glimpse_models::ModelError),
+    /// Reading or writing a run's files.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// candle errors print a backtrace when RUST_BACKTRACE is set; keep the
+/// first line.
+pub fn one_line(e: impl std::fmt::Display) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
 }
 
 pub type Result<T> = std::result::Result<T, TrainError>;

@@ -6,7 +6,9 @@
 
 pub mod error;
 pub mod losses;
+pub mod metrics;
 pub mod optim;
+pub mod plot;
 
 pub use error::{Result, TrainError};
 pub use losses::{
@@ -14,7 +16,17 @@ pub use losses::{
     masked_lm_loss, siglip_logits, siglip_loss, HardNegativeConfig, SigLipParams,
     CLIP_INIT_LOGIT_SCALE, IGNORE_INDEX, MAX_LOGIT_SCALE,
 };
+pub use metrics::{read_metrics, MetricRecord, MetricsLog};
 pub use optim::{
     clip_grad_norm, param_groups_by_dim, AdamW, AdamWConfig, GradAccumulator, ParamGroup,
     WarmupCosine,
 };
+pub use plot::plot_stage;
+pub mod checkpoint;
+pub mod export;
+pub mod init;
+pub mod params;
+pub mod recipe;
+pub mod run;
+pub mod stages;
+pub mod trainer;

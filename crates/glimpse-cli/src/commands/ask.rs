@@ -44,25 +44,8 @@ pub struct AskArgs {
     question: String,
 }
 
-fn model_dir(arg: Option<PathBuf>) -> Result<PathBuf, PipelineError> {
-    if let Some(m) = arg {
-        return Ok(m);
-    }
-    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(DEFAULT_MODEL);
-    [PathBuf::from(DEFAULT_MODEL), shipped]
-        .into_iter()
-        .find(|p| p.join("config.json").is_file())
-        .ok_or_else(|| {
-            PipelineError::Usage(format!(
-                "--model is required ({DEFAULT_MODEL} is not there)"
-            ))
-        })
-}
-
 pub fn run(args: AskArgs) -> Result<()> {
-    let dir = model_dir(args.model)?;
+    let dir = super::model_dir(args.model, DEFAULT_MODEL)?;
     let vlm = VlmPipeline::load(&dir, &default_device())?;
     let prompt = vlm.prompt(&args.question, &args.images, args.raw)?;
     let sampling = args.sampling.apply(vlm.sampling.clone())?;

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -34,6 +35,8 @@ pub struct VlmPipeline {
     /// Encoded images by content hash, most recent last: a repeated image
     /// costs no tower pass.
     cache: Mutex<VecDeque<(u64, Tensor)>>,
+    /// Images served from `cache` since load (evaluation checks it is hit).
+    cache_hits: AtomicUsize,
     path: PathBuf,
 }
 
@@ -59,17 +62,35 @@ impl VlmPipeline {
         let processor = processor_config(dir)?;
         let (eos, sampling) = generation_defaults(dir)?;
         let eos_ids = eos.unwrap_or_else(|| model.config().text.eos_token_ids.clone());
-        Ok(Self {
+        let mut pipeline = Self::from_parts(model, tokenizer, template, processor, eos_ids);
+        pipeline.sampling = sampling;
+        pipeline.path = dir.to_path_buf();
+        Ok(pipeline)
+    }
+
+    /// A pipeline over a model already in memory (the trainer's, for
+    /// periodic evaluation): greedy sampling, default image limits. The
+    /// image cache keys on image bytes, not weights: call
+    /// [`Self::clear_image_cache`] after the weights change.
+    pub fn from_parts(
+        model: Vlm,
+        tokenizer: Tokenizer,
+        template: Option<ChatTemplate>,
+        processor: ProcessorConfig,
+        eos_ids: Vec<u32>,
+    ) -> Self {
+        Self {
             model,
             tokenizer,
             template,
             processor,
             limits: ImageLimits::default(),
             eos_ids,
-            sampling,
+            sampling: SamplingConfig::greedy(),
             cache: Mutex::new(VecDeque::new()),
-            path: dir.to_path_buf(),
-        })
+            cache_hits: AtomicUsize::new(0),
+            path: PathBuf::from("(in-memory model)"),
+        }
     }
 
     /// Builds the prompt. `raw`: `text` is the whole prompt, `<image>` (the
@@ -197,6 +218,7 @@ impl VlmPipeline {
                 .ok_or_else(|| PipelineError::Usage("image cache".into()))?;
             let rows = entry.1.clone();
             cache.push_back(entry);
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(rows);
         }
         drop(cache);
@@ -216,6 +238,17 @@ impl VlmPipeline {
     /// Images held in the encoded-image cache.
     pub fn cached_images(&self) -> usize {
         self.cache.lock().map_or(0, |c| c.len())
+    }
+
+    /// Images served from the cache (no tower pass) since load.
+    pub fn image_cache_hits(&self) -> usize {
+        self.cache_hits.load(Ordering::Relaxed)
+    }
+
+    /// Forgets every encoded image, e.g. after a training step changed the
+    /// tower or projector.
+    pub fn clear_image_cache(&self) {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Generates the answer to a prepared prompt.

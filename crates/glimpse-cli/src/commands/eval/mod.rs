@@ -1,0 +1,77 @@
+//! `glimpse eval`: a model scored on a dataset, as a table or one JSON
+//! object. The scoring itself is library code (`glimpse_cli::eval`).
+
+pub mod pope;
+pub mod retrieval;
+pub mod vqa;
+pub mod zeroshot;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+/// The VLM `vqa` and `pope` default to, once the repository ships it.
+const DEFAULT_VLM: &str = "models/glimpse-easy-vqa";
+/// The dual encoder `zeroshot` and `retrieval` default to.
+const DEFAULT_DUAL: &str = "models/glimpse-easy-vqa-clip";
+
+#[derive(Args)]
+#[command(about = "Evaluate a model on a dataset (VQA, POPE, zero-shot, retrieval)")]
+pub struct EvalArgs {
+    #[command(subcommand)]
+    command: EvalCommand,
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    Vqa(vqa::VqaArgs),
+    Pope(pope::PopeArgs),
+    Zeroshot(zeroshot::ZeroshotArgs),
+    Retrieval(retrieval::RetrievalArgs),
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    match args.command {
+        EvalCommand::Vqa(a) => vqa::run(a),
+        EvalCommand::Pope(a) => pope::run(a),
+        EvalCommand::Zeroshot(a) => zeroshot::run(a),
+        EvalCommand::Retrieval(a) => retrieval::run(a),
+    }
+}
+
+/// Rows under a header, the first column left-aligned, the others right.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                if i == 0 {
+                    format!("{c:<w$}")
+                } else {
+                    format!("{c:>w$}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = vec![line(header.to_vec())];
+    out.extend(
+        rows.iter()
+            .map(|r| line(r.iter().map(String::as_str).collect())),
+    );
+    out.join("\n")
+}
+
+/// A fraction as a percentage cell.
+fn pct(x: f64) -> String {
+    format!("{:.2}%", x * 100.0)
+}

@@ -1,0 +1,72 @@
+//! `glimpse eval pope`: hallucination on "is there a X?" questions.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Args;
+use glimpse_cli::device::default_device;
+use glimpse_cli::eval::{evaluate_pope, load_vqa_questions};
+use glimpse_cli::pipeline::VlmPipeline;
+
+use super::{pct, table, DEFAULT_VLM};
+
+#[derive(Args)]
+#[command(
+    about = "POPE-style hallucination: yes/no existence questions (no negation), positive = yes"
+)]
+pub struct PopeArgs {
+    /// VLM directory (default: models/glimpse-easy-vqa, when present)
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// easy-VQA split directory (images/ + questions.json) or LLaVA conversation JSON
+    #[arg(long)]
+    data: PathBuf,
+    /// Print one JSON object instead of the table
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: PopeArgs) -> Result<()> {
+    let dir = crate::commands::model_dir(args.model, DEFAULT_VLM)?;
+    let questions = load_vqa_questions(&args.data)?;
+    let vlm = VlmPipeline::load(&dir, &default_device())?;
+    let start = Instant::now();
+    let c = evaluate_pope(&vlm, &questions, !args.json)?;
+    let seconds = start.elapsed().as_secs_f64();
+    if args.json {
+        let mut out = c.to_json();
+        out["model"] = dir.display().to_string().into();
+        out["data"] = args.data.display().to_string().into();
+        out["seconds"] = seconds.into();
+        println!("{out}");
+        return Ok(());
+    }
+    println!(
+        "POPE (existence questions, positive = yes): {} on {} ({} questions, {} positive, {seconds:.1} s)",
+        dir.display(),
+        args.data.display(),
+        c.total(),
+        c.tp + c.fn_ + c.other_pos
+    );
+    let metric = |name: &str, v: f64| vec![name.to_string(), pct(v)];
+    let metrics = [
+        metric("precision", c.precision()),
+        metric("recall", c.recall()),
+        metric("f1", c.f1()),
+        metric("accuracy", c.accuracy()),
+        metric("yes ratio", c.yes_ratio()),
+    ];
+    println!("{}", table(&["metric", "value"], &metrics));
+    println!();
+    let n = |v: usize| v.to_string();
+    let counts = [
+        vec!["reference yes".into(), n(c.tp), n(c.fn_), n(c.other_pos)],
+        vec!["reference no".into(), n(c.fp), n(c.tn), n(c.other_neg)],
+    ];
+    println!(
+        "{}",
+        table(&["", "answered yes", "answered no", "neither"], &counts)
+    );
+    Ok(())
+}

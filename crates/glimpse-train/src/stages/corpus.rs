@@ -1,0 +1,298 @@
+//! What the easy-VQA recipe trains on, prepared once per run: the splits,
+//! decoded and normalised images, the chat format, the tokenizer trained
+//! on the training text, and every example as token segments.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use glimpse_data::datasets::{
+    easy_vqa_to_captions, image_attributes, load_easy_vqa_split, ImageAttributes, SegmentKind,
+    VqaExample,
+};
+use glimpse_data::{
+    load_rgb, preprocess_batch, save_tokenizer, train_bpe_tokenizer, ChatTemplate, ImageLimits,
+    ProcessorConfig, SpecialTokens, TokenizerTrainConfig,
+};
+use serde_json::json;
+use tokenizers::Tokenizer;
+
+use crate::error::{one_line, Result, TrainError};
+use crate::recipe::{Recipe, SpecialIds};
+
+pub const PAD: &str = "<pad>";
+pub const BOS: &str = "<s>";
+pub const EOS: &str = "</s>";
+pub const IMAGE: &str = "<image>";
+
+/// The chat format of glimpse-trained models: `user: ` and `assistant: `
+/// turns, image parts as `<image>` lines, `</s>` closing each answer.
+pub const CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}user: {% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}\n{% elif message['role'] == 'assistant' %}assistant: {{ message['content'] }}{{ eos_token }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
+
+/// The caption request of the align stage.
+pub const DESCRIBE: &str = "what is in the image?";
+
+/// CLIP's normalisation, at the tower's resolution.
+pub fn processor_json(image_size: usize) -> serde_json::Value {
+    json!({
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": true,
+        "size": {"shortest_edge": image_size},
+        "resample": 3,
+        "do_center_crop": true,
+        "crop_size": {"height": image_size, "width": image_size},
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true,
+        "image_mean": [0.481_454_66, 0.457_827_5, 0.408_210_73],
+        "image_std": [0.268_629_54, 0.261_302_6, 0.275_777_1],
+        "do_convert_rgb": true,
+    })
+}
+
+/// One split: its questions, its distinct images (in id order) with their
+/// pixels, and what each image shows.
+pub struct Split {
+    pub questions: Vec<VqaExample>,
+    /// Distinct image paths; `image_index[path]` is the row in `pixels`.
+    pub images: Vec<PathBuf>,
+    pub image_index: BTreeMap<PathBuf, usize>,
+    /// (N, 3, H, W), normalised.
+    pub pixels: Tensor,
+    pub attributes: Vec<ImageAttributes>,
+}
+
+pub struct Corpus {
+    pub train: Split,
+    pub test: Split,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    pub ids: SpecialIds,
+    pub processor: ProcessorConfig,
+    pub processor_json: serde_json::Value,
+}
+
+fn data_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Io(format!("{}: {}", path.display(), one_line(e)))
+}
+
+impl Split {
+    fn load(
+        dir: &Path,
+        limit: Option<usize>,
+        processor: &ProcessorConfig,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut questions = load_easy_vqa_split(dir)?;
+        let mut ids: Vec<u32> = questions.iter().map(|q| q.image_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if let Some(n) = limit {
+            ids.truncate(n);
+            let keep: std::collections::BTreeSet<u32> = ids.iter().copied().collect();
+            questions.retain(|q| keep.contains(&q.image_id));
+        }
+        let by_id = image_attributes(&questions)?;
+        let images: Vec<PathBuf> = ids
+            .iter()
+            .map(|id| dir.join("images").join(format!("{id}.png")))
+            .collect();
+        let attributes = ids
+            .iter()
+            .zip(&images)
+            .map(|(id, p)| {
+                by_id.get(id).cloned().unwrap_or(ImageAttributes {
+                    image: p.clone(),
+                    color: None,
+                    shape: None,
+                })
+            })
+            .collect();
+        let limits = ImageLimits::default();
+        let decoded = images
+            .iter()
+            .map(|p| load_rgb(p, &limits))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let pixels = preprocess_batch(&decoded, processor)?.to_device(device)?;
+        let image_index = images
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.clone(), i))
+            .collect();
+        Ok(Self {
+            questions,
+            images,
+            image_index,
+            pixels,
+            attributes,
+        })
+    }
+
+    pub fn image_row(&self, path: &Path) -> usize {
+        self.image_index.get(path).copied().unwrap_or(0)
+    }
+}
+
+impl Corpus {
+    /// Loads both splits, and trains the tokenizer on the training text
+    /// (or reuses `tokenizer_path` when it exists, so a resumed run keeps
+    /// its ids).
+    pub fn prepare(recipe: &Recipe, tokenizer_path: &Path, device: &Device) -> Result<Self> {
+        let root = recipe.easy_vqa_root();
+        let (train_dir, test_dir) = (root.join("train"), root.join("test"));
+        for dir in [&train_dir, &test_dir] {
+            if !dir.join("questions.json").is_file() {
+                return Err(TrainError::Io(format!(
+                    "{}: no easy-VQA split here (expected questions.json and images/); run scripts/fetch_easy_vqa.sh",
+                    dir.display()
+                )));
+            }
+        }
+        let processor_json = processor_json(recipe.model.vision.image_size);
+        let processor = ProcessorConfig::from_json(&processor_json.to_string())
+            .map_err(|e| TrainError::Config(format!("image processor: {e}")))?;
+        let train = Split::load(&train_dir, recipe.data.train_images, &processor, device)?;
+        let test = Split::load(&test_dir, None, &processor, device)?;
+        let template = ChatTemplate::new(
+            CHAT_TEMPLATE,
+            SpecialTokens {
+                bos_token: Some(BOS.into()),
+                eos_token: Some(EOS.into()),
+                unk_token: None,
+                pad_token: Some(PAD.into()),
+            },
+        )?;
+        let tokenizer = if tokenizer_path.is_file() {
+            Tokenizer::from_file(tokenizer_path).map_err(|e| data_err(tokenizer_path, e))?
+        } else {
+            let texts = training_text(&train, &template)?;
+            let tok = train_bpe_tokenizer(
+                &texts,
+                &TokenizerTrainConfig {
+                    vocab_size: recipe.tokenizer.vocab_size,
+                    min_frequency: 1,
+                    special_tokens: [PAD, BOS, EOS, IMAGE].map(String::from).to_vec(),
+                    bos_token: None,
+                    lowercase: true,
+                },
+            )?;
+            if let Some(dir) = tokenizer_path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| data_err(dir, e))?;
+            }
+            save_tokenizer(&tok, tokenizer_path)?;
+            tok
+        };
+        let id = |t: &str| {
+            tokenizer.token_to_id(t).ok_or_else(|| {
+                TrainError::Config(format!(
+                    "{}: the tokenizer has no {t} token",
+                    tokenizer_path.display()
+                ))
+            })
+        };
+        let ids = SpecialIds {
+            vocab_size: tokenizer.get_vocab_size(true),
+            pad: id(PAD)?,
+            bos: id(BOS)?,
+            eos: id(EOS)?,
+            image: id(IMAGE)?,
+        };
+        Ok(Self {
+            train,
+            test,
+            tokenizer,
+            template,
+            ids,
+            processor,
+            processor_json,
+        })
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| TrainError::Config(format!("tokenising {text:?}: {}", one_line(e))))?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// The rendered prompt of one user turn (image first when `image`),
+    /// ending with the assistant cue, as `glimpse ask` renders it.
+    pub fn prompt_text(&self, question: &str, image: bool) -> Result<String> {
+        let mut content = Vec::new();
+        if image {
+            content.push(json!({"type": "image"}));
+        }
+        content.push(json!({"type": "text", "text": question}));
+        Ok(self
+            .template
+            .render_with(&[json!({"role": "user", "content": content})], true)?)
+    }
+
+    /// One single-turn example as segments: the prompt (image placeholder
+    /// expanded to `image_tokens` copies), and the answer with `</s>`.
+    pub fn qa_segments(
+        &self,
+        question: &str,
+        answer: &str,
+        image_tokens: Option<usize>,
+    ) -> Result<Vec<(SegmentKind, Vec<u32>)>> {
+        let prompt = self.encode(&self.prompt_text(question, image_tokens.is_some())?)?;
+        let mut segments = Vec::new();
+        let mut text = Vec::new();
+        for id in prompt {
+            if id == self.ids.image {
+                if !text.is_empty() {
+                    segments.push((SegmentKind::User, std::mem::take(&mut text)));
+                }
+                segments.push((SegmentKind::Image, vec![id; image_tokens.unwrap_or(1)]));
+            } else {
+                text.push(id);
+            }
+        }
+        segments.push((SegmentKind::User, text));
+        let mut reply = self.encode(&format!(" {answer}"))?;
+        reply.push(self.ids.eos);
+        segments.push((SegmentKind::Assistant, reply));
+        Ok(segments)
+    }
+
+    /// Captions of the training images (colour and shape from the answers).
+    pub fn train_captions(&self) -> Result<Vec<(usize, String)>> {
+        Ok(easy_vqa_to_captions(&self.train.questions)?
+            .into_iter()
+            .map(|r| (self.train.image_row(&r.image), r.caption))
+            .collect())
+    }
+}
+
+/// Every text a model of this run reads or writes: the questions and
+/// answers in the chat format, the caption exchanges, the zero-shot
+/// prompts.
+fn training_text(train: &Split, template: &ChatTemplate) -> Result<Vec<String>> {
+    let mut texts = Vec::new();
+    let mut push = |q: &str, a: &str| -> Result<()> {
+        texts.push(template.render_with(
+            &[
+                json!({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}),
+                json!({"role": "assistant", "content": a}),
+            ],
+            false,
+        )?);
+        Ok(())
+    };
+    for q in &train.questions {
+        push(&q.question, &q.answer)?;
+    }
+    for a in &train.attributes {
+        push(DESCRIBE, &a.caption())?;
+    }
+    for c in glimpse_data::datasets::COLORS {
+        texts.push(format!("a {c} shape"));
+    }
+    for s in glimpse_data::datasets::SHAPES {
+        texts.push(format!("a {s}"));
+    }
+    Ok(texts)
+}

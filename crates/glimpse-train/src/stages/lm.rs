@@ -1,0 +1,90 @@
+//! `lm`: text-only pretraining of the from-scratch decoder on the training
+//! text (the questions and answers in the chat format, no image), every
+//! token trained.
+
+use candle_core::Device;
+use glimpse_data::datasets::SegmentKind;
+use glimpse_models::{Decoder, LogitsFor};
+
+use super::batch::left_padded;
+use super::corpus::Corpus;
+use crate::error::Result;
+use crate::losses::masked_lm_loss;
+use crate::trainer::{EvalMetrics, Task};
+
+type Segments = Vec<(SegmentKind, Vec<u32>)>;
+
+pub struct LmTask<'a> {
+    pub model: Decoder,
+    corpus: &'a Corpus,
+    train: Vec<Segments>,
+    eval: Vec<Segments>,
+    device: Device,
+}
+
+impl<'a> LmTask<'a> {
+    pub fn new(model: Decoder, corpus: &'a Corpus, eval_n: usize, device: &Device) -> Result<Self> {
+        let seg = |q: &str, a: &str| corpus.qa_segments(q, a, None);
+        let train = corpus
+            .train
+            .questions
+            .iter()
+            .map(|q| seg(&q.question, &q.answer))
+            .collect::<Result<Vec<_>>>()?;
+        let eval = spread(&corpus.test.questions, eval_n)
+            .into_iter()
+            .map(|q| seg(&q.question, &q.answer))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            model,
+            corpus,
+            train,
+            eval,
+            device: device.clone(),
+        })
+    }
+
+    fn batch_loss(&self, examples: &[&[(SegmentKind, Vec<u32>)]]) -> Result<candle_core::Tensor> {
+        let batch = left_padded(examples, self.corpus.ids.pad, &|_| true, &self.device)?;
+        let mut cache = self.model.new_cache(examples.len());
+        let logits = self
+            .model
+            .forward(&batch.ids, Some(&batch.valid), &mut cache, LogitsFor::All)?;
+        masked_lm_loss(&logits, &batch.labels, true)
+    }
+}
+
+/// `n` items spread evenly over `items` (a fixed, order-independent subset).
+pub fn spread<T>(items: &[T], n: usize) -> Vec<&T> {
+    if n == 0 || items.is_empty() {
+        return Vec::new();
+    }
+    let n = n.min(items.len());
+    (0..n).map(|i| &items[i * items.len() / n]).collect()
+}
+
+impl Task for LmTask<'_> {
+    fn len(&self) -> usize {
+        self.train.len()
+    }
+
+    fn loss(&mut self, batch: &[usize], _seed: u64) -> Result<candle_core::Tensor> {
+        let ex: Vec<&[(SegmentKind, Vec<u32>)]> =
+            batch.iter().map(|&i| self.train[i].as_slice()).collect();
+        self.batch_loss(&ex)
+    }
+
+    fn evaluate(&mut self) -> Result<EvalMetrics> {
+        let mut total = 0.0;
+        let mut n = 0;
+        for chunk in self.eval.chunks(128) {
+            let ex: Vec<&[(SegmentKind, Vec<u32>)]> = chunk.iter().map(|s| s.as_slice()).collect();
+            total += f64::from(self.batch_loss(&ex)?.to_scalar::<f32>()?) * chunk.len() as f64;
+            n += chunk.len();
+        }
+        Ok(EvalMetrics {
+            loss: (n > 0).then(|| total / n as f64),
+            accuracy: None,
+        })
+    }
+}

@@ -1,0 +1,7 @@
+//! The training stages of a recipe, each a [`crate::trainer::Task`].
+
+pub mod batch;
+pub mod contrastive;
+pub mod corpus;
+pub mod lm;
+pub mod vlm;

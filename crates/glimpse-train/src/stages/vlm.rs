@@ -1,0 +1,242 @@
+//! `align`, `instruct`, `full`: the VLM learns to answer from the image.
+//! align trains the projector (and cross-attention blocks) on captions;
+//! instruct adds the decoder on the questions; full adds the tower.
+//! While the tower is frozen its features are computed once for every
+//! image and reused by every step (no tower pass, no gradient).
+
+use candle_core::{Device, Tensor};
+use glimpse_data::datasets::SegmentKind;
+use glimpse_models::{FeatureSelect, FusionConfig, LogitsFor, Vlm};
+
+use super::batch::{exact_matches, left_padded};
+use super::corpus::{Corpus, Split, DESCRIBE};
+use super::lm::spread;
+use crate::error::Result;
+use crate::losses::masked_lm_loss;
+use crate::trainer::{EvalMetrics, Task};
+
+type Segments = Vec<(SegmentKind, Vec<u32>)>;
+
+/// One training or evaluation example: an image row and its token segments.
+pub struct VlmExample {
+    pub image: usize,
+    pub segments: Segments,
+}
+
+/// What a VLM stage trains on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VlmData {
+    /// align: "what is in the image?" → caption.
+    Captions,
+    /// instruct / full: every training question, one per example.
+    Questions,
+}
+
+pub struct VlmTask<'a> {
+    pub model: Vlm,
+    corpus: &'a Corpus,
+    train: Vec<VlmExample>,
+    eval: Vec<VlmExample>,
+    /// Tower features of every train / test image when the tower is frozen:
+    /// (N, L, Dv).
+    train_features: Option<Tensor>,
+    test_features: Option<Tensor>,
+    device: Device,
+}
+
+impl<'a> VlmTask<'a> {
+    pub fn new(
+        model: Vlm,
+        corpus: &'a Corpus,
+        data: VlmData,
+        tower_frozen: bool,
+        eval_n: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let m = model.config().image_tokens()?;
+        let train = match data {
+            VlmData::Captions => corpus
+                .train_captions()?
+                .into_iter()
+                .map(|(image, caption)| {
+                    Ok(VlmExample {
+                        image,
+                        segments: corpus.qa_segments(DESCRIBE, &caption, Some(m))?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+            VlmData::Questions => questions(corpus, &corpus.train, &corpus.train.questions.iter().collect::<Vec<_>>(), m)?,
+        };
+        let eval = questions(
+            corpus,
+            &corpus.test,
+            &spread(&corpus.test.questions, eval_n),
+            m,
+        )?;
+        let (train_features, test_features) = if tower_frozen {
+            (
+                Some(tower_features(&model, &corpus.train.pixels)?),
+                Some(tower_features(&model, &corpus.test.pixels)?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Self {
+            model,
+            corpus,
+            train,
+            eval,
+            train_features,
+            test_features,
+            device: device.clone(),
+        })
+    }
+
+    /// Logits and labels of a batch of examples from `split`.
+    fn forward(
+        &self,
+        examples: &[&VlmExample],
+        split: &Split,
+        features: Option<&Tensor>,
+    ) -> Result<(Tensor, super::batch::TokenBatch)> {
+        let segs: Vec<&[(SegmentKind, Vec<u32>)]> =
+            examples.iter().map(|e| e.segments.as_slice()).collect();
+        let batch = left_padded(
+            &segs,
+            self.corpus.ids.pad,
+            &|k| k == SegmentKind::Assistant,
+            &self.device,
+        )?;
+        let rows: Vec<u32> = examples.iter().map(|e| e.image as u32).collect();
+        let index = Tensor::new(rows.as_slice(), &self.device)?;
+        let feats = match features {
+            // (N, L, Dv) -> (B, L, Dv)
+            Some(f) => f.index_select(&index, 0)?,
+            None => tower_features(&self.model, &split.pixels.index_select(&index, 0)?)?,
+        };
+        // (B, L, Dv) -> (B, M, D)
+        let images = self
+            .model
+            .multi_modal_projector
+            .forward_with_instruction(&feats, None, None)?;
+        let (b, t) = batch.ids.dims2()?;
+        let text = self.model.language_model.embed(&batch.ids)?;
+        let mut cache = self.model.new_cache(b);
+        let embeds = match self.model.config().fusion {
+            FusionConfig::Early => splice(&text, &images, &batch.rows, self.model.config().image_token_id)?,
+            FusionConfig::Cross { .. } => {
+                self.model.attach_images(&mut cache, &images, None)?;
+                text
+            }
+        };
+        debug_assert_eq!(embeds.dims3()?.1, t);
+        let logits = self
+            .model
+            .forward_embeds(&embeds, Some(&batch.valid), &mut cache, LogitsFor::All)?;
+        Ok((logits, batch))
+    }
+}
+
+fn questions(
+    corpus: &Corpus,
+    split: &Split,
+    qs: &[&glimpse_data::datasets::VqaExample],
+    image_tokens: usize,
+) -> Result<Vec<VlmExample>> {
+    qs.iter()
+        .map(|q| {
+            Ok(VlmExample {
+                image: split.image_row(&q.image),
+                segments: corpus.qa_segments(&q.question, &q.answer, Some(image_tokens))?,
+            })
+        })
+        .collect()
+}
+
+/// The tower's features as the projector reads them, in chunks.
+///
+/// # Shapes
+/// `pixels`: (N, 3, H, W) -> (N, L, Dv)
+pub fn tower_features(model: &Vlm, pixels: &Tensor) -> Result<Tensor> {
+    let cfg = model.config();
+    let layer = cfg.feature_layers.first().copied().unwrap_or(-1);
+    let n = pixels.dim(0)?;
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let len = 256.min(n - start);
+        let h = model
+            .vision_tower
+            .hidden_state(&pixels.narrow(0, start, len)?, layer)?;
+        let h = match cfg.select {
+            // (n, 1+P, Dv) -> (n, P, Dv): drop the class token
+            FeatureSelect::Default => h.narrow(1, 1, h.dim(1)? - 1)?,
+            FeatureSelect::Full => h,
+        };
+        parts.push(h);
+        start += len;
+    }
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// Early fusion for a batch: each row's placeholder positions take its
+/// image's rows, in order (differentiable: one gather from a table).
+///
+/// # Shapes
+/// `text`: (B, T, D), `images`: (B, M, D) -> (B, T, D)
+fn splice(text: &Tensor, images: &Tensor, rows: &[Vec<u32>], placeholder: u32) -> Result<Tensor> {
+    let (b, t, d) = text.dims3()?;
+    let m = images.dim(1)?;
+    // [(B·T, D); (B·M, D)]
+    let table = Tensor::cat(
+        &[text.reshape((b * t, d))?, images.reshape((b * m, d))?.to_dtype(text.dtype())?],
+        0,
+    )?;
+    let mut index: Vec<u32> = (0..(b * t) as u32).collect();
+    for (r, row) in rows.iter().enumerate() {
+        let mut k = 0;
+        for (p, &id) in row.iter().enumerate() {
+            if id == placeholder && k < m {
+                index[r * t + p] = (b * t + r * m + k) as u32;
+                k += 1;
+            }
+        }
+    }
+    let index = Tensor::from_vec(index, b * t, text.device())?;
+    // (B·T, D) -> (B, T, D)
+    Ok(table.index_select(&index, 0)?.reshape((b, t, d))?)
+}
+
+impl Task for VlmTask<'_> {
+    fn len(&self) -> usize {
+        self.train.len()
+    }
+
+    fn loss(&mut self, batch: &[usize], _seed: u64) -> Result<Tensor> {
+        let ex: Vec<&VlmExample> = batch.iter().map(|&i| &self.train[i]).collect();
+        let (logits, b) = self.forward(&ex, &self.corpus.train, self.train_features.as_ref())?;
+        masked_lm_loss(&logits, &b.labels, true)
+    }
+
+    /// Exact-match accuracy of the greedy answer on the held-out questions
+    /// (see [`exact_matches`]), and their loss.
+    fn evaluate(&mut self) -> Result<EvalMetrics> {
+        let mut right = 0usize;
+        let mut loss = 0.0;
+        for chunk in self.eval.chunks(128) {
+            let ex: Vec<&VlmExample> = chunk.iter().collect();
+            let (logits, b) = self.forward(&ex, &self.corpus.test, self.test_features.as_ref())?;
+            loss += f64::from(masked_lm_loss(&logits, &b.labels, true)?.to_scalar::<f32>()?)
+                * chunk.len() as f64;
+            right += exact_matches(&logits, &b.label_rows)?
+                .into_iter()
+                .filter(|&ok| ok)
+                .count();
+        }
+        let n = self.eval.len();
+        Ok(EvalMetrics {
+            loss: (n > 0).then(|| loss / n as f64),
+            accuracy: (n > 0).then(|| right as f64 / n as f64),
+        })
+    }
+}
