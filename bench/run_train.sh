@@ -18,32 +18,67 @@ THREADS=${THREADS:-2}
 STEPS=${STEPS:-10}
 WARMUP=${WARMUP:-2}
 IDLE_WAIT_S=${IDLE_WAIT_S:-180}
+MAX_OTHERS=${MAX_OTHERS:-0.15}
+RETRIES=${RETRIES:-1}
 cargo build --release -q -p glimpse-bench --bin bench-train
 BIN=${CARGO_TARGET_DIR:-target}/release/bench-train
 out=${KEEP:-$(mktemp)}
 : >"$out"
 
+hz=$(getconf CLK_TCK)
+
 . bench/quiet.sh
+
+# run CMD...: one run after a quiet moment; its JSON line gets
+# "others_cpu_share" (other processes' share of all CPUs while it ran, from
+# /proc/stat minus the run's own user + system time) and goes into $out.
+run() {
+  local b0 b1 tf line share attempt=0
+  tf=$(mktemp)
+  while :; do
+    wait_idle
+    read -r b0 _ < <(cpu_jiffies)
+    line=$(/usr/bin/time -f "%e %U %S" -o "$tf" "$@" 2>/dev/null | grep '^{')
+    read -r b1 _ < <(cpu_jiffies)
+    line=$("$PY" - "$line" "$b0" "$b1" "$hz" "$(nproc)" "$(cat "$tf")" <<'PYEOF'
+import json, sys
+row = json.loads(sys.argv[1])
+b0, b1, hz, ncpu, e, u, s = *map(float, sys.argv[2:6]), *map(float, sys.argv[6].split())
+row["others_cpu_share"] = round(max(0.0, ((b1 - b0) / hz - (u + s)) / (e * ncpu)), 3)
+print(json.dumps(row))
+PYEOF
+)
+    share=$("$PY" -c 'import json,sys; print(json.loads(sys.argv[1])["others_cpu_share"])' "$line")
+    echo "$line" | cut -c1-160
+    echo "$line" >>"$out"
+    "$PY" -c "import sys; sys.exit(0 if $share <= $MAX_OTHERS or $attempt >= $RETRIES else 1)" && break
+    echo "others used $share of the CPU, running again" >&2
+    attempt=$((attempt + 1))
+  done
+  rm -f "$tf"
+}
 
 # Alternate the two sides so slow phases of a noisy machine hit both.
 for round in $(seq "$ROUNDS"); do
-  wait_idle
-  RAYON_NUM_THREADS=$THREADS "$BIN" --steps "$STEPS" --warmup "$WARMUP" \
-    --phases | tee -a "$out"
-  wait_idle
-  "$PY" bench/train_pytorch.py --threads "$THREADS" --steps "$STEPS" --warmup "$WARMUP" \
-    --phases 2>/dev/null | tee -a "$out"
+  run env RAYON_NUM_THREADS="$THREADS" "$BIN" --steps "$STEPS" --warmup "$WARMUP" --phases
+  run "$PY" bench/train_pytorch.py --threads "$THREADS" --steps "$STEPS" --warmup "$WARMUP" --phases
 done
-"$PY" - "$out" <<'PYEOF'
+"$PY" - "$out" "$MAX_OTHERS" <<'PYEOF'
 import json, statistics as st, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+max_others = float(sys.argv[2])
 by = {n: [r for r in rows if r["impl"] == n] for n in ("glimpse", "pytorch")}
+# only the runs others left alone, when each side has one
+clean = {n: [r for r in rs if r["others_cpu_share"] <= max_others] for n, rs in by.items()}
+if all(clean.values()):
+    by = clean
 params = {n: {r["parameters"] for r in rs} for n, rs in by.items()}
 print(f"\nparameters: glimpse {sorted(params['glimpse'])}, pytorch {sorted(params['pytorch'])}"
       f" ({'equal' if params['glimpse'] == params['pytorch'] else 'DIFFER'})")
 r0 = rows[0]
-print(f"batch {r0['batch']} x {r0['positions']} positions, {r0['steps']} timed steps per run, "
-      f"{len(by['glimpse'])} runs per side")
+print(f"batch {r0['batch']} x {r0['positions']} positions, {r0['steps']} timed steps per run; "
+      f"runs used: glimpse {len(by['glimpse'])}, pytorch {len(by['pytorch'])} of {len(rows)} "
+      f"(others' CPU share max {max(r['others_cpu_share'] for rs in by.values() for r in rs):.2f})")
 med = {}
 print("\n| engine | examples/s (median of all steps) | per-run medians | step ms | phases ms (median) |")
 print("|---|---|---|---|---|")

@@ -286,15 +286,24 @@ fn zeroshot_accuracy_from_known_predictions() -> Result<()> {
     let tmp = TempDir::new()?;
     let paths = draw_split_images(tmp.path(), 5)?;
     let clip = DualPipeline::load(&clip_dir(), &Device::Cpu)?;
-    let colors: Vec<String> = COLORS.iter().map(|c| format!("a {c} shape")).collect();
-    let shapes: Vec<String> = SHAPES.iter().map(|c| format!("a {c}")).collect();
+    // The closest of the 24 captions "a {color} {shape}" gives both.
     let img = clip.image_embeds(&paths)?;
-    let cs = img
-        .matmul(&clip.text_embeds(&refs(&colors))?.t()?.contiguous()?)?
+    let captions: Vec<String> = COLORS
+        .iter()
+        .flat_map(|c| SHAPES.iter().map(move |s| format!("a {c} {s}")))
+        .collect();
+    let sim = img
+        .matmul(&clip.text_embeds(&refs(&captions))?.t()?.contiguous()?)?
         .to_vec2::<f32>()?;
-    let ss = img
-        .matmul(&clip.text_embeds(&refs(&shapes))?.t()?.contiguous()?)?
-        .to_vec2::<f32>()?;
+    let best: Vec<usize> = sim.iter().map(|r| argmax(r)).collect();
+    let cs: Vec<Vec<f32>> = best
+        .iter()
+        .map(|&b| (0..COLORS.len()).map(|c| f32::from(u8::from(c == b / SHAPES.len()))).collect())
+        .collect();
+    let ss: Vec<Vec<f32>> = best
+        .iter()
+        .map(|&b| (0..SHAPES.len()).map(|s| f32::from(u8::from(s == b % SHAPES.len()))).collect())
+        .collect();
     let pc = |i: usize| COLORS[argmax(&cs[i])];
     let wc = |i: usize| COLORS[(argmax(&cs[i]) + 1) % COLORS.len()];
     let ps = |i: usize| SHAPES[argmax(&ss[i])];

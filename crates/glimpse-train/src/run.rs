@@ -80,6 +80,9 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
             out.display()
         )));
     }
+    if opts.resume {
+        same_model(&out, &recipe)?;
+    }
     std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
     std::fs::copy(&opts.recipe, out.join("recipe.toml")).map_err(|e| io(&opts.recipe, e))?;
     let device = Device::Cpu;
@@ -261,6 +264,57 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
         });
     }
     Ok(report)
+}
+
+/// A resumed run must build the model its earlier stages trained: finished
+/// stages are carried on without a checkpoint check, so the `[model]` of
+/// the run's copy of its recipe is compared here (before it is replaced).
+fn same_model(out: &Path, recipe: &Recipe) -> Result<()> {
+    let previous = out.join("recipe.toml");
+    if !previous.is_file() {
+        return Ok(());
+    }
+    let before = Recipe::from_file(&previous)?;
+    let flat = |m: &crate::recipe::ModelSpec| -> Result<BTreeMap<String, String>> {
+        let mut map = BTreeMap::new();
+        flatten("", &serde_json::to_value(m).map_err(|e| io(&previous, e))?, &mut map);
+        Ok(map)
+    };
+    let (a, b) = (flat(&before.model)?, flat(&recipe.model)?);
+    let changed: Vec<String> = a
+        .keys()
+        .chain(b.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| {
+            let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "unset".into());
+            format!("{k} {} -> {}", show(a.get(k)), show(b.get(k)))
+        })
+        .collect();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    Err(TrainError::Resume(format!(
+        "{} was trained with another [model] (model.{}); resume with its recipe ({}) or choose another --out",
+        out.display(),
+        changed.join(", model."),
+        previous.display()
+    )))
+}
+
+fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                flatten(&key, v, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_string(), other.to_string());
+        }
+    }
 }
 
 /// Adds a finished stage's weights to what later stages start from; the

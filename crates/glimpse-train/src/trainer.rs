@@ -34,6 +34,8 @@ pub struct EvalMetrics {
     pub loss: Option<f64>,
     /// The stage's headline accuracy in [0, 1] (zero-shot, token or VQA).
     pub accuracy: Option<f64>,
+    /// Further named figures (e.g. colour and shape accuracy), logged too.
+    pub extra: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +191,11 @@ pub fn train_loop(
                 lr: None,
                 examples_per_s: None,
                 accuracy: eval.accuracy,
+                extra: eval
+                    .extra
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+                    .collect(),
                 ..Default::default()
             })?;
             bar.println(format!(
@@ -202,6 +209,11 @@ pub fn train_loop(
                 eval.accuracy
                     .map(|a| format!(", eval accuracy {:.2}%", a * 100.0))
                     .unwrap_or_default()
+                    + &eval
+                        .extra
+                        .iter()
+                        .map(|(k, v)| format!(", {k} {v:.4}"))
+                        .collect::<String>()
             ));
         }
         if at_end || (cfg.save_every > 0 && state.step % cfg.save_every == 0) {

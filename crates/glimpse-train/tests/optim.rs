@@ -242,3 +242,66 @@ fn accumulated_mean_equals_full_batch_gradient() -> Result<()> {
     assert!(acc.take_mean().is_err());
     Ok(())
 }
+
+/// The fused f32 CPU step (in place, parallel over chunks for large tensors) and the tensor
+/// path (taken here by f64 parameters) give the same weights and moments; an exported state
+/// is a snapshot that later steps leave alone.
+#[test]
+fn fused_f32_step_matches_tensor_path() -> Result<()> {
+    let dev = Device::Cpu;
+    // 300 x 400 = 120,000 elements: several parallel chunks, and a ragged last one.
+    let w0 = Tensor::randn(0f64, 1.0, (300, 400), &dev)?;
+    let b0 = Tensor::randn(0f64, 1.0, 400, &dev)?;
+    let cfg = AdamWConfig {
+        lr: 0.01,
+        weight_decay: 0.1,
+        ..Default::default()
+    };
+    let make = |dtype: DType| -> Result<(AdamW, Var, Var)> {
+        let w = Var::from_tensor(&w0.to_dtype(dtype)?)?;
+        let b = Var::from_tensor(&b0.to_dtype(dtype)?)?;
+        let groups = param_groups_by_dim(
+            vec![("w".into(), w.clone()), ("b".into(), b.clone())],
+            cfg.weight_decay,
+        );
+        Ok((AdamW::new(groups, cfg)?, w, b))
+    };
+    let (mut fused, wf, bf) = make(DType::F32)?;
+    let (mut plain, wp, bp) = make(DType::F64)?;
+    let mut snapshot = None;
+    for k in 0..3 {
+        let gw = Tensor::randn(0f64, 1.0, (300, 400), &dev)?;
+        let gb = Tensor::randn(0f64, 1.0, 400, &dev)?;
+        let mut g32 = GradStore::default();
+        // a transposed (strided) gradient, as candle's matmul backward leaves them
+        let gw_t = gw.to_dtype(DType::F32)?.t()?.contiguous()?.t()?;
+        assert!(!gw_t.is_contiguous());
+        g32.insert(wf.as_tensor(), gw_t);
+        g32.insert(bf.as_tensor(), gb.to_dtype(DType::F32)?);
+        let mut g64 = GradStore::default();
+        g64.insert(wp.as_tensor(), gw);
+        g64.insert(bp.as_tensor(), gb);
+        fused.step(&g32)?;
+        plain.step(&g64)?;
+        if k == 0 {
+            snapshot = Some(fused.state_dict()?["w.exp_avg"].clone());
+        }
+    }
+    let diff = |a: &Tensor, b: &Tensor| -> Result<f64> {
+        Ok((a.to_dtype(DType::F64)? - b)?
+            .abs()?
+            .flatten_all()?
+            .max(0)?
+            .to_scalar::<f64>()?)
+    };
+    assert!(diff(wf.as_tensor(), wp.as_tensor())? < 1e-6);
+    assert!(diff(bf.as_tensor(), bp.as_tensor())? < 1e-6);
+    let (sf, sp) = (fused.state_dict()?, plain.state_dict()?);
+    for key in ["w.exp_avg", "w.exp_avg_sq", "b.exp_avg", "b.exp_avg_sq"] {
+        assert_eq!(sf[key].dims(), sp[key].dims(), "{key}");
+        assert!(diff(&sf[key], &sp[key])? < 1e-6, "{key}");
+    }
+    let snapshot = snapshot.expect("first step ran");
+    assert!(diff(&sf["w.exp_avg"], &snapshot.to_dtype(DType::F64)?)? > 1e-3);
+    Ok(())
+}

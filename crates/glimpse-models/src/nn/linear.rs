@@ -4,8 +4,11 @@
 //! flattened into one (N, in) matrix first, so a batch is one gemm rather
 //! than a batched matmul over a broadcast weight.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Layout, Module, Result, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
+use rayon::prelude::*;
+
+use super::cpu_grad;
 
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -45,7 +48,7 @@ impl Linear {
         // (..., in) -> (N, in) x (in, out) -> (N, out)
         let mut ys = xs.reshape((rows, inner))?.matmul(&self.weight.t()?)?;
         if let (true, Some(b)) = (with_bias, &self.bias) {
-            ys = ys.broadcast_add(b)?;
+            ys = add_bias(&ys, b)?;
         }
         let mut out_dims = lead.to_vec();
         out_dims.push(self.weight.dim(0)?);
@@ -59,6 +62,67 @@ impl Module for Linear {
     /// `xs`: (..., in) -> (..., out)
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         self.project(xs, true)
+    }
+}
+
+/// `xs + bias`, the bias broadcast over the leading dims. With gradients on
+/// an f32 CPU tensor it is one op whose backward sums the bias gradient in one
+/// parallel pass ([`cpu_grad::sum_rows`]) rather than candle's broadcast
+/// backward.
+///
+/// # Shapes
+/// `xs`: (..., N), `bias`: (N) -> (..., N)
+pub fn add_bias(xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let tracked = xs.track_op() || bias.track_op();
+    if tracked && cpu_grad::applies(xs) && cpu_grad::applies(bias) && bias.rank() == 1 {
+        return xs.contiguous()?.apply_op2(&bias.contiguous()?, BiasAdd);
+    }
+    xs.broadcast_add(bias)
+}
+
+/// `xs + bias` over contiguous f32 CPU buffers, with its backward.
+struct BiasAdd;
+
+impl CustomOp2 for BiasAdd {
+    fn name(&self) -> &'static str {
+        "bias-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let src = cpu_grad::contiguous_f32(s1, l1)?;
+        let bias = cpu_grad::contiguous_f32(s2, l2)?;
+        let n = bias.len();
+        if n == 0 || l1.shape().dims().last() != Some(&n) {
+            candle_core::bail!("bias {:?} vs input {:?}", l2.shape(), l1.shape());
+        }
+        let mut out = vec![0f32; src.len()];
+        let block = cpu_grad::rows_per_task(n) * n;
+        out.par_chunks_mut(block)
+            .zip(src.par_chunks(block))
+            .for_each(|(o, i)| {
+                for (orow, irow) in o.chunks_exact_mut(n).zip(i.chunks_exact(n)) {
+                    for ((o, &x), &b) in orow.iter_mut().zip(irow).zip(bias) {
+                        *o = x + b;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _xs: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.clone()), Some(cpu_grad::sum_rows(grad)?)))
     }
 }
 
@@ -89,4 +153,54 @@ pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<L
         candle_nn::init::DEFAULT_KAIMING_NORMAL,
     )?;
     Ok(Linear::new(weight, None))
+}
+
+/// An embedding table `weight` (n, d) under `vb`; fresh tables are drawn
+/// from N(0, 0.02²) as transformers initialises CLIP and SigLIP (candle's
+/// default, N(0, 1), swamps the patch signal of a ViT trained from scratch).
+pub fn embedding(n: usize, d: usize, vb: VarBuilder) -> Result<candle_nn::Embedding> {
+    let weight = vb.get_with_hints(
+        (n, d),
+        "weight",
+        Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        },
+    )?;
+    Ok(candle_nn::Embedding::new(weight, d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    /// The bias-add op and candle's broadcast add agree, forward and backward.
+    #[test]
+    fn bias_add_matches_broadcast_add() -> Result<()> {
+        let dev = Device::Cpu;
+        // enough rows for several parallel blocks
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (7, 300, 96), &dev)?)?;
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1.0, 96, &dev)?)?;
+        let probe = Tensor::randn(0f32, 1.0, (7, 300, 96), &dev)?;
+        let fused = add_bias(x.as_tensor(), b.as_tensor())?;
+        let composed = x.as_tensor().broadcast_add(b.as_tensor())?;
+        assert!(max_diff(&fused, &composed)? == 0.0);
+        let gf = (fused * &probe)?.sum_all()?.backward()?;
+        let gc = (composed * &probe)?.sum_all()?.backward()?;
+        for v in [&x, &b] {
+            let (f, c) = (gf.get(v).expect("grad"), gc.get(v).expect("grad"));
+            assert_eq!(f.dims(), c.dims());
+            let d = max_diff(f, c)?;
+            assert!(
+                d < 1e-5 * c.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?.max(1.0),
+                "{d}"
+            );
+        }
+        Ok(())
+    }
 }

@@ -4,6 +4,7 @@
 pub mod activation;
 pub mod attention;
 pub mod causal_attention;
+mod cpu_grad;
 pub mod encoder;
 pub mod fused_attention;
 pub mod interpolate;

@@ -61,8 +61,12 @@ impl TextTransformer {
             )?),
         };
         Ok(Self {
-            token_embedding: candle_nn::embedding(cfg.vocab_size, d, emb.pp("token_embedding"))?,
-            position_embedding: candle_nn::embedding(
+            token_embedding: crate::nn::linear::embedding(
+                cfg.vocab_size,
+                d,
+                emb.pp("token_embedding"),
+            )?,
+            position_embedding: crate::nn::linear::embedding(
                 cfg.max_position_embeddings,
                 d,
                 emb.pp("position_embedding"),

@@ -49,7 +49,11 @@ impl VisionEmbeddings {
             patch_weight: weight.reshape((d, c * p * p))?,
             patch_bias,
             class_embedding,
-            position_embedding: candle_nn::embedding(positions, d, vb.pp("position_embedding"))?,
+            position_embedding: crate::nn::linear::embedding(
+                positions,
+                d,
+                vb.pp("position_embedding"),
+            )?,
             patch_size: p,
             num_channels: c,
             grid,

@@ -157,40 +157,52 @@ impl Task for ContrastiveTask<'_> {
         }
     }
 
-    /// Zero-shot: the share of test images whose colour (among 8 prompts
-    /// "a {color} shape") and shape (among "a {shape}") are both right.
+    /// Zero-shot: each test image against the 24 captions "a {color}
+    /// {shape}"; the share whose best caption has both right (and each
+    /// attribute's share).
     fn evaluate(&mut self) -> Result<EvalMetrics> {
-        let prompts = |labels: &[&str], fmt: &dyn Fn(&str) -> String| -> Result<Tensor> {
-            let rows = labels
-                .iter()
-                .map(|l| clip_ids(self.corpus, &fmt(l), self.max_len))
-                .collect::<Result<Vec<_>>>()?;
-            let refs: Vec<&Vec<u32>> = rows.iter().collect();
-            l2(&self.text_features(&refs)?)
-        };
-        let colors = prompts(&COLORS, &|c| format!("a {c} shape"))?;
-        let shapes = prompts(&SHAPES, &|s| format!("a {s}"))?;
-        let mut right = 0usize;
+        let labels: Vec<(usize, usize)> = (0..COLORS.len())
+            .flat_map(|c| (0..SHAPES.len()).map(move |s| (c, s)))
+            .collect();
+        let rows = labels
+            .iter()
+            .map(|&(c, s)| {
+                clip_ids(
+                    self.corpus,
+                    &format!("a {} {}", COLORS[c], SHAPES[s]),
+                    self.max_len,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&Vec<u32>> = rows.iter().collect();
+        let captions = l2(&self.text_features(&refs)?)?;
+        let (mut right, mut color_right, mut shape_right) = (0usize, 0usize, 0usize);
         for chunk in self.eval_images.chunks(256) {
             let idx: Vec<u32> = chunk.iter().map(|&i| i as u32).collect();
             let index = Tensor::new(idx.as_slice(), &self.device)?;
             let image = l2(&self
                 .model
                 .image_features(&self.corpus.test.pixels.index_select(&index, 0)?)?)?;
-            // (B, E) x (E, K) -> (B, K) -> (B,)
-            let c = image.matmul(&colors.t()?)?.argmax(1)?.to_vec1::<u32>()?;
-            let s = image.matmul(&shapes.t()?)?.argmax(1)?.to_vec1::<u32>()?;
+            // (B, E) x (E, 24) -> (B, 24) -> (B,)
+            let best = image.matmul(&captions.t()?)?.argmax(1)?.to_vec1::<u32>()?;
             for (k, &i) in chunk.iter().enumerate() {
                 let a = &self.corpus.test.attributes[i];
-                if a.color == Some(COLORS[c[k] as usize]) && a.shape == Some(SHAPES[s[k] as usize]) {
-                    right += 1;
-                }
+                let (c, s) = labels[best[k] as usize];
+                let color_ok = a.color == Some(COLORS[c]);
+                let shape_ok = a.shape == Some(SHAPES[s]);
+                color_right += usize::from(color_ok);
+                shape_right += usize::from(shape_ok);
+                right += usize::from(color_ok && shape_ok);
             }
         }
+        let n = self.eval_images.len().max(1) as f64;
         Ok(EvalMetrics {
             loss: None,
-            accuracy: (!self.eval_images.is_empty())
-                .then(|| right as f64 / self.eval_images.len() as f64),
+            accuracy: (!self.eval_images.is_empty()).then(|| right as f64 / n),
+            extra: vec![
+                ("color_accuracy".into(), color_right as f64 / n),
+                ("shape_accuracy".into(), shape_right as f64 / n),
+            ],
         })
     }
 }

@@ -171,7 +171,9 @@ impl Corpus {
                 &TokenizerTrainConfig {
                     vocab_size: recipe.tokenizer.vocab_size,
                     min_frequency: 1,
-                    special_tokens: [PAD, BOS, EOS, IMAGE].map(String::from).to_vec(),
+                    // `</s>` must not get id 2: CLIP configs with `eos_token_id == 2`
+                    // pool the text tower at the largest id (transformers' legacy rule).
+                    special_tokens: [PAD, EOS, BOS, IMAGE].map(String::from).to_vec(),
                     bos_token: None,
                     lowercase: true,
                 },

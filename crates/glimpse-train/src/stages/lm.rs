@@ -85,6 +85,7 @@ impl Task for LmTask<'_> {
         Ok(EvalMetrics {
             loss: (n > 0).then(|| total / n as f64),
             accuracy: None,
+            extra: Vec::new(),
         })
     }
 }

@@ -67,12 +67,25 @@ impl<'a> VlmTask<'a> {
                 .collect::<Result<Vec<_>>>()?,
             VlmData::Questions => questions(corpus, &corpus.train, &corpus.train.questions.iter().collect::<Vec<_>>(), m)?,
         };
-        let eval = questions(
-            corpus,
-            &corpus.test,
-            &spread(&corpus.test.questions, eval_n),
-            m,
-        )?;
+        // Held out like the training data: test captions for align, test
+        // questions otherwise.
+        let eval = match data {
+            VlmData::Captions => spread(&corpus.test.attributes, eval_n)
+                .into_iter()
+                .map(|a| {
+                    Ok(VlmExample {
+                        image: corpus.test.image_row(&a.image),
+                        segments: corpus.qa_segments(DESCRIBE, &a.caption(), Some(m))?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?,
+            VlmData::Questions => questions(
+                corpus,
+                &corpus.test,
+                &spread(&corpus.test.questions, eval_n),
+                m,
+            )?,
+        };
         let (train_features, test_features) = if tower_frozen {
             (
                 Some(tower_features(&model, &corpus.train.pixels)?),
@@ -176,7 +189,9 @@ pub fn tower_features(model: &Vlm, pixels: &Tensor) -> Result<Tensor> {
         parts.push(h);
         start += len;
     }
-    Ok(Tensor::cat(&parts, 0)?)
+    // One chunk (≤ 256 images) is the narrowed view itself; callers
+    // `index_select` rows, which needs a contiguous tensor.
+    Ok(Tensor::cat(&parts, 0)?.contiguous()?)
 }
 
 /// Early fusion for a batch: each row's placeholder positions take its
@@ -237,6 +252,7 @@ impl Task for VlmTask<'_> {
         Ok(EvalMetrics {
             loss: (n > 0).then(|| loss / n as f64),
             accuracy: (n > 0).then(|| right as f64 / n as f64),
+            extra: Vec::new(),
         })
     }
 }
