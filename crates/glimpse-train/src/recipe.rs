@@ -115,6 +115,14 @@ pub struct VisionSpec {
     /// Tower layer the projector reads (Python indexing; LLaVA uses -2).
     #[serde(default = "default_feature_layer")]
     pub feature_layer: i64,
+    /// `default` drops the class token (LLaVA), `full` keeps it: a tower
+    /// trained contrastively from scratch puts what it learned there.
+    #[serde(default = "default_feature_select")]
+    pub feature_select: String,
+}
+
+fn default_feature_select() -> String {
+    "default".into()
 }
 
 fn default_feature_layer() -> i64 {
@@ -431,7 +439,7 @@ impl Recipe {
             "projector": projector,
             "fusion": fusion,
             "vision_feature_layer": v.feature_layer,
-            "vision_feature_select_strategy": "default",
+            "vision_feature_select_strategy": v.feature_select,
             "image_token_id": ids.image,
         })
     }

@@ -66,6 +66,9 @@ fn io(path: &Path, e: impl std::fmt::Display) -> TrainError {
     TrainError::Io(format!("{}: {}", path.display(), one_line(e)))
 }
 
+/// Writes a finished stage's model folder from its tensors.
+type Exporter<'a> = Box<dyn Fn(&Path, &BTreeMap<String, Tensor>) -> Result<()> + 'a>;
+
 fn fingerprint(text: &str) -> String {
     format!("{:016x}", name_seed(0, text))
 }
@@ -142,7 +145,7 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
             progress: opts.progress,
             stop_after: opts.stop_after,
         };
-        let (summary, weights, export): (LoopSummary, StageWeights, Box<dyn Fn(&Path, &BTreeMap<String, Tensor>) -> Result<()>>) =
+        let (summary, weights, export): (LoopSummary, StageWeights, Exporter) =
             match stage {
                 "contrastive" => {
                     let clip_json = recipe.clip_config_json(&corpus.ids).ok_or_else(|| {
@@ -377,7 +380,3 @@ fn run_stage(
     train_loop(task, weights, &mut opt, cfg, checkpoints, metrics, resume)
 }
 
-/// `Value` of the VLM config for a recipe, for callers outside a run.
-pub fn describe(recipe: &Recipe, corpus: &Corpus) -> Value {
-    recipe.vlm_config_json(&corpus.ids)
-}

@@ -21,6 +21,9 @@ use crate::params::StageWeights;
 /// micro-batch of their indices, and an evaluation.
 pub trait Task {
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Mean loss of the examples `batch`. `seed` is this micro-step's: any
     /// random choice (hard negatives) must derive from it, so a resumed run
     /// makes the same choices.
@@ -84,7 +87,7 @@ pub fn train_loop(
     metrics: &mut MetricsLog,
     resume: Option<Loaded>,
 ) -> Result<LoopSummary> {
-    if task.len() == 0 {
+    if task.is_empty() {
         return Err(TrainError::Recipe(format!("{}: no training examples", cfg.stage)));
     }
     let mut state = TrainState {

@@ -53,7 +53,12 @@ impl<'a> VlmTask<'a> {
         eval_n: usize,
         device: &Device,
     ) -> Result<Self> {
-        let m = model.config().image_tokens()?;
+        // Placeholders per image in the prompt: early fusion expands `<image>`
+        // to the image's rows; cross fusion keeps one token (as `glimpse ask`).
+        let m = match model.config().fusion {
+            FusionConfig::Early => model.config().image_tokens()?,
+            FusionConfig::Cross { .. } => 1,
+        };
         let train = match data {
             VlmData::Captions => corpus
                 .train_captions()?
