@@ -298,11 +298,19 @@ fn zeroshot_accuracy_from_known_predictions() -> Result<()> {
     let best: Vec<usize> = sim.iter().map(|r| argmax(r)).collect();
     let cs: Vec<Vec<f32>> = best
         .iter()
-        .map(|&b| (0..COLORS.len()).map(|c| f32::from(u8::from(c == b / SHAPES.len()))).collect())
+        .map(|&b| {
+            (0..COLORS.len())
+                .map(|c| f32::from(u8::from(c == b / SHAPES.len())))
+                .collect()
+        })
         .collect();
     let ss: Vec<Vec<f32>> = best
         .iter()
-        .map(|&b| (0..SHAPES.len()).map(|s| f32::from(u8::from(s == b % SHAPES.len()))).collect())
+        .map(|&b| {
+            (0..SHAPES.len())
+                .map(|s| f32::from(u8::from(s == b % SHAPES.len())))
+                .collect()
+        })
         .collect();
     let pc = |i: usize| COLORS[argmax(&cs[i])];
     let wc = |i: usize| COLORS[(argmax(&cs[i]) + 1) % COLORS.len()];

@@ -45,7 +45,9 @@ pub enum TrainError {
     Recipe(String),
     /// A loss that is NaN or infinite: training stops, the last good
     /// checkpoint stays.
-    #[error("{stage}: the loss is {value} at step {step}; stopped, the last good checkpoint is {last}")]
+    #[error(
+        "{stage}: the loss is {value} at step {step}; stopped, the last good checkpoint is {last}"
+    )]
     NonFinite {
         stage: String,
         step: usize,

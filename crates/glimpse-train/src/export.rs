@@ -50,7 +50,10 @@ fn tokenizer_files(dir: &Path, tokenizer: &Tokenizer, corpus: &Corpus, chat: boo
             "model_max_length": 512,
         }),
     )?;
-    write_json(&dir.join("preprocessor_config.json"), &corpus.processor_json)?;
+    write_json(
+        &dir.join("preprocessor_config.json"),
+        &corpus.processor_json,
+    )?;
     if chat {
         write_atomic(&dir.join("chat_template.jinja"), CHAT_TEMPLATE.as_bytes())?;
         write_json(

@@ -117,9 +117,9 @@ impl StageWeights {
     pub fn load_values(&self, values: &HashMap<String, Tensor>) -> Result<()> {
         let h = self.handed()?;
         for (name, var) in &h.vars {
-            let v = values.get(name).ok_or_else(|| {
-                TrainError::State(format!("the checkpoint has no tensor {name}"))
-            })?;
+            let v = values
+                .get(name)
+                .ok_or_else(|| TrainError::State(format!("the checkpoint has no tensor {name}")))?;
             if v.dims() != var.dims() {
                 return Err(TrainError::State(format!(
                     "tensor {name}: the checkpoint has shape {:?}, the model {:?}",

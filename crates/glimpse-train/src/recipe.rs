@@ -339,7 +339,9 @@ impl Recipe {
         }
         for (name, s) in self.stages() {
             if s.steps == 0 || s.batch_size == 0 || s.accumulate == 0 {
-                return Err(format!("[{name}] steps, batch_size and accumulate must be at least 1"));
+                return Err(format!(
+                    "[{name}] steps, batch_size and accumulate must be at least 1"
+                ));
             }
             if !(s.lr > 0.0 && s.lr.is_finite()) {
                 return Err(format!("[{name}] lr must be a positive number"));

@@ -93,8 +93,8 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
     let metrics_path = out.join("metrics.jsonl");
     let mut metrics = MetricsLog::open(&metrics_path)?;
     let vlm_json = recipe.vlm_config_json(&corpus.ids);
-    let vlm_cfg = VlmConfig::from_json(&vlm_json)
-        .map_err(|e| TrainError::Recipe(format!("[model]: {e}")))?;
+    let vlm_cfg =
+        VlmConfig::from_json(&vlm_json).map_err(|e| TrainError::Recipe(format!("[model]: {e}")))?;
     let mut carried: HashMap<String, Tensor> = HashMap::new();
     let mut report = RunReport {
         out: out.clone(),
@@ -145,89 +145,158 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
             progress: opts.progress,
             stop_after: opts.stop_after,
         };
-        let (summary, weights, export): (LoopSummary, StageWeights, Exporter) =
-            match stage {
-                "contrastive" => {
-                    let clip_json = recipe.clip_config_json(&corpus.ids).ok_or_else(|| {
-                        TrainError::Recipe("[contrastive] needs [model.text_encoder]".into())
-                    })?;
-                    let dual_cfg = DualConfig::from_json(&clip_json.to_string(), Path::new("recipe"))?;
-                    let mut start = carried.clone();
-                    let siglip = spec.loss == "siglip";
-                    let init = if siglip { SigLipParams::default().t_prime } else { CLIP_INIT_LOGIT_SCALE };
-                    start.entry("logit_scale".into()).or_insert(Tensor::new(init as f32, &device)?);
-                    if siglip {
-                        start.entry("logit_bias".into()).or_insert(Tensor::new(SigLipParams::default().bias as f32, &device)?);
-                    }
-                    let weights = StageWeights::new(start, Trainable::All, seed);
-                    let vb = weights.var_builder(&device);
-                    let model = DualEncoder::new(&dual_cfg, vb.clone())?;
-                    if siglip {
-                        vb.get((), "logit_bias")?;
-                    }
-                    cfg.architecture = format!("contrastive:{}:{}", spec.loss, fingerprint(&clip_json.to_string()));
-                    let vars = weights.trainable_vars()?;
-                    let mut task = ContrastiveTask::new(model, &corpus, &vars, spec, recipe.data.eval_images, &device)?;
-                    let s = run_stage(&mut task, &weights, spec, &cfg, &checkpoints, &mut metrics, resume)?;
-                    let corpus = &corpus;
-                    (s, weights, Box::new(move |d: &Path, t: &BTreeMap<String, Tensor>| {
+        let (summary, weights, export): (LoopSummary, StageWeights, Exporter) = match stage {
+            "contrastive" => {
+                let clip_json = recipe.clip_config_json(&corpus.ids).ok_or_else(|| {
+                    TrainError::Recipe("[contrastive] needs [model.text_encoder]".into())
+                })?;
+                let dual_cfg = DualConfig::from_json(&clip_json.to_string(), Path::new("recipe"))?;
+                let mut start = carried.clone();
+                let siglip = spec.loss == "siglip";
+                let init = if siglip {
+                    SigLipParams::default().t_prime
+                } else {
+                    CLIP_INIT_LOGIT_SCALE
+                };
+                start
+                    .entry("logit_scale".into())
+                    .or_insert(Tensor::new(init as f32, &device)?);
+                if siglip {
+                    start
+                        .entry("logit_bias".into())
+                        .or_insert(Tensor::new(SigLipParams::default().bias as f32, &device)?);
+                }
+                let weights = StageWeights::new(start, Trainable::All, seed);
+                let vb = weights.var_builder(&device);
+                let model = DualEncoder::new(&dual_cfg, vb.clone())?;
+                if siglip {
+                    vb.get((), "logit_bias")?;
+                }
+                cfg.architecture = format!(
+                    "contrastive:{}:{}",
+                    spec.loss,
+                    fingerprint(&clip_json.to_string())
+                );
+                let vars = weights.trainable_vars()?;
+                let mut task = ContrastiveTask::new(
+                    model,
+                    &corpus,
+                    &vars,
+                    spec,
+                    recipe.data.eval_images,
+                    &device,
+                )?;
+                let s = run_stage(
+                    &mut task,
+                    &weights,
+                    spec,
+                    &cfg,
+                    &checkpoints,
+                    &mut metrics,
+                    resume,
+                )?;
+                let corpus = &corpus;
+                (
+                    s,
+                    weights,
+                    Box::new(move |d: &Path, t: &BTreeMap<String, Tensor>| {
                         crate::export::export_clip(d, &clip_json, t, corpus)
-                    }))
-                }
-                "lm" => {
-                    let text_json = vlm_json["text_config"].clone();
-                    let dec_cfg = DecoderConfig::from_json(&text_json)
-                        .map_err(|e| TrainError::Recipe(format!("[model.decoder]: {e}")))?;
-                    let weights = StageWeights::new(carried.clone(), Trainable::All, seed);
-                    let names = VlmNames::default();
-                    let model = Decoder::new(
-                        &dec_cfg,
-                        &DecoderWeights::Hf(weights.var_builder(&device)),
-                        &names.decoder,
-                        &names.lm_head,
-                        RopeStyle::HalfSplit,
-                    )?;
-                    cfg.architecture = format!("lm:{}", fingerprint(&text_json.to_string()));
-                    let mut task = LmTask::new(model, &corpus, recipe.data.eval_questions, &device)?;
-                    let s = run_stage(&mut task, &weights, spec, &cfg, &checkpoints, &mut metrics, resume)?;
-                    let corpus = &corpus;
-                    (s, weights, Box::new(move |d: &Path, t: &BTreeMap<String, Tensor>| {
+                    }),
+                )
+            }
+            "lm" => {
+                let text_json = vlm_json["text_config"].clone();
+                let dec_cfg = DecoderConfig::from_json(&text_json)
+                    .map_err(|e| TrainError::Recipe(format!("[model.decoder]: {e}")))?;
+                let weights = StageWeights::new(carried.clone(), Trainable::All, seed);
+                let names = VlmNames::default();
+                let model = Decoder::new(
+                    &dec_cfg,
+                    &DecoderWeights::Hf(weights.var_builder(&device)),
+                    &names.decoder,
+                    &names.lm_head,
+                    RopeStyle::HalfSplit,
+                )?;
+                cfg.architecture = format!("lm:{}", fingerprint(&text_json.to_string()));
+                let mut task = LmTask::new(model, &corpus, recipe.data.eval_questions, &device)?;
+                let s = run_stage(
+                    &mut task,
+                    &weights,
+                    spec,
+                    &cfg,
+                    &checkpoints,
+                    &mut metrics,
+                    resume,
+                )?;
+                let corpus = &corpus;
+                (
+                    s,
+                    weights,
+                    Box::new(move |d: &Path, t: &BTreeMap<String, Tensor>| {
                         crate::export::export_llama(d, &text_json, t, corpus)
-                    }))
-                }
-                _ => {
-                    let trainable = match stage {
-                        "align" => Trainable::Prefixes(vec!["multi_modal_projector.".into(), "cross_layers.".into()]),
-                        "instruct" => Trainable::Prefixes(vec![
-                            "multi_modal_projector.".into(),
-                            "cross_layers.".into(),
-                            "language_model.".into(),
-                        ]),
-                        _ => Trainable::All,
-                    };
-                    let tower_frozen = trainable != Trainable::All;
-                    let weights = StageWeights::new(carried.clone(), trainable.clone(), seed);
-                    let model = Vlm::new(&vlm_cfg, weights.var_builder(&device), &VlmNames::default())?;
-                    let fresh = weights.fresh_names()?;
-                    let frozen_fresh: Vec<&String> = fresh.iter().filter(|n| !trainable.contains(n)).collect();
-                    if let Some(first) = frozen_fresh.first() {
-                        eprintln!(
+                    }),
+                )
+            }
+            _ => {
+                let trainable = match stage {
+                    "align" => Trainable::Prefixes(vec![
+                        "multi_modal_projector.".into(),
+                        "cross_layers.".into(),
+                    ]),
+                    "instruct" => Trainable::Prefixes(vec![
+                        "multi_modal_projector.".into(),
+                        "cross_layers.".into(),
+                        "language_model.".into(),
+                    ]),
+                    _ => Trainable::All,
+                };
+                let tower_frozen = trainable != Trainable::All;
+                let weights = StageWeights::new(carried.clone(), trainable.clone(), seed);
+                let model = Vlm::new(&vlm_cfg, weights.var_builder(&device), &VlmNames::default())?;
+                let fresh = weights.fresh_names()?;
+                let frozen_fresh: Vec<&String> =
+                    fresh.iter().filter(|n| !trainable.contains(n)).collect();
+                if let Some(first) = frozen_fresh.first() {
+                    eprintln!(
                             "warning: {stage}: {} frozen tensors start untrained (e.g. {first}); add the stage that trains them",
                             frozen_fresh.len()
                         );
-                    }
-                    cfg.architecture = format!("{stage}:{}", fingerprint(&vlm_json.to_string()));
-                    let data = if stage == "align" { VlmData::Captions } else { VlmData::Questions };
-                    let mut task = VlmTask::new(model, &corpus, data, tower_frozen, recipe.data.eval_questions, &device)?;
-                    let s = run_stage(&mut task, &weights, spec, &cfg, &checkpoints, &mut metrics, resume)?;
-                    let corpus = &corpus;
-                    let json = vlm_json.clone();
-                    report.model = Some(model_dir.clone());
-                    (s, weights, Box::new(move |d: &Path, t: &BTreeMap<String, Tensor>| {
-                        crate::export::export_vlm(d, &json, t, corpus)
-                    }))
                 }
-            };
+                cfg.architecture = format!("{stage}:{}", fingerprint(&vlm_json.to_string()));
+                let data = if stage == "align" {
+                    VlmData::Captions
+                } else {
+                    VlmData::Questions
+                };
+                let mut task = VlmTask::new(
+                    model,
+                    &corpus,
+                    data,
+                    tower_frozen,
+                    recipe.data.eval_questions,
+                    &device,
+                )?;
+                let s = run_stage(
+                    &mut task,
+                    &weights,
+                    spec,
+                    &cfg,
+                    &checkpoints,
+                    &mut metrics,
+                    resume,
+                )?;
+                let corpus = &corpus;
+                let json = vlm_json.clone();
+                report.model = Some(model_dir.clone());
+                (
+                    s,
+                    weights,
+                    Box::new(move |d: &Path, t: &BTreeMap<String, Tensor>| {
+                        crate::export::export_vlm(d, &json, t, corpus)
+                    }),
+                )
+            }
+        };
         if !summary.complete {
             report.complete = false;
             report.stages.push(StageReport {
@@ -253,7 +322,9 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
         });
         crate::checkpoint::write_atomic(
             &dir.join("summary.json"),
-            serde_json::to_string_pretty(&summary_json).map_err(|e| io(&dir, e))?.as_bytes(),
+            serde_json::to_string_pretty(&summary_json)
+                .map_err(|e| io(&dir, e))?
+                .as_bytes(),
         )?;
         // Last: its presence marks the stage done.
         let tmp = dir.join(".final.safetensors.tmp");
@@ -280,7 +351,11 @@ fn same_model(out: &Path, recipe: &Recipe) -> Result<()> {
     let before = Recipe::from_file(&previous)?;
     let flat = |m: &crate::recipe::ModelSpec| -> Result<BTreeMap<String, String>> {
         let mut map = BTreeMap::new();
-        flatten("", &serde_json::to_value(m).map_err(|e| io(&previous, e))?, &mut map);
+        flatten(
+            "",
+            &serde_json::to_value(m).map_err(|e| io(&previous, e))?,
+            &mut map,
+        );
         Ok(map)
     };
     let (a, b) = (flat(&before.model)?, flat(&recipe.model)?);
@@ -310,7 +385,11 @@ fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
     match v {
         Value::Object(map) => {
             for (k, v) in map {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 flatten(&key, v, out);
             }
         }
@@ -346,13 +425,14 @@ fn run_stage(
 ) -> Result<LoopSummary> {
     let mut parts: BTreeMap<&str, Vec<(String, candle_core::Var)>> = BTreeMap::new();
     for (name, var) in weights.trainable_vars()? {
-        let part = if name.starts_with("multi_modal_projector.") || name.starts_with("cross_layers.") {
-            "projector"
-        } else if name.starts_with("language_model.") {
-            "decoder"
-        } else {
-            "tower"
-        };
+        let part =
+            if name.starts_with("multi_modal_projector.") || name.starts_with("cross_layers.") {
+                "projector"
+            } else if name.starts_with("language_model.") {
+                "decoder"
+            } else {
+                "tower"
+            };
         parts.entry(part).or_default().push((name, var));
     }
     let mut groups: Vec<ParamGroup> = Vec::new();
@@ -379,4 +459,3 @@ fn run_stage(
     )?;
     train_loop(task, weights, &mut opt, cfg, checkpoints, metrics, resume)
 }
-

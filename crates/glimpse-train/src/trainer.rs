@@ -88,7 +88,10 @@ pub fn train_loop(
     resume: Option<Loaded>,
 ) -> Result<LoopSummary> {
     if task.is_empty() {
-        return Err(TrainError::Recipe(format!("{}: no training examples", cfg.stage)));
+        return Err(TrainError::Recipe(format!(
+            "{}: no training examples",
+            cfg.stage
+        )));
     }
     let mut state = TrainState {
         stage: cfg.stage.clone(),
@@ -199,7 +202,6 @@ pub fn train_loop(
                     .iter()
                     .map(|(k, v)| (k.clone(), serde_json::json!(v)))
                     .collect(),
-                ..Default::default()
             })?;
             bar.println(format!(
                 "{} step {}/{}: train loss {last_loss:.4}{}{}",
@@ -232,8 +234,7 @@ pub fn train_loop(
         steps: state.step,
         final_loss: last_loss,
         seconds,
-        examples_per_s: done
-            * (cfg.batch_size * cfg.accumulate.max(1)) as f64
+        examples_per_s: done * (cfg.batch_size * cfg.accumulate.max(1)) as f64
             / started.elapsed().as_secs_f64().max(1e-9),
         eval,
         complete: state.step >= cfg.steps,

@@ -41,10 +41,15 @@ fn skip() {
     eprintln!("skipping: easy-VQA not fetched (run scripts/fetch_easy_vqa.sh)");
 }
 
+/// (stage, eval loss, eval accuracy) of one eval record.
+type EvalRow = (String, Option<f64>, Option<f64>);
 #[test]
 fn instruct_loss_falls() -> Result<()> {
     let Some(out) = run_a() else {
-        return Ok(skip());
+        {
+            skip();
+            return Ok(());
+        }
     };
     let losses: Vec<f64> = train_losses(out)?
         .into_iter()
@@ -68,7 +73,10 @@ fn instruct_loss_falls() -> Result<()> {
 #[test]
 fn same_seed_same_losses() -> Result<()> {
     let Some(a) = run_a() else {
-        return Ok(skip());
+        {
+            skip();
+            return Ok(());
+        }
     };
     let root = easy_vqa_root().context("easy-VQA")?;
     let dir = tempfile::tempdir()?;
@@ -78,7 +86,7 @@ fn same_seed_same_losses() -> Result<()> {
     let (la, lc) = (train_losses(a)?, train_losses(&c)?);
     assert_eq!(la.len(), 4 + 4 + 4 + 30);
     assert_eq!(la, lc, "train losses of two runs with the same seed");
-    let eval = |out: &Path| -> Result<Vec<(String, Option<f64>, Option<f64>)>> {
+    let eval = |out: &Path| -> Result<Vec<EvalRow>> {
         Ok(records(out)?
             .into_iter()
             .filter(|r| r.split == "eval")
@@ -96,7 +104,10 @@ fn same_seed_same_losses() -> Result<()> {
 #[test]
 fn killed_and_resumed_equals_uninterrupted() -> Result<()> {
     let Some(a) = run_a() else {
-        return Ok(skip());
+        {
+            skip();
+            return Ok(());
+        }
     };
     let root = easy_vqa_root().context("easy-VQA")?;
     let dir = tempfile::tempdir()?;
@@ -164,7 +175,10 @@ fn killed_and_resumed_equals_uninterrupted() -> Result<()> {
 #[test]
 fn frozen_parts_stay_bit_identical() -> Result<()> {
     let Some(out) = run_a() else {
-        return Ok(skip());
+        {
+            skip();
+            return Ok(());
+        }
     };
     let contrastive = load(&out.join("contrastive/final.safetensors"))?;
     let lm = load(&out.join("lm/final.safetensors"))?;

@@ -30,7 +30,6 @@ pub fn caption_prompts() -> Vec<String> {
         .collect()
 }
 
-
 /// Each image of an easy-VQA split with the colour and shape its questions
 /// establish, in image-id order.
 pub fn load_image_attributes(dir: &Path) -> Result<Vec<ImageAttributes>> {

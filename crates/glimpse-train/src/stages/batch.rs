@@ -33,7 +33,11 @@ pub fn left_padded(
             for (kind, toks) in segs.iter() {
                 for &t in toks {
                     ids.push(t);
-                    labels.push(if train(*kind) { i64::from(t) } else { IGNORE_INDEX });
+                    labels.push(if train(*kind) {
+                        i64::from(t)
+                    } else {
+                        IGNORE_INDEX
+                    });
                 }
             }
             (ids, labels)

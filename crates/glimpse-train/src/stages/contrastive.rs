@@ -12,9 +12,7 @@ use glimpse_models::DualEncoder;
 use super::corpus::Corpus;
 use super::lm::spread;
 use crate::error::{Result, TrainError};
-use crate::losses::{
-    clip_loss, hard_negative_clip_loss, siglip_loss, HardNegativeConfig,
-};
+use crate::losses::{clip_loss, hard_negative_clip_loss, siglip_loss, HardNegativeConfig};
 use crate::recipe::StageSpec;
 use crate::trainer::{EvalMetrics, Task};
 
@@ -45,8 +43,9 @@ impl<'a> ContrastiveTask<'a> {
         device: &Device,
     ) -> Result<Self> {
         let find = |name: &str| vars.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
-        let logit_scale = find("logit_scale")
-            .ok_or_else(|| TrainError::Config("contrastive: logit_scale is not trainable".into()))?;
+        let logit_scale = find("logit_scale").ok_or_else(|| {
+            TrainError::Config("contrastive: logit_scale is not trainable".into())
+        })?;
         let logit_bias = find("logit_bias");
         let mut caption_ids: BTreeMap<String, u32> = BTreeMap::new();
         let mut captions = Vec::new();

@@ -47,9 +47,9 @@ impl<'a> LmTask<'a> {
     fn batch_loss(&self, examples: &[&[(SegmentKind, Vec<u32>)]]) -> Result<candle_core::Tensor> {
         let batch = left_padded(examples, self.corpus.ids.pad, &|_| true, &self.device)?;
         let mut cache = self.model.new_cache(examples.len());
-        let logits = self
-            .model
-            .forward(&batch.ids, Some(&batch.valid), &mut cache, LogitsFor::All)?;
+        let logits =
+            self.model
+                .forward(&batch.ids, Some(&batch.valid), &mut cache, LogitsFor::All)?;
         masked_lm_loss(&logits, &batch.labels, true)
     }
 }

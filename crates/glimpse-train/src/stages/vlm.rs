@@ -70,7 +70,12 @@ impl<'a> VlmTask<'a> {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?,
-            VlmData::Questions => questions(corpus, &corpus.train, &corpus.train.questions.iter().collect::<Vec<_>>(), m)?,
+            VlmData::Questions => questions(
+                corpus,
+                &corpus.train,
+                &corpus.train.questions.iter().collect::<Vec<_>>(),
+                m,
+            )?,
         };
         // Held out like the training data: test captions for align, test
         // questions otherwise.
@@ -141,16 +146,21 @@ impl<'a> VlmTask<'a> {
         let text = self.model.language_model.embed(&batch.ids)?;
         let mut cache = self.model.new_cache(b);
         let embeds = match self.model.config().fusion {
-            FusionConfig::Early => splice(&text, &images, &batch.rows, self.model.config().image_token_id)?,
+            FusionConfig::Early => splice(
+                &text,
+                &images,
+                &batch.rows,
+                self.model.config().image_token_id,
+            )?,
             FusionConfig::Cross { .. } => {
                 self.model.attach_images(&mut cache, &images, None)?;
                 text
             }
         };
         debug_assert_eq!(embeds.dims3()?.1, t);
-        let logits = self
-            .model
-            .forward_embeds(&embeds, Some(&batch.valid), &mut cache, LogitsFor::All)?;
+        let logits =
+            self.model
+                .forward_embeds(&embeds, Some(&batch.valid), &mut cache, LogitsFor::All)?;
         Ok((logits, batch))
     }
 }
@@ -209,7 +219,10 @@ fn splice(text: &Tensor, images: &Tensor, rows: &[Vec<u32>], placeholder: u32) -
     let m = images.dim(1)?;
     // [(B·T, D); (B·M, D)]
     let table = Tensor::cat(
-        &[text.reshape((b * t, d))?, images.reshape((b * m, d))?.to_dtype(text.dtype())?],
+        &[
+            text.reshape((b * t, d))?,
+            images.reshape((b * m, d))?.to_dtype(text.dtype())?,
+        ],
         0,
     )?;
     let mut index: Vec<u32> = (0..(b * t) as u32).collect();

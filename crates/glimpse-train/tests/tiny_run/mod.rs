@@ -125,7 +125,7 @@ pub fn run(
 /// Train-loss records by (stage, step); a step logged twice (redone after
 /// a resume) keeps its last record.
 pub fn train_losses(out: &Path) -> Result<BTreeMap<(String, u64), f64>> {
-    Ok(records(out)?
+    records(out)?
         .into_iter()
         .filter(|r| r.split == "train")
         .map(|r| {
@@ -134,7 +134,7 @@ pub fn train_losses(out: &Path) -> Result<BTreeMap<(String, u64), f64>> {
                 r.loss.context("train record without loss")?,
             ))
         })
-        .collect::<Result<_>>()?)
+        .collect::<Result<_>>()
 }
 
 pub fn records(out: &Path) -> Result<Vec<MetricRecord>> {
