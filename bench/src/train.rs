@@ -229,7 +229,10 @@ fn main() -> Result<()> {
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &dev);
     let model = Vlm::new(&cfg, vb, &VlmNames::default())?;
     let image_tokens = cfg.image_tokens()?;
-    anyhow::ensure!(image_tokens == 64, "expected 64 image rows, got {image_tokens}");
+    anyhow::ensure!(
+        image_tokens == 64,
+        "expected 64 image rows, got {image_tokens}"
+    );
     let params: Vec<(String, candle_core::Var)> = varmap
         .data()
         .lock()
@@ -298,7 +301,9 @@ fn main() -> Result<()> {
         let (positions, d) = (image_tokens + TEXT_TOKENS, cfg.text.hidden_size);
         let reps = steps.min(3);
         let logits = candle_core::Var::randn(0f32, 1.0, (batch, positions, VOCAB), &dev)?;
-        let loss = probe(reps, || Ok(masked_lm_loss(logits.as_tensor(), &labels, true)?))?;
+        let loss = probe(reps, || {
+            Ok(masked_lm_loss(logits.as_tensor(), &labels, true)?)
+        })?;
         let embeds = candle_core::Var::randn(0f32, 1.0, (batch, positions, d), &dev)?;
         let decoder = probe(reps, || {
             let mut cache = model.new_cache(batch);
@@ -307,7 +312,9 @@ fn main() -> Result<()> {
             Ok(masked_lm_loss(&logits, &labels, true)?)
         })?;
         let px = candle_core::Var::from_tensor(&pixels)?;
-        let vision = probe(reps, || Ok(model.encode_images(px.as_tensor(), None)?.sum_all()?))?;
+        let vision = probe(reps, || {
+            Ok(model.encode_images(px.as_tensor(), None)?.sum_all()?)
+        })?;
         let pair = |(f, b): (f64, f64)| serde_json::json!({"forward": f, "backward": b});
         out["probe_ms_median"] = serde_json::json!({
             "loss_on_logits": pair(loss),
