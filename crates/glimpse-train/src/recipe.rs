@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::error::{Result, TrainError};
+use crate::stages::augment::AUGMENTATIONS;
 
 /// The stages glimpse knows, in the order they run.
 pub const STAGE_ORDER: [&str; 5] = ["contrastive", "lm", "align", "instruct", "full"];
@@ -278,6 +279,15 @@ pub struct StageSpec {
     /// Share of the kept negatives drawn at random instead of hardest.
     #[serde(default = "default_random_share")]
     pub hard_negative_random_share: f64,
+    /// Contrastive stage: `none`, `hflip` (each training image mirrored
+    /// left-right half of the time) or `dihedral` (in one of the eight
+    /// orientations of the square), drawn per step.
+    #[serde(default = "default_augment")]
+    pub augment: String,
+}
+
+fn default_augment() -> String {
+    "none".into()
 }
 
 fn default_one() -> usize {
@@ -348,6 +358,16 @@ impl Recipe {
             }
             if !["clip", "siglip"].contains(&s.loss.as_str()) {
                 return Err(format!("[{name}] loss '{}' is not clip or siglip", s.loss));
+            }
+            if !AUGMENTATIONS.contains(&s.augment.as_str()) {
+                return Err(format!(
+                    "[{name}] augment '{}' is not one of {}",
+                    s.augment,
+                    AUGMENTATIONS.join(", ")
+                ));
+            }
+            if s.augment != "none" && name != "contrastive" {
+                return Err(format!("[{name}] augment applies to [contrastive] only"));
             }
         }
         if self.contrastive.is_some() && self.model.text_encoder.is_none() {

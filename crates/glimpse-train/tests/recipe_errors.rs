@@ -72,6 +72,28 @@ fn unknown_field_is_named() -> Result<()> {
 }
 
 #[test]
+fn unknown_augmentation_is_named() -> Result<()> {
+    let text = tiny_recipe(
+        &some_root(),
+        32,
+        &LM_ONLY.replace("lr = 3e-3", "lr = 3e-3\naugment = \"rotate\""),
+    );
+    let err = run_error(&text)?;
+    assert!(matches!(err, TrainError::Recipe(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("rotate") && msg.contains("hflip"), "{msg}");
+    // a real augmentation outside [contrastive] is refused too
+    let text = tiny_recipe(
+        &some_root(),
+        32,
+        &LM_ONLY.replace("lr = 3e-3", "lr = 3e-3\naugment = \"hflip\""),
+    );
+    let msg = run_error(&text)?.to_string();
+    assert!(msg.contains("[lm]") && msg.contains("contrastive"), "{msg}");
+    Ok(())
+}
+
+#[test]
 fn missing_dataset_is_named() -> Result<()> {
     let root = Path::new("/nonexistent/glimpse-test/easy-vqa");
     let err = run_error(&tiny_recipe(root, 32, LM_ONLY))?;

@@ -229,12 +229,7 @@ impl CrossAttention {
                 .reshape((b, hkv, group * t, s))?,
             None => scores,
         };
-        // candle's fused softmax has no backward; the composed one does.
-        let probs = if scores.track_op() {
-            candle_nn::ops::softmax(&scores, D::Minus1)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        };
+        let probs = crate::nn::attention::softmax_last_dim(&scores)?;
         let mean_probs = if want_probs {
             // (B, Hkv, G*T, S) = (B, H, T, S) -> mean over H -> (B, T, S)
             Some(probs.reshape((b, h, t, s))?.mean(1)?)

@@ -128,7 +128,10 @@ impl SelfAttention {
 /// composed ops (differentiable; candle's kernel has no backward pass) when
 /// `xs` tracks gradients.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
-    if xs.track_op() {
+    if super::softmax_op::applies(xs) {
+        // one node with a hand-written backward (CPU f32)
+        super::softmax_op::softmax_last_dim(xs)
+    } else if xs.track_op() {
         candle_nn::ops::softmax(xs, candle_core::D::Minus1)
     } else {
         candle_nn::ops::softmax_last_dim(xs)

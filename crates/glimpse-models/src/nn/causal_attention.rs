@@ -123,12 +123,7 @@ impl CausalSelfAttention {
                 .reshape((b, hkv, group * t, s))?,
             None => scores,
         };
-        let probs = if scores.track_op() {
-            // candle's fused softmax has no backward pass.
-            candle_nn::ops::softmax(&scores, candle_core::D::Minus1)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores)?
-        };
+        let probs = crate::nn::attention::softmax_last_dim(&scores)?;
         let mean_probs = if inputs.want_probs {
             // (B, Hkv, G*T, S) = (B, H, T, S) -> (B, T, S)
             Some(probs.reshape((b, h, t, s))?.mean(1)?)

@@ -28,6 +28,13 @@ pub(crate) fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Re
     }
 }
 
+/// The largest |a − b| over all elements: what the tests of the ops with
+/// a hand-written backward compare against candle's composed ops.
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+}
+
 /// Rows per parallel task for rows of width `n`.
 pub(crate) fn rows_per_task(n: usize) -> usize {
     CHUNK.div_ceil(n.max(1)).max(1)

@@ -11,12 +11,15 @@ pub mod interpolate;
 pub mod kv_cache;
 pub mod layer_norm;
 pub mod linear;
+mod linear_op;
 pub mod mlp;
 pub mod q4_1_matmul;
 pub mod qlinear;
 pub mod rms_norm;
 pub mod rope;
+mod rope_op;
 mod simd_act;
+mod softmax_op;
 pub mod swiglu;
 
 pub use activation::Activation;

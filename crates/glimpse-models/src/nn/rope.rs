@@ -141,7 +141,13 @@ impl Rope {
         let cos = cos.to_dtype(xs.dtype())?;
         let sin = sin.to_dtype(xs.dtype())?;
         if xs.track_op() {
-            // candle's rope kernels have no backward pass.
+            // candle's rope kernels have no backward pass: ours (CPU f32)
+            // or the composed rotation.
+            if super::rope_op::applies(xs) {
+                let t = xs.dim(2)?;
+                let cut = |c: &Tensor| c.narrow(c.rank() - 2, 0, t);
+                return super::rope_op::rotate(xs, &cut(&cos)?, &cut(&sin)?, self.style);
+            }
             return self.apply_composed(xs, &cos, &sin);
         }
         match self.style {
@@ -192,6 +198,51 @@ impl Rope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The trainable rope op gives the composed rotation's values and
+    /// gradients, both styles, shared and per-row positions.
+    #[test]
+    fn trainable_op_matches_composed_rotation() {
+        use candle_core::{Device, Var};
+        let dev = Device::Cpu;
+        let max_diff = |a: &Tensor, b: &Tensor| crate::nn::cpu_grad::max_abs_diff(a, b).unwrap();
+        for style in [RopeStyle::HalfSplit, RopeStyle::Interleaved] {
+            let rope = Rope::new(
+                &RopeConfig {
+                    theta: 10000.0,
+                    scaling: RopeScaling::Default,
+                },
+                8,
+                style,
+            );
+            for positions in [
+                vec![vec![0, 1, 2, 3, 4]],
+                vec![vec![0, 1, 2, 3, 4], vec![0, 0, 0, 1, 2]],
+            ] {
+                let b = positions.len();
+                let (cos, sin) = rope.cos_sin(&positions, &dev).unwrap();
+                let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, 3, 5, 8), &dev).unwrap())
+                    .unwrap();
+                let w = Tensor::randn(0f32, 1.0, (b, 3, 5, 8), &dev).unwrap();
+                let fused = rope.apply(&x, &cos, &sin).unwrap();
+                let composed = rope.apply_composed(&x, &cos, &sin).unwrap();
+                assert!(max_diff(&fused, &composed) < 1e-6);
+                let gf = (&fused * &w)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let gc = (&composed * &w)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                assert!(max_diff(gf.get(&x).unwrap(), gc.get(&x).unwrap()) < 1e-5);
+            }
+        }
+    }
 
     #[test]
     fn llama3_keeps_short_and_divides_long_wavelengths() {

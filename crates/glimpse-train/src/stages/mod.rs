@@ -1,5 +1,6 @@
 //! The training stages of a recipe, each a [`crate::trainer::Task`].
 
+pub mod augment;
 pub mod batch;
 pub mod contrastive;
 pub mod corpus;
