@@ -203,8 +203,31 @@ fn vqa_easy_split_encodes_each_image_once() -> Result<()> {
         .count() as u64;
 
     let (model, data) = (s(&vlm_dir()), s(tmp.path()));
-    let out = glimpse_json(&["eval", "vqa", "--model", &model, "--data", &data, "--json"])?;
+    let preds = tmp.path().join("predictions.jsonl");
+    let out = glimpse_json(&[
+        "eval",
+        "vqa",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--json",
+        "--predictions",
+        &s(&preds),
+    ])?;
     assert_eq!(out["total"].as_u64(), Some(6), "{out}");
+    // one line per question, in the questions' order, agreeing with the score
+    let lines: Vec<Value> = std::fs::read_to_string(&preds)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?;
+    assert_eq!(lines.len(), rows.len());
+    for (((q, a, _), got), line) in rows.iter().zip(&report.predictions).zip(&lines) {
+        assert_eq!(line["question"], *q);
+        assert_eq!(line["answer"], *a);
+        assert_eq!(line["prediction"], got.trim());
+        assert_eq!(line["correct"], normalize_answer(got) == *a);
+    }
     assert_eq!(out["correct"].as_u64(), Some(want_correct), "{out}");
     assert_eq!(kind(&out, "yes/no").1, 3);
     assert_eq!(kind(&out, "shape").1, 2);

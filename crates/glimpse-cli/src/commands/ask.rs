@@ -55,7 +55,9 @@ pub fn run(args: AskArgs) -> Result<()> {
         eos_ids: vlm.eos_ids.clone(),
         stop_strings: Vec::new(),
     };
-    let mut out = TextOut::new(args.json);
+    // the printed answer without the space of its first token; --json's
+    // "text" keeps the decoded tokens as they are
+    let mut out = TextOut::new(args.json).trimming_start();
     let generation = vlm.generate(&prompt, &cfg, |piece| out.piece(piece))?;
     if let Some(map) = &args.attention_map {
         let images = prompt.images.as_ref().ok_or_else(|| {

@@ -53,6 +53,8 @@ impl SamplingArgs {
 pub struct TextOut {
     json: bool,
     stdout: StdoutLock<'static>,
+    /// Drop whitespace before the first visible character of the stream.
+    trim_start: bool,
 }
 
 impl TextOut {
@@ -60,11 +62,26 @@ impl TextOut {
         Self {
             json,
             stdout: std::io::stdout().lock(),
+            trim_start: false,
         }
+    }
+
+    /// An answer after a chat prompt that ends in `assistant:` starts with
+    /// the space its first token carries; printed, it reads better without.
+    pub fn trimming_start(mut self) -> Self {
+        self.trim_start = true;
+        self
     }
 
     pub fn piece(&mut self, text: &str) -> Result<(), OutputError> {
         if !self.json {
+            let text = if self.trim_start {
+                let rest = text.trim_start();
+                self.trim_start = rest.is_empty();
+                rest
+            } else {
+                text
+            };
             self.stdout.write_all(text.as_bytes())?;
             self.stdout.flush()?;
         }

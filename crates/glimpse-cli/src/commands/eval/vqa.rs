@@ -1,11 +1,13 @@
 //! `glimpse eval vqa`: exact-match accuracy of a VLM's greedy answers.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use glimpse_cli::device::default_device;
+use glimpse_cli::eval::normalize_answer;
+use glimpse_cli::eval::vqa::VqaQuestion;
 use glimpse_cli::eval::vqa::KINDS;
 use glimpse_cli::eval::{evaluate_vqa, load_vqa_questions};
 use glimpse_cli::pipeline::{PipelineError, VlmPipeline};
@@ -27,6 +29,10 @@ pub struct VqaArgs {
     /// Print one JSON object instead of the table
     #[arg(long)]
     json: bool,
+    /// Also write every question with its reference and the model's answer,
+    /// one JSON object a line (for error analysis)
+    #[arg(long, value_name = "FILE.jsonl")]
+    predictions: Option<PathBuf>,
 }
 
 pub fn run(args: VqaArgs) -> Result<()> {
@@ -42,6 +48,9 @@ pub fn run(args: VqaArgs) -> Result<()> {
     let start = Instant::now();
     let report = evaluate_vqa(&vlm, &questions, !args.json)?;
     let seconds = start.elapsed().as_secs_f64();
+    if let Some(path) = &args.predictions {
+        write_predictions(path, &questions, &report.predictions)?;
+    }
     if args.json {
         let mut out = report.to_json();
         out["model"] = dir.display().to_string().into();
@@ -80,5 +89,23 @@ pub fn run(args: VqaArgs) -> Result<()> {
         "{}",
         table(&["kind", "accuracy", "correct", "total"], &rows)
     );
+    Ok(())
+}
+
+/// `{"image", "question", "answer", "prediction", "correct"}` per line.
+fn write_predictions(path: &Path, questions: &[VqaQuestion], predictions: &[String]) -> Result<()> {
+    let mut text = String::new();
+    for (q, p) in questions.iter().zip(predictions) {
+        let row = serde_json::json!({
+            "image": q.image.as_ref().map(|i| i.display().to_string()),
+            "question": q.question,
+            "answer": q.answer,
+            "prediction": p.trim(),
+            "correct": normalize_answer(p) == normalize_answer(&q.answer),
+        });
+        text.push_str(&row.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
