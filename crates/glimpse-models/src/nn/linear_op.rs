@@ -102,14 +102,27 @@ fn forward(
     Ok((CpuStorage::F32(out), Shape::from(shape)))
 }
 
-/// dx = dy · W, dW = dyᵀ · x (contiguous (out, in), like W).
-fn input_and_weight_grads(xs: &Tensor, weight: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+/// dx = dy · W, dW = dyᵀ · x (contiguous (out, in), like W); each only
+/// when its operand tracks gradients (a frozen decoder under a trainable
+/// projector needs dx but no dW; pixels need no dx).
+fn input_and_weight_grads(
+    xs: &Tensor,
+    weight: &Tensor,
+    grad: &Tensor,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
     let (out_dim, in_dim) = weight.dims2()?;
     // (..., out) -> (rows, out); (..., in) -> (rows, in)
     let g = grad.contiguous()?.reshape(((), out_dim))?;
-    let x = xs.reshape(((), in_dim))?;
-    let dx = g.matmul(weight)?.reshape(xs.shape())?;
-    let dw = g.t()?.matmul(&x)?;
+    let dx = if xs.track_op() {
+        Some(g.matmul(weight)?.reshape(xs.shape())?)
+    } else {
+        None
+    };
+    let dw = if weight.track_op() {
+        Some(g.t()?.matmul(&xs.reshape(((), in_dim))?)?)
+    } else {
+        None
+    };
     Ok((dx, dw))
 }
 
@@ -137,8 +150,7 @@ impl CustomOp2 for LinearOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw) = input_and_weight_grads(xs, weight, grad)?;
-        Ok((Some(dx), Some(dw)))
+        input_and_weight_grads(xs, weight, grad)
     }
 }
 
@@ -166,12 +178,17 @@ impl CustomOp3 for LinearOp {
         &self,
         xs: &Tensor,
         weight: &Tensor,
-        _bias: &Tensor,
+        bias: &Tensor,
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw) = input_and_weight_grads(xs, weight, grad)?;
-        Ok((Some(dx), Some(dw), Some(cpu_grad::sum_rows(grad)?)))
+        let db = if bias.track_op() {
+            Some(cpu_grad::sum_rows(grad)?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
     }
 }
 
@@ -226,6 +243,32 @@ mod tests {
                 assert!(gf.get(&b).is_none());
             }
         }
+    }
+
+    /// A frozen weight under a trainable input: dx only, equal to candle's.
+    #[test]
+    fn frozen_weight_gets_no_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (6, 7), &dev).unwrap()).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (4, 7), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 4, &dev).unwrap();
+        assert!(applies(&x, &w, Some(&b)));
+        let fused = linear(&x, &w, Some(&b)).unwrap();
+        let composed = x
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .broadcast_add(&b)
+            .unwrap();
+        let gf = fused.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let gc = composed
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(close(gf.get(&x).unwrap(), gc.get(&x).unwrap()) < 1e-4);
+        assert!(gf.get(&w).is_none() && gf.get(&b).is_none());
     }
 
     #[test]

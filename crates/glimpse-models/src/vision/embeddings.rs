@@ -1,6 +1,6 @@
 //! Patch + position embeddings (HF `CLIPVisionEmbeddings`, `SiglipVisionEmbeddings`).
 
-use candle_core::{Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::{Embedding, VarBuilder};
 
 use super::{VitConfig, VitFlavor};
@@ -109,11 +109,10 @@ impl VisionEmbeddings {
             .permute((0, 2, 4, 1, 3, 5))?
             .contiguous()?
             .reshape((b * gh * gw, c * p * p))?;
-        // (B·gh·gw, C·p·p) x (C·p·p, D) -> (B, gh·gw, D)
-        let mut xs = patches.matmul(&self.patch_weight.t()?)?;
-        if let Some(bias) = &self.patch_bias {
-            xs = xs.broadcast_add(bias)?;
-        }
+        // (B·gh·gw, C·p·p) x (C·p·p, D) -> (B, gh·gw, D); as a Linear, so
+        // training takes its one-node path (and computes no pixel gradient)
+        let xs = crate::nn::Linear::new(self.patch_weight.clone(), self.patch_bias.clone())
+            .forward(&patches)?;
         let mut xs = xs.reshape((b, gh * gw, d))?;
         if let Some(cls) = &self.class_embedding {
             // (D) -> (B, 1, D), prepended to the patch sequence
