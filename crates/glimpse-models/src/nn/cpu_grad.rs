@@ -35,6 +35,16 @@ pub(crate) fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
     (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
 }
 
+/// Gradients of Σ t ⊙ probe: a loss that weighs every output differently,
+/// so a wrong index or sign in a backward shows.
+#[cfg(test)]
+pub(crate) fn grads_of_weighted_sum(
+    t: &Tensor,
+    probe: &Tensor,
+) -> Result<candle_core::backprop::GradStore> {
+    (t * probe)?.sum_all()?.backward()
+}
+
 /// Rows per parallel task for rows of width `n`.
 pub(crate) fn rows_per_task(n: usize) -> usize {
     CHUNK.div_ceil(n.max(1)).max(1)

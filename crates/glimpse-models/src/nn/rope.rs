@@ -227,18 +227,8 @@ mod tests {
                 let fused = rope.apply(&x, &cos, &sin).unwrap();
                 let composed = rope.apply_composed(&x, &cos, &sin).unwrap();
                 assert!(max_diff(&fused, &composed) < 1e-6);
-                let gf = (&fused * &w)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                let gc = (&composed * &w)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
+                let gf = crate::nn::cpu_grad::grads_of_weighted_sum(&fused, &w).unwrap();
+                let gc = crate::nn::cpu_grad::grads_of_weighted_sum(&composed, &w).unwrap();
                 assert!(max_diff(gf.get(&x).unwrap(), gc.get(&x).unwrap()) < 1e-5);
             }
         }

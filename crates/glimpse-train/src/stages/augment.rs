@@ -15,16 +15,17 @@ use crate::error::{Result, TrainError};
 /// The augmentations a recipe may name.
 pub const AUGMENTATIONS: [&str; 3] = ["none", "hflip", "dihedral"];
 
-/// Where pixel (y, x) of an orientation `k` in 0..8 reads from: `k & 1`
-/// mirrors left-right, `k & 2` mirrors top-bottom, `k & 4` transposes
-/// (rotations are a transpose and a mirror). `n` is the side.
-fn source(k: u8, n: usize, y: usize, x: usize) -> (usize, usize) {
+/// Where pixel (y, x) of an orientation `k` in 0..8 reads from, in an
+/// `h` × `w` image: `k & 1` mirrors left-right, `k & 2` mirrors top-bottom,
+/// `k & 4` transposes (square images only; rotations are a transpose and a
+/// mirror).
+fn source(k: u8, h: usize, w: usize, y: usize, x: usize) -> (usize, usize) {
     let (mut sy, mut sx) = if k & 4 != 0 { (x, y) } else { (y, x) };
     if k & 1 != 0 {
-        sx = n - 1 - sx;
+        sx = w - 1 - sx;
     }
     if k & 2 != 0 {
-        sy = n - 1 - sy;
+        sy = h - 1 - sy;
     }
     (sy, sx)
 }
@@ -50,7 +51,7 @@ pub fn reorient(pixels: &Tensor, orientations: u8, seed: u64) -> Result<Tensor> 
             let base = (row * c + ch) * plane;
             for y in 0..h {
                 for x in 0..w {
-                    let (sy, sx) = source(k, h, y, x);
+                    let (sy, sx) = source(k, h, w, y, x);
                     out[base + y * w + x] = src[base + sy * w + sx];
                 }
             }
@@ -83,7 +84,7 @@ mod tests {
         for k in 0..8u8 {
             let t: Vec<u32> = (0..n * n)
                 .map(|i| {
-                    let (sy, sx) = source(k, n, i / n, i % n);
+                    let (sy, sx) = source(k, n, n, i / n, i % n);
                     img[sy * n + sx]
                 })
                 .collect();
@@ -127,7 +128,24 @@ mod tests {
     fn non_square_is_an_error() {
         let x = Tensor::zeros((1, 3, 4, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
         let e = reorient(&x, 8, 0).unwrap_err().to_string();
-        assert!(reorient(&x, 2, 0).is_ok());
         assert!(e.contains("4x5"), "{e}");
+        // a mirror needs no square: each row of each plane comes back reversed
+        let x = Tensor::arange(0f32, 20.0, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 4, 5))
+            .unwrap();
+        let mirrored = (0..16)
+            .map(|seed| reorient(&x, 2, seed).unwrap())
+            .find(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0] != 0.0)
+            .expect("some seed mirrors the row");
+        let rows = mirrored
+            .squeeze(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(rows[0], vec![4.0, 3.0, 2.0, 1.0, 0.0]);
+        assert_eq!(rows[3], vec![19.0, 18.0, 17.0, 16.0, 15.0]);
     }
 }
