@@ -145,7 +145,10 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
             progress: opts.progress,
             stop_after: opts.stop_after,
         };
-        let (summary, weights, export): (LoopSummary, StageWeights, Exporter) = match stage {
+        // Each arm builds its stage's task, weights and exporter; the loop
+        // runs once below.
+        let (mut task, weights, export): (Box<dyn Task + '_>, StageWeights, Exporter) = match stage
+        {
             "contrastive" => {
                 let clip_json = recipe.clip_config_json(&corpus.ids).ok_or_else(|| {
                     TrainError::Recipe("[contrastive] needs [model.text_encoder]".into())
@@ -178,26 +181,17 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
                     fingerprint(&clip_json.to_string())
                 );
                 let vars = weights.trainable_vars()?;
-                let mut task = ContrastiveTask::new(
+                let task: Box<dyn Task + '_> = Box::new(ContrastiveTask::new(
                     model,
                     &corpus,
                     &vars,
                     spec,
                     recipe.data.eval_images,
                     &device,
-                )?;
-                let s = run_stage(
-                    &mut task,
-                    &weights,
-                    spec,
-                    &cfg,
-                    &checkpoints,
-                    &mut metrics,
-                    resume,
-                )?;
+                )?);
                 let corpus = &corpus;
                 (
-                    s,
+                    task,
                     weights,
                     Box::new(move |d: &Path, t: &BTreeMap<String, Tensor>| {
                         crate::export::export_clip(d, &clip_json, t, corpus)
@@ -218,19 +212,15 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
                     RopeStyle::HalfSplit,
                 )?;
                 cfg.architecture = format!("lm:{}", fingerprint(&text_json.to_string()));
-                let mut task = LmTask::new(model, &corpus, recipe.data.eval_questions, &device)?;
-                let s = run_stage(
-                    &mut task,
-                    &weights,
-                    spec,
-                    &cfg,
-                    &checkpoints,
-                    &mut metrics,
-                    resume,
-                )?;
+                let task: Box<dyn Task + '_> = Box::new(LmTask::new(
+                    model,
+                    &corpus,
+                    recipe.data.eval_questions,
+                    &device,
+                )?);
                 let corpus = &corpus;
                 (
-                    s,
+                    task,
                     weights,
                     Box::new(move |d: &Path, t: &BTreeMap<String, Tensor>| {
                         crate::export::export_llama(d, &text_json, t, corpus)
@@ -268,28 +258,19 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
                 } else {
                     VlmData::Questions
                 };
-                let mut task = VlmTask::new(
+                let task: Box<dyn Task + '_> = Box::new(VlmTask::new(
                     model,
                     &corpus,
                     data,
                     tower_frozen,
                     recipe.data.eval_questions,
                     &device,
-                )?;
-                let s = run_stage(
-                    &mut task,
-                    &weights,
-                    spec,
-                    &cfg,
-                    &checkpoints,
-                    &mut metrics,
-                    resume,
-                )?;
+                )?);
                 let corpus = &corpus;
                 let json = vlm_json.clone();
                 report.model = Some(model_dir.clone());
                 (
-                    s,
+                    task,
                     weights,
                     Box::new(move |d: &Path, t: &BTreeMap<String, Tensor>| {
                         crate::export::export_vlm(d, &json, t, corpus)
@@ -297,6 +278,15 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
                 )
             }
         };
+        let summary = run_stage(
+            task.as_mut(),
+            &weights,
+            spec,
+            &cfg,
+            &checkpoints,
+            &mut metrics,
+            resume,
+        )?;
         if !summary.complete {
             report.complete = false;
             report.stages.push(StageReport {
