@@ -36,6 +36,9 @@ fn source(k: u8, h: usize, w: usize, y: usize, x: usize) -> (usize, usize) {
 /// left-right or not, 8 is every symmetry of the square.
 pub fn reorient(pixels: &Tensor, orientations: u8, seed: u64) -> Result<Tensor> {
     let (b, c, h, w) = pixels.dims4()?;
+    if orientations <= 1 {
+        return Ok(pixels.clone());
+    }
     if orientations > 2 && h != w {
         return Err(TrainError::Config(format!(
             "augment: turning images needs them square, got {h}x{w}"
@@ -129,6 +132,8 @@ mod tests {
         let x = Tensor::zeros((1, 3, 4, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
         let e = reorient(&x, 8, 0).unwrap_err().to_string();
         assert!(e.contains("4x5"), "{e}");
+        // one orientation (or none) leaves the pixels as they are
+        assert!(reorient(&x, 1, 0).is_ok() && reorient(&x, 0, 0).is_ok());
         // a mirror needs no square: each row of each plane comes back reversed
         let x = Tensor::arange(0f32, 20.0, &Device::Cpu)
             .unwrap()
