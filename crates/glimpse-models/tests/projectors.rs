@@ -261,6 +261,37 @@ fn avg_pool_of_a_ramp() -> Result<()> {
     Ok(())
 }
 
+/// select "full" hands over a class token before the grid: pooling keeps it
+/// first, unpooled, and pools the 16 patches behind it as without it.
+#[test]
+fn avg_pool_passes_a_class_token_through() -> Result<()> {
+    let cls = Tensor::new(&[[[-7f32, 7.]]], &Device::Cpu)?;
+    let x = Tensor::cat(&[&cls, &ramp()?], 1)?;
+    let c = TokenCompression::AvgPool2x2;
+    assert_eq!(c.out_tokens(17)?, 5);
+    let y = c.forward(&x)?.squeeze(0)?.to_vec2::<f32>()?;
+    assert_eq!(
+        y,
+        [
+            [-7., 7.],
+            [25., 26.],
+            [45., 46.],
+            [105., 106.],
+            [125., 126.]
+        ]
+    );
+    // pixel shuffle cannot carry it: one line naming the layout
+    let e = TokenCompression::PixelShuffle2x2
+        .forward(&x)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("class token") && e.contains("4x4"), "{e}");
+    assert!(TokenCompression::PixelShuffle2x2.out_tokens(17).is_err());
+    // a class token before an odd grid is still refused
+    assert!(c.out_tokens(10).is_err());
+    Ok(())
+}
+
 #[test]
 fn pixel_shuffle_is_a_permutation() -> Result<()> {
     let x = ramp()?;

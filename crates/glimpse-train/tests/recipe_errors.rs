@@ -90,6 +90,16 @@ fn unknown_augmentation_is_named() -> Result<()> {
     );
     let msg = run_error(&text)?.to_string();
     assert!(msg.contains("[lm]") && msg.contains("contrastive"), "{msg}");
+    // so is a shift, and one that would move the image out of its frame
+    for (shift, says) in [("2", "contrastive"), ("40", "frame")] {
+        let text = tiny_recipe(
+            &some_root(),
+            32,
+            &LM_ONLY.replace("lr = 3e-3", &format!("lr = 3e-3\nshift = {shift}")),
+        );
+        let msg = run_error(&text)?.to_string();
+        assert!(msg.contains("shift") && msg.contains(says), "{msg}");
+    }
     Ok(())
 }
 

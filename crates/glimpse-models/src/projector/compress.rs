@@ -1,6 +1,13 @@
 //! Visual-token compression on a square patch grid, before projection:
 //! 2×2 average pooling, or 2×2 pixel shuffle (space-to-depth) in the layout
 //! of Idefics3's `pixel_shuffle` and InternVL's (`ps_version` v2).
+//!
+//! With `vision_feature_select_strategy = "full"` a CLIP tower hands over
+//! its class token ahead of the grid (g² + 1 tokens; g² + 1 is never a
+//! square for g > 0, so the count says which). Average pooling passes that
+//! token through unpooled, first: the decoder gets the contrastively trained
+//! summary of the whole image in one row beside the pooled patches. Pixel
+//! shuffle cannot (its rows are 4× wider) and refuses it.
 
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -33,21 +40,38 @@ impl TokenCompression {
     }
 
     /// Token count after compression; an error if the tokens do not form
-    /// a square grid with an even side.
+    /// a square grid with an even side (after a class token, for pooling).
     pub fn out_tokens(self, num_patches: usize) -> Result<usize> {
         match self {
             Self::None => Ok(num_patches),
             Self::AvgPool2x2 | Self::PixelShuffle2x2 => {
-                let g = even_grid(num_patches)?;
-                Ok((g / 2) * (g / 2))
+                let (cls, g) = self.layout(num_patches)?;
+                Ok(cls + (g / 2) * (g / 2))
             }
         }
+    }
+
+    /// (class tokens, grid side) of `n` tokens: 0 and g for g² patches,
+    /// 1 and g for a class token and g² patches (pooling only).
+    fn layout(self, n: usize) -> Result<(usize, usize)> {
+        let square = |k: usize| k.isqrt() * k.isqrt() == k;
+        if n > 1 && !square(n) && square(n - 1) {
+            if self == Self::PixelShuffle2x2 {
+                return Err(ModelError::Input(format!(
+                    "pixel shuffle needs patches only, got {n} tokens (a class token and a {0}x{0} grid); use vision_feature_select_strategy \"default\"",
+                    (n - 1).isqrt()
+                )));
+            }
+            return Ok((1, even_grid(n - 1)?));
+        }
+        Ok((0, even_grid(n)?))
     }
 
     /// # Shapes
     /// `xs`: (B, N = g², D) -> (B, N, D) for `None`, (B, (g/2)², D) for
     /// `AvgPool2x2`, (B, (g/2)², 4D) for `PixelShuffle2x2`. Patches are in
-    /// row-major grid order, as ViTs emit them (class token already dropped).
+    /// row-major grid order, as ViTs emit them. `AvgPool2x2` also takes
+    /// (B, 1 + g², D), a class token first: -> (B, 1 + (g/2)², D).
     pub fn forward(self, xs: &Tensor) -> Result<Tensor> {
         if self == Self::None {
             return Ok(xs.clone());
@@ -55,7 +79,12 @@ impl TokenCompression {
         let (b, n, d) = xs.dims3().map_err(|_| {
             ModelError::Input(format!("features {:?} are not (B, N, D)", xs.dims()))
         })?;
-        let g = even_grid(n)?;
+        let (cls, g) = self.layout(n)?;
+        if cls == 1 {
+            // (B, 1, D) ++ (B, g², D) pooled -> (B, 1 + (g/2)², D)
+            let pooled = self.forward(&xs.narrow(1, 1, n - 1)?)?;
+            return Ok(Tensor::cat(&[&xs.narrow(1, 0, 1)?, &pooled], 1)?);
+        }
         let h = g / 2;
         // (B, g², D) -> (B, g/2, 2, g/2, 2, D): [row block, row in block, col block, col in block]
         let blocks = xs.reshape((b, h, 2, h, 2, d))?;

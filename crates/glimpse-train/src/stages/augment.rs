@@ -5,7 +5,14 @@
 //! half of the time: a twice larger training set for the price of a copy.
 //! `dihedral` draws one of the eight symmetries of the square, for data
 //! whose labels do not depend on orientation at all (on easy-VQA it costs
-//! accuracy: the test triangles are all upright). Kept out of evaluation.
+//! accuracy: the test triangles are all upright). `shift = N` also moves
+//! each image by up to N pixels each way, the uncovered border repeating
+//! the edge pixels (easy-VQA's plain background): the shapes sit anywhere,
+//! and a moved image puts them across other patch boundaries. Kept out of
+//! evaluation. `min_scale` shrinks each image to a scale drawn in
+//! [min_scale, 1] and places it at random on its own background: more of
+//! the small shapes the tower misses most (a triangle a few pixels wide
+//! inside one 8x8 patch).
 
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -30,16 +37,36 @@ fn source(k: u8, h: usize, w: usize, y: usize, x: usize) -> (usize, usize) {
     (sy, sx)
 }
 
+/// What a contrastive stage does to each training image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Augment {
+    /// Orientations drawn from (see [`source`]): 1 none, 2 mirrors
+    /// left-right or not, 8 is every symmetry of the square.
+    pub orientations: u8,
+    /// Largest move each way, in pixels.
+    pub shift: usize,
+    /// Smallest scale an image is shrunk to (1: never shrunk).
+    pub min_scale: f64,
+}
+
+impl Augment {
+    pub fn is_identity(&self) -> bool {
+        self.orientations <= 1 && self.shift == 0 && self.min_scale >= 1.0
+    }
+}
+
 /// (B, C, H, W) -> (B, C, H, W): each row in an orientation drawn from
 /// `seed` (the same seed, the same batch: resumed runs see the same
-/// pixels) among the first `orientations` of [`source`]'s: 2 mirrors
-/// left-right or not, 8 is every symmetry of the square.
-pub fn reorient(pixels: &Tensor, orientations: u8, seed: u64) -> Result<Tensor> {
+/// pixels), shrunk to a scale s in [min_scale, 1] and placed at a random
+/// spot of a frame filled with its top-left pixel (the background), then
+/// moved by (dy, dx) in [-shift, shift]². Nothing is drawn for a transform
+/// that is off, so mirror-only runs see the pixels they always did.
+pub fn augment(pixels: &Tensor, aug: Augment, seed: u64) -> Result<Tensor> {
     let (b, c, h, w) = pixels.dims4()?;
-    if orientations <= 1 {
+    if aug.is_identity() {
         return Ok(pixels.clone());
     }
-    if orientations > 2 && h != w {
+    if aug.orientations > 2 && h != w {
         return Err(TrainError::Config(format!(
             "augment: turning images needs them square, got {h}x{w}"
         )));
@@ -48,14 +75,49 @@ pub fn reorient(pixels: &Tensor, orientations: u8, seed: u64) -> Result<Tensor> 
     let src = pixels.flatten_all()?.to_vec1::<f32>()?;
     let plane = h * w;
     let mut out = vec![0f32; src.len()];
+    let s = aug.shift as i64;
     for row in 0..b {
-        let k: u8 = rng.random_range(0..orientations);
+        let k: u8 = rng.random_range(0..aug.orientations.max(1));
+        // shrunk size (zh, zw) at offset (oy, ox) of the frame
+        let (zh, zw, oy, ox) = if aug.min_scale < 1.0 {
+            let scale = rng.random_range(aug.min_scale..=1.0);
+            let zh = ((h as f64 * scale).round() as usize).clamp(1, h);
+            let zw = ((w as f64 * scale).round() as usize).clamp(1, w);
+            (
+                zh,
+                zw,
+                rng.random_range(0..=h - zh),
+                rng.random_range(0..=w - zw),
+            )
+        } else {
+            (h, w, 0, 0)
+        };
+        let (dy, dx) = if aug.shift > 0 {
+            (rng.random_range(-s..=s), rng.random_range(-s..=s))
+        } else {
+            (0, 0)
+        };
+        // the moved image's (y, x) shows the shrunk one's (y - dy, x - dx),
+        // clamped into the frame
+        let moved = |v: usize, d: i64, n: usize| (v as i64 - d).clamp(0, n as i64 - 1) as usize;
+        // the shrunk image's (y, x) shows the oriented one's nearest pixel,
+        // or the background outside its box
+        let shrunk = |v: usize, o: usize, z: usize, n: usize| {
+            (v >= o && v < o + z).then(|| ((v - o) * n / z).min(n - 1))
+        };
         for ch in 0..c {
             let base = (row * c + ch) * plane;
+            let background = src[base];
             for y in 0..h {
                 for x in 0..w {
-                    let (sy, sx) = source(k, h, w, y, x);
-                    out[base + y * w + x] = src[base + sy * w + sx];
+                    let (my, mx) = (moved(y, dy, h), moved(x, dx, w));
+                    out[base + y * w + x] = match (shrunk(my, oy, zh, h), shrunk(mx, ox, zw, w)) {
+                        (Some(zy), Some(zx)) => {
+                            let (sy, sx) = source(k, h, w, zy, zx);
+                            src[base + sy * w + sx]
+                        }
+                        _ => background,
+                    };
                 }
             }
         }
@@ -76,6 +138,14 @@ pub fn orientations(augment: &str) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn aug(orientations: u8, shift: usize) -> Augment {
+        Augment {
+            orientations,
+            shift,
+            min_scale: 1.0,
+        }
+    }
 
     /// The eight orientations of an asymmetric 3x3 image are eight
     /// different images, each a permutation of the same pixels.
@@ -105,8 +175,8 @@ mod tests {
             .unwrap()
             .reshape((2, 3, 4, 4))
             .unwrap();
-        let a = reorient(&x, 8, 7).unwrap();
-        let b = reorient(&x, 8, 7).unwrap();
+        let a = augment(&x, aug(8, 0), 7).unwrap();
+        let b = augment(&x, aug(8, 0), 7).unwrap();
         assert_eq!(
             a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
@@ -116,7 +186,7 @@ mod tests {
         assert_eq!(sum(&a), sum(&x));
         // some seed turns some row
         let moved = (0..16).any(|s| {
-            reorient(&x, 2, s)
+            augment(&x, aug(2, 0), s)
                 .unwrap()
                 .flatten_all()
                 .unwrap()
@@ -130,17 +200,17 @@ mod tests {
     #[test]
     fn non_square_is_an_error() {
         let x = Tensor::zeros((1, 3, 4, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
-        let e = reorient(&x, 8, 0).unwrap_err().to_string();
+        let e = augment(&x, aug(8, 0), 0).unwrap_err().to_string();
         assert!(e.contains("4x5"), "{e}");
         // one orientation (or none) leaves the pixels as they are
-        assert!(reorient(&x, 1, 0).is_ok() && reorient(&x, 0, 0).is_ok());
+        assert!(augment(&x, aug(1, 0), 0).is_ok() && augment(&x, aug(0, 0), 0).is_ok());
         // a mirror needs no square: each row of each plane comes back reversed
         let x = Tensor::arange(0f32, 20.0, &Device::Cpu)
             .unwrap()
             .reshape((1, 1, 4, 5))
             .unwrap();
         let mirrored = (0..16)
-            .map(|seed| reorient(&x, 2, seed).unwrap())
+            .map(|seed| augment(&x, aug(2, 0), seed).unwrap())
             .find(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap()[0] != 0.0)
             .expect("some seed mirrors the row");
         let rows = mirrored
@@ -152,5 +222,98 @@ mod tests {
             .unwrap();
         assert_eq!(rows[0], vec![4.0, 3.0, 2.0, 1.0, 0.0]);
         assert_eq!(rows[3], vec![19.0, 18.0, 17.0, 16.0, 15.0]);
+    }
+
+    /// A shift moves the image by at most `shift` pixels and repeats the
+    /// edge into the uncovered border; every row of a batch draws its own.
+    #[test]
+    fn shift_moves_within_bounds_and_repeats_the_edge() {
+        // one plane 6x6 holding 10*y + x
+        let x = Tensor::from_vec(
+            (0..36)
+                .map(|i| (10 * (i / 6) + i % 6) as f32)
+                .collect::<Vec<_>>(),
+            (1, 1, 6, 6),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let batch = Tensor::cat(&[&x; 8], 0).unwrap();
+        let out = augment(&batch, aug(1, 2), 3).unwrap();
+        let mut moves = std::collections::BTreeSet::new();
+        for r in 0..8 {
+            let p = out
+                .get(r)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            // the centre pixel (3, 3) shows (3 - dy, 3 - dx)
+            let (sy, sx) = ((p[3][3] / 10.0) as i64, (p[3][3] % 10.0) as i64);
+            let (dy, dx) = (3 - sy, 3 - sx);
+            assert!(dy.abs() <= 2 && dx.abs() <= 2, "moved by ({dy}, {dx})");
+            for (y, line) in p.iter().enumerate() {
+                for (xx, &v) in line.iter().enumerate() {
+                    let cy = (y as i64 - dy).clamp(0, 5);
+                    let cx = (xx as i64 - dx).clamp(0, 5);
+                    assert_eq!(v, (10 * cy + cx) as f32, "row {r} at ({y}, {xx})");
+                }
+            }
+            moves.insert((dy, dx));
+        }
+        assert!(moves.len() > 1, "every row moved alike: {moves:?}");
+        // no shift and one orientation: the pixels as they are
+        let same = augment(&batch, aug(1, 0), 3).unwrap();
+        assert_eq!(
+            same.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            batch.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+    }
+
+    /// A shrunk image keeps its pixel values, inside a box no smaller than
+    /// `min_scale` of the frame, on the top-left pixel's colour.
+    #[test]
+    fn shrink_keeps_values_on_the_background() {
+        // an 8x8 plane: background 0, a 4x4 block of 5 in the middle
+        let mut v = vec![0f32; 64];
+        for y in 2..6 {
+            for x in 2..6 {
+                v[y * 8 + x] = 5.0;
+            }
+        }
+        let x = Tensor::from_vec(v, (1, 1, 8, 8), &Device::Cpu).unwrap();
+        let batch = Tensor::cat(&[&x; 16], 0).unwrap();
+        let a = Augment {
+            orientations: 1,
+            shift: 0,
+            min_scale: 0.5,
+        };
+        let out = augment(&batch, a, 11).unwrap();
+        let mut sizes = std::collections::BTreeSet::new();
+        for r in 0..16 {
+            let p = out
+                .get(r)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            assert!(p.iter().all(|&q| q == 0.0 || q == 5.0), "new values: {p:?}");
+            let block = p.iter().filter(|&&q| q == 5.0).count();
+            // 16 pixels at scale 1, 4 at scale 0.5
+            assert!((4..=16).contains(&block), "block of {block}");
+            sizes.insert(block);
+        }
+        assert!(sizes.iter().any(|&b| b < 16), "nothing shrunk: {sizes:?}");
+        // the same seed, the same pixels
+        assert_eq!(
+            augment(&batch, a, 11)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            out.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
     }
 }

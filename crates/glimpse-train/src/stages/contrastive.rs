@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor, Var};
 use glimpse_data::datasets::{COLORS, SHAPES};
 use glimpse_models::DualEncoder;
 
-use super::augment::{orientations, reorient};
+use super::augment::{augment, orientations, Augment};
 use super::corpus::Corpus;
 use super::lm::spread;
 use crate::error::{Result, TrainError};
@@ -29,8 +29,8 @@ pub struct ContrastiveTask<'a> {
     logit_bias: Option<Var>,
     loss: String,
     hard: Option<(usize, f64)>,
-    /// Orientations drawn per training image (1: no augmentation).
-    orientations: u8,
+    /// What each training image goes through (identity: nothing).
+    augment: Augment,
     eval_images: Vec<usize>,
     max_len: usize,
     device: Device,
@@ -83,7 +83,11 @@ impl<'a> ContrastiveTask<'a> {
             loss: spec.loss.clone(),
             hard: (spec.hard_negatives > 0)
                 .then_some((spec.hard_negatives, spec.hard_negative_random_share)),
-            orientations: orientations(&spec.augment),
+            augment: Augment {
+                orientations: orientations(&spec.augment),
+                shift: spec.shift,
+                min_scale: spec.min_scale,
+            },
             eval_images,
             max_len,
             device: device.clone(),
@@ -134,9 +138,9 @@ impl Task for ContrastiveTask<'_> {
         let index = Tensor::new(rows.as_slice(), &self.device)?;
         // (N, 3, H, W) -> (B, 3, H, W)
         let mut pixels = self.corpus.train.pixels.index_select(&index, 0)?;
-        if self.orientations > 1 {
+        if !self.augment.is_identity() {
             // its own stream: the hard-negative picks keep `seed`
-            pixels = reorient(&pixels, self.orientations, seed ^ 0xa5a5_5a5a_dead_beef)?;
+            pixels = augment(&pixels, self.augment, seed ^ 0xa5a5_5a5a_dead_beef)?;
         }
         let image = self.model.image_features(&pixels)?;
         let texts: Vec<&Vec<u32>> = groups.iter().map(|&g| &self.captions[g as usize]).collect();
