@@ -288,10 +288,6 @@ pub struct StageSpec {
     /// pixels each way, drawn per step (0: not moved).
     #[serde(default)]
     pub shift: usize,
-    /// Contrastive stage: each training image shrunk to a scale drawn in
-    /// [min_scale, 1] and placed at random on its background (1: never).
-    #[serde(default = "default_one_f")]
-    pub min_scale: f64,
 }
 
 fn default_augment() -> String {
@@ -385,15 +381,6 @@ impl Recipe {
             }
             if s.shift > 0 && name != "contrastive" {
                 return Err(format!("[{name}] shift applies to [contrastive] only"));
-            }
-            if !(s.min_scale > 0.0 && s.min_scale <= 1.0) {
-                return Err(format!(
-                    "[{name}] min_scale {} is not in (0, 1]",
-                    s.min_scale
-                ));
-            }
-            if s.min_scale < 1.0 && name != "contrastive" {
-                return Err(format!("[{name}] min_scale applies to [contrastive] only"));
             }
         }
         if self.contrastive.is_some() && self.model.text_encoder.is_none() {

@@ -9,10 +9,7 @@
 //! each image by up to N pixels each way, the uncovered border repeating
 //! the edge pixels (easy-VQA's plain background): the shapes sit anywhere,
 //! and a moved image puts them across other patch boundaries. Kept out of
-//! evaluation. `min_scale` shrinks each image to a scale drawn in
-//! [min_scale, 1] and places it at random on its own background: more of
-//! the small shapes the tower misses most (a triangle a few pixels wide
-//! inside one 8x8 patch).
+//! evaluation.
 
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -38,29 +35,26 @@ fn source(k: u8, h: usize, w: usize, y: usize, x: usize) -> (usize, usize) {
 }
 
 /// What a contrastive stage does to each training image.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Augment {
     /// Orientations drawn from (see [`source`]): 1 none, 2 mirrors
     /// left-right or not, 8 is every symmetry of the square.
     pub orientations: u8,
     /// Largest move each way, in pixels.
     pub shift: usize,
-    /// Smallest scale an image is shrunk to (1: never shrunk).
-    pub min_scale: f64,
 }
 
 impl Augment {
     pub fn is_identity(&self) -> bool {
-        self.orientations <= 1 && self.shift == 0 && self.min_scale >= 1.0
+        self.orientations <= 1 && self.shift == 0
     }
 }
 
 /// (B, C, H, W) -> (B, C, H, W): each row in an orientation drawn from
 /// `seed` (the same seed, the same batch: resumed runs see the same
-/// pixels), shrunk to a scale s in [min_scale, 1] and placed at a random
-/// spot of a frame filled with its top-left pixel (the background), then
-/// moved by (dy, dx) in [-shift, shift]². Nothing is drawn for a transform
-/// that is off, so mirror-only runs see the pixels they always did.
+/// pixels), then moved by (dy, dx) in [-shift, shift]². Nothing is drawn
+/// for a transform that is off, so mirror-only runs see the pixels they
+/// always did.
 pub fn augment(pixels: &Tensor, aug: Augment, seed: u64) -> Result<Tensor> {
     let (b, c, h, w) = pixels.dims4()?;
     if aug.is_identity() {
@@ -78,46 +72,20 @@ pub fn augment(pixels: &Tensor, aug: Augment, seed: u64) -> Result<Tensor> {
     let s = aug.shift as i64;
     for row in 0..b {
         let k: u8 = rng.random_range(0..aug.orientations.max(1));
-        // shrunk size (zh, zw) at offset (oy, ox) of the frame
-        let (zh, zw, oy, ox) = if aug.min_scale < 1.0 {
-            let scale = rng.random_range(aug.min_scale..=1.0);
-            let zh = ((h as f64 * scale).round() as usize).clamp(1, h);
-            let zw = ((w as f64 * scale).round() as usize).clamp(1, w);
-            (
-                zh,
-                zw,
-                rng.random_range(0..=h - zh),
-                rng.random_range(0..=w - zw),
-            )
-        } else {
-            (h, w, 0, 0)
-        };
         let (dy, dx) = if aug.shift > 0 {
             (rng.random_range(-s..=s), rng.random_range(-s..=s))
         } else {
             (0, 0)
         };
-        // the moved image's (y, x) shows the shrunk one's (y - dy, x - dx),
+        // the moved image's (y, x) shows the oriented one's (y - dy, x - dx),
         // clamped into the frame
         let moved = |v: usize, d: i64, n: usize| (v as i64 - d).clamp(0, n as i64 - 1) as usize;
-        // the shrunk image's (y, x) shows the oriented one's nearest pixel,
-        // or the background outside its box
-        let shrunk = |v: usize, o: usize, z: usize, n: usize| {
-            (v >= o && v < o + z).then(|| ((v - o) * n / z).min(n - 1))
-        };
         for ch in 0..c {
             let base = (row * c + ch) * plane;
-            let background = src[base];
             for y in 0..h {
                 for x in 0..w {
-                    let (my, mx) = (moved(y, dy, h), moved(x, dx, w));
-                    out[base + y * w + x] = match (shrunk(my, oy, zh, h), shrunk(mx, ox, zw, w)) {
-                        (Some(zy), Some(zx)) => {
-                            let (sy, sx) = source(k, h, w, zy, zx);
-                            src[base + sy * w + sx]
-                        }
-                        _ => background,
-                    };
+                    let (sy, sx) = source(k, h, w, moved(y, dy, h), moved(x, dx, w));
+                    out[base + y * w + x] = src[base + sy * w + sx];
                 }
             }
         }
@@ -143,7 +111,6 @@ mod tests {
         Augment {
             orientations,
             shift,
-            min_scale: 1.0,
         }
     }
 
@@ -267,53 +234,6 @@ mod tests {
         assert_eq!(
             same.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             batch.flatten_all().unwrap().to_vec1::<f32>().unwrap()
-        );
-    }
-
-    /// A shrunk image keeps its pixel values, inside a box no smaller than
-    /// `min_scale` of the frame, on the top-left pixel's colour.
-    #[test]
-    fn shrink_keeps_values_on_the_background() {
-        // an 8x8 plane: background 0, a 4x4 block of 5 in the middle
-        let mut v = vec![0f32; 64];
-        for y in 2..6 {
-            for x in 2..6 {
-                v[y * 8 + x] = 5.0;
-            }
-        }
-        let x = Tensor::from_vec(v, (1, 1, 8, 8), &Device::Cpu).unwrap();
-        let batch = Tensor::cat(&[&x; 16], 0).unwrap();
-        let a = Augment {
-            orientations: 1,
-            shift: 0,
-            min_scale: 0.5,
-        };
-        let out = augment(&batch, a, 11).unwrap();
-        let mut sizes = std::collections::BTreeSet::new();
-        for r in 0..16 {
-            let p = out
-                .get(r)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            assert!(p.iter().all(|&q| q == 0.0 || q == 5.0), "new values: {p:?}");
-            let block = p.iter().filter(|&&q| q == 5.0).count();
-            // 16 pixels at scale 1, 4 at scale 0.5
-            assert!((4..=16).contains(&block), "block of {block}");
-            sizes.insert(block);
-        }
-        assert!(sizes.iter().any(|&b| b < 16), "nothing shrunk: {sizes:?}");
-        // the same seed, the same pixels
-        assert_eq!(
-            augment(&batch, a, 11)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap(),
-            out.flatten_all().unwrap().to_vec1::<f32>().unwrap()
         );
     }
 }

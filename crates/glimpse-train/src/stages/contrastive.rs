@@ -86,7 +86,6 @@ impl<'a> ContrastiveTask<'a> {
             augment: Augment {
                 orientations: orientations(&spec.augment),
                 shift: spec.shift,
-                min_scale: spec.min_scale,
             },
             eval_images,
             max_len,
