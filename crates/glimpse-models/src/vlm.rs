@@ -197,6 +197,8 @@ impl Vlm {
             // (N, L, W) -> (N, L-1, W): drop the class token
             FeatureSelect::Default => features.narrow(1, 1, features.dim(1)? - 1)?,
             FeatureSelect::Full => features,
+            // (N, L, W) -> (N, 1, W): the class token alone
+            FeatureSelect::Cls => features.narrow(1, 0, 1)?,
         };
         let instruction = match instruction {
             Some(t) if t.dim(0)? != features.dim(0)? => {
@@ -352,9 +354,10 @@ impl Vlm {
             crate::projector::ProjectorConfig::Linear(_)
                 | crate::projector::ProjectorConfig::Mlp(_)
         );
-        if !spatial || grid * grid + cls != m || answer.is_empty() {
+        let patches = self.cfg.select != FeatureSelect::Cls;
+        if !spatial || !patches || grid * grid + cls != m || answer.is_empty() {
             return Err(ModelError::Input(
-                "attention maps need an answer and a patch-aligned projector (linear or mlp)"
+                "attention maps need an answer, patch tokens and a patch-aligned projector (linear or mlp)"
                     .into(),
             ));
         }

@@ -23,6 +23,10 @@ pub enum FeatureSelect {
     Default,
     /// Every token.
     Full,
+    /// Only the class token: one row per image, the tower's contrastively
+    /// trained summary (a ClipCap-style prefix; glimpse format only, CLIP
+    /// towers only).
+    Cls,
 }
 
 /// How image rows reach the decoder.
@@ -122,9 +126,16 @@ impl VlmConfig {
         {
             None | Some("default") => FeatureSelect::Default,
             Some("full") => FeatureSelect::Full,
+            Some("cls") if vision.flavor == VitFlavor::Clip => FeatureSelect::Cls,
+            Some("cls") => {
+                return Err(
+                    "vision_feature_select_strategy 'cls' needs a tower with a class token (CLIP); SigLIP has none"
+                        .into(),
+                )
+            }
             Some(other) => {
                 return Err(format!(
-                    "vision_feature_select_strategy '{other}' is not default or full"
+                    "vision_feature_select_strategy '{other}' is not default, full or cls"
                 ))
             }
         };
@@ -233,6 +244,7 @@ impl VlmConfig {
         match self.select {
             FeatureSelect::Default => all - 1,
             FeatureSelect::Full => all,
+            FeatureSelect::Cls => 1,
         }
     }
 

@@ -277,3 +277,62 @@ fn attention_maps_lie_on_the_patch_grid() -> Result<()> {
     assert!(e.to_string().contains("patch-aligned"), "{e}");
     Ok(())
 }
+
+/// `vision_feature_select_strategy = "cls"`: one row per image, the
+/// projection of the tower's class token and nothing else; CLIP towers only.
+#[test]
+fn class_token_alone_is_one_row_per_image() -> Result<()> {
+    let mut cfg = config(VitFlavor::Clip, "mlp", FusionConfig::Early);
+    cfg.select = FeatureSelect::Cls;
+    if let ProjectorConfig::Mlp(m) = &mut cfg.projector {
+        m.compression = TokenCompression::None;
+    }
+    assert_eq!(cfg.feature_tokens(), 1);
+    assert_eq!(cfg.image_tokens()?, 1);
+    let json = cfg.to_glimpse_json();
+    assert_eq!(json["vision_feature_select_strategy"], "cls");
+    assert_eq!(
+        VlmConfig::from_json(&json).map_err(anyhow::Error::msg)?,
+        cfg
+    );
+
+    let (_, model) = fresh(&cfg)?;
+    let px = pixels(2, &cfg, 1.0)?;
+    let rows = model.encode_images(&px, None)?;
+    assert_eq!(rows.dims(), &[2, 1, cfg.text.hidden_size]);
+    // (2, 1 + g², Dv) -> (2, 1, Dv): the class token, projected
+    let cls = model.vision_tower.hidden_state(&px, -1)?.narrow(1, 0, 1)?;
+    let want = model.multi_modal_projector.forward(&cls)?;
+    let d = (&rows - &want)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(
+        d < 1e-6,
+        "cls rows differ from the projected class token by {d}"
+    );
+    // Different images give different rows: the token is read, not a constant.
+    let other = model.encode_images(&pixels(2, &cfg, 2.0)?, None)?;
+    let moved = (&rows - &other)?.abs()?.max_all()?.to_scalar::<f32>()?;
+    assert!(moved > 1e-4, "cls rows ignore the image ({moved})");
+    let ids = prompt(&model, 2)?;
+    assert_eq!(ids.iter().filter(|&&i| i == IMAGE_TOKEN).count(), 2);
+    let logits = run(&model, &ids, &px, LogitsFor::All)?;
+    assert_eq!(logits.dims(), &[1, ids.len(), cfg.text.vocab_size]);
+    let e = model
+        .image_attention(&ids, &rows, &[20])
+        .err()
+        .context("attention maps of a class token accepted")?;
+    assert!(e.to_string().contains("patch tokens"), "{e}");
+
+    // Pooling one token is no grid: refused when the count is asked for.
+    if let ProjectorConfig::Mlp(m) = &mut cfg.projector {
+        m.compression = TokenCompression::AvgPool2x2;
+    }
+    assert!(cfg.image_tokens().is_err());
+    // SigLIP towers have no class token.
+    let mut json = config(VitFlavor::Siglip, "mlp", FusionConfig::Early).to_glimpse_json();
+    json["vision_feature_select_strategy"] = "cls".into();
+    let e = VlmConfig::from_json(&json)
+        .err()
+        .context("cls on SigLIP accepted")?;
+    assert!(e.contains("class token"), "{e}");
+    Ok(())
+}

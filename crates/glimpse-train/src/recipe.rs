@@ -117,7 +117,8 @@ pub struct VisionSpec {
     #[serde(default = "default_feature_layer")]
     pub feature_layer: i64,
     /// `default` drops the class token (LLaVA), `full` keeps it: a tower
-    /// trained contrastively from scratch puts what it learned there.
+    /// trained contrastively from scratch puts what it learned there;
+    /// `cls` hands over the class token alone (one image row).
     #[serde(default = "default_feature_select")]
     pub feature_select: String,
 }

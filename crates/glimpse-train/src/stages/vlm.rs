@@ -200,6 +200,8 @@ pub fn tower_features(model: &Vlm, pixels: &Tensor) -> Result<Tensor> {
             // (n, 1+P, Dv) -> (n, P, Dv): drop the class token
             FeatureSelect::Default => h.narrow(1, 1, h.dim(1)? - 1)?,
             FeatureSelect::Full => h,
+            // (n, 1+P, Dv) -> (n, 1, Dv): the class token alone
+            FeatureSelect::Cls => h.narrow(1, 0, 1)?,
         };
         parts.push(h);
         start += len;
