@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use common::{glimpse, glimpse_json, repo_root};
 
-/// Floors about a point under the measured figures (BENCHMARKS.md: VQA
-/// 98.96% of 9,673, POPE F1 97.37%, zero-shot colour+shape 98.54%).
-const VQA_FLOOR: f64 = 0.98;
-const POPE_F1_FLOOR: f64 = 0.965;
-const ZEROSHOT_BOTH_FLOOR: f64 = 0.975;
+/// Floors under the measured figures (BENCHMARKS.md: VQA 99.80% of 9,673,
+/// POPE F1 99.04%, zero-shot colour+shape 99.66%); the VQA floor is the
+/// issue's goal itself.
+const VQA_FLOOR: f64 = 0.995;
+const POPE_F1_FLOOR: f64 = 0.985;
+const ZEROSHOT_BOTH_FLOOR: f64 = 0.99;
 
 fn easy_vqa_test() -> Option<PathBuf> {
     let cache = std::env::var_os("GLIMPSE_CACHE")
@@ -60,6 +61,19 @@ fn ask_answers_about_the_shipped_images_without_a_model_flag() -> Result<()> {
         "what shape is in the image?",
     ])?;
     assert_eq!(json["finish_reason"], "eos");
+    // The shipped model's one image row is the class token: no patch map.
+    let map = tempfile::Builder::new().suffix(".png").tempfile()?;
+    let out = glimpse(&[
+        "ask",
+        "--image",
+        &example("test-0.png"),
+        "--attention-map",
+        &map.path().display().to_string(),
+        "what shape is in the image?",
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stdout.is_empty(), "answered anyway: {}", out.stdout);
+    assert!(out.stderr.contains("class token alone"), "{}", out.stderr);
     Ok(())
 }
 

@@ -9,6 +9,7 @@ use glimpse_cli::device::default_device;
 use glimpse_cli::heatmap::write_attention_map;
 use glimpse_cli::pipeline::{PipelineError, VlmPipeline};
 use glimpse_infer::GenerationConfig;
+use glimpse_models::FeatureSelect;
 
 use super::sampling::{SamplingArgs, TextOut};
 
@@ -47,6 +48,14 @@ pub struct AskArgs {
 pub fn run(args: AskArgs) -> Result<()> {
     let dir = super::model_dir(args.model, DEFAULT_MODEL)?;
     let vlm = VlmPipeline::load(&dir, &default_device())?;
+    // Refused before generating, so a refusal prints no answer.
+    if args.attention_map.is_some() && vlm.model.config().select == FeatureSelect::Cls {
+        return Err(PipelineError::Usage(format!(
+            "--attention-map needs image rows that are patches; {} reads the class token alone (vision_feature_select_strategy \"cls\")",
+            dir.display()
+        ))
+        .into());
+    }
     let prompt = vlm.prompt(&args.question, &args.images, args.raw)?;
     let sampling = args.sampling.apply(vlm.sampling.clone())?;
     let cfg = GenerationConfig {
