@@ -350,12 +350,7 @@ impl CustomOp3 for AttentionOp {
                                     .for_each(|(x, a)| *x += a);
                             }
                             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                            let mut sum = 0f32;
-                            for x in row.iter_mut() {
-                                *x = (*x - max).exp();
-                                sum += *x;
-                            }
-                            let inv = 1.0 / sum;
+                            let inv = 1.0 / super::simd_act::exp_shifted_sum(row, max);
                             row.iter_mut().for_each(|x| *x *= inv);
                         }
                         // SAFETY: the output block of (bi, hi) is t rows of
