@@ -103,21 +103,12 @@ impl SelfAttention {
                 q_proj,
                 k_proj,
                 v_proj,
-            } => {
-                // (B, L, D) each
-                let (q, k, v) = (
-                    q_proj.forward(xs)?,
-                    k_proj.forward(xs)?,
-                    v_proj.forward(xs)?,
-                );
-                if super::attention_op::applies(&q, &k, &v, mask) {
-                    // one autograd node that reads the heads in place
-                    let h = self.num_heads;
-                    let out = super::attention_op::attention(&q, &k, &v, mask, h, h, self.scale)?;
-                    return self.out_proj.forward(&out);
-                }
-                (split(q)?, split(k)?, split(v)?, Some(self.scale))
-            }
+            } => (
+                split(q_proj.forward(xs)?)?,
+                split(k_proj.forward(xs)?)?,
+                split(v_proj.forward(xs)?)?,
+                Some(self.scale),
+            ),
         };
         let mut scores = q.matmul(&k.t()?)?;
         if let Some(scale) = scale {

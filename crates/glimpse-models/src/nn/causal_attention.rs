@@ -95,24 +95,6 @@ impl CausalSelfAttention {
                 )
             }
         };
-        let scale = 1.0 / (hd as f64).sqrt();
-        // (B, 1, 1, T, S) -> (B, 1, T, S)
-        let mask = inputs.mask.as_ref().map(|m| m.squeeze(1)).transpose()?;
-        if !inputs.want_probs
-            && cache.is_empty()
-            && crate::nn::attention_op::applies(&q, &k, &v, mask.as_ref())
-        {
-            // Training: the attention core as one autograd node, v read in
-            // place from its projection. The cache still records the keys
-            // and values (a fresh cache's append keeps them as they are).
-            let q = rope.apply(&heads(q, h)?, &inputs.cos, &inputs.sin)?;
-            let k = rope.apply(&heads(k, hkv)?, &inputs.cos, &inputs.sin)?;
-            // (B, T, Hkv*hd) -> (B, T, Hkv, hd) -> (B, Hkv, T, hd), a view
-            cache.append(&k, &v.reshape((b, t, hkv, hd))?.transpose(1, 2)?)?;
-            // (B, T, H*hd)
-            let out = crate::nn::attention_op::attention(&q, &k, &v, mask.as_ref(), h, hkv, scale)?;
-            return Ok((self.o_proj.forward(&out)?, None));
-        }
         let q = rope.apply(&heads(q, h)?, &inputs.cos, &inputs.sin)?;
         let k = rope.apply(&heads(k, hkv)?, &inputs.cos, &inputs.sin)?;
         let v = heads(v, hkv)?;
@@ -128,6 +110,7 @@ impl CausalSelfAttention {
         // query heads sharing one K/V head become G*T rows of one matmul.
         // (B, H, T, hd) -> (B, Hkv, G*T, hd)
         let q = q.reshape((b, hkv, group * t, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
         // (B, Hkv, G*T, hd) x (B, Hkv, hd, S) -> (B, Hkv, G*T, S)
         let scores = (q.matmul(&k.t()?)? * scale)?;
         // Softmax in f32 as transformers does, whatever the activation dtype.

@@ -3,7 +3,6 @@
 
 pub mod activation;
 pub mod attention;
-mod attention_op;
 pub mod causal_attention;
 mod cpu_grad;
 pub mod encoder;

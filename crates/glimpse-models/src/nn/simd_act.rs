@@ -1,5 +1,4 @@
-//! AVX2+FMA kernels for the exp-based activations (quick_gelu, silu) and
-//! the exponentials of a softmax row.
+//! AVX2+FMA kernels for the exp-based activations (quick_gelu, silu).
 //!
 //! Why: the default x86-64 target has no AVX, and libm's `expf` is an
 //! opaque call, so the activation loop ran one element at a time (~9 ms for
@@ -97,66 +96,8 @@ pub fn run(kernel: Kernel, src: &[f32], bias: &[f32], dst: &mut [f32]) -> bool {
     false
 }
 
-/// `row[i] = e^(row[i] − max)`, exactly 0 where that is below -87.3 (a
-/// masked score), returning Σ row; eight partial sums, one per lane.
-#[inline(always)]
-fn exp_shifted_sum_lanes(row: &mut [f32], max: f32, exp: impl Fn(f32) -> f32) -> f32 {
-    let shifted = |x: &mut f32| {
-        let y = *x - max;
-        *x = if y < -87.3 { 0.0 } else { exp(y) };
-        *x
-    };
-    let mut acc = [0f32; 8];
-    let mut chunks = row.chunks_exact_mut(8);
-    for c in &mut chunks {
-        for (a, x) in acc.iter_mut().zip(c.iter_mut()) {
-            *a += shifted(x);
-        }
-    }
-    let tail: f32 = chunks.into_remainder().iter_mut().map(shifted).sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn exp_shifted_sum_avx2(row: &mut [f32], max: f32) -> f32 {
-    exp_shifted_sum_lanes(row, max, exp)
-}
-
-/// The exponentials of a softmax row in place: `row[i] = e^(row[i] − max)`
-/// (0 for masked entries), returning their sum. 8 lanes wide with AVX2;
-/// libm's `expf` one element at a time otherwise.
-pub fn exp_shifted_sum(row: &mut [f32], max: f32) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: the features were just detected on this CPU.
-            return unsafe { exp_shifted_sum_avx2(row, max) };
-        }
-    }
-    exp_shifted_sum_lanes(row, max, f32::exp)
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn exp_shifted_sum_close_to_libm() {
-        let mut row: Vec<f32> = (0..37).map(|i| (i as f32 * 0.77).sin() * 9.0).collect();
-        row[5] = f32::NEG_INFINITY;
-        row[6] = -1e9;
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let want: Vec<f32> = row.iter().map(|x| (x - max).exp()).collect();
-        let sum = super::exp_shifted_sum(&mut row, max);
-        for (a, b) in row.iter().zip(&want) {
-            assert!((a - b).abs() <= 3e-7 * b, "{a} vs {b}");
-        }
-        assert_eq!((row[5], row[6]), (0.0, 0.0));
-        let want_sum: f32 = want.iter().sum();
-        assert!((sum - want_sum).abs() < 1e-6 * want_sum);
-    }
-
     #[test]
     fn exp_close_to_libm() {
         let mut worst = 0f32;
