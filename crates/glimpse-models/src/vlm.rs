@@ -193,13 +193,7 @@ impl Vlm {
         };
         // k x (N, L, Dv) -> (N, L, k*Dv)
         let features = Tensor::cat(&states, D::Minus1)?;
-        let features = match self.cfg.select {
-            // (N, L, W) -> (N, L-1, W): drop the class token
-            FeatureSelect::Default => features.narrow(1, 1, features.dim(1)? - 1)?,
-            FeatureSelect::Full => features,
-            // (N, L, W) -> (N, 1, W): the class token alone
-            FeatureSelect::Cls => features.narrow(1, 0, 1)?,
-        };
+        let features = self.cfg.select.select(&features)?;
         let instruction = match instruction {
             Some(t) if t.dim(0)? != features.dim(0)? => {
                 Some(t.broadcast_as((features.dim(0)?, t.dim(1)?, t.dim(2)?))?)

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -27,6 +28,24 @@ pub enum FeatureSelect {
     /// trained summary (a ClipCap-style prefix; glimpse format only, CLIP
     /// towers only).
     Cls,
+}
+
+impl FeatureSelect {
+    /// The tower tokens the projector reads, from a tower's hidden states
+    /// (class token first, for CLIP).
+    ///
+    /// # Shapes
+    /// `hidden`: (N, L, W) -> (N, L-1, W) for `Default`, (N, L, W) for
+    /// `Full`, (N, 1, W) for `Cls`
+    pub fn select(self, hidden: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            // (N, L, W) -> (N, L-1, W): drop the class token
+            Self::Default => hidden.narrow(1, 1, hidden.dim(1)? - 1),
+            Self::Full => Ok(hidden.clone()),
+            // (N, L, W) -> (N, 1, W): the class token alone
+            Self::Cls => hidden.narrow(1, 0, 1),
+        }
+    }
 }
 
 /// How image rows reach the decoder.

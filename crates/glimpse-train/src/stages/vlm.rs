@@ -6,7 +6,7 @@
 
 use candle_core::{Device, Tensor};
 use glimpse_data::datasets::SegmentKind;
-use glimpse_models::{FeatureSelect, FusionConfig, LogitsFor, Vlm};
+use glimpse_models::{FusionConfig, LogitsFor, Vlm};
 
 use super::batch::{exact_matches, left_padded};
 use super::corpus::{Corpus, Split, DESCRIBE};
@@ -196,14 +196,7 @@ pub fn tower_features(model: &Vlm, pixels: &Tensor) -> Result<Tensor> {
         let h = model
             .vision_tower
             .hidden_state(&pixels.narrow(0, start, len)?, layer)?;
-        let h = match cfg.select {
-            // (n, 1+P, Dv) -> (n, P, Dv): drop the class token
-            FeatureSelect::Default => h.narrow(1, 1, h.dim(1)? - 1)?,
-            FeatureSelect::Full => h,
-            // (n, 1+P, Dv) -> (n, 1, Dv): the class token alone
-            FeatureSelect::Cls => h.narrow(1, 0, 1)?,
-        };
-        parts.push(h);
+        parts.push(cfg.select.select(&h)?);
         start += len;
     }
     // One chunk (≤ 256 images) is the narrowed view itself; callers
