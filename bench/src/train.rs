@@ -16,17 +16,25 @@
 //! row has its image first, so the early-fusion splice is one concatenation
 //! along time instead of `Vlm::prompt_embeds` row by row.
 //!
-//! Usage: bench-train [--steps 10] [--warmup 2] [--batch 32] [--phases] [--probe]
-//! Prints one JSON line; `--phases` adds per-phase medians (vision tower +
-//! projector, decoder, loss, backward, optimizer) in ms; `--probe` adds the
+//! A step is `glimpse train`'s: the batch is cut into `--shards` parts
+//! (default 2) that run forward and backward on their own threads
+//! (`glimpse_train::shards`), the LM head runs only at the 16 labelled
+//! positions of each row, and the shards' gradients are added before
+//! AdamW. `--shards 1` runs the batch whole with every op split across the
+//! threads, as before shards existed.
+//!
+//! Usage: bench-train [--steps 10] [--warmup 2] [--batch 32] [--shards 2] [--phases] [--probe]
+//! Prints one JSON line; `--phases` adds per-phase medians (forward and
+//! backward of all shards, optimizer) in ms; `--probe` adds the
 //! forward and backward ms of each part alone, its input a fresh `Var`
 //! (loss on (B, 80, V) logits; decoder + loss on (B, 80, 256) embeddings;
 //! tower + projector under a sum), to show where the backward time goes.
 
+use std::ops::Range;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use glimpse_models::nn::encoder::EncoderConfig;
 use glimpse_models::nn::rope::{RopeConfig, RopeScaling};
@@ -38,7 +46,11 @@ use glimpse_models::vlm_config::VlmFormat;
 use glimpse_models::{
     DecoderConfig, FeatureSelect, FusionConfig, LogitsFor, Vlm, VlmConfig, VlmNames,
 };
-use glimpse_train::{masked_lm_loss, param_groups_by_dim, AdamW, AdamWConfig, IGNORE_INDEX};
+use glimpse_train::shards::ShardRunner;
+use glimpse_train::{
+    masked_lm_loss, param_groups_by_dim, token_cross_entropy, AdamW, AdamWConfig, LabelledRows,
+    TrainError, IGNORE_INDEX,
+};
 
 /// The same sizes as bench/train_pytorch.py.
 const VOCAB: usize = 5120;
@@ -128,64 +140,76 @@ fn random_ids(n: usize, below: u32, seed: u64) -> Vec<u32> {
 
 /// Seconds of each phase of one step, and the loss.
 struct StepTimes {
-    vision: f64,
-    decoder: f64,
-    loss: f64,
-    backward: f64,
+    forward_backward: f64,
     optimizer: f64,
     loss_value: f32,
 }
 
 impl StepTimes {
     fn total(&self) -> f64 {
-        self.vision + self.decoder + self.loss + self.backward + self.optimizer
+        self.forward_backward + self.optimizer
     }
 }
 
-/// One optimiser step on the batch.
+/// The batch: images, text ids and the labelled rows of the decoder's
+/// (B, 80) positions.
+struct Batch {
+    /// (B, 3, 64, 64)
+    pixels: Tensor,
+    /// (B, 16) u32
+    text: Tensor,
+    /// (B, 80) i64: −100 on the image rows
+    labels: Tensor,
+}
+
+/// The shard's loss: its rows' label terms over the whole batch's count.
 ///
 /// # Shapes
-/// `pixels`: (B, 3, 64, 64), `text`: (B, 16) u32, `labels`: (B, 80) i64
+/// rows of the batch -> scalar
+fn shard_loss(model: &Vlm, batch: &Batch, rows: Range<usize>, terms: usize) -> Result<Tensor> {
+    let (start, len) = (rows.start, rows.len());
+    // (b, 3, H, W) -> (b, 64, 256)
+    let images = model.encode_images(&batch.pixels.narrow(0, start, len)?, None)?;
+    // (b, 16) -> (b, 16, 256); [image rows; text rows] -> (b, 80, 256)
+    let text = model
+        .language_model
+        .embed(&batch.text.narrow(0, start, len)?)?;
+    let embeds = Tensor::cat(&[&images, &text], 1)?;
+    let scored = LabelledRows::new(&batch.labels.narrow(0, start, len)?, true, VOCAB)?;
+    let mut cache = model.new_cache(len);
+    // (b, 80, 256) -> (n, V) at the labelled positions
+    let logits = model.forward_embeds_at(
+        &embeds,
+        None,
+        &mut cache,
+        &scored.rows_tensor(embeds.device())?,
+    )?;
+    Ok(token_cross_entropy(&logits, &scored.targets, terms)?)
+}
+
+/// One optimiser step on the batch, as `glimpse train` runs it.
 fn step(
     model: &Vlm,
     opt: &mut AdamW,
-    pixels: &Tensor,
-    text: &Tensor,
-    labels: &Tensor,
+    runner: &ShardRunner,
+    vars: &[Var],
+    batch: &Batch,
 ) -> Result<StepTimes> {
-    let b = pixels.dim(0)?;
+    let b = batch.pixels.dim(0)?;
     let t = Instant::now();
-    // (B, 3, H, W) -> (B, 64, 256)
-    let images = model.encode_images(pixels, None)?;
-    let vision = t.elapsed().as_secs_f64();
-
-    let t = Instant::now();
-    // (B, 16) -> (B, 16, 256); [image rows; text rows] -> (B, 80, 256)
-    let embeds = Tensor::cat(&[&images, &model.language_model.embed(text)?], 1)?;
-    let mut cache = model.new_cache(b);
-    // (B, 80, 256) -> (B, 80, V)
-    let logits = model.forward_embeds(&embeds, None, &mut cache, LogitsFor::All)?;
-    let decoder = t.elapsed().as_secs_f64();
-
-    let t = Instant::now();
-    let loss = masked_lm_loss(&logits, labels, true)?;
-    let loss_value = loss.to_scalar::<f32>()?;
-    let loss_time = t.elapsed().as_secs_f64();
-
-    let t = Instant::now();
-    let grads = loss.backward()?;
-    let backward = t.elapsed().as_secs_f64();
+    let terms = LabelledRows::new(&batch.labels, true, VOCAB)?.len();
+    let (loss_value, grads) = runner.loss_and_grads(b, vars, |rows| {
+        shard_loss(model, batch, rows, terms).map_err(|e| TrainError::Config(format!("{e:#}")))
+    })?;
+    let forward_backward = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
     opt.step(&grads)?;
     let optimizer = t.elapsed().as_secs_f64();
     Ok(StepTimes {
-        vision,
-        decoder,
-        loss: loss_time,
-        backward,
+        forward_backward,
         optimizer,
-        loss_value,
+        loss_value: loss_value as f32,
     })
 }
 
@@ -208,6 +232,8 @@ fn probe(reps: usize, f: impl Fn() -> Result<Tensor>) -> Result<(f64, f64)> {
 
 fn main() -> Result<()> {
     glimpse_cli::alloc::keep_freed_memory();
+    // As `glimpse train` does, before the first tensor op.
+    glimpse_train::shards::prefer_shard_threads();
     let args: Vec<String> = std::env::args().collect();
     let value = |flag: &str| -> Result<Option<usize>> {
         args.iter()
@@ -219,6 +245,7 @@ fn main() -> Result<()> {
     let steps = value("--steps")?.unwrap_or(10);
     let warmup = value("--warmup")?.unwrap_or(2);
     let batch = value("--batch")?.unwrap_or(32);
+    let shards = value("--shards")?.unwrap_or(2);
     let phases = args.iter().any(|a| a == "--phases");
     let probing = args.iter().any(|a| a == "--probe");
     anyhow::ensure!(steps > 0, "--steps must be at least 1");
@@ -241,6 +268,8 @@ fn main() -> Result<()> {
         .map(|(n, v)| (n.clone(), v.clone()))
         .collect();
     let parameters: usize = params.iter().map(|(_, v)| v.elem_count()).sum();
+    let vars: Vec<Var> = params.iter().map(|(_, v)| v.clone()).collect();
+    let runner = ShardRunner::with_default_threads(shards)?;
     let mut opt = AdamW::new(
         param_groups_by_dim(params, WEIGHT_DECAY),
         AdamWConfig {
@@ -260,15 +289,20 @@ fn main() -> Result<()> {
         labels.extend(row.iter().map(|&i| i as i64));
     }
     let labels = Tensor::from_vec(labels, (batch, image_tokens + TEXT_TOKENS), &dev)?;
+    let data = Batch {
+        pixels: pixels.clone(),
+        text,
+        labels: labels.clone(),
+    };
 
     let mut first_loss = None;
     for _ in 0..warmup {
-        let st = step(&model, &mut opt, &pixels, &text, &labels)?;
+        let st = step(&model, &mut opt, &runner, &vars, &data)?;
         first_loss.get_or_insert(st.loss_value);
     }
     let mut times = Vec::with_capacity(steps);
     for _ in 0..steps {
-        times.push(step(&model, &mut opt, &pixels, &text, &labels)?);
+        times.push(step(&model, &mut opt, &runner, &vars, &data)?);
     }
     let first_loss = first_loss.unwrap_or(times[0].loss_value);
     let last_loss = times[times.len() - 1].loss_value;
@@ -282,6 +316,7 @@ fn main() -> Result<()> {
         "warmup": warmup,
         "steps": steps,
         "threads": candle_core::utils::get_num_threads(),
+        "shards": shards,
         "examples_per_s_median": median(per_s.clone()),
         "examples_per_s_all": per_s,
         "step_ms_median": ms(StepTimes::total),
@@ -290,10 +325,7 @@ fn main() -> Result<()> {
     });
     if phases {
         out["phases_ms_median"] = serde_json::json!({
-            "vision": ms(|t| t.vision),
-            "decoder": ms(|t| t.decoder),
-            "loss": ms(|t| t.loss),
-            "backward": ms(|t| t.backward),
+            "forward_backward": ms(|t| t.forward_backward),
             "optimizer": ms(|t| t.optimizer),
         });
     }

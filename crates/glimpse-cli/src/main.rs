@@ -39,7 +39,11 @@ fn main() -> ExitCode {
         Command::Embed(args) => commands::embed::run(args),
         Command::Classify(args) => commands::classify::run(args),
         Command::Generate(args) => commands::generate::run(args),
-        Command::Train(args) => commands::train::run(args),
+        Command::Train(args) => {
+            // Before the first tensor op: candle reads it once.
+            glimpse_train::shards::prefer_shard_threads();
+            commands::train::run(args)
+        }
         Command::Eval(args) => commands::eval::run(args),
     };
     match result {

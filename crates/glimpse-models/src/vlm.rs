@@ -300,6 +300,38 @@ impl Vlm {
         cache: &mut VlmCache,
         logits: LogitsFor,
     ) -> Result<Tensor> {
+        self.with_cross_hook(cache, |decoder, hook| {
+            self.language_model
+                .forward_embeds_with(embeds, valid, decoder, logits, hook)
+        })
+    }
+
+    /// [`Self::forward_embeds`] with logits only at `rows`, flat `b·T + t`
+    /// indices of the input positions (training: where the labels are; see
+    /// [`Decoder::forward_embeds_at`]).
+    ///
+    /// # Shapes
+    /// `embeds`: (B, T, D), `rows`: (n) u32 -> logits (n, V)
+    pub fn forward_embeds_at(
+        &self,
+        embeds: &Tensor,
+        valid: Option<&[Vec<bool>]>,
+        cache: &mut VlmCache,
+        rows: &Tensor,
+    ) -> Result<Tensor> {
+        self.with_cross_hook(cache, |decoder, hook| {
+            self.language_model
+                .forward_embeds_at(embeds, valid, decoder, rows, hook)
+        })
+    }
+
+    /// Runs `f` on the decoder's cache with the cross-attention blocks as
+    /// its layer hook (none for early fusion), and keeps what they captured.
+    fn with_cross_hook<R>(
+        &self,
+        cache: &mut VlmCache,
+        f: impl FnOnce(&mut DecoderCache, Option<&dyn LayerHook>) -> Result<R>,
+    ) -> Result<R> {
         let hook = (!cache.cross_kv.is_empty()).then(|| CrossHook {
             blocks: &self.cross_layers,
             kv: &cache.cross_kv,
@@ -309,11 +341,8 @@ impl Vlm {
                 .capture_attention
                 .then(|| RefCell::new(Vec::new())),
         });
-        let out = self.language_model.forward_embeds_with(
-            embeds,
-            valid,
+        let out = f(
             &mut cache.decoder,
-            logits,
             hook.as_ref().map(|h| h as &dyn LayerHook),
         )?;
         cache.cross_attention = hook

@@ -13,8 +13,8 @@ pub mod plot;
 pub use error::{Result, TrainError};
 pub use losses::{
     clip_logits, clip_loss, hard_negative_clip_loss, hard_negative_mask, log_softmax_last_dim,
-    masked_lm_loss, siglip_logits, siglip_loss, HardNegativeConfig, SigLipParams,
-    CLIP_INIT_LOGIT_SCALE, IGNORE_INDEX, MAX_LOGIT_SCALE,
+    masked_lm_loss, siglip_logits, siglip_loss, token_cross_entropy, HardNegativeConfig,
+    LabelledRows, SigLipParams, CLIP_INIT_LOGIT_SCALE, IGNORE_INDEX, MAX_LOGIT_SCALE,
 };
 pub use metrics::{read_metrics, MetricRecord, MetricsLog};
 pub use optim::{
@@ -28,5 +28,6 @@ pub mod init;
 pub mod params;
 pub mod recipe;
 pub mod run;
+pub mod shards;
 pub mod stages;
 pub mod trainer;

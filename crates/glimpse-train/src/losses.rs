@@ -7,7 +7,7 @@ mod siglip;
 
 pub use hard_negatives::{hard_negative_clip_loss, hard_negative_mask, HardNegativeConfig};
 pub use infonce::{clip_logits, clip_loss, CLIP_INIT_LOGIT_SCALE, MAX_LOGIT_SCALE};
-pub use masked_lm::{masked_lm_loss, IGNORE_INDEX};
+pub use masked_lm::{masked_lm_loss, token_cross_entropy, LabelledRows, IGNORE_INDEX};
 pub use siglip::{siglip_logits, siglip_loss, SigLipParams};
 
 use crate::error::{Result, TrainError};

@@ -244,6 +244,13 @@ pub struct StageSpec {
     pub batch_size: usize,
     #[serde(default = "default_one")]
     pub accumulate: usize,
+    /// Parts each micro-batch is cut into, trained at once on their own
+    /// threads and their gradients added (lm and VLM stages; the
+    /// contrastive loss couples the whole batch). The result does not
+    /// depend on the machine's thread count, but a different `shards`
+    /// rounds differently.
+    #[serde(default = "default_one")]
+    pub shards: usize,
     pub lr: f64,
     /// Cosine floor, as a fraction of `lr`.
     #[serde(default = "default_min_lr_ratio")]
@@ -353,9 +360,16 @@ impl Recipe {
             return Err(format!("no stage section ({})", STAGE_ORDER.join(", ")));
         }
         for (name, s) in self.stages() {
-            if s.steps == 0 || s.batch_size == 0 || s.accumulate == 0 {
+            if s.steps == 0 || s.batch_size == 0 || s.accumulate == 0 || s.shards == 0 {
                 return Err(format!(
-                    "[{name}] steps, batch_size and accumulate must be at least 1"
+                    "[{name}] steps, batch_size, accumulate and shards must be at least 1"
+                ));
+            }
+            if name == "contrastive" && s.shards > 1 {
+                return Err(format!(
+                    "[contrastive] shards = {}: the contrastive loss compares every pair in \
+                     the batch, so the batch cannot be split (use 1)",
+                    s.shards
                 ));
             }
             if !(s.lr > 0.0 && s.lr.is_finite()) {

@@ -130,6 +130,7 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
             steps: spec.steps,
             batch_size: spec.batch_size,
             accumulate: spec.accumulate,
+            shards: spec.shards,
             schedule: WarmupCosine {
                 max_lr: spec.lr,
                 min_lr: spec.lr * spec.min_lr_ratio,

@@ -16,18 +16,31 @@ use crate::init::name_seed;
 use crate::metrics::{MetricRecord, MetricsLog};
 use crate::optim::{clip_grad_norm, AdamW, GradAccumulator, WarmupCosine};
 use crate::params::StageWeights;
+use crate::shards::ShardRunner;
 
 /// What a stage trains on: a dataset of `len` examples, a loss over a
 /// micro-batch of their indices, and an evaluation.
-pub trait Task {
+///
+/// `Sync`: shards of a batch compute their losses on several threads at
+/// once (see [`crate::shards`]).
+pub trait Task: Sync {
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Mean loss of the examples `batch`. `seed` is this micro-step's: any
-    /// random choice (hard negatives) must derive from it, so a resumed run
-    /// makes the same choices.
-    fn loss(&mut self, batch: &[usize], seed: u64) -> Result<Tensor>;
+    /// `Some(n)` when the loss of `batch` is the mean of `n` terms that each
+    /// come from one example (the masked LM's label tokens), so that shards
+    /// of the batch can compute their parts apart; `None` (the default) when
+    /// it couples the examples (contrastive), and the batch runs whole.
+    fn loss_terms(&self, _batch: &[usize]) -> Result<Option<usize>> {
+        Ok(None)
+    }
+    /// The loss of the examples `batch`: their mean loss when
+    /// `denominator` is `None`; their terms summed and divided by it when
+    /// `batch` is a shard of a batch of that many terms. `seed` is this
+    /// micro-step's: any random choice (hard negatives) must derive from
+    /// it, so a resumed run makes the same choices.
+    fn loss(&self, batch: &[usize], seed: u64, denominator: Option<usize>) -> Result<Tensor>;
     /// Held-out metrics with the current weights.
     fn evaluate(&mut self) -> Result<EvalMetrics>;
 }
@@ -49,6 +62,9 @@ pub struct LoopConfig {
     pub batch_size: usize,
     /// Micro-batches per optimiser step.
     pub accumulate: usize,
+    /// Parts each micro-batch is cut into, run on their own threads
+    /// ([`ShardRunner`]); tasks whose loss couples the batch run whole.
+    pub shards: usize,
     pub schedule: WarmupCosine,
     pub grad_clip: Option<f64>,
     pub log_every: usize,
@@ -124,6 +140,7 @@ pub fn train_loop(
     }
     let mut sampler = BatchSampler::resume(task.len(), cfg.batch_size, cfg.seed, state.data)?;
     let vars = opt.vars();
+    let runner = ShardRunner::with_default_threads(cfg.shards.max(1))?;
     let bar = progress_bar(cfg, state.step);
     let started = Instant::now();
     let seconds_before = state.seconds;
@@ -143,19 +160,27 @@ pub fn train_loop(
         for micro in 0..cfg.accumulate.max(1) {
             let batch = sampler.next_batch();
             let seed = name_seed(cfg.seed, &format!("{}/{}/{micro}", cfg.stage, state.step));
-            let loss = task.loss(&batch, seed)?;
-            let value = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+            let (value, grads) = match task.loss_terms(&batch)? {
+                Some(terms) => runner.loss_and_grads(batch.len(), &vars, |rows| {
+                    task.loss(&batch[rows], seed, Some(terms))
+                })?,
+                None => {
+                    let loss = task.loss(&batch, seed, None)?;
+                    let value = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+                    (f64::from(value), loss.backward()?)
+                }
+            };
             if !value.is_finite() {
                 bar.abandon();
                 return Err(TrainError::NonFinite {
                     stage: cfg.stage.clone(),
                     step: state.step,
-                    value,
+                    value: value as f32,
                     last: last_good,
                 });
             }
-            step_loss += f64::from(value);
-            acc.add(&loss.backward()?)?;
+            step_loss += value;
+            acc.add(&grads)?;
             state.examples_seen += batch.len() as u64;
             window.3 += batch.len();
         }

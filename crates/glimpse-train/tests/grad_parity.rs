@@ -6,13 +6,19 @@
 //! (written by `scripts/dev/make_train_fixtures.py` with transformers 5.23).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
 use glimpse_models::{LogitsFor, Vlm, VlmConfig, VlmNames};
 use glimpse_train::params::{StageWeights, Trainable};
-use glimpse_train::{clip_grad_norm, masked_lm_loss, AdamW, AdamWConfig, ParamGroup};
+use glimpse_train::shards::ShardRunner;
+use glimpse_train::{
+    clip_grad_norm, masked_lm_loss, token_cross_entropy, AdamW, AdamWConfig, LabelledRows,
+    ParamGroup,
+};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -54,8 +60,21 @@ fn rows<T: TryFrom<i64>>(v: &Value) -> Result<Vec<Vec<T>>> {
         .collect()
 }
 
-#[test]
-fn one_step_matches_pytorch() -> Result<()> {
+/// The fixture's model with every tensor a Var, its batch and PyTorch's
+/// figures.
+struct Setup {
+    start: HashMap<String, Tensor>,
+    model: Vlm,
+    vars: BTreeMap<String, Var>,
+    /// (B, T)
+    ids: Vec<Vec<u32>>,
+    /// (B, T) i64
+    labels: Tensor,
+    meta: Value,
+    reference: HashMap<String, Tensor>,
+}
+
+fn setup() -> Result<Setup> {
     let dev = Device::Cpu;
     let dir = fixtures().join("llava/clip-llama");
     let meta: Value = serde_json::from_str(&std::fs::read_to_string(
@@ -91,18 +110,90 @@ fn one_step_matches_pytorch() -> Result<()> {
     let ids: Vec<Vec<u32>> = rows(&meta["input_ids"])?;
     let labels: Vec<Vec<i64>> = rows(&meta["labels"])?;
     let (b, t) = (ids.len(), ids[0].len());
-    let feats = model.encode_images(&reference["pixel_values"], None)?;
-    let embeds = ids
+    let labels = Tensor::from_vec(labels.concat(), (b, t), &dev)?;
+    Ok(Setup {
+        start,
+        model,
+        vars,
+        ids,
+        labels,
+        meta,
+        reference,
+    })
+}
+
+impl Setup {
+    /// The decoder's input for `rows` of the batch: the tower runs on
+    /// their images, its rows spliced in at the placeholders.
+    ///
+    /// # Shapes
+    /// -> (rows, T, D)
+    fn embeds(&self, rows: Range<usize>) -> Result<Tensor> {
+        let pixels = self.reference["pixel_values"].narrow(0, rows.start, rows.len())?;
+        let feats = self.model.encode_images(&pixels, None)?;
+        let embeds = self.ids[rows]
+            .iter()
+            .enumerate()
+            .map(|(r, row)| self.model.prompt_embeds(row, Some(&feats.narrow(0, r, 1)?)))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        // rows x (1, T, D) -> (rows, T, D)
+        Ok(Tensor::cat(&embeds, 0)?)
+    }
+}
+
+/// The parameters whose gradients the fixture holds.
+fn selected(meta: &Value) -> Result<Vec<String>> {
+    let selected: Vec<String> = meta["params"]
+        .as_array()
+        .context("params")?
         .iter()
-        .enumerate()
-        .map(|(r, row)| model.prompt_embeds(row, Some(&feats.narrow(0, r, 1)?)))
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    // b x (1, T, D) -> (B, T, D)
-    let embeds = Tensor::cat(&embeds, 0)?;
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    anyhow::ensure!(selected.len() >= 12, "only {} parameters", selected.len());
+    Ok(selected)
+}
+
+/// Each selected parameter's gradient against PyTorch's: max |diff|
+/// within 1e-4 of its largest value.
+fn check_grads(grads: &GradStore, setup: &Setup, selected: &[String]) -> Result<()> {
+    for name in selected {
+        let var = setup
+            .vars
+            .get(name)
+            .with_context(|| format!("no var {name}"))?;
+        let g = grads
+            .get(var.as_tensor())
+            .with_context(|| format!("no gradient for {name}"))?;
+        let want = &setup.reference[&format!("grad.{name}")];
+        let scale = max_abs(want)?;
+        let d = max_diff(g, want)?;
+        eprintln!("grad {name}: max |diff| {d:.2e} (max |grad| {scale:.2e})");
+        anyhow::ensure!(
+            d <= 1e-4 * scale,
+            "gradient of {name}: max |diff| {d:e} > 1e-4 x {scale:e}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn one_step_matches_pytorch() -> Result<()> {
+    let dev = Device::Cpu;
+    let setup = setup()?;
+    let Setup {
+        start,
+        model,
+        vars,
+        ids,
+        labels,
+        meta,
+        reference,
+    } = &setup;
+    let b = ids.len();
+    let embeds = setup.embeds(0..b)?;
     let mut cache = model.new_cache(b);
     let logits = model.forward_embeds(&embeds, None, &mut cache, LogitsFor::All)?;
-    let labels = Tensor::from_vec(labels.concat(), (b, t), &dev)?;
-    let loss = masked_lm_loss(&logits, &labels, true)?;
+    let loss = masked_lm_loss(&logits, labels, true)?;
 
     let want = reference["loss"].to_scalar::<f32>()? as f64;
     let got = loss.to_scalar::<f32>()? as f64;
@@ -128,27 +219,8 @@ fn one_step_matches_pytorch() -> Result<()> {
         .collect();
     assert_eq!(no_grad, want_no_grad, "parameters without a gradient");
 
-    let selected: Vec<String> = meta["params"]
-        .as_array()
-        .context("params")?
-        .iter()
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect();
-    assert!(selected.len() >= 12);
-    for name in &selected {
-        let var = vars.get(name).with_context(|| format!("no var {name}"))?;
-        let g = grads
-            .get(var.as_tensor())
-            .with_context(|| format!("no gradient for {name}"))?;
-        let want = &reference[&format!("grad.{name}")];
-        let scale = max_abs(want)?;
-        let d = max_diff(g, want)?;
-        eprintln!("grad {name}: max |diff| {d:.2e} (max |grad| {scale:.2e})");
-        anyhow::ensure!(
-            d <= 1e-4 * scale,
-            "gradient of {name}: max |diff| {d:e} > 1e-4 x {scale:e}"
-        );
-    }
+    let selected = selected(meta)?;
+    check_grads(&grads, &setup, &selected)?;
 
     let all: Vec<Var> = vars.values().cloned().collect();
     let norm = clip_grad_norm(&mut grads, &all, f64::INFINITY)?;
@@ -208,7 +280,7 @@ fn one_step_matches_pytorch() -> Result<()> {
     eprintln!("AdamW on PyTorch's gradients: max |diff| {worst:.2e}");
 
     // (b) The whole step on glimpse's own gradients.
-    adamw(&vars)?.step(&grads)?;
+    adamw(vars)?.step(&grads)?;
     let (mut worst, mut noisy) = (0.0f64, 0usize);
     for name in &selected {
         let g = reference[&format!("grad.{name}")].to_dtype(DType::F64)?;
@@ -233,5 +305,66 @@ fn one_step_matches_pytorch() -> Result<()> {
             "{name} has no gradient but moved"
         );
     }
+    Ok(())
+}
+
+/// `glimpse train`'s path: the batch cut into two shards of one row, each
+/// run forward and backward on its own thread with the LM head only at its
+/// labelled positions, the gradients added. Loss and gradients are
+/// PyTorch's as above, and the same bit for bit on one thread or two.
+#[test]
+fn sharded_step_with_the_head_at_the_labels_matches_pytorch() -> Result<()> {
+    let setup = setup()?;
+    let vars: Vec<Var> = setup.vars.values().cloned().collect();
+    let b = setup.ids.len();
+    anyhow::ensure!(b == 2, "the fixture has {b} rows, not 2");
+    let vocab = setup.model.config().text.vocab_size;
+    let terms = LabelledRows::new(&setup.labels, true, vocab)?.len();
+    let run = |shards: usize, threads: usize| -> Result<(f64, GradStore)> {
+        let runner = ShardRunner::new(shards, threads)?;
+        Ok(runner.loss_and_grads(b, &vars, |rows| {
+            let embeds = setup
+                .embeds(rows.clone())
+                .map_err(|e| glimpse_train::TrainError::Config(format!("{e:#}")))?;
+            let labels = setup.labels.narrow(0, rows.start, rows.len())?;
+            let scored = LabelledRows::new(&labels, true, vocab)?;
+            let mut cache = setup.model.new_cache(rows.len());
+            // (rows, T, D) -> (n, V) at the labelled positions only
+            let logits = setup.model.forward_embeds_at(
+                &embeds,
+                None,
+                &mut cache,
+                &scored.rows_tensor(&Device::Cpu)?,
+            )?;
+            token_cross_entropy(&logits, &scored.targets, terms)
+        })?)
+    };
+    let (loss, grads) = run(2, 2)?;
+    let want = setup.reference["loss"].to_scalar::<f32>()? as f64;
+    eprintln!("sharded loss: glimpse {loss:.7}, PyTorch {want:.7}");
+    anyhow::ensure!(
+        (loss - want).abs() <= 1e-5 * want.abs(),
+        "sharded loss {loss} vs PyTorch {want}"
+    );
+    check_grads(&grads, &setup, &selected(&setup.meta)?)?;
+
+    let (loss1, grads1) = run(2, 1)?;
+    anyhow::ensure!(loss1 == loss, "loss on one thread {loss1} vs two {loss}");
+    for (name, var) in &setup.vars {
+        match (grads.get(var.as_tensor()), grads1.get(var.as_tensor())) {
+            (Some(a), Some(b)) => anyhow::ensure!(
+                max_diff(a, b)? == 0.0,
+                "{name}: the gradient on one thread differs from two"
+            ),
+            (None, None) => {}
+            _ => anyhow::bail!("{name}: a gradient on one thread count only"),
+        }
+    }
+    // One shard of both rows: the same loss up to rounding.
+    let (whole, _) = run(1, 2)?;
+    anyhow::ensure!(
+        (whole - loss).abs() <= 1e-6 * loss.abs(),
+        "one shard {whole} vs two {loss}"
+    );
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! Recipes and runs that cannot go on fail with one line naming the cause:
-//! an unknown stage or field, a dataset path that does not exist, a resume
+//! an unknown stage or field, shards out of range, a dataset path that does not exist, a resume
 //! from another architecture's checkpoint, an existing run directory
 //! without --resume; once through the `glimpse` binary too.
 
@@ -68,6 +68,31 @@ fn unknown_field_is_named() -> Result<()> {
     let err = run_error(&text)?;
     assert!(matches!(err, TrainError::Recipe(_)), "{err:?}");
     assert!(err.to_string().contains("lr_max"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn shards_out_of_range_are_named() -> Result<()> {
+    let zero = tiny_recipe(
+        &some_root(),
+        32,
+        &LM_ONLY.replace("lr = 3e-3", "lr = 3e-3\nshards = 0"),
+    );
+    let err = run_error(&zero)?;
+    assert!(matches!(err, TrainError::Recipe(_)), "{err:?}");
+    assert!(err.to_string().contains("shards"), "{err}");
+    // The contrastive loss compares every pair of the batch: no shards.
+    let contrastive = tiny_recipe(
+        &some_root(),
+        32,
+        "[contrastive]\nsteps = 2\nbatch_size = 8\nshards = 2\nlr = 3e-3\n",
+    );
+    let err = run_error(&contrastive)?;
+    assert!(matches!(err, TrainError::Recipe(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("[contrastive] shards = 2"),
+        "{err}"
+    );
     Ok(())
 }
 

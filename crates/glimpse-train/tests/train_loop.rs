@@ -9,7 +9,7 @@ mod tiny_run;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -252,9 +252,10 @@ struct Linear {
     w: Var,
     x: Tensor,
     y: Tensor,
-    calls: usize,
     nan_at: usize,
-    seen: Vec<Tensor>,
+    /// The weights at each call (`loss` takes `&self`: tasks are shared
+    /// with shard threads).
+    seen: Mutex<Vec<Tensor>>,
 }
 
 impl Task for Linear {
@@ -262,16 +263,23 @@ impl Task for Linear {
         self.x.dim(0).unwrap_or(0)
     }
 
-    fn loss(&mut self, batch: &[usize], _seed: u64) -> glimpse_train::Result<Tensor> {
-        self.seen.push(self.w.as_tensor().copy()?);
+    fn loss(
+        &self,
+        batch: &[usize],
+        _seed: u64,
+        _denominator: Option<usize>,
+    ) -> glimpse_train::Result<Tensor> {
+        let call = {
+            let mut seen = self.seen.lock().expect("seen");
+            seen.push(self.w.as_tensor().copy()?);
+            seen.len() - 1
+        };
         let idx = Tensor::new(
             batch.iter().map(|&i| i as u32).collect::<Vec<_>>(),
             &Device::Cpu,
         )?;
         let (x, y) = (self.x.index_select(&idx, 0)?, self.y.index_select(&idx, 0)?);
         let loss = (x.matmul(self.w.as_tensor())? - y)?.sqr()?.mean_all()?;
-        let call = self.calls;
-        self.calls += 1;
         Ok(if call >= self.nan_at {
             (loss * f64::NAN)?
         } else {
@@ -304,9 +312,8 @@ fn nan_loss_stops_and_keeps_the_last_checkpoint() -> Result<()> {
         w: var.clone(),
         x,
         y,
-        calls: 0,
         nan_at: 7,
-        seen: Vec::new(),
+        seen: Mutex::new(Vec::new()),
     };
     let mut opt = AdamW::new(
         vec![ParamGroup::new(vars, 0.0)],
@@ -320,6 +327,7 @@ fn nan_loss_stops_and_keeps_the_last_checkpoint() -> Result<()> {
         steps: 20,
         batch_size: 4,
         accumulate: 1,
+        shards: 1,
         schedule: WarmupCosine {
             max_lr: 0.05,
             min_lr: 0.05,
@@ -376,11 +384,12 @@ fn nan_loss_stops_and_keeps_the_last_checkpoint() -> Result<()> {
     let loaded = Checkpoints::load(&latest)?;
     assert_eq!(loaded.state.step, 5);
     // Call 5 saw the weights after step 5.
+    let seen = task.seen.lock().expect("seen");
     assert!(
-        identical(&loaded.model["w"], &task.seen[5])?,
+        identical(&loaded.model["w"], &seen[5])?,
         "checkpoint weights != weights after step 5"
     );
-    assert!(!identical(&task.seen[5], &task.seen[0])?);
+    assert!(!identical(&seen[5], &seen[0])?);
     // Nothing past step 5 was saved, and the metrics stop at step 7.
     assert!(!dir.path().join("checkpoints/step-0000010").exists());
     let steps: Vec<u64> = glimpse_train::read_metrics(&dir.path().join("metrics.jsonl"))?

@@ -304,6 +304,59 @@ impl Decoder {
         logits: LogitsFor,
         hook: Option<&dyn LayerHook>,
     ) -> Result<Tensor> {
+        let mut xs = self.hidden_states(embeds, valid, cache, hook)?;
+        if logits == LogitsFor::Last {
+            let t = xs.dim(1)?;
+            // (B, T, D) -> (B, 1, D)
+            xs = xs.narrow(1, t - 1, 1)?;
+        }
+        self.head(&xs)
+    }
+
+    /// [`Self::forward_embeds_with`] with the LM head run only at `rows`,
+    /// flat `b·T + t` indices of the input positions. Training scores a
+    /// few positions of each row (the answer), and the head, the widest
+    /// matmul, would otherwise run over every position, the image rows
+    /// included.
+    ///
+    /// # Shapes
+    /// `embeds`: (B, T, D), `rows`: (n) u32 -> logits f32 (n, V)
+    pub fn forward_embeds_at(
+        &self,
+        embeds: &Tensor,
+        valid: Option<&[Vec<bool>]>,
+        cache: &mut DecoderCache,
+        rows: &Tensor,
+        hook: Option<&dyn LayerHook>,
+    ) -> Result<Tensor> {
+        let xs = self.hidden_states(embeds, valid, cache, hook)?;
+        let (b, t, d) = xs.dims3()?;
+        // (B, T, D) -> (B·T, D) -> (n, D)
+        let picked = xs.reshape((b * t, d))?.index_select(rows, 0)?;
+        self.head(&picked)
+    }
+
+    /// Final norm and LM head.
+    ///
+    /// # Shapes
+    /// `xs`: (..., D) -> logits f32 (..., V)
+    fn head(&self, xs: &Tensor) -> Result<Tensor> {
+        let xs = self.norm.forward(xs)?;
+        Ok(candle_core::Module::forward(&self.lm_head, &xs)?.to_dtype(DType::F32)?)
+    }
+
+    /// The last layer's output (before the final norm) for T new
+    /// positions after what `cache` holds, appended to it.
+    ///
+    /// # Shapes
+    /// `embeds`: (B, T, D) -> (B, T, D)
+    fn hidden_states(
+        &self,
+        embeds: &Tensor,
+        valid: Option<&[Vec<bool>]>,
+        cache: &mut DecoderCache,
+        hook: Option<&dyn LayerHook>,
+    ) -> Result<Tensor> {
         let (b, t, d) = embeds.dims3()?;
         if d != self.cfg.hidden_size {
             return Err(ModelError::Input(format!(
@@ -384,11 +437,6 @@ impl Decoder {
                 xs = hook.after_layer(i, xs)?;
             }
         }
-        if logits == LogitsFor::Last {
-            // (B, T, D) -> (B, 1, D)
-            xs = xs.narrow(1, t - 1, 1)?;
-        }
-        let xs = self.norm.forward(&xs)?;
-        Ok(candle_core::Module::forward(&self.lm_head, &xs)?.to_dtype(DType::F32)?)
+        Ok(xs)
     }
 }

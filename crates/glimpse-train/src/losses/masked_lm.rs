@@ -25,47 +25,98 @@ pub fn masked_lm_loss(logits: &Tensor, labels: &Tensor, shift: bool) -> Result<T
             "logits ({b}, {t}, {v}) vs labels ({lb}, {lt})"
         )));
     }
-    let (logits, labels, t) = if shift {
-        if t < 2 {
-            return Err(TrainError::AllLabelsIgnored);
-        }
-        // (b, t, v) -> (b, t-1, v) and (b, t) -> (b, t-1)
-        (
-            logits.narrow(1, 0, t - 1)?,
-            labels.narrow(1, 1, t - 1)?,
-            t - 1,
-        )
-    } else {
-        (logits.clone(), labels.clone(), t)
-    };
-    let flat: Vec<i64> = labels.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?;
-    let mut rows = Vec::new();
-    let mut targets = Vec::new();
-    for (position, &label) in flat.iter().enumerate() {
-        if label == IGNORE_INDEX {
-            continue;
-        }
-        if label < 0 || label as usize >= v {
-            return Err(TrainError::LabelOutOfRange {
-                label,
-                position,
-                vocab: v,
-            });
-        }
-        rows.push(position as u32);
-        targets.push(label as u32);
-    }
-    if rows.is_empty() {
-        return Err(TrainError::AllLabelsIgnored);
-    }
-    let n = rows.len();
+    let scored = LabelledRows::new(labels, shift, v)?;
+    // With the shift, logits[b, t] is scored at row b·T + t of (b·T, v).
+    let n = scored.len();
     let dev = logits.device();
     // (b, t, v) -> (b*t, v) -> (n, v): only the scored positions
     let picked = logits
         .reshape((b * t, v))?
-        .index_select(&Tensor::from_vec(rows, n, dev)?, 0)?;
-    let logp = log_softmax_last_dim(&picked)?;
+        .index_select(&scored.rows_tensor(dev)?, 0)?;
+    token_cross_entropy(&picked, &scored.targets, n)
+}
+
+/// The positions a masked LM batch scores: flat `b·T + t` rows of the
+/// (b, T) logits, and the label each is scored against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelledRows {
+    pub rows: Vec<u32>,
+    pub targets: Vec<u32>,
+}
+
+impl LabelledRows {
+    /// Rows of `labels` (b, T) that are not [`IGNORE_INDEX`]; with `shift`,
+    /// `logits[b, t]` is scored against `labels[b, t + 1]` (so row `b·T + t`
+    /// carries the label at `t + 1`). Errors on a label outside `0..vocab`
+    /// and when every label is ignored.
+    pub fn new(labels: &Tensor, shift: bool, vocab: usize) -> Result<Self> {
+        let (b, t) = labels.dims2()?;
+        if shift && t < 2 {
+            return Err(TrainError::AllLabelsIgnored);
+        }
+        let flat: Vec<i64> = labels.to_dtype(DType::I64)?.flatten_all()?.to_vec1()?;
+        let skip = usize::from(shift);
+        let mut rows = Vec::new();
+        let mut targets = Vec::new();
+        for row in 0..b {
+            for col in 0..t - skip {
+                let label = flat[row * t + col + skip];
+                if label == IGNORE_INDEX {
+                    continue;
+                }
+                if label < 0 || label as usize >= vocab {
+                    return Err(TrainError::LabelOutOfRange {
+                        label,
+                        // Position among the scored (b, T - shift) labels.
+                        position: row * (t - skip) + col,
+                        vocab,
+                    });
+                }
+                rows.push((row * t + col) as u32);
+                targets.push(label as u32);
+            }
+        }
+        if rows.is_empty() {
+            return Err(TrainError::AllLabelsIgnored);
+        }
+        Ok(Self { rows, targets })
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// # Shapes
+    /// -> (n) u32
+    pub fn rows_tensor(&self, dev: &candle_core::Device) -> Result<Tensor> {
+        Ok(Tensor::new(self.rows.as_slice(), dev)?)
+    }
+}
+
+/// Summed negative log-likelihood of `targets` under `logits`, divided by
+/// `denominator`: the mean when it is the row count; a shard of a larger
+/// batch divides by the whole batch's count, so the shards' losses (and
+/// gradients) add up to the batch's.
+///
+/// # Shapes
+/// `logits`: (n, v) float, `targets`: n ids; returns a scalar.
+pub fn token_cross_entropy(logits: &Tensor, targets: &[u32], denominator: usize) -> Result<Tensor> {
+    let (n, _) = logits.dims2()?;
+    if n != targets.len() || n == 0 {
+        return Err(TrainError::Shape(format!(
+            "{n} logit rows vs {} targets",
+            targets.len()
+        )));
+    }
+    let logp = log_softmax_last_dim(logits)?;
     // (n, v) gather (n, 1) -> (n, 1)
-    let target_logp = logp.gather(&Tensor::from_vec(targets, (n, 1), dev)?, 1)?;
-    Ok((target_logp.sum_all()?.neg()? / n as f64)?)
+    let target_logp = logp.gather(
+        &Tensor::from_vec(targets.to_vec(), (n, 1), logits.device())?,
+        1,
+    )?;
+    Ok((target_logp.sum_all()?.neg()? / denominator.max(1) as f64)?)
 }

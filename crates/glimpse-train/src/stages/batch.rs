@@ -18,7 +18,8 @@ pub struct TokenBatch {
     pub valid: Vec<Vec<bool>>,
 }
 
-/// `train`: which segment kinds carry labels.
+/// `train`: which segment kinds carry labels (every token of them but a
+/// row's first, which nothing predicts; see [`scored_tokens`]).
 pub fn left_padded(
     examples: &[&[(SegmentKind, Vec<u32>)]],
     pad: u32,
@@ -32,12 +33,11 @@ pub fn left_padded(
             let mut labels = Vec::new();
             for (kind, toks) in segs.iter() {
                 for &t in toks {
+                    // The first token has nothing before it to be predicted
+                    // from (in a padded row, only padding).
+                    let scored = train(*kind) && !ids.is_empty();
                     ids.push(t);
-                    labels.push(if train(*kind) {
-                        i64::from(t)
-                    } else {
-                        IGNORE_INDEX
-                    });
+                    labels.push(if scored { i64::from(t) } else { IGNORE_INDEX });
                 }
             }
             (ids, labels)
@@ -71,6 +71,28 @@ pub fn left_padded(
     })
 }
 
+/// How many labels [`left_padded`] gives `examples` (the masked LM's terms,
+/// with the causal shift): the same however the examples are batched.
+pub fn scored_tokens(
+    examples: &[&[(SegmentKind, Vec<u32>)]],
+    train: &dyn Fn(SegmentKind) -> bool,
+) -> usize {
+    examples
+        .iter()
+        .map(|segs| {
+            let mut first = true;
+            let mut n = 0;
+            for (kind, toks) in segs.iter() {
+                for _ in toks {
+                    n += usize::from(train(*kind) && !first);
+                    first = false;
+                }
+            }
+            n
+        })
+        .sum()
+}
+
 /// Per row: whether the greedy prediction (argmax of logits at t − 1) is
 /// right at every labelled position t. Greedy decoding reproduces the
 /// labelled answer (and its `</s>`) exactly when this holds, so this is
@@ -90,4 +112,39 @@ pub fn exact_matches(logits: &Tensor, label_rows: &[Vec<i64>]) -> Result<Vec<boo
                 .all(|t| i64::from(p[t - 1]) == labels[t])
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::losses::LabelledRows;
+
+    /// The label counts shards rely on: [`scored_tokens`] of any split of
+    /// the examples adds up to the labels of the whole padded batch, and a
+    /// row's first token is never a label (a padded row would otherwise
+    /// score it from padding).
+    #[test]
+    fn scored_tokens_match_the_padded_labels_however_batched() -> Result<()> {
+        use SegmentKind::{Assistant, User};
+        let a = vec![(User, vec![5, 6]), (Assistant, vec![7, 8, 9])];
+        let b = vec![(Assistant, vec![10, 11])];
+        let c = vec![(User, vec![12, 13, 14, 15, 16]), (Assistant, vec![17])];
+        let all: Vec<&[(SegmentKind, Vec<u32>)]> = vec![&a, &b, &c];
+        let dev = Device::Cpu;
+        for train in [&|k| k == Assistant, &|_| true] as [&dyn Fn(SegmentKind) -> bool; 2] {
+            let whole = left_padded(&all, 0, train, &dev)?;
+            let labelled = LabelledRows::new(&whole.labels, true, 32)?.len();
+            assert_eq!(scored_tokens(&all, train), labelled);
+            let parts = scored_tokens(&all[..1], train) + scored_tokens(&all[1..], train);
+            assert_eq!(parts, labelled);
+            // b's first token is an answer token, and still no label
+            let b_row = &whole.label_rows[1];
+            let b_start = b_row.len() - 2;
+            assert_eq!(b_row[b_start], IGNORE_INDEX);
+            assert_eq!(b_row[b_start + 1], 11);
+        }
+        assert_eq!(scored_tokens(&all, &|k| k == Assistant), 3 + 1 + 1);
+        assert_eq!(scored_tokens(&all, &|_| true), 4 + 1 + 5);
+        Ok(())
+    }
 }

@@ -131,7 +131,7 @@ impl Task for ContrastiveTask<'_> {
         self.pairs.len()
     }
 
-    fn loss(&mut self, batch: &[usize], seed: u64) -> Result<Tensor> {
+    fn loss(&self, batch: &[usize], seed: u64, _denominator: Option<usize>) -> Result<Tensor> {
         let rows: Vec<u32> = batch.iter().map(|&i| self.pairs[i].0 as u32).collect();
         let groups: Vec<u32> = batch.iter().map(|&i| self.pairs[i].1).collect();
         let index = Tensor::new(rows.as_slice(), &self.device)?;

@@ -2,14 +2,14 @@
 //! text (the questions and answers in the chat format, no image), every
 //! token trained.
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use glimpse_data::datasets::SegmentKind;
-use glimpse_models::{Decoder, LogitsFor};
+use glimpse_models::Decoder;
 
-use super::batch::left_padded;
+use super::batch::{left_padded, scored_tokens};
 use super::corpus::Corpus;
 use crate::error::Result;
-use crate::losses::masked_lm_loss;
+use crate::losses::{token_cross_entropy, LabelledRows};
 use crate::trainer::{EvalMetrics, Task};
 
 type Segments = Vec<(SegmentKind, Vec<u32>)>;
@@ -44,13 +44,31 @@ impl<'a> LmTask<'a> {
         })
     }
 
-    fn batch_loss(&self, examples: &[&[(SegmentKind, Vec<u32>)]]) -> Result<candle_core::Tensor> {
+    /// Masked LM loss of `examples`: their mean, or their summed terms over
+    /// `denominator` (a shard; see [`Task::loss`]). The LM head runs only
+    /// at the scored positions.
+    fn batch_loss(
+        &self,
+        examples: &[&[(SegmentKind, Vec<u32>)]],
+        denominator: Option<usize>,
+    ) -> Result<Tensor> {
         let batch = left_padded(examples, self.corpus.ids.pad, &|_| true, &self.device)?;
+        let scored = LabelledRows::new(&batch.labels, true, self.model.config().vocab_size)?;
         let mut cache = self.model.new_cache(examples.len());
-        let logits =
-            self.model
-                .forward(&batch.ids, Some(&batch.valid), &mut cache, LogitsFor::All)?;
-        masked_lm_loss(&logits, &batch.labels, true)
+        let embeds = self.model.embed(&batch.ids)?;
+        // (B, T) positions -> (n, V) logits
+        let logits = self.model.forward_embeds_at(
+            &embeds,
+            Some(&batch.valid),
+            &mut cache,
+            &scored.rows_tensor(&self.device)?,
+            None,
+        )?;
+        token_cross_entropy(
+            &logits,
+            &scored.targets,
+            denominator.unwrap_or(scored.len()),
+        )
     }
 }
 
@@ -68,10 +86,16 @@ impl Task for LmTask<'_> {
         self.train.len()
     }
 
-    fn loss(&mut self, batch: &[usize], _seed: u64) -> Result<candle_core::Tensor> {
+    fn loss_terms(&self, batch: &[usize]) -> Result<Option<usize>> {
         let ex: Vec<&[(SegmentKind, Vec<u32>)]> =
             batch.iter().map(|&i| self.train[i].as_slice()).collect();
-        self.batch_loss(&ex)
+        Ok(Some(scored_tokens(&ex, &|_| true)))
+    }
+
+    fn loss(&self, batch: &[usize], _seed: u64, denominator: Option<usize>) -> Result<Tensor> {
+        let ex: Vec<&[(SegmentKind, Vec<u32>)]> =
+            batch.iter().map(|&i| self.train[i].as_slice()).collect();
+        self.batch_loss(&ex, denominator)
     }
 
     fn evaluate(&mut self) -> Result<EvalMetrics> {
@@ -79,7 +103,8 @@ impl Task for LmTask<'_> {
         let mut n = 0;
         for chunk in self.eval.chunks(128) {
             let ex: Vec<&[(SegmentKind, Vec<u32>)]> = chunk.iter().map(|s| s.as_slice()).collect();
-            total += f64::from(self.batch_loss(&ex)?.to_scalar::<f32>()?) * chunk.len() as f64;
+            total +=
+                f64::from(self.batch_loss(&ex, None)?.to_scalar::<f32>()?) * chunk.len() as f64;
             n += chunk.len();
         }
         Ok(EvalMetrics {

@@ -6,13 +6,13 @@
 
 use candle_core::{Device, Tensor};
 use glimpse_data::datasets::SegmentKind;
-use glimpse_models::{FusionConfig, LogitsFor, Vlm};
+use glimpse_models::{FusionConfig, LogitsFor, Vlm, VlmCache};
 
-use super::batch::{exact_matches, left_padded};
+use super::batch::{exact_matches, left_padded, scored_tokens};
 use super::corpus::{Corpus, Split, DESCRIBE};
 use super::lm::spread;
 use crate::error::Result;
-use crate::losses::masked_lm_loss;
+use crate::losses::{masked_lm_loss, token_cross_entropy, LabelledRows};
 use crate::trainer::{EvalMetrics, Task};
 
 type Segments = Vec<(SegmentKind, Vec<u32>)>;
@@ -115,13 +115,18 @@ impl<'a> VlmTask<'a> {
         })
     }
 
-    /// Logits and labels of a batch of examples from `split`.
-    fn forward(
+    /// The decoder's input for a batch of examples from `split`: embeddings
+    /// with the images in place (early fusion) or attached to the cache
+    /// (cross fusion), the tokens and labels, and the cache.
+    ///
+    /// # Shapes
+    /// -> embeds (B, T, D)
+    fn inputs(
         &self,
         examples: &[&VlmExample],
         split: &Split,
         features: Option<&Tensor>,
-    ) -> Result<(Tensor, super::batch::TokenBatch)> {
+    ) -> Result<(Tensor, super::batch::TokenBatch, VlmCache)> {
         let segs: Vec<&[(SegmentKind, Vec<u32>)]> =
             examples.iter().map(|e| e.segments.as_slice()).collect();
         let batch = left_padded(
@@ -158,10 +163,32 @@ impl<'a> VlmTask<'a> {
             }
         };
         debug_assert_eq!(embeds.dims3()?.1, t);
+        Ok((embeds, batch, cache))
+    }
+
+    /// Logits at every position and labels of a batch of examples from
+    /// `split`.
+    ///
+    /// # Shapes
+    /// -> logits (B, T, V)
+    fn forward(
+        &self,
+        examples: &[&VlmExample],
+        split: &Split,
+        features: Option<&Tensor>,
+    ) -> Result<(Tensor, super::batch::TokenBatch)> {
+        let (embeds, batch, mut cache) = self.inputs(examples, split, features)?;
         let logits =
             self.model
                 .forward_embeds(&embeds, Some(&batch.valid), &mut cache, LogitsFor::All)?;
         Ok((logits, batch))
+    }
+
+    fn segments<'e>(&'e self, batch: &[usize]) -> Vec<&'e [(SegmentKind, Vec<u32>)]> {
+        batch
+            .iter()
+            .map(|&i| self.train[i].segments.as_slice())
+            .collect()
     }
 }
 
@@ -240,10 +267,30 @@ impl Task for VlmTask<'_> {
         self.train.len()
     }
 
-    fn loss(&mut self, batch: &[usize], _seed: u64) -> Result<Tensor> {
+    fn loss_terms(&self, batch: &[usize]) -> Result<Option<usize>> {
+        Ok(Some(scored_tokens(&self.segments(batch), &|k| {
+            k == SegmentKind::Assistant
+        })))
+    }
+
+    /// The LM head runs only at the answer positions.
+    fn loss(&self, batch: &[usize], _seed: u64, denominator: Option<usize>) -> Result<Tensor> {
         let ex: Vec<&VlmExample> = batch.iter().map(|&i| &self.train[i]).collect();
-        let (logits, b) = self.forward(&ex, &self.corpus.train, self.train_features.as_ref())?;
-        masked_lm_loss(&logits, &b.labels, true)
+        let (embeds, b, mut cache) =
+            self.inputs(&ex, &self.corpus.train, self.train_features.as_ref())?;
+        let scored = LabelledRows::new(&b.labels, true, self.model.config().text.vocab_size)?;
+        // (B, T) positions -> (n, V) logits
+        let logits = self.model.forward_embeds_at(
+            &embeds,
+            Some(&b.valid),
+            &mut cache,
+            &scored.rows_tensor(&self.device)?,
+        )?;
+        token_cross_entropy(
+            &logits,
+            &scored.targets,
+            denominator.unwrap_or(scored.len()),
+        )
     }
 
     /// Exact-match accuracy of the greedy answer on the held-out questions

@@ -33,6 +33,7 @@ save_every = 2
 [lm]
 steps = 4
 batch_size = 16
+shards = 2
 lr = 3e-3
 log_every = 1
 
@@ -45,6 +46,7 @@ log_every = 1
 [instruct]
 steps = 30
 batch_size = 16
+shards = 3
 lr = 3e-3
 warmup_steps = 2
 log_every = 1
