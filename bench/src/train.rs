@@ -21,9 +21,12 @@
 //! (`glimpse_train::shards`), the LM head runs only at the 16 labelled
 //! positions of each row, and the shards' gradients are added before
 //! AdamW. `--shards 1` runs the batch whole with every op split across the
-//! threads, as before shards existed.
+//! threads, as before shards existed; `--head-everywhere` runs the LM head
+//! at all 80 positions (as transformers does) and picks the labelled rows
+//! from its logits, to show what each change is worth.
 //!
-//! Usage: bench-train [--steps 10] [--warmup 2] [--batch 32] [--shards 2] [--phases] [--probe]
+//! Usage: bench-train [--steps 10] [--warmup 2] [--batch 32] [--shards 2] [--head-everywhere]
+//!                    [--phases] [--probe]
 //! Prints one JSON line; `--phases` adds per-phase medians (forward and
 //! backward of all shards, optimizer) in ms; `--probe` adds the
 //! forward and backward ms of each part alone, its input a fresh `Var`
@@ -163,27 +166,38 @@ struct Batch {
 }
 
 /// The shard's loss: its rows' label terms over the whole batch's count.
+/// `head_everywhere`: logits at every position, the labelled rows picked
+/// from them (instead of the head run at those rows only).
 ///
 /// # Shapes
 /// rows of the batch -> scalar
-fn shard_loss(model: &Vlm, batch: &Batch, rows: Range<usize>, terms: usize) -> Result<Tensor> {
+fn shard_loss(
+    model: &Vlm,
+    batch: &Batch,
+    rows: Range<usize>,
+    terms: usize,
+    head_everywhere: bool,
+) -> Result<Tensor> {
     let (start, len) = (rows.start, rows.len());
     // (b, 3, H, W) -> (b, 64, 256)
     let images = model.encode_images(&batch.pixels.narrow(0, start, len)?, None)?;
     // (b, 16) -> (b, 16, 256); [image rows; text rows] -> (b, 80, 256)
-    let text = model
-        .language_model
-        .embed(&batch.text.narrow(0, start, len)?)?;
+    let text = model.language_model.embed(&batch.text.narrow(0, start, len)?)?;
     let embeds = Tensor::cat(&[&images, &text], 1)?;
     let scored = LabelledRows::new(&batch.labels.narrow(0, start, len)?, true, VOCAB)?;
+    let picked = scored.rows_tensor(embeds.device())?;
     let mut cache = model.new_cache(len);
-    // (b, 80, 256) -> (n, V) at the labelled positions
-    let logits = model.forward_embeds_at(
-        &embeds,
-        None,
-        &mut cache,
-        &scored.rows_tensor(embeds.device())?,
-    )?;
+    let logits = if head_everywhere {
+        // (b, 80, 256) -> (b, 80, V) -> (b·80, V) -> (n, V)
+        let (b, t, _) = embeds.dims3()?;
+        model
+            .forward_embeds(&embeds, None, &mut cache, LogitsFor::All)?
+            .reshape((b * t, VOCAB))?
+            .index_select(&picked, 0)?
+    } else {
+        // (b, 80, 256) -> (n, V) at the labelled positions
+        model.forward_embeds_at(&embeds, None, &mut cache, &picked)?
+    };
     Ok(token_cross_entropy(&logits, &scored.targets, terms)?)
 }
 
@@ -194,12 +208,14 @@ fn step(
     runner: &ShardRunner,
     vars: &[Var],
     batch: &Batch,
+    head_everywhere: bool,
 ) -> Result<StepTimes> {
     let b = batch.pixels.dim(0)?;
     let t = Instant::now();
     let terms = LabelledRows::new(&batch.labels, true, VOCAB)?.len();
     let (loss_value, grads) = runner.loss_and_grads(b, vars, |rows| {
-        shard_loss(model, batch, rows, terms).map_err(|e| TrainError::Config(format!("{e:#}")))
+        shard_loss(model, batch, rows, terms, head_everywhere)
+            .map_err(|e| TrainError::Config(format!("{e:#}")))
     })?;
     let forward_backward = t.elapsed().as_secs_f64();
 
@@ -246,6 +262,7 @@ fn main() -> Result<()> {
     let warmup = value("--warmup")?.unwrap_or(2);
     let batch = value("--batch")?.unwrap_or(32);
     let shards = value("--shards")?.unwrap_or(2);
+    let head_everywhere = args.iter().any(|a| a == "--head-everywhere");
     let phases = args.iter().any(|a| a == "--phases");
     let probing = args.iter().any(|a| a == "--probe");
     anyhow::ensure!(steps > 0, "--steps must be at least 1");
@@ -297,12 +314,12 @@ fn main() -> Result<()> {
 
     let mut first_loss = None;
     for _ in 0..warmup {
-        let st = step(&model, &mut opt, &runner, &vars, &data)?;
+        let st = step(&model, &mut opt, &runner, &vars, &data, head_everywhere)?;
         first_loss.get_or_insert(st.loss_value);
     }
     let mut times = Vec::with_capacity(steps);
     for _ in 0..steps {
-        times.push(step(&model, &mut opt, &runner, &vars, &data)?);
+        times.push(step(&model, &mut opt, &runner, &vars, &data, head_everywhere)?);
     }
     let first_loss = first_loss.unwrap_or(times[0].loss_value);
     let last_loss = times[times.len() - 1].loss_value;
@@ -317,6 +334,7 @@ fn main() -> Result<()> {
         "steps": steps,
         "threads": candle_core::utils::get_num_threads(),
         "shards": shards,
+        "lm_head": if head_everywhere { "all positions" } else { "labelled positions" },
         "examples_per_s_median": median(per_s.clone()),
         "examples_per_s_all": per_s,
         "step_ms_median": ms(StepTimes::total),
