@@ -9,7 +9,10 @@
 # Env: PY (~/.venvs/glimpse-dev/bin/python), THREADS (2), STEPS (10 timed
 # steps per run, after WARMUP=2), IDLE_WAIT_S (180: before each run, wait up
 # to this long for the machine to be >= 90% idle over 2 s; 0 disables),
-# KEEP (a file for the raw JSON lines).
+# KEEP (a file for the raw JSON lines), GLIMPSE_ARGS (more bench-train flags,
+# e.g. "--head-everywhere" for the LM head at every position as transformers
+# runs it, or "--shards 1"), PY_ARGS (more train_pytorch.py flags, e.g.
+# "--labelled-head": logits only where labels are, as glimpse train runs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-$HOME/.venvs/glimpse-dev/bin/python}
@@ -20,6 +23,8 @@ WARMUP=${WARMUP:-2}
 IDLE_WAIT_S=${IDLE_WAIT_S:-180}
 MAX_OTHERS=${MAX_OTHERS:-0.15}
 RETRIES=${RETRIES:-1}
+GLIMPSE_ARGS=${GLIMPSE_ARGS:-}
+PY_ARGS=${PY_ARGS:-}
 cargo build --release -q -p glimpse-bench --bin bench-train
 BIN=${CARGO_TARGET_DIR:-target}/release/bench-train
 out=${KEEP:-$(mktemp)}
@@ -60,8 +65,10 @@ PYEOF
 
 # Alternate the two sides so slow phases of a noisy machine hit both.
 for round in $(seq "$ROUNDS"); do
-  run env RAYON_NUM_THREADS="$THREADS" "$BIN" --steps "$STEPS" --warmup "$WARMUP" --phases
-  run "$PY" bench/train_pytorch.py --threads "$THREADS" --steps "$STEPS" --warmup "$WARMUP" --phases
+  # shellcheck disable=SC2086 # GLIMPSE_ARGS holds several flags
+  run env RAYON_NUM_THREADS="$THREADS" "$BIN" --steps "$STEPS" --warmup "$WARMUP" --phases $GLIMPSE_ARGS
+  # shellcheck disable=SC2086
+  run "$PY" bench/train_pytorch.py --threads "$THREADS" --steps "$STEPS" --warmup "$WARMUP" --phases $PY_ARGS
 done
 "$PY" - "$out" "$MAX_OTHERS" <<'PYEOF'
 import json, statistics as st, sys

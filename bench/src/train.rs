@@ -182,7 +182,9 @@ fn shard_loss(
     // (b, 3, H, W) -> (b, 64, 256)
     let images = model.encode_images(&batch.pixels.narrow(0, start, len)?, None)?;
     // (b, 16) -> (b, 16, 256); [image rows; text rows] -> (b, 80, 256)
-    let text = model.language_model.embed(&batch.text.narrow(0, start, len)?)?;
+    let text = model
+        .language_model
+        .embed(&batch.text.narrow(0, start, len)?)?;
     let embeds = Tensor::cat(&[&images, &text], 1)?;
     let scored = LabelledRows::new(&batch.labels.narrow(0, start, len)?, true, VOCAB)?;
     let picked = scored.rows_tensor(embeds.device())?;
@@ -319,7 +321,14 @@ fn main() -> Result<()> {
     }
     let mut times = Vec::with_capacity(steps);
     for _ in 0..steps {
-        times.push(step(&model, &mut opt, &runner, &vars, &data, head_everywhere)?);
+        times.push(step(
+            &model,
+            &mut opt,
+            &runner,
+            &vars,
+            &data,
+            head_everywhere,
+        )?);
     }
     let first_loss = first_loss.unwrap_or(times[0].loss_value);
     let last_loss = times[times.len() - 1].loss_value;

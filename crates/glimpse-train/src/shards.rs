@@ -6,7 +6,7 @@
 //! other cores waiting. Here the batch is cut into shards, each shard's
 //! forward and backward runs start to end on its own thread (its ops
 //! serial, its gemms in cache), and the shards' gradients are added. On
-//! bench-train (2 cores) this took 19.5–20.5 examples/s to 27–32.
+//! bench-train (2 cores) this took 23.6 examples/s to 32.2 (BENCHMARKS.md).
 //!
 //! The result does not depend on the thread count: a shard is the same
 //! rows whichever thread runs it, one shard's ops give the same numbers on
