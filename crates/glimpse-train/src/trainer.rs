@@ -161,6 +161,7 @@ pub fn train_loop(
             let batch = sampler.next_batch();
             let seed = name_seed(cfg.seed, &format!("{}/{}/{micro}", cfg.stage, state.step));
             let (value, grads) = match task.loss_terms(&batch)? {
+                Some(0) => return Err(TrainError::AllLabelsIgnored),
                 Some(terms) => runner.loss_and_grads(batch.len(), &vars, |rows| {
                     task.loss(&batch[rows], seed, Some(terms))
                 })?,

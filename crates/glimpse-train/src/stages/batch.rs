@@ -5,8 +5,8 @@
 use candle_core::{Device, Tensor};
 use glimpse_data::datasets::SegmentKind;
 
-use crate::error::Result;
-use crate::losses::IGNORE_INDEX;
+use crate::error::{Result, TrainError};
+use crate::losses::{token_cross_entropy, LabelledRows, IGNORE_INDEX};
 
 pub struct TokenBatch {
     /// (B, T)
@@ -93,6 +93,34 @@ pub fn scored_tokens(
         .sum()
 }
 
+/// The masked LM loss (causal shift) of a batch whose `labels` came from
+/// [`left_padded`], the LM head run only at the labelled rows:
+/// `logits_at(rows)` maps (n) flat `b·T + t` indices to (n, V) logits.
+/// `denominator` as in [`crate::trainer::Task::loss`]; a shard whose rows
+/// hold no label (the batch's all fell in other shards) adds a zero.
+///
+/// # Shapes
+/// `labels`: (B, T) -> scalar
+pub fn labelled_loss(
+    labels: &Tensor,
+    vocab: usize,
+    denominator: Option<usize>,
+    logits_at: impl FnOnce(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let scored = match LabelledRows::new(labels, true, vocab) {
+        Err(TrainError::AllLabelsIgnored) if denominator.is_some() => {
+            return Ok(Tensor::zeros((), candle_core::DType::F32, labels.device())?)
+        }
+        scored => scored?,
+    };
+    let logits = logits_at(&scored.rows_tensor(labels.device())?)?;
+    token_cross_entropy(
+        &logits,
+        &scored.targets,
+        denominator.unwrap_or(scored.len()),
+    )
+}
+
 /// Per row: whether the greedy prediction (argmax of logits at t − 1) is
 /// right at every labelled position t. Greedy decoding reproduces the
 /// labelled answer (and its `</s>`) exactly when this holds, so this is
@@ -117,7 +145,6 @@ pub fn exact_matches(logits: &Tensor, label_rows: &[Vec<i64>]) -> Result<Vec<boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::losses::LabelledRows;
 
     /// The label counts shards rely on: [`scored_tokens`] of any split of
     /// the examples adds up to the labels of the whole padded batch, and a
@@ -145,6 +172,21 @@ mod tests {
         }
         assert_eq!(scored_tokens(&all, &|k| k == Assistant), 3 + 1 + 1);
         assert_eq!(scored_tokens(&all, &|_| true), 4 + 1 + 5);
+        Ok(())
+    }
+
+    /// A shard whose rows hold no label adds zero to its batch; a whole
+    /// batch without labels stays an error.
+    #[test]
+    fn a_shard_without_labels_adds_zero() -> Result<()> {
+        let labels = Tensor::new(&[[IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX]], &Device::Cpu)?;
+        let never = |_: &Tensor| -> Result<Tensor> { panic!("no logits are needed") };
+        let zero = labelled_loss(&labels, 8, Some(5), never)?;
+        assert_eq!(zero.to_scalar::<f32>()?, 0.0);
+        assert!(matches!(
+            labelled_loss(&labels, 8, None, never),
+            Err(TrainError::AllLabelsIgnored)
+        ));
         Ok(())
     }
 }

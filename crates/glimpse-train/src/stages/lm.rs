@@ -6,10 +6,9 @@ use candle_core::{Device, Tensor};
 use glimpse_data::datasets::SegmentKind;
 use glimpse_models::Decoder;
 
-use super::batch::{left_padded, scored_tokens};
+use super::batch::{labelled_loss, left_padded, scored_tokens};
 use super::corpus::Corpus;
 use crate::error::Result;
-use crate::losses::{token_cross_entropy, LabelledRows};
 use crate::trainer::{EvalMetrics, Task};
 
 type Segments = Vec<(SegmentKind, Vec<u32>)>;
@@ -53,22 +52,15 @@ impl<'a> LmTask<'a> {
         denominator: Option<usize>,
     ) -> Result<Tensor> {
         let batch = left_padded(examples, self.corpus.ids.pad, &|_| true, &self.device)?;
-        let scored = LabelledRows::new(&batch.labels, true, self.model.config().vocab_size)?;
         let mut cache = self.model.new_cache(examples.len());
         let embeds = self.model.embed(&batch.ids)?;
-        // (B, T) positions -> (n, V) logits
-        let logits = self.model.forward_embeds_at(
-            &embeds,
-            Some(&batch.valid),
-            &mut cache,
-            &scored.rows_tensor(&self.device)?,
-            None,
-        )?;
-        token_cross_entropy(
-            &logits,
-            &scored.targets,
-            denominator.unwrap_or(scored.len()),
-        )
+        let vocab = self.model.config().vocab_size;
+        labelled_loss(&batch.labels, vocab, denominator, |rows| {
+            // (B, T) positions -> (n, V) logits
+            Ok(self
+                .model
+                .forward_embeds_at(&embeds, Some(&batch.valid), &mut cache, rows, None)?)
+        })
     }
 }
 

@@ -8,11 +8,11 @@ use candle_core::{Device, Tensor};
 use glimpse_data::datasets::SegmentKind;
 use glimpse_models::{FusionConfig, LogitsFor, Vlm, VlmCache};
 
-use super::batch::{exact_matches, left_padded, scored_tokens};
+use super::batch::{exact_matches, labelled_loss, left_padded, scored_tokens};
 use super::corpus::{Corpus, Split, DESCRIBE};
 use super::lm::spread;
 use crate::error::Result;
-use crate::losses::{masked_lm_loss, token_cross_entropy, LabelledRows};
+use crate::losses::masked_lm_loss;
 use crate::trainer::{EvalMetrics, Task};
 
 type Segments = Vec<(SegmentKind, Vec<u32>)>;
@@ -278,19 +278,13 @@ impl Task for VlmTask<'_> {
         let ex: Vec<&VlmExample> = batch.iter().map(|&i| &self.train[i]).collect();
         let (embeds, b, mut cache) =
             self.inputs(&ex, &self.corpus.train, self.train_features.as_ref())?;
-        let scored = LabelledRows::new(&b.labels, true, self.model.config().text.vocab_size)?;
-        // (B, T) positions -> (n, V) logits
-        let logits = self.model.forward_embeds_at(
-            &embeds,
-            Some(&b.valid),
-            &mut cache,
-            &scored.rows_tensor(&self.device)?,
-        )?;
-        token_cross_entropy(
-            &logits,
-            &scored.targets,
-            denominator.unwrap_or(scored.len()),
-        )
+        let vocab = self.model.config().text.vocab_size;
+        labelled_loss(&b.labels, vocab, denominator, |rows| {
+            // (B, T) positions -> (n, V) logits
+            Ok(self
+                .model
+                .forward_embeds_at(&embeds, Some(&b.valid), &mut cache, rows)?)
+        })
     }
 
     /// Exact-match accuracy of the greedy answer on the held-out questions
