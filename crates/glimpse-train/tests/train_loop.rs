@@ -246,6 +246,37 @@ fn frozen_parts_stay_bit_identical() -> Result<()> {
     Ok(())
 }
 
+/// Cross-attention fusion trains in shards too (its blocks run as the
+/// decoder's layer hook under `Vlm::forward_embeds_at`): an instruct-only
+/// run of three shards per batch finishes with finite losses, and the
+/// gated blocks moved.
+#[test]
+fn cross_fusion_trains_in_shards() -> Result<()> {
+    let Some(root) = easy_vqa_root() else {
+        skip();
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let stages = "[model.fusion]\nmode = \"cross\"\n\n[instruct]\nsteps = 6\nbatch_size = 8\n\
+                  shards = 3\nlr = 3e-3\nlog_every = 1\n";
+    let recipe = write_recipe(dir.path(), &tiny_recipe(&root, 32, stages))?;
+    let out = dir.path().join("out");
+    let report = run(&recipe, &out, false, None)?;
+    assert!(report.complete);
+    let losses: Vec<f64> = train_losses(&out)?.into_values().collect();
+    assert_eq!(losses.len(), 6, "one loss per step: {losses:?}");
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
+    let trained = load(&out.join("instruct/final.safetensors"))?;
+    // the tanh gates start at 0
+    let gates: Vec<&String> = trained.keys().filter(|k| k.ends_with("_gate")).collect();
+    assert!(!gates.is_empty(), "no gate in {:?}", trained.keys());
+    for name in gates {
+        let moved = trained[name].abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(moved > 0.0, "{name} did not train");
+    }
+    Ok(())
+}
+
 /// y = x·w on fixed data; from call `nan_at` on, the loss is NaN. Keeps
 /// the weights it saw at each call.
 struct Linear {
