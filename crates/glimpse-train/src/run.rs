@@ -87,7 +87,7 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
         same_model(&out, &recipe)?;
     }
     std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
-    std::fs::copy(&opts.recipe, out.join("recipe.toml")).map_err(|e| io(&opts.recipe, e))?;
+    keep_recipe_copy(&opts.recipe, &out)?;
     let device = Device::Cpu;
     let corpus = Corpus::prepare(&recipe, &out.join("tokenizer.json"), &device)?;
     let metrics_path = out.join("metrics.jsonl");
@@ -329,6 +329,17 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
         });
     }
     Ok(report)
+}
+
+/// The run's copy of its recipe, `out/recipe.toml`, written through a
+/// temporary file and a rename: the recipe may be that very file (a run
+/// resumed from its own copy), which a plain copy would truncate to nothing.
+fn keep_recipe_copy(recipe: &Path, out: &Path) -> Result<()> {
+    let text = std::fs::read(recipe).map_err(|e| io(recipe, e))?;
+    let dst = out.join("recipe.toml");
+    let tmp = out.join(".recipe.toml.tmp");
+    std::fs::write(&tmp, text).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, &dst).map_err(|e| io(&dst, e))
 }
 
 /// A resumed run must build the model its earlier stages trained: finished

@@ -246,6 +246,33 @@ fn frozen_parts_stay_bit_identical() -> Result<()> {
     Ok(())
 }
 
+/// A run resumed from its own copy of the recipe (`--out DIR` with
+/// `DIR/recipe.toml` as the recipe) keeps that file: it used to be copied
+/// onto itself, which truncated it to nothing.
+#[test]
+fn resuming_from_the_runs_own_recipe_keeps_it() -> Result<()> {
+    let Some(root) = easy_vqa_root() else {
+        skip();
+        return Ok(());
+    };
+    let dir = tempfile::tempdir()?;
+    let out = dir.path().join("run");
+    let text = tiny_recipe(
+        &root,
+        32,
+        "[lm]\nsteps = 2\nbatch_size = 8\nlr = 3e-3\nlog_every = 1\n",
+    );
+    let recipe = write_recipe(&out, &text)?;
+    assert_eq!(recipe, out.join("recipe.toml"));
+    let report = run(&recipe, &out, true, None)?;
+    assert!(report.complete);
+    assert_eq!(std::fs::read_to_string(&recipe)?, text);
+    // and once more, with every stage done
+    run(&recipe, &out, true, None)?;
+    assert_eq!(std::fs::read_to_string(&recipe)?, text);
+    Ok(())
+}
+
 /// Cross-attention fusion trains in shards too (its blocks run as the
 /// decoder's layer hook under `Vlm::forward_embeds_at`): an instruct-only
 /// run of three shards per batch finishes with finite losses, and the
