@@ -1,5 +1,6 @@
 //! The training loop shared by every stage: batches from a resumable
-//! sampler, loss, backward, accumulation, clipping, AdamW with a
+//! sampler, loss and backward (in data-parallel shards where the loss
+//! allows, `crate::shards`), accumulation, clipping, AdamW with a
 //! warmup-cosine schedule, a progress bar, JSONL metrics, periodic
 //! evaluation and atomic checkpoints; `resume` continues a run so that
 //! its losses equal an uninterrupted one's.
