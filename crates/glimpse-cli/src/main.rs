@@ -33,6 +33,7 @@ enum Command {
 
 fn main() -> ExitCode {
     glimpse_cli::alloc::keep_freed_memory();
+    glimpse_cli::device::count_threads_once();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ask(args) => commands::ask::run(args),
