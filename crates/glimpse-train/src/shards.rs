@@ -24,6 +24,7 @@ use std::ops::Range;
 use candle_core::{backprop::GradStore, Tensor, Var};
 
 use crate::error::{Result, TrainError};
+use crate::optim::GradAccumulator;
 
 /// Runs the shards of a batch on pools of threads and adds their gradients.
 pub struct ShardRunner {
@@ -93,18 +94,12 @@ impl ShardRunner {
         F: Fn(Range<usize>) -> Result<Tensor> + Sync,
     {
         let parts = self.split(rows);
-        let run = |range: Range<usize>| -> Result<(f64, Vec<Option<Tensor>>)> {
+        let run = |range: Range<usize>| -> Result<(f64, GradStore)> {
             let l = loss(range)?;
             let value = f64::from(l.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?);
-            let grads = l.backward()?;
-            // Detached: the sums below must not grow a graph.
-            let per_var = vars
-                .iter()
-                .map(|v| grads.get(v.as_tensor()).map(Tensor::detach))
-                .collect();
-            Ok((value, per_var))
+            Ok((value, l.backward()?))
         };
-        type ShardOut = Result<(f64, Vec<Option<Tensor>>)>;
+        type ShardOut = Result<(f64, GradStore)>;
         let mut results: Vec<Option<ShardOut>> = (0..parts.len()).map(|_| None).collect();
         if parts.len() == 1 {
             results[0] = Some(self.pools[0].install(|| run(parts[0].clone())));
@@ -135,29 +130,16 @@ impl ShardRunner {
             }
         }
         let mut total = 0.0;
-        let mut sums: Vec<Option<Tensor>> = vec![None; vars.len()];
+        let mut sums = GradAccumulator::new(vars.to_vec());
         // In shard order, so the sums do not depend on which thread
         // finished first.
         for r in results {
             let (value, grads) =
                 r.ok_or_else(|| TrainError::Config("a shard's thread panicked".into()))??;
             total += value;
-            for (sum, g) in sums.iter_mut().zip(grads) {
-                if let Some(g) = g {
-                    *sum = Some(match sum.take() {
-                        Some(s) => (s + g)?,
-                        None => g,
-                    });
-                }
-            }
+            sums.add(&grads)?;
         }
-        let mut store = GradStore::default();
-        for (v, s) in vars.iter().zip(sums) {
-            if let Some(s) = s {
-                store.insert(v.as_tensor(), s);
-            }
-        }
-        Ok((total, store))
+        Ok((total, sums.take_sum()))
     }
 }
 

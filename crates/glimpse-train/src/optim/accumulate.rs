@@ -41,16 +41,32 @@ impl GradAccumulator {
         Ok(())
     }
 
+    /// The sums as they are, then reset.
+    pub fn take_sum(&mut self) -> GradStore {
+        let mut out = GradStore::default();
+        for (var, s) in self.drain() {
+            out.insert(var.as_tensor(), s);
+        }
+        out
+    }
+
     /// Sums times `scale`, then reset.
     pub fn take_scaled(&mut self, scale: f64) -> Result<GradStore> {
         let mut out = GradStore::default();
-        for (var, sum) in self.vars.iter().zip(self.sums.iter_mut()) {
-            if let Some(s) = sum.take() {
-                out.insert(var.as_tensor(), (s * scale)?);
-            }
+        for (var, s) in self.drain() {
+            out.insert(var.as_tensor(), (s * scale)?);
         }
-        self.micro_steps = 0;
         Ok(out)
+    }
+
+    /// Each var that has a sum, with it; resets.
+    fn drain(&mut self) -> Vec<(&Var, Tensor)> {
+        self.micro_steps = 0;
+        self.vars
+            .iter()
+            .zip(self.sums.iter_mut())
+            .filter_map(|(var, sum)| sum.take().map(|s| (var, s)))
+            .collect()
     }
 
     /// Mean over the micro-batches added, then reset. Errors when none was added.

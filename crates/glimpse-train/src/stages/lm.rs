@@ -51,7 +51,7 @@ impl<'a> LmTask<'a> {
         examples: &[&[(SegmentKind, Vec<u32>)]],
         denominator: Option<usize>,
     ) -> Result<Tensor> {
-        let batch = left_padded(examples, self.corpus.ids.pad, &|_| true, &self.device)?;
+        let batch = left_padded(examples, self.corpus.ids.pad, &trained, &self.device)?;
         let mut cache = self.model.new_cache(examples.len());
         let embeds = self.model.embed(&batch.ids)?;
         let vocab = self.model.config().vocab_size;
@@ -62,6 +62,12 @@ impl<'a> LmTask<'a> {
                 .forward_embeds_at(&embeds, Some(&batch.valid), &mut cache, rows, None)?)
         })
     }
+}
+
+/// The tokens the `lm` stage trains: all of them (the collate labels them,
+/// and each shard's loss divides by their count).
+fn trained(_: SegmentKind) -> bool {
+    true
 }
 
 /// `n` items spread evenly over `items` (a fixed, order-independent subset).
@@ -81,7 +87,7 @@ impl Task for LmTask<'_> {
     fn loss_terms(&self, batch: &[usize]) -> Result<Option<usize>> {
         let ex: Vec<&[(SegmentKind, Vec<u32>)]> =
             batch.iter().map(|&i| self.train[i].as_slice()).collect();
-        Ok(Some(scored_tokens(&ex, &|_| true)))
+        Ok(Some(scored_tokens(&ex, &trained)))
     }
 
     fn loss(&self, batch: &[usize], _seed: u64, denominator: Option<usize>) -> Result<Tensor> {

@@ -129,12 +129,7 @@ impl<'a> VlmTask<'a> {
     ) -> Result<(Tensor, super::batch::TokenBatch, VlmCache)> {
         let segs: Vec<&[(SegmentKind, Vec<u32>)]> =
             examples.iter().map(|e| e.segments.as_slice()).collect();
-        let batch = left_padded(
-            &segs,
-            self.corpus.ids.pad,
-            &|k| k == SegmentKind::Assistant,
-            &self.device,
-        )?;
+        let batch = left_padded(&segs, self.corpus.ids.pad, &trained, &self.device)?;
         let rows: Vec<u32> = examples.iter().map(|e| e.image as u32).collect();
         let index = Tensor::new(rows.as_slice(), &self.device)?;
         let feats = match features {
@@ -190,6 +185,12 @@ impl<'a> VlmTask<'a> {
             .map(|&i| self.train[i].segments.as_slice())
             .collect()
     }
+}
+
+/// The tokens a VLM stage trains: the answer's (the collate labels them,
+/// and each shard's loss divides by their count).
+fn trained(kind: SegmentKind) -> bool {
+    kind == SegmentKind::Assistant
 }
 
 fn questions(
@@ -268,9 +269,7 @@ impl Task for VlmTask<'_> {
     }
 
     fn loss_terms(&self, batch: &[usize]) -> Result<Option<usize>> {
-        Ok(Some(scored_tokens(&self.segments(batch), &|k| {
-            k == SegmentKind::Assistant
-        })))
+        Ok(Some(scored_tokens(&self.segments(batch), &trained)))
     }
 
     /// The LM head runs only at the answer positions.
