@@ -251,7 +251,7 @@ fn probe(reps: usize, f: impl Fn() -> Result<Tensor>) -> Result<(f64, f64)> {
 fn main() -> Result<()> {
     glimpse_cli::alloc::keep_freed_memory();
     // As `glimpse` does: without it candle reads /proc/cpuinfo before every matmul.
-    glimpse_cli::device::count_threads_once();
+    glimpse_engine::device::count_threads_once();
     // As `glimpse train` does, before the first tensor op.
     glimpse_train::shards::prefer_shard_threads();
     let args: Vec<String> = std::env::args().collect();

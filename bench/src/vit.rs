@@ -27,7 +27,7 @@ fn peak_rss_mib() -> Option<f64> {
 fn main() -> Result<()> {
     glimpse_cli::alloc::keep_freed_memory();
     // As `glimpse` does: without it candle reads /proc/cpuinfo before every matmul.
-    glimpse_cli::device::count_threads_once();
+    glimpse_engine::device::count_threads_once();
     let args: Vec<String> = std::env::args().collect();
     let value = |flag: &str| {
         args.iter()

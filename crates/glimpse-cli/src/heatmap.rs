@@ -8,7 +8,7 @@ use candle_core::Tensor;
 use image::imageops::{self, FilterType};
 use image::{ImageBuffer, Luma, Rgb, RgbImage};
 
-use crate::pipeline::{PipelineError, Result};
+use glimpse_engine::pipeline::{PipelineError, Result};
 
 const SIDE: u32 = 224;
 

@@ -1,8 +1,8 @@
-//! Library half of the `glimpse` binary: the pipelines that join data
-//! preparation and models, shared by the commands and the integration tests.
+//! Library half of the `glimpse` binary: evaluation, attention-map
+//! drawing and the allocator, shared by the commands and the integration
+//! tests. The pipelines (model + tokenizer + processor) live in
+//! `glimpse-engine`, which the server shares.
 
 pub mod alloc;
-pub mod device;
 pub mod eval;
 pub mod heatmap;
-pub mod pipeline;

@@ -29,11 +29,12 @@ enum Command {
     Generate(commands::generate::GenerateArgs),
     Eval(commands::eval::EvalArgs),
     Train(commands::train::TrainArgs),
+    Serve(commands::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
     glimpse_cli::alloc::keep_freed_memory();
-    glimpse_cli::device::count_threads_once();
+    glimpse_engine::device::count_threads_once();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Ask(args) => commands::ask::run(args),
@@ -46,13 +47,14 @@ fn main() -> ExitCode {
             commands::train::run(args)
         }
         Command::Eval(args) => commands::eval::run(args),
+        Command::Serve(args) => commands::serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             let usage = matches!(
-                err.downcast_ref::<glimpse_cli::pipeline::PipelineError>(),
-                Some(glimpse_cli::pipeline::PipelineError::Usage(_))
+                err.downcast_ref::<glimpse_engine::pipeline::PipelineError>(),
+                Some(glimpse_engine::pipeline::PipelineError::Usage(_))
             );
             // `{:#}` joins the context chain into one line.
             eprintln!("error: {err:#}");

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use common::{expect_error, fixtures, glimpse, glimpse_json};
-use glimpse_cli::pipeline::VlmPipeline;
+use glimpse_engine::pipeline::VlmPipeline;
 use serde_json::Value;
 
 const MODELS: [&str; 3] = ["clip-llama", "siglip-qwen2", "clip-llama-multilayer"];

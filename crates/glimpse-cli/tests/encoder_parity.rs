@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use common::{assert_close, fixtures};
-use glimpse_cli::pipeline::DualPipeline;
+use glimpse_engine::pipeline::DualPipeline;
 
 const MODEL_TOL: f32 = 1e-4;
 

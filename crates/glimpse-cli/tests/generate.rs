@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use candle_core::Device;
 use common::{expect_error, fixtures, glimpse, glimpse_json};
-use glimpse_cli::pipeline::CausalLm;
+use glimpse_engine::pipeline::CausalLm;
 use serde_json::Value;
 
 fn decoder(name: &str) -> PathBuf {

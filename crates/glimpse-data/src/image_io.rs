@@ -26,16 +26,41 @@ impl Default for ImageLimits {
 /// Reads and decodes an image file (format sniffed from its bytes, not its
 /// extension).
 pub fn load_rgb(path: &Path, limits: &ImageLimits) -> Result<RgbImage> {
+    let bytes = read_image_file(path)?;
+    decode_rgb(&bytes, &path.display().to_string(), limits)
+}
+
+/// Most bytes an image file may have; a larger one is refused before it
+/// is read (no image format needs this much for the pixel limit).
+pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
+
+/// An image file's bytes: a regular file (not a directory, FIFO or
+/// device, which could block or never end) of at most
+/// [`MAX_IMAGE_FILE_BYTES`].
+pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
     let name = path.display().to_string();
     let io_err = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::NotFound => DataError::image(&name, "not found"),
         _ => DataError::image(&name, format!("cannot read: {e}")),
     };
-    if std::fs::metadata(path).map_err(io_err)?.is_dir() {
+    let meta = std::fs::metadata(path).map_err(io_err)?;
+    if meta.is_dir() {
         return Err(DataError::image(&name, "is a directory"));
     }
-    let bytes = std::fs::read(path).map_err(io_err)?;
-    decode_rgb(&bytes, &name, limits)
+    if !meta.is_file() {
+        return Err(DataError::image(&name, "not a regular file"));
+    }
+    if meta.len() > MAX_IMAGE_FILE_BYTES {
+        return Err(DataError::image(
+            &name,
+            format!(
+                "{} bytes; image files over {} MiB are refused",
+                meta.len(),
+                MAX_IMAGE_FILE_BYTES >> 20
+            ),
+        ));
+    }
+    std::fs::read(path).map_err(io_err)
 }
 
 /// Decodes PNG, JPEG, WebP, GIF (first frame) or BMP bytes; `name` is what

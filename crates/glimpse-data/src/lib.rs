@@ -17,7 +17,7 @@ pub mod tokenizer_train;
 pub use chat_template::{ChatMessage, ChatTemplate, SpecialTokens};
 pub use error::{DataError, Result};
 pub use gguf_tokenizer::{tokenizer_from_gguf, GgufTokenizer};
-pub use image_io::{decode_rgb, load_rgb, ImageLimits};
+pub use image_io::{decode_rgb, load_rgb, read_image_file, ImageLimits, MAX_IMAGE_FILE_BYTES};
 pub use pil_resize::Filter;
 pub use preprocess::{center_crop, preprocess, preprocess_batch};
 pub use processor_config::{CropSize, PerChannel, ProcessorConfig, SizeSpec};

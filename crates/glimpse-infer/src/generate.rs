@@ -13,9 +13,9 @@ use std::time::Instant;
 use tokenizers::Tokenizer;
 
 use crate::error::{one_line, InferError, Result};
-use crate::sampling::{Sampler, SamplingConfig};
-use crate::stop::{FinishReason, StopRules, StopStrings};
-use crate::stream::TextStream;
+use crate::sampling::SamplingConfig;
+use crate::sequence::{model_error, Sequence};
+use crate::stop::FinishReason;
 
 /// A decoder with its prompt already in place and a cache behind it.
 pub trait TokenModel {
@@ -100,10 +100,6 @@ fn rate(n: usize, secs: f64) -> f64 {
     }
 }
 
-fn model_error(e: impl std::error::Error) -> InferError {
-    InferError::Model(one_line(e))
-}
-
 /// Generates from a model whose prompt is in place. `prompt_ids` are the
 /// ids the repetition penalty sees (and `prompt_tokens` counts); `on_text`
 /// gets each printable piece as it comes, and an error from it stops
@@ -120,9 +116,7 @@ where
     F: FnMut(&str) -> std::result::Result<(), OutputError>,
 {
     let start = Instant::now();
-    let mut sampler = Sampler::new(cfg.sampling.clone())?;
-    let rules = StopRules::new(&cfg.eos_ids, cfg.max_new_tokens);
-    let mut stream = TextStream::new(tokenizer, StopStrings::new(cfg.stop_strings.iter()));
+    let mut seq = Sequence::new(tokenizer, prompt_ids, cfg)?;
     let mut emit = |s: &str| -> Result<()> {
         if s.is_empty() {
             return Ok(());
@@ -130,42 +124,30 @@ where
         on_text(s).map_err(|e| InferError::Output(one_line(e)))
     };
 
-    let mut tokens = Vec::new();
     let (mut prefill_secs, mut decode_secs, mut decode_steps) = (0.0, 0.0, 0usize);
-    let mut finish_reason = FinishReason::Length;
-    if cfg.max_new_tokens > 0 {
+    if seq.finished().is_none() {
         let t = Instant::now();
         let mut logits = model.prefill().map_err(model_error)?;
         prefill_secs = t.elapsed().as_secs_f64();
-        let mut history = prompt_ids.to_vec();
         loop {
-            let id = sampler.sample(&logits, &history)?;
-            tokens.push(id);
-            history.push(id);
-            let by_rule = rules.check(id, tokens.len());
-            if by_rule != Some(FinishReason::Eos) {
-                let piece = stream.push(id)?;
-                let stopped = piece.stopped;
-                emit(piece.text)?;
-                if stopped {
-                    finish_reason = FinishReason::StopString;
-                    break;
-                }
-            }
-            if let Some(reason) = by_rule {
-                finish_reason = reason;
+            let advance = seq.accept(&logits)?;
+            emit(&advance.text)?;
+            if advance.finished.is_some() {
                 break;
             }
             let t = Instant::now();
-            logits = model.step(id).map_err(model_error)?;
+            logits = model.step(advance.token).map_err(model_error)?;
             decode_secs += t.elapsed().as_secs_f64();
             decode_steps += 1;
         }
+    } else {
+        emit(&seq.finish_text()?)?;
     }
-    emit(stream.finish()?)?;
 
+    let tokens = seq.generated().to_vec();
+    let finish_reason = seq.finished().unwrap_or(FinishReason::Length);
     Ok(Generation {
-        text: stream.into_text(),
+        text: seq.into_text(),
         tokens,
         finish_reason,
         prompt_tokens: prompt_ids.len(),

@@ -6,16 +6,20 @@
 //! - [`sampling`]: repetition penalty, temperature, top-k, top-p, seeded draw;
 //! - [`stop`]: eos ids, stop strings, token budget, [`FinishReason`];
 //! - [`stream`]: UTF-8-safe incremental detokenising with stop-string holdback;
-//! - [`generate`](mod@generate): prefill / step loop tying them together.
+//! - [`sequence`]: one sequence advanced a token at a time (what a
+//!   scheduler batching many sequences drives);
+//! - [`generate`](mod@generate): prefill / step loop over one sequence.
 
 pub mod error;
 pub mod generate;
 pub mod sampling;
+pub mod sequence;
 pub mod stop;
 pub mod stream;
 
 pub use error::{InferError, Result};
 pub use generate::{generate, Generation, GenerationConfig, OutputError, TokenModel};
 pub use sampling::{Sampler, SamplingConfig};
+pub use sequence::{Advance, Sequence};
 pub use stop::{FinishReason, StopRules, StopStrings};
 pub use stream::{Piece, TextStream};

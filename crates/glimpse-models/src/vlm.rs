@@ -325,6 +325,37 @@ impl Vlm {
         })
     }
 
+    /// One generated token for each of B requests, each with its own
+    /// one-row cache (continuous batching; see [`Decoder::step_many`]).
+    /// Cross fusion steps row by row: each request attends to its own
+    /// images, and a text-only request (no images attached) skips the
+    /// cross blocks.
+    ///
+    /// # Shapes
+    /// `ids`: B generated ids -> logits f32 (B, V)
+    pub fn step_many(&self, ids: &[u32], caches: &mut [&mut VlmCache]) -> Result<Tensor> {
+        let lm = &self.language_model;
+        // (B,) -> (B, 1) -> (B, 1, D)
+        let embeds = lm.embed(&Tensor::from_slice(ids, (ids.len(), 1), lm.device())?)?;
+        if self.cross_layers.is_empty() {
+            let mut decoders: Vec<&mut DecoderCache> =
+                caches.iter_mut().map(|c| &mut c.decoder).collect();
+            return lm.step_many(&embeds, &mut decoders);
+        }
+        let rows = caches
+            .iter_mut()
+            .enumerate()
+            .map(|(b, cache)| {
+                let row = embeds.narrow(0, b, 1)?;
+                // (1, 1, V) -> (1, V)
+                Ok(self
+                    .forward_embeds(&row, None, cache, LogitsFor::Last)?
+                    .squeeze(1)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&rows, 0)?)
+    }
+
     /// Runs `f` on the decoder's cache with the cross-attention blocks as
     /// its layer hook (none for early fusion), and keeps what they captured.
     fn with_cross_hook<R>(

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use glimpse_cli::device::default_device;
 use glimpse_cli::heatmap::write_attention_map;
-use glimpse_cli::pipeline::{PipelineError, VlmPipeline};
+use glimpse_engine::device::default_device;
+use glimpse_engine::pipeline::{PipelineError, VlmPipeline};
 use glimpse_infer::GenerationConfig;
 use glimpse_models::FeatureSelect;
 

@@ -4,8 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use glimpse_cli::device::default_device;
-use glimpse_cli::pipeline::{DualPipeline, PipelineError};
+use glimpse_engine::device::default_device;
+use glimpse_engine::pipeline::{DualPipeline, PipelineError};
 
 #[derive(Args)]
 #[command(

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 use candle_core::DType;
 use clap::{Args, ValueEnum};
-use glimpse_cli::device::default_device;
-use glimpse_cli::pipeline::{CausalLm, PipelineError};
+use glimpse_engine::device::default_device;
+use glimpse_engine::pipeline::{CausalLm, PipelineError};
 use glimpse_infer::GenerationConfig;
 
 use super::sampling::{SamplingArgs, TextOut};

@@ -4,11 +4,12 @@ pub mod embed;
 pub mod eval;
 pub mod generate;
 pub mod sampling;
+pub mod serve;
 pub mod train;
 
 use std::path::PathBuf;
 
-use glimpse_cli::pipeline::PipelineError;
+use glimpse_engine::pipeline::PipelineError;
 
 /// Formats a vector for the text output: compact, fixed precision.
 pub fn format_row(row: &[f32]) -> String {

@@ -4,7 +4,8 @@
 use std::io::{StdoutLock, Write};
 
 use clap::Args;
-use glimpse_cli::pipeline::PipelineError;
+use glimpse_engine::pipeline::PipelineError;
+use glimpse_engine::GenerateParams;
 use glimpse_infer::{OutputError, SamplingConfig};
 
 #[derive(Args)]
@@ -28,23 +29,16 @@ pub struct SamplingArgs {
 
 impl SamplingArgs {
     /// The model's defaults with the flags given on top, checked.
-    pub fn apply(&self, mut s: SamplingConfig) -> Result<SamplingConfig, PipelineError> {
-        if let Some(t) = self.temperature {
-            s.temperature = t;
+    pub fn apply(&self, defaults: SamplingConfig) -> Result<SamplingConfig, PipelineError> {
+        GenerateParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            repetition_penalty: self.repetition_penalty,
+            seed: Some(self.seed),
+            ..Default::default()
         }
-        if self.top_p.is_some() {
-            s.top_p = self.top_p;
-        }
-        if self.top_k.is_some() {
-            s.top_k = self.top_k;
-        }
-        if let Some(r) = self.repetition_penalty {
-            s.repetition_penalty = r;
-        }
-        s.seed = self.seed;
-        s.validate()
-            .map_err(|e| PipelineError::Usage(e.to_string()))?;
-        Ok(s)
+        .sampling(defaults)
     }
 }
 

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::vqa::{answer_questions, VqaQuestion};
 use super::{normalize_answer, ratio};
-use crate::pipeline::{Result, VlmPipeline};
+use glimpse_engine::pipeline::{Result, VlmPipeline};
 
 /// An existence question without negation, answered yes or no:
 /// "is there a red shape?", "is there a circle in the image?", "does the

@@ -12,7 +12,7 @@ use glimpse_data::DataError;
 use serde_json::{json, Value};
 
 use super::progress_bar;
-use crate::pipeline::{DualPipeline, Result};
+use glimpse_engine::pipeline::{DualPipeline, Result};
 
 /// The K of recall@K.
 pub const RECALL_KS: [usize; 3] = [1, 5, 10];

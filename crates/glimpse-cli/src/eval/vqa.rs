@@ -10,7 +10,7 @@ use glimpse_infer::GenerationConfig;
 use serde_json::{json, Value};
 
 use super::{normalize_answer, progress_bar, Accuracy};
-use crate::pipeline::{Result, VlmPipeline};
+use glimpse_engine::pipeline::{Result, VlmPipeline};
 
 /// easy-VQA answers are one word; a few tokens leave room for a trailing
 /// '.' or a two-token word without letting a rambling model run on.

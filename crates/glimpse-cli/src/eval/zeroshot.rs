@@ -17,7 +17,7 @@ use glimpse_data::DataError;
 use serde_json::{json, Value};
 
 use super::{progress_bar, Accuracy};
-use crate::pipeline::{DualPipeline, Result};
+use glimpse_engine::pipeline::{DualPipeline, Result};
 
 /// Images per pass of the image tower (memory of one batch, not of the split).
 const BATCH: usize = 64;

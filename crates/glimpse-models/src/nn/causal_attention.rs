@@ -69,6 +69,55 @@ impl CausalSelfAttention {
         inputs: &AttentionInputs,
         cache: &mut KvCache,
     ) -> Result<(Tensor, Option<Tensor>)> {
+        let (q, k, v) = self.project(xs, rope, &inputs.cos, &inputs.sin)?;
+        // (B, Hkv, S, hd) each
+        let (k, v) = cache.append(&k, &v)?;
+        let (out, probs) = self.attend(&q, &k, &v, inputs.mask.as_ref(), inputs.want_probs)?;
+        Ok((self.o_proj.forward(&out)?, probs))
+    }
+
+    /// One new position for each of B independent sequences (continuous
+    /// batching): the projections run once over all rows, then each row
+    /// appends to its own cache and attends over its own keys, under its
+    /// own mask.
+    ///
+    /// # Shapes
+    /// `xs`: (B, 1, D), `cos`/`sin`: (B, 1, hd/2), `masks[b]`: (1, 1, 1, 1, S_b)
+    /// -> (B, 1, D); cache b grows by one column.
+    pub fn forward_rows(
+        &self,
+        xs: &Tensor,
+        rope: &Rope,
+        cos: &Tensor,
+        sin: &Tensor,
+        masks: &[Option<Tensor>],
+        caches: &mut [&mut KvCache],
+    ) -> Result<Tensor> {
+        let (q, k, v) = self.project(xs, rope, cos, sin)?;
+        let mut rows = Vec::with_capacity(caches.len());
+        for (b, cache) in caches.iter_mut().enumerate() {
+            // (B, n, 1, hd) -> (1, n, 1, hd)
+            let row = |t: &Tensor| t.narrow(0, b, 1);
+            let (k, v) = cache.append(&row(&k)?, &row(&v)?)?;
+            let mask = masks.get(b).and_then(Option::as_ref);
+            rows.push(self.attend(&row(&q)?, &k, &v, mask, false)?.0);
+        }
+        // B x (1, 1, H*hd) -> (B, 1, H*hd)
+        let out = Tensor::cat(&rows, 0)?;
+        self.o_proj.forward(&out)
+    }
+
+    /// Rotated queries and keys, and values, of the new positions.
+    ///
+    /// # Shapes
+    /// `xs`: (B, T, D) -> q (B, H, T, hd), k and v (B, Hkv, T, hd)
+    fn project(
+        &self,
+        xs: &Tensor,
+        rope: &Rope,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = xs.dims3()?;
         let (h, hkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         // (B, T, n*hd) -> (B, T, n, hd) -> (B, n, T, hd)
@@ -95,15 +144,31 @@ impl CausalSelfAttention {
                 )
             }
         };
-        let q = rope.apply(&heads(q, h)?, &inputs.cos, &inputs.sin)?;
-        let k = rope.apply(&heads(k, hkv)?, &inputs.cos, &inputs.sin)?;
+        let q = rope.apply(&heads(q, h)?, cos, sin)?;
+        let k = rope.apply(&heads(k, hkv)?, cos, sin)?;
         let v = heads(v, hkv)?;
         let dtype = v.dtype();
-        let q = q.to_dtype(dtype)?;
-        let k = k.to_dtype(dtype)?;
-        // (B, Hkv, S, hd) each
-        let (k, v) = cache.append(&k, &v)?;
+        Ok((q.to_dtype(dtype)?, k.to_dtype(dtype)?, v))
+    }
+
+    /// The attention core over the cached keys: scaled scores, mask,
+    /// softmax, weighted values, heads merged.
+    ///
+    /// # Shapes
+    /// `q`: (B, H, T, hd), `k`, `v`: (B, Hkv, S, hd), `mask`: (B, 1, 1, T, S)
+    /// -> (B, T, H*hd), and with `want_probs` f32 (B, T, S)
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        want_probs: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (b, _, t, _) = q.dims4()?;
+        let (h, hkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let s = k.dim(2)?;
+        let dtype = v.dtype();
         let group = h / hkv;
 
         // Grouped-query attention without copying K/V per query head: the G
@@ -115,7 +180,7 @@ impl CausalSelfAttention {
         let scores = (q.matmul(&k.t()?)? * scale)?;
         // Softmax in f32 as transformers does, whatever the activation dtype.
         let scores = scores.to_dtype(DType::F32)?;
-        let scores = match &inputs.mask {
+        let scores = match mask {
             // (B, Hkv, G*T, S) -> (B, Hkv, G, T, S) + (B, 1, 1, T, S)
             Some(mask) => scores
                 .reshape((b, hkv, group, t, s))?
@@ -124,7 +189,7 @@ impl CausalSelfAttention {
             None => scores,
         };
         let probs = crate::nn::attention::softmax_last_dim(&scores)?;
-        let mean_probs = if inputs.want_probs {
+        let mean_probs = if want_probs {
             // (B, Hkv, G*T, S) = (B, H, T, S) -> (B, T, S)
             Some(probs.reshape((b, h, t, s))?.mean(1)?)
         } else {
@@ -138,7 +203,7 @@ impl CausalSelfAttention {
             .reshape((b, h, t, hd))?
             .transpose(1, 2)?
             .reshape((b, t, h * hd))?;
-        Ok((self.o_proj.forward(&out)?, mean_probs))
+        Ok((out, mean_probs))
     }
 }
 

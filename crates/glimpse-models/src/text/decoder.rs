@@ -84,6 +84,35 @@ impl DecoderLayer {
             .forward(&self.post_attention_layernorm.forward(&xs)?)?;
         Ok(((xs + mlp)?, probs))
     }
+
+    /// One new position for each of B sequences with their own caches;
+    /// see [`CausalSelfAttention::forward_rows`].
+    ///
+    /// # Shapes
+    /// `xs`: (B, 1, D) -> (B, 1, D)
+    fn forward_rows(
+        &self,
+        xs: &Tensor,
+        rope: &Rope,
+        cos: &Tensor,
+        sin: &Tensor,
+        masks: &[Option<Tensor>],
+        caches: &mut [&mut KvCache],
+    ) -> candle_core::Result<Tensor> {
+        let attn = self.self_attn.forward_rows(
+            &self.input_layernorm.forward(xs)?,
+            rope,
+            cos,
+            sin,
+            masks,
+            caches,
+        )?;
+        let xs = (xs + attn)?;
+        let mlp = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&xs)?)?;
+        xs + mlp
+    }
 }
 
 fn norm(cfg: &DecoderConfig, w: &DecoderWeights, prefix: &str) -> Result<RmsNorm> {
@@ -334,6 +363,77 @@ impl Decoder {
         // (B, T, D) -> (B·T, D) -> (n, D)
         let picked = xs.reshape((b * t, d))?.index_select(rows, 0)?;
         self.head(&picked)
+    }
+
+    /// One new token for each of B independent sequences, each holding its
+    /// own one-row cache (continuous batching: sequences join and leave
+    /// between steps, so their caches differ in length). The projections,
+    /// MLPs and LM head run once over all B rows, which is what makes a
+    /// batch cheaper than B single steps; attention runs per row against
+    /// that row's keys.
+    ///
+    /// # Shapes
+    /// `embeds`: (B, 1, D) -> logits f32 (B, V)
+    pub fn step_many(&self, embeds: &Tensor, caches: &mut [&mut DecoderCache]) -> Result<Tensor> {
+        let (b, t, d) = embeds.dims3()?;
+        if t != 1 || b != caches.len() || b == 0 {
+            return Err(ModelError::Input(format!(
+                "a batched step takes one new position per sequence: ({b}, {t}) positions for {} caches",
+                caches.len()
+            )));
+        }
+        if d != self.cfg.hidden_size {
+            return Err(ModelError::Input(format!(
+                "input embeddings are {d} wide, the decoder takes {}",
+                self.cfg.hidden_size
+            )));
+        }
+        let ctx = self.cfg.max_position_embeddings;
+        let window = self.cfg.sliding_window;
+        let mut positions = Vec::with_capacity(b);
+        let mut masks = Vec::with_capacity(b);
+        for cache in caches.iter_mut() {
+            if cache.batch_size() != 1 || cache.layers.len() != self.layers.len() {
+                return Err(ModelError::Input(format!(
+                    "a batched step takes one-row caches; one holds {} rows",
+                    cache.batch_size()
+                )));
+            }
+            if cache.capture_attention {
+                return Err(ModelError::Input(
+                    "a batched step does not capture attention".into(),
+                ));
+            }
+            let offset = cache.len();
+            if offset + 1 > ctx {
+                return Err(ModelError::Input(format!(
+                    "{} tokens exceed the context window of {ctx} (max_position_embeddings)",
+                    offset + 1
+                )));
+            }
+            positions.push(vec![cache.key_valid[0].iter().filter(|&&v| v).count()]);
+            cache.key_valid[0].push(true);
+            masks.push(if needs_mask(&cache.key_valid, 1, window) {
+                Some(build_mask(
+                    &cache.key_valid,
+                    offset,
+                    1,
+                    window,
+                    &self.device,
+                )?)
+            } else {
+                None
+            });
+        }
+        // (B, 1, hd/2) each; (1, hd/2) when B = 1
+        let (cos, sin) = self.rope.cos_sin(&positions, &self.device)?;
+        let mut xs = embeds.to_dtype(self.dtype)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut kvs: Vec<&mut KvCache> = caches.iter_mut().map(|c| &mut c.layers[i]).collect();
+            xs = layer.forward_rows(&xs, &self.rope, &cos, &sin, &masks, &mut kvs)?;
+        }
+        // (B, 1, V) -> (B, V)
+        Ok(self.head(&xs)?.squeeze(1)?)
     }
 
     /// Final norm and LM head.

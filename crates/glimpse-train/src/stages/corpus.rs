@@ -26,8 +26,11 @@ pub const EOS: &str = "</s>";
 pub const IMAGE: &str = "<image>";
 
 /// The chat format of glimpse-trained models: `user: ` and `assistant: `
-/// turns, image parts as `<image>` lines, `</s>` closing each answer.
-pub const CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}user: {% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}\n{% elif message['role'] == 'assistant' %}assistant: {{ message['content'] }}{{ eos_token }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
+/// turns, image parts as `<image>` lines, `</s>` closing each answer. A
+/// turn's images come before its text whatever order the parts arrive in
+/// (OpenAI clients often send the text first): the models are trained on
+/// image-then-question prompts.
+pub const CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}user: {% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n{% endif %}{% endfor %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}\n{% elif message['role'] == 'assistant' %}assistant: {{ message['content'] }}{{ eos_token }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
 
 /// The caption request of the align stage.
 pub const DESCRIBE: &str = "what is in the image?";

@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
-use glimpse_cli::device::default_device;
 use glimpse_cli::eval::{evaluate_pope, load_vqa_questions};
-use glimpse_cli::pipeline::VlmPipeline;
+use glimpse_engine::device::default_device;
+use glimpse_engine::pipeline::VlmPipeline;
 
 use super::{pct, table, DEFAULT_VLM};
 

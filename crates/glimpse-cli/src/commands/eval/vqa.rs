@@ -5,12 +5,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use glimpse_cli::device::default_device;
 use glimpse_cli::eval::normalize_answer;
 use glimpse_cli::eval::vqa::VqaQuestion;
 use glimpse_cli::eval::vqa::KINDS;
 use glimpse_cli::eval::{evaluate_vqa, load_vqa_questions};
-use glimpse_cli::pipeline::{PipelineError, VlmPipeline};
+use glimpse_engine::device::default_device;
+use glimpse_engine::pipeline::{PipelineError, VlmPipeline};
 
 use super::{pct, table, DEFAULT_VLM};
 

@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
-use glimpse_cli::device::default_device;
 use glimpse_cli::eval::zeroshot::load_image_attributes;
 use glimpse_cli::eval::{evaluate_zeroshot, Accuracy};
-use glimpse_cli::pipeline::DualPipeline;
+use glimpse_engine::device::default_device;
+use glimpse_engine::pipeline::DualPipeline;
 
 use super::{pct, table, DEFAULT_DUAL};
 

@@ -13,6 +13,7 @@ use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use super::{PipelineError, Result};
+use crate::request::{Message, Prompt};
 
 pub struct CausalLm {
     pub model: Decoder,
@@ -82,26 +83,60 @@ impl CausalLm {
     }
 
     /// Token ids of a prompt. `chat`: one user message (after an optional
-    /// system message) through the model's chat template, tokenised without
-    /// adding specials (the template writes them), as transformers'
-    /// `apply_chat_template(tokenize=True)` does; otherwise the text as
-    /// given, with the BOS the tokenizer adds.
+    /// system message) through the model's chat template; otherwise the
+    /// text as given. See [`Self::prepare`].
     pub fn prompt_ids(&self, prompt: &str, chat: bool, system: Option<&str>) -> Result<Vec<u32>> {
-        let (text, add_special) = if chat {
-            let template = self.template.as_ref().ok_or_else(|| {
-                PipelineError::Usage(format!(
-                    "{}: the model has no chat template; drop --chat to send the prompt as is",
-                    self.path.display()
-                ))
-            })?;
+        let request = if chat {
             let mut messages = Vec::new();
             if let Some(s) = system {
-                messages.push(ChatMessage::new("system", s));
+                messages.push(Message::text("system", s));
             }
-            messages.push(ChatMessage::new("user", prompt));
-            (template.render(&messages, true)?, false)
+            messages.push(Message::text("user", prompt));
+            Prompt::Chat(messages)
         } else {
-            (prompt.to_string(), true)
+            Prompt::Raw {
+                text: prompt.to_string(),
+                images: Vec::new(),
+            }
+        };
+        self.prepare(&request)
+    }
+
+    /// Token ids of a request. A conversation goes through the model's chat
+    /// template and is tokenised without adding specials (the template
+    /// writes them), as transformers' `apply_chat_template(tokenize=True)`
+    /// does; raw text gets the BOS the tokenizer adds. A language model
+    /// reads no images.
+    pub fn prepare(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        let no_images = || {
+            PipelineError::Usage(format!(
+                "{} is a language model and reads no images",
+                self.path.display()
+            ))
+        };
+        let (text, add_special) = match prompt {
+            Prompt::Chat(messages) => {
+                if messages.iter().any(|m| m.images().next().is_some()) {
+                    return Err(no_images());
+                }
+                let template = self.template.as_ref().ok_or_else(|| {
+                    PipelineError::Usage(format!(
+                        "{}: the model has no chat template; send the prompt as plain text instead",
+                        self.path.display()
+                    ))
+                })?;
+                let messages: Vec<ChatMessage> = messages
+                    .iter()
+                    .map(|m| ChatMessage::new(m.role.clone(), m.joined_text()))
+                    .collect();
+                (template.render(&messages, true)?, false)
+            }
+            Prompt::Raw { text, images } => {
+                if !images.is_empty() {
+                    return Err(no_images());
+                }
+                (text.clone(), true)
+            }
         };
         let ids = self
             .tokenizer
@@ -161,17 +196,19 @@ impl<'m> Session<'m> {
             prompt: prompt.to_vec(),
         }
     }
+}
 
-    /// # Shapes
-    /// `ids` (T,) -> last position's logits (V,)
-    fn run(&mut self, ids: &[u32]) -> std::result::Result<Vec<f32>, ModelError> {
-        let input = Tensor::from_slice(ids, (1, ids.len()), self.model.device())?;
-        let logits = self
-            .model
-            .forward(&input, None, &mut self.cache, LogitsFor::Last)?;
-        // (1, 1, V) -> (V,)
-        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
-    }
+/// Runs prompt ids into a fresh one-row cache and returns the last
+/// position's logits, `(V,)`. Shared by [`Session`] and the scheduler.
+pub(crate) fn prefill(
+    model: &Decoder,
+    ids: &[u32],
+    cache: &mut DecoderCache,
+) -> std::result::Result<Vec<f32>, ModelError> {
+    let input = Tensor::from_slice(ids, (1, ids.len()), model.device())?;
+    let logits = model.forward(&input, None, cache, LogitsFor::Last)?;
+    // (1, 1, V) -> (V,)
+    Ok(logits.flatten_all()?.to_vec1::<f32>()?)
 }
 
 impl TokenModel for Session<'_> {
@@ -179,11 +216,18 @@ impl TokenModel for Session<'_> {
 
     fn prefill(&mut self) -> std::result::Result<Vec<f32>, ModelError> {
         let prompt = std::mem::take(&mut self.prompt);
-        self.run(&prompt)
+        prefill(self.model, &prompt, &mut self.cache)
     }
 
+    /// Goes through the batched step (a batch of one), so a request's
+    /// tokens are computed the same way alone as beside others.
     fn step(&mut self, token: u32) -> std::result::Result<Vec<f32>, ModelError> {
-        self.run(&[token])
+        let embeds =
+            self.model
+                .embed(&Tensor::from_slice(&[token], (1, 1), self.model.device())?)?;
+        let logits = self.model.step_many(&embeds, &mut [&mut self.cache])?;
+        // (1, V) -> (V,)
+        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
     }
 }
 

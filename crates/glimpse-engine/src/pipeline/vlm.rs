@@ -20,6 +20,7 @@ use tokenizers::Tokenizer;
 
 use super::causal_lm::{generation_defaults, load_tokenizer, one_line};
 use super::{PipelineError, Result};
+use crate::request::{ImageInput, Message, Part, Prompt};
 
 /// How many encoded images the LRU cache keeps.
 const IMAGE_CACHE: usize = 32;
@@ -93,22 +94,59 @@ impl VlmPipeline {
         }
     }
 
-    /// Builds the prompt. `raw`: `text` is the whole prompt, `<image>` (the
-    /// tokenizer's placeholder) marking each image; otherwise the images and
-    /// the question become one user message through the chat template.
+    /// Builds the prompt of one question (the CLI's `ask`). `raw`: `text`
+    /// is the whole prompt, `<image>` (the tokenizer's placeholder) marking
+    /// each image; otherwise the images and the question become one user
+    /// message through the chat template.
     pub fn prompt(&self, text: &str, images: &[PathBuf], raw: bool) -> Result<VlmPrompt> {
-        let rendered = if raw {
-            text.to_string()
+        let images = images
+            .iter()
+            .map(|p| ImageInput::from_path(p))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let prompt = if raw {
+            Prompt::Raw {
+                text: text.to_string(),
+                images,
+            }
         } else {
-            let template = self.template.as_ref().ok_or_else(|| {
-                PipelineError::Usage(format!(
-                    "{}: the model has no chat template; use --raw with <image> in the prompt",
-                    self.path.display()
-                ))
-            })?;
-            let mut content: Vec<Value> = images.iter().map(|_| json!({"type": "image"})).collect();
-            content.push(json!({"type": "text", "text": text}));
-            template.render_with(&[json!({"role": "user", "content": content})], true)?
+            let mut parts: Vec<Part> = images.into_iter().map(Part::Image).collect();
+            parts.push(Part::Text(text.to_string()));
+            Prompt::Chat(vec![Message {
+                role: "user".into(),
+                parts,
+            }])
+        };
+        self.prepare(&prompt)
+    }
+
+    /// Builds the prompt of a request: a conversation through the chat
+    /// template (each image part becomes the model's placeholder), or raw
+    /// text with `<image>` placeholders.
+    pub fn prepare(&self, prompt: &Prompt) -> Result<VlmPrompt> {
+        let (rendered, images, question) = match prompt {
+            Prompt::Raw { text, images } => (
+                text.clone(),
+                images.iter().collect::<Vec<_>>(),
+                text.clone(),
+            ),
+            Prompt::Chat(messages) => {
+                let template = self.template.as_ref().ok_or_else(|| {
+                    PipelineError::Usage(format!(
+                        "{}: the model has no chat template; send a raw prompt with <image> placeholders",
+                        self.path.display()
+                    ))
+                })?;
+                let rendered = template.render_with(&template_messages(messages), true)?;
+                let images = messages.iter().flat_map(Message::images).collect();
+                // A Q-Former reads the last question.
+                let question = messages
+                    .iter()
+                    .rev()
+                    .find(|m| m.role == "user")
+                    .map(Message::joined_text)
+                    .unwrap_or_default();
+                (rendered, images, question)
+            }
         };
         // As LlavaProcessor: the rendered text is tokenised with the
         // tokenizer's specials (BOS), unless the template wrote them.
@@ -162,7 +200,7 @@ impl VlmPipeline {
         let instruction = if cfg.projector.reads_instruction() {
             let q = self
                 .tokenizer
-                .encode(text, false)
+                .encode(question.as_str(), false)
                 .map_err(|e| PipelineError::Usage(one_line(e)))?;
             let q = Tensor::from_slice(
                 q.get_ids(),
@@ -175,7 +213,7 @@ impl VlmPipeline {
         };
         let encoded = images
             .iter()
-            .map(|p| self.encode_image(p, instruction.as_ref()))
+            .map(|image| self.encode_image(image, instruction.as_ref()))
             .collect::<Result<Vec<_>>>()?;
         let images = if encoded.is_empty() {
             None
@@ -192,16 +230,8 @@ impl VlmPipeline {
 
     /// One image's projected rows (M, D), from the cache when the same bytes
     /// (and, for a Q-Former, the same question) were seen before.
-    fn encode_image(&self, path: &Path, instruction: Option<&Tensor>) -> Result<Tensor> {
-        let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| DataError::Image {
-            name: name.clone(),
-            msg: match e.kind() {
-                std::io::ErrorKind::NotFound => "not found".into(),
-                _ if path.is_dir() => "is a directory".into(),
-                _ => format!("cannot read: {}", one_line(e)),
-            },
-        })?;
+    fn encode_image(&self, image: &ImageInput, instruction: Option<&Tensor>) -> Result<Tensor> {
+        let bytes = &image.bytes;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         bytes.hash(&mut h);
         if let Some(q) = instruction {
@@ -222,7 +252,7 @@ impl VlmPipeline {
             return Ok(rows);
         }
         drop(cache);
-        let image = decode_rgb(&bytes, &name, &self.limits)?;
+        let image = decode_rgb(bytes, &image.name, &self.limits)?;
         let pixels = preprocess_batch(&[image], &self.processor)?
             .to_device(self.model.language_model.device())?;
         // (1, M, D) -> (M, D)
@@ -302,42 +332,70 @@ fn processor_config(dir: &Path) -> Result<ProcessorConfig> {
     Ok(ProcessorConfig::from_json(&inner.to_string()).map_err(err)?)
 }
 
+/// Runs a prepared prompt into a fresh one-row cache (images attached for
+/// cross fusion, spliced in for early fusion) and returns the last
+/// position's logits, `(V,)`. Shared by [`VlmPipeline::generate`] and the
+/// scheduler.
+pub(crate) fn prefill(
+    model: &Vlm,
+    prompt: &VlmPrompt,
+    cache: &mut VlmCache,
+) -> std::result::Result<Vec<f32>, ModelError> {
+    let images = prompt.images.as_ref();
+    if let (Some(im), false) = (images, model.config().fusion == FusionConfig::Early) {
+        // (N, M, D) -> (1, N*M, D): every image is a key/value row
+        let (n, m, d) = im.dims3()?;
+        model.attach_images(cache, &im.reshape((1, n * m, d))?, None)?;
+    }
+    let embeds = model.prompt_embeds(&prompt.ids, images)?;
+    let logits = model.forward_embeds(&embeds, None, cache, LogitsFor::Last)?;
+    // (1, 1, V) -> (V,)
+    Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+}
+
 struct VlmSession<'a> {
     model: &'a Vlm,
     prompt: &'a VlmPrompt,
     cache: VlmCache,
 }
 
-impl VlmSession<'_> {
-    fn logits(&mut self, embeds: &Tensor) -> std::result::Result<Vec<f32>, ModelError> {
-        let logits = self
-            .model
-            .forward_embeds(embeds, None, &mut self.cache, LogitsFor::Last)?;
-        // (1, 1, V) -> (V,)
-        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
-    }
-}
-
 impl TokenModel for VlmSession<'_> {
     type Error = ModelError;
 
     fn prefill(&mut self) -> std::result::Result<Vec<f32>, ModelError> {
-        let images = self.prompt.images.as_ref();
-        if let (Some(im), false) = (images, self.model.config().fusion == FusionConfig::Early) {
-            // (N, M, D) -> (1, N*M, D): every image is a key/value row
-            let (n, m, d) = im.dims3()?;
-            self.model
-                .attach_images(&mut self.cache, &im.reshape((1, n * m, d))?, None)?;
-        }
-        let embeds = self.model.prompt_embeds(&self.prompt.ids, images)?;
-        self.logits(&embeds)
+        prefill(self.model, self.prompt, &mut self.cache)
     }
 
     /// Generated ids are plain tokens, the placeholder id included (a model
     /// may emit it; transformers embeds it as any token).
     fn step(&mut self, token: u32) -> std::result::Result<Vec<f32>, ModelError> {
-        let lm = &self.model.language_model;
-        let embeds = lm.embed(&Tensor::from_slice(&[token], (1, 1), lm.device())?)?;
-        self.logits(&embeds)
+        let logits = self.model.step_many(&[token], &mut [&mut self.cache])?;
+        // (1, V) -> (V,)
+        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
     }
+}
+
+/// Messages as chat templates read them: a user turn's content is a list of
+/// parts (`{"type": "image"}` where an image goes, as transformers'
+/// processors pass them), other turns' content is their text.
+fn template_messages(messages: &[Message]) -> Vec<Value> {
+    messages
+        .iter()
+        .map(|m| {
+            let content = if m.role == "user" {
+                Value::Array(
+                    m.parts
+                        .iter()
+                        .map(|p| match p {
+                            Part::Image(_) => json!({"type": "image"}),
+                            Part::Text(t) => json!({"type": "text", "text": t}),
+                        })
+                        .collect(),
+                )
+            } else {
+                Value::String(m.joined_text())
+            };
+            json!({"role": m.role, "content": content})
+        })
+        .collect()
 }

@@ -4,11 +4,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use glimpse_data::{
-    load_rgb, preprocess_batch, ImageLimits, Padding, ProcessorConfig, TextTokenizer,
+    decode_rgb, load_rgb, preprocess_batch, ImageLimits, Padding, ProcessorConfig, TextTokenizer,
 };
 use glimpse_models::{DualEncoder, DualKind};
+use image::RgbImage;
 
 use super::{PipelineError, Result};
+use crate::request::ImageInput;
 
 pub struct DualPipeline {
     pub model: DualEncoder,
@@ -46,19 +48,25 @@ impl DualPipeline {
         })
     }
 
-    /// Decodes and preprocesses images into one batch.
+    /// Decodes and preprocesses image files into one batch.
     ///
     /// # Shapes
     /// returns (B, 3, H, W)
     pub fn pixel_values(&self, paths: &[PathBuf]) -> Result<Tensor> {
-        if paths.is_empty() {
-            return Err(PipelineError::Usage("no images given".into()));
-        }
         let images = paths
             .iter()
             .map(|p| load_rgb(p, &self.limits))
             .collect::<std::result::Result<Vec<_>, _>>()?;
-        Ok(preprocess_batch(&images, &self.processor)?.to_device(&self.device)?)
+        self.preprocess(&images)
+    }
+
+    /// # Shapes
+    /// returns (B, 3, H, W)
+    fn preprocess(&self, images: &[RgbImage]) -> Result<Tensor> {
+        if images.is_empty() {
+            return Err(PipelineError::Usage("no images given".into()));
+        }
+        Ok(preprocess_batch(images, &self.processor)?.to_device(&self.device)?)
     }
 
     /// Tokenises as each model's processor does: CLIP pads to the longest
@@ -99,13 +107,35 @@ impl DualPipeline {
     /// # Shapes
     /// returns (B, E), unit rows
     pub fn image_embeds(&self, paths: &[PathBuf]) -> Result<Tensor> {
+        self.embed_batches(paths, |chunk| self.pixel_values(chunk))
+    }
+
+    /// [`Self::image_embeds`] of images already in memory (the server's).
+    ///
+    /// # Shapes
+    /// returns (B, E), unit rows
+    pub fn image_embeds_of(&self, images: &[ImageInput]) -> Result<Tensor> {
+        self.embed_batches(images, |chunk| {
+            let decoded = chunk
+                .iter()
+                .map(|i| decode_rgb(&i.bytes, &i.name, &self.limits))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            self.preprocess(&decoded)
+        })
+    }
+
+    fn embed_batches<T>(
+        &self,
+        items: &[T],
+        pixels: impl Fn(&[T]) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         const IMAGE_BATCH: usize = 16;
-        if paths.is_empty() {
+        if items.is_empty() {
             return Err(PipelineError::Usage("no images given".into()));
         }
-        let chunks = paths
+        let chunks = items
             .chunks(IMAGE_BATCH)
-            .map(|chunk| Ok(self.model.image_embeds(&self.pixel_values(chunk)?)?))
+            .map(|chunk| Ok(self.model.image_embeds(&pixels(chunk)?)?))
             .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(&chunks, 0)?)
     }

@@ -14,6 +14,12 @@ pub enum PipelineError {
     /// The request itself is wrong (no labels, no inputs...).
     #[error("{0}")]
     Usage(String),
+    /// Every slot and queue place is taken; the request may be retried.
+    #[error("busy: {0}")]
+    Busy(String),
+    /// A fault in glimpse, not in the request (a panic caught in model code).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 pub type Result<T> = std::result::Result<T, PipelineError>;

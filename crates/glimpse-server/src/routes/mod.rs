@@ -1,0 +1,6 @@
+//! One file per endpoint family.
+
+pub mod body;
+pub mod embeddings;
+pub mod generate;
+pub mod models;

@@ -1,0 +1,37 @@
+//! `GET /v1/models`: each loaded model and what it accepts.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::Json;
+use serde_json::{json, Value};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let data: Vec<Value> = state
+        .models()?
+        .iter()
+        .map(|m| {
+            let accepts: &[&str] = if m.accepts_images() {
+                &["text", "image"]
+            } else {
+                &["text"]
+            };
+            json!({
+                "id": m.id,
+                "object": "model",
+                "created": 0,
+                "owned_by": "glimpse",
+                "glimpse": {
+                    "kind": m.kind().as_str(),
+                    "accepts": accepts,
+                    "context_length": m.context_length(),
+                },
+            })
+        })
+        .collect();
+    state.metrics.request("/v1/models", 200);
+    Ok(Json(json!({"object": "list", "data": data})))
+}
