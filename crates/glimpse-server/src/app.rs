@@ -14,6 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use glimpse_engine::{LoadedModel, ModelKind, SchedulerOptions};
 use serde_json::json;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::error::ApiError;
@@ -261,6 +262,16 @@ fn router(state: Arc<AppState>) -> anyhow::Result<Router> {
         .merge(api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.options.max_body_bytes))
+        // A bug that panics in a handler answers 500 and leaves the server up.
+        .layer(CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error while handling the request",
+                )
+                .into_response()
+            },
+        ))
         .with_state(state.clone());
     if !state.options.cors_origins.is_empty() {
         let origins = if state.options.cors_origins.iter().any(|o| o == "*") {

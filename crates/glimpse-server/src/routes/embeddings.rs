@@ -38,14 +38,27 @@ pub async fn embeddings(
     State(state): State<Arc<AppState>>,
     body: Result<JsonBody<EmbeddingRequest>, ApiError>,
 ) -> Response {
+    let started = std::time::Instant::now();
     match run(&state, body).await {
         Ok(v) => {
             state.metrics.request("/v1/embeddings", 200);
+            tracing::info!(
+                model = v["model"].as_str().unwrap_or("-"),
+                status = 200,
+                inputs = v["data"].as_array().map_or(0, Vec::len),
+                duration_ms = started.elapsed().as_secs_f64() * 1e3,
+                "embeddings request"
+            );
             Json(v).into_response()
         }
         Err(e) => {
             state.metrics.request("/v1/embeddings", e.status.as_u16());
-            tracing::warn!(status = e.status.as_u16(), error = %e.message, "embeddings request");
+            tracing::warn!(
+                status = e.status.as_u16(),
+                duration_ms = started.elapsed().as_secs_f64() * 1e3,
+                error = %e.message,
+                "embeddings request"
+            );
             e.into_response()
         }
     }
