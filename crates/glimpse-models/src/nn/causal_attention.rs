@@ -244,6 +244,25 @@ pub fn build_mask(
     Tensor::from_vec(data, (b, 1, 1, t, s), device)
 }
 
+/// The mask of `t` new tokens after `offset` cached ones ([`build_mask`]),
+/// or `None` when every query may see every key ([`needs_mask`]).
+///
+/// # Shapes
+/// returns (B, 1, 1, T, offset + T) f32
+pub fn mask_if_needed(
+    key_valid: &[Vec<bool>],
+    offset: usize,
+    t: usize,
+    window: Option<usize>,
+    device: &candle_core::Device,
+) -> Result<Option<Tensor>> {
+    if needs_mask(key_valid, t, window) {
+        build_mask(key_valid, offset, t, window, device).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
 /// Whether a forward of `t` new tokens needs an explicit mask at all.
 pub fn needs_mask(key_valid: &[Vec<bool>], t: usize, window: Option<usize>) -> bool {
     let all_valid = key_valid.iter().all(|row| row.iter().all(|&v| v));

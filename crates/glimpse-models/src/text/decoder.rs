@@ -17,7 +17,7 @@ use candle_nn::VarBuilder;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
 use crate::nn::causal_attention::{
-    build_mask, needs_mask, AttentionInputs, CausalSelfAttention, QkvProjection,
+    mask_if_needed, AttentionInputs, CausalSelfAttention, QkvProjection,
 };
 use crate::nn::kv_cache::KvCache;
 use crate::nn::qlinear::QLinear;
@@ -413,17 +413,13 @@ impl Decoder {
             }
             positions.push(vec![cache.key_valid[0].iter().filter(|&&v| v).count()]);
             cache.key_valid[0].push(true);
-            masks.push(if needs_mask(&cache.key_valid, 1, window) {
-                Some(build_mask(
-                    &cache.key_valid,
-                    offset,
-                    1,
-                    window,
-                    &self.device,
-                )?)
-            } else {
-                None
-            });
+            masks.push(mask_if_needed(
+                &cache.key_valid,
+                offset,
+                1,
+                window,
+                &self.device,
+            )?);
         }
         // (B, 1, hd/2) each; (1, hd/2) when B = 1
         let (cos, sin) = self.rope.cos_sin(&positions, &self.device)?;
@@ -508,17 +504,7 @@ impl Decoder {
         }
         let (cos, sin) = self.rope.cos_sin(&positions, &self.device)?;
         let window = self.cfg.sliding_window;
-        let mask = if needs_mask(&cache.key_valid, t, window) {
-            Some(build_mask(
-                &cache.key_valid,
-                offset,
-                t,
-                window,
-                &self.device,
-            )?)
-        } else {
-            None
-        };
+        let mask = mask_if_needed(&cache.key_valid, offset, t, window, &self.device)?;
         let inputs = AttentionInputs {
             cos,
             sin,
