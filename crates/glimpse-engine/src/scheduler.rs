@@ -138,7 +138,9 @@ impl<P: Send + 'static> Scheduler<P> {
         if options.parallel == 0 {
             return Err(PipelineError::Usage("--parallel must be at least 1".into()));
         }
-        let (jobs, rx) = sync_channel(options.queue);
+        // Room for a job per free slot (taken between steps) plus the
+        // queue; `submit` holds the queue to its length.
+        let (jobs, rx) = sync_channel(options.queue + options.parallel);
         let stats = Arc::new(SchedulerStats::default());
         let loop_stats = stats.clone();
         std::thread::Builder::new()
@@ -161,22 +163,31 @@ impl<P: Send + 'static> Scheduler<P> {
             submitted: Instant::now(),
         };
         // Counted before the send: the loop may take the job at once.
-        self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        let waiting = self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        let free = self.options.parallel.saturating_sub(self.stats.busy());
+        if waiting >= self.options.queue + free {
+            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            return Err(self.busy());
+        }
         match self.jobs.try_send(job) {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.stats.queued.fetch_sub(1, Ordering::Relaxed);
                 Err(match e {
-                    TrySendError::Full(_) => PipelineError::Busy(format!(
-                        "all {} slots are busy and {} requests are waiting; try again shortly",
-                        self.options.parallel, self.options.queue
-                    )),
+                    TrySendError::Full(_) => self.busy(),
                     TrySendError::Disconnected(_) => {
                         PipelineError::Busy("the scheduler has stopped".into())
                     }
                 })
             }
         }
+    }
+
+    fn busy(&self) -> PipelineError {
+        PipelineError::Busy(format!(
+            "all {} slots are busy and {} requests are waiting; try again shortly",
+            self.options.parallel, self.options.queue
+        ))
     }
 
     pub fn stats(&self) -> &SchedulerStats {
