@@ -716,3 +716,52 @@ fn crc32(bytes: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// Slots and queue: with 2 slots and no queue, two long streams decode
+/// together and a third request is refused until one leaves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_slots_take_requests_and_a_full_server_refuses() {
+    let Some(gguf) = smollm2() else { return };
+    let server = start(
+        vec![glimpse_server::ModelSpec {
+            id: Some("smollm2".into()),
+            path: gguf,
+        }],
+        |o| {
+            o.scheduler.parallel = 2;
+            o.scheduler.queue = 0;
+        },
+    )
+    .await;
+    let long = json!({"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 2000, "stream": true});
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut r = client()
+            .post(format!("http://{}/v1/completions", server.addr))
+            .json(&long)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "a free slot takes the request");
+        let first = tokio::time::timeout(Duration::from_secs(30), r.chunk())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(first.is_some());
+        streams.push(r);
+    }
+    let short = json!({"model": "smollm2", "prompt": "Hello", "max_tokens": 4});
+    let (status, v) = post(server.addr, "/v1/completions", &short).await;
+    assert_error("both slots busy, no queue", status, &v, 503, "busy");
+    drop(streams);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = post(server.addr, "/v1/completions", &short).await;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no slot came free");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await.unwrap();
+}

@@ -148,8 +148,8 @@ async fn run(
     let tokens = model.count_text_tokens(
         items
             .iter()
-            .filter_map(Value::as_str)
-            .filter(|s| !s.starts_with("data:")),
+            .filter(|v| image_url(v).is_none())
+            .filter_map(Value::as_str),
     );
     Ok(json!({
         "object": "list",
@@ -159,11 +159,11 @@ async fn run(
     }))
 }
 
-/// The URL of an item that is an image: a data-URI string, or an
-/// `image_url` part.
+/// The URL of an item that is an image: a `data:image/...` string (any
+/// other string is a text), or an `image_url` part.
 fn image_url(item: &Value) -> Option<&str> {
     match item {
-        Value::String(s) if s.starts_with("data:") => Some(s),
+        Value::String(s) if s.starts_with("data:image/") => Some(s),
         Value::Object(_) if item.get("type").and_then(Value::as_str) == Some("image_url") => {
             let field = item.get("image_url")?;
             field.get("url").or(Some(field)).and_then(Value::as_str)
