@@ -106,12 +106,12 @@ pub struct SchedulerStats {
 impl SchedulerStats {
     /// Requests waiting for a slot.
     pub fn queued(&self) -> usize {
-        self.queued.load(Ordering::Relaxed)
+        self.queued.load(Ordering::SeqCst)
     }
 
     /// Slots decoding a sequence.
     pub fn busy(&self) -> usize {
-        self.busy.load(Ordering::Relaxed)
+        self.busy.load(Ordering::SeqCst)
     }
 }
 
@@ -163,16 +163,16 @@ impl<P: Send + 'static> Scheduler<P> {
             submitted: Instant::now(),
         };
         // Counted before the send: the loop may take the job at once.
-        let waiting = self.stats.queued.fetch_add(1, Ordering::Relaxed);
+        let waiting = self.stats.queued.fetch_add(1, Ordering::SeqCst);
         let free = self.options.parallel.saturating_sub(self.stats.busy());
         if waiting >= self.options.queue + free {
-            self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+            self.stats.queued.fetch_sub(1, Ordering::SeqCst);
             return Err(self.busy());
         }
         match self.jobs.try_send(job) {
             Ok(()) => Ok(()),
             Err(e) => {
-                self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+                self.stats.queued.fetch_sub(1, Ordering::SeqCst);
                 Err(match e {
                     TrySendError::Full(_) => self.busy(),
                     TrySendError::Disconnected(_) => {
@@ -229,18 +229,25 @@ fn run<M: BatchModel>(
             };
             match job {
                 Ok(job) => {
-                    stats.queued.fetch_sub(1, Ordering::Relaxed);
-                    if let Some(a) = admit(model, job) {
-                        active.push(a);
+                    // The slot is counted busy before the job leaves the
+                    // queue count and before its prefill (which sends its
+                    // first token): `submit` never sees the slot free twice.
+                    stats.busy.fetch_add(1, Ordering::SeqCst);
+                    stats.queued.fetch_sub(1, Ordering::SeqCst);
+                    match admit(model, job) {
+                        Some(a) => active.push(a),
+                        None => {
+                            stats.busy.fetch_sub(1, Ordering::SeqCst);
+                        }
                     }
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => open = false,
             }
         }
-        stats.busy.store(active.len(), Ordering::Relaxed);
         // A client that went away frees its slot before the step.
         active.retain(|a| !a.events.is_closed());
+        stats.busy.store(active.len(), Ordering::SeqCst);
         if active.is_empty() {
             continue;
         }
@@ -267,9 +274,9 @@ fn run<M: BatchModel>(
                 }
             }
         }
-        stats.busy.store(active.len(), Ordering::Relaxed);
+        stats.busy.store(active.len(), Ordering::SeqCst);
     }
-    stats.busy.store(0, Ordering::Relaxed);
+    stats.busy.store(0, Ordering::SeqCst);
 }
 
 /// Prefills a queued request; `None` when it already ended (cancelled

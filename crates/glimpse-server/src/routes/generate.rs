@@ -65,7 +65,7 @@ pub async fn chat(
         let JsonBody(request) = body?;
         let model = state.model(request.model.as_deref(), &[ModelKind::Vlm, ModelKind::Lm])?;
         let params = request.sampling.params()?;
-        let messages = chat_messages(&state, &request).await?;
+        let messages = chat_messages(&state, &request, &model).await?;
         Ok::<_, ApiError>((model, Prompt::Chat(messages), params, request.sampling))
     }
     .await;
@@ -105,7 +105,11 @@ pub async fn completions(
 
 /// Chat messages with their images fetched, after counting them against
 /// the per-request limit (before any fetch or decode).
-async fn chat_messages(state: &AppState, request: &ChatRequest) -> Result<Vec<Message>, ApiError> {
+async fn chat_messages(
+    state: &AppState,
+    request: &ChatRequest,
+    model: &LoadedModel,
+) -> Result<Vec<Message>, ApiError> {
     if request.messages.is_empty() {
         return Err(ApiError::bad_request("messages is empty").param("messages"));
     }
@@ -119,6 +123,14 @@ async fn chat_messages(state: &AppState, request: &ChatRequest) -> Result<Vec<Me
         .flat_map(|(_, parts)| parts)
         .filter(|p| matches!(p, PartIn::ImageUrl(_)))
         .count();
+    if images > 0 && !model.accepts_images() {
+        // Refused before any image is fetched or decoded.
+        return Err(ApiError::bad_request(format!(
+            "model \"{}\" is a language model and reads no images",
+            model.id
+        ))
+        .param("messages"));
+    }
     let max = state.options.max_images_per_request;
     if images > max {
         return Err(ApiError::bad_request(format!(
