@@ -218,6 +218,10 @@ fn run<M: BatchModel>(
     stats: &SchedulerStats,
 ) {
     let mut active: Vec<Active<'_, M::Cache>> = Vec::with_capacity(parallel);
+    // Each request's last event (done or failed) waits here until the busy
+    // count no longer holds its slot: a client that saw its answer end then
+    // sees the slot free.
+    let mut last_words: Vec<LastWord> = Vec::new();
     let mut open = true;
     while open || !active.is_empty() {
         // Fill free slots: block only when nothing is decoding.
@@ -234,10 +238,11 @@ fn run<M: BatchModel>(
                     // first token): `submit` never sees the slot free twice.
                     stats.busy.fetch_add(1, Ordering::SeqCst);
                     stats.queued.fetch_sub(1, Ordering::SeqCst);
-                    match admit(model, job) {
+                    match admit(model, job, &mut last_words) {
                         Some(a) => active.push(a),
                         None => {
                             stats.busy.fetch_sub(1, Ordering::SeqCst);
+                            send_all(&mut last_words);
                         }
                     }
                 }
@@ -260,7 +265,7 @@ fn run<M: BatchModel>(
             Ok(rows) => {
                 let mut keep = Vec::with_capacity(active.len());
                 for (mut a, logits) in active.drain(..).zip(rows) {
-                    if advance(&mut a, &logits) {
+                    if advance(&mut a, &logits, &mut last_words) {
                         keep.push(a);
                     }
                 }
@@ -270,18 +275,23 @@ fn run<M: BatchModel>(
                 let msg = e.to_string();
                 tracing::error!("decode step failed: {msg}");
                 for a in active.drain(..) {
-                    let _ = a.events.send(Event::Error(msg.clone()));
+                    last_words.push((a.events, Event::Error(msg.clone())));
                 }
             }
         }
         stats.busy.store(active.len(), Ordering::SeqCst);
+        send_all(&mut last_words);
     }
     stats.busy.store(0, Ordering::SeqCst);
 }
 
 /// Prefills a queued request; `None` when it already ended (cancelled
 /// while queued, failed, or finished by its first token).
-fn admit<'t, M: BatchModel>(model: &'t M, job: Job<M::Prompt>) -> Option<Active<'t, M::Cache>> {
+fn admit<'t, M: BatchModel>(
+    model: &'t M,
+    job: Job<M::Prompt>,
+    last_words: &mut Vec<LastWord>,
+) -> Option<Active<'t, M::Cache>> {
     let Job {
         prepared,
         events,
@@ -297,19 +307,20 @@ fn admit<'t, M: BatchModel>(model: &'t M, job: Job<M::Prompt>) -> Option<Active<
     ) {
         Ok(s) => s,
         Err(e) => {
-            let _ = events.send(Event::Error(one_line(e)));
+            last_words.push((events, Event::Error(one_line(e))));
             return None;
         }
     };
     if sequence.finished().is_some() {
         // A budget of zero tokens: done without a forward pass.
-        let _ = events.send(Event::Done(summary(
+        let done = summary(
             &sequence,
             FinishReason::Length,
             prepared.image_tokens,
             submitted,
             Duration::ZERO,
-        )));
+        );
+        last_words.push((events, Event::Done(done)));
         return None;
     }
     match guarded(|| model.prefill(&prepared.prompt)) {
@@ -323,10 +334,10 @@ fn admit<'t, M: BatchModel>(model: &'t M, job: Job<M::Prompt>) -> Option<Active<
                 first_token: Duration::ZERO,
                 image_tokens: prepared.image_tokens,
             };
-            advance(&mut a, &logits).then_some(a)
+            advance(&mut a, &logits, last_words).then_some(a)
         }
         Err(e) => {
-            let _ = events.send(Event::Error(e.to_string()));
+            last_words.push((events, Event::Error(e.to_string())));
             None
         }
     }
@@ -334,11 +345,11 @@ fn admit<'t, M: BatchModel>(model: &'t M, job: Job<M::Prompt>) -> Option<Active<
 
 /// Feeds one row of logits; false when the sequence left (finished,
 /// failed, or its receiver is gone).
-fn advance<C>(a: &mut Active<'_, C>, logits: &[f32]) -> bool {
+fn advance<C>(a: &mut Active<'_, C>, logits: &[f32], last_words: &mut Vec<LastWord>) -> bool {
     let step = match a.sequence.accept(logits) {
         Ok(step) => step,
         Err(e) => {
-            let _ = a.events.send(Event::Error(one_line(e)));
+            last_words.push((a.events.clone(), Event::Error(one_line(e))));
             return false;
         }
     };
@@ -351,21 +362,27 @@ fn advance<C>(a: &mut Active<'_, C>, logits: &[f32]) -> bool {
     a.last = step.token;
     match step.finished {
         Some(reason) => {
-            finish(a, reason);
+            let done = summary(
+                &a.sequence,
+                reason,
+                a.image_tokens,
+                a.submitted,
+                a.first_token,
+            );
+            last_words.push((a.events.clone(), Event::Done(done)));
             false
         }
         None => true,
     }
 }
 
-fn finish<C>(a: &Active<'_, C>, reason: FinishReason) {
-    let _ = a.events.send(Event::Done(summary(
-        &a.sequence,
-        reason,
-        a.image_tokens,
-        a.submitted,
-        a.first_token,
-    )));
+/// A request's final event and where it goes.
+type LastWord = (UnboundedSender<Event>, Event);
+
+fn send_all(last_words: &mut Vec<LastWord>) {
+    for (events, event) in last_words.drain(..) {
+        let _ = events.send(event);
+    }
 }
 
 fn summary(
