@@ -189,25 +189,10 @@ async fn concurrent_streams_each_get_the_answer_they_get_alone() {
 /// request meanwhile gets 503 with Retry-After.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_stream_frees_its_slot() {
-    let Some(gguf) = smollm2() else { return };
-    let server = start(
-        vec![glimpse_server::ModelSpec {
-            id: Some("smollm2".into()),
-            path: gguf,
-        }],
-        |o| {
-            o.scheduler.parallel = 1;
-            o.scheduler.queue = 0;
-        },
-    )
-    .await;
-    let long = json!({"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 2000, "stream": true, "temperature": 0});
-    let mut r = client()
-        .post(format!("http://{}/v1/completions", server.addr))
-        .json(&long)
-        .send()
-        .await
-        .unwrap();
+    let Some(server) = smollm2_server(1, 0).await else {
+        return;
+    };
+    let mut r = long_stream(&server).await;
     assert_eq!(r.status(), 200);
     // Read until some text has come: the sequence holds the slot.
     let mut seen = String::new();
@@ -721,27 +706,12 @@ fn crc32(bytes: &[u8]) -> u32 {
 /// together and a third request is refused until one leaves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn free_slots_take_requests_and_a_full_server_refuses() {
-    let Some(gguf) = smollm2() else { return };
-    let server = start(
-        vec![glimpse_server::ModelSpec {
-            id: Some("smollm2".into()),
-            path: gguf,
-        }],
-        |o| {
-            o.scheduler.parallel = 2;
-            o.scheduler.queue = 0;
-        },
-    )
-    .await;
-    let long = json!({"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 2000, "stream": true});
+    let Some(server) = smollm2_server(2, 0).await else {
+        return;
+    };
     let mut streams = Vec::new();
     for _ in 0..2 {
-        let mut r = client()
-            .post(format!("http://{}/v1/completions", server.addr))
-            .json(&long)
-            .send()
-            .await
-            .unwrap();
+        let mut r = long_stream(&server).await;
         assert_eq!(r.status(), 200, "a free slot takes the request");
         let first = tokio::time::timeout(Duration::from_secs(30), r.chunk())
             .await
@@ -764,4 +734,34 @@ async fn free_slots_take_requests_and_a_full_server_refuses() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     server.stop().await.unwrap();
+}
+
+/// SmolLM2 (slow enough to hold a slot while a test looks) served as
+/// "smollm2" with `parallel` slots and `queue` places; `None` when the GGUF
+/// is absent outside CI.
+async fn smollm2_server(parallel: usize, queue: usize) -> Option<glimpse_server::Running> {
+    let gguf = smollm2()?;
+    let model = glimpse_server::ModelSpec {
+        id: Some("smollm2".into()),
+        path: gguf,
+    };
+    Some(
+        start(vec![model], |o| {
+            o.scheduler.parallel = parallel;
+            o.scheduler.queue = queue;
+        })
+        .await,
+    )
+}
+
+/// A streamed completion of up to 2,000 tokens: it holds its slot for
+/// seconds.
+async fn long_stream(server: &glimpse_server::Running) -> reqwest::Response {
+    let long = json!({"model": "smollm2", "prompt": "Once upon a time", "max_tokens": 2000, "stream": true, "temperature": 0});
+    client()
+        .post(format!("http://{}/v1/completions", server.addr))
+        .json(&long)
+        .send()
+        .await
+        .unwrap()
 }
