@@ -4,6 +4,16 @@
 //! that cannot make sense), 1 on any other error, always with one line on
 //! stderr naming what is at fault.
 
+/// `println!` that returns the write error (a closed pipe, a full disk)
+/// instead of panicking, so the command exits 1 with one line.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+            .map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}"))
+    }};
+}
+
 mod commands;
 
 use std::process::ExitCode;

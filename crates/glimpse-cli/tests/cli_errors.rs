@@ -320,3 +320,37 @@ fn help_on_every_subcommand() {
         assert!(out.stdout.contains("Usage:"), "{sub:?}: {}", out.stdout);
     }
 }
+
+/// stdout that cannot be written (a full disk, a closed pipe): exit 1 with
+/// one line naming stdout, never a panic.
+#[test]
+fn unwritable_stdout_is_an_error_not_a_panic() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let model = root.join("models/shapes-clip");
+    let image = root.join("examples/red-circle.png");
+    let runs: [&[&str]; 2] = [
+        &[
+            "classify",
+            "--labels",
+            "a photo of a red circle,a photo of a blue star",
+        ],
+        &["embed", "--text", "a red circle"],
+    ];
+    for args in runs {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_glimpse"));
+        cmd.arg(args[0]).arg("--model").arg(&model).args(&args[1..]);
+        if args[0] == "classify" {
+            cmd.arg(&image);
+        }
+        let full = std::fs::File::create("/dev/full").expect("/dev/full");
+        let out = cmd.stdout(full).output().expect("glimpse runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot write to stdout"),
+            "{args:?}: {stderr}"
+        );
+    }
+}

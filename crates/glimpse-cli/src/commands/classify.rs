@@ -33,16 +33,16 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
     let pipeline = DualPipeline::load(&args.model, &default_device())?;
     let probs = pipeline.classify(&args.image, &labels)?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::json!({ "labels": labels, "probs": probs })
-        );
+        )?;
         return Ok(());
     }
     let mut order: Vec<usize> = (0..labels.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
     for i in order {
-        println!("{:>7.2}%  {}", probs[i] * 100.0, labels[i]);
+        outln!("{:>7.2}%  {}", probs[i] * 100.0, labels[i])?;
     }
     Ok(())
 }

@@ -47,10 +47,10 @@ pub fn run(args: EmbedArgs) -> Result<()> {
     };
     let rows = embeds.to_vec2::<f32>()?;
     if args.json {
-        println!("{}", serde_json::json!({ key: rows }));
+        outln!("{}", serde_json::json!({ key: rows }))?;
     } else {
         for (name, row) in names.iter().zip(&rows) {
-            println!("{name}\t{}", super::format_row(row));
+            outln!("{name}\t{}", super::format_row(row))?;
         }
     }
     Ok(())

@@ -109,7 +109,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     runtime.block_on(async {
         let running = glimpse_server::start(options, true).await?;
         // The one line scripts wait for (with --port 0, the port chosen).
-        println!("glimpse serve: listening on http://{}", running.addr);
+        outln!("glimpse serve: listening on http://{}", running.addr)?;
         running.wait().await
     })
 }

@@ -35,7 +35,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     })?;
     for stage in &report.stages {
         match &stage.summary {
-            Some(s) => println!(
+            Some(s) => outln!(
                 "{:<11} {:>6} steps  {:>7.1} s  {:>7.1} ex/s  train loss {:.4}{}{}",
                 stage.stage,
                 s.steps,
@@ -50,17 +50,17 @@ pub fn run(args: TrainArgs) -> Result<()> {
                     .accuracy
                     .map(|a| format!("  eval accuracy {:.2}%", a * 100.0))
                     .unwrap_or_default(),
-            ),
-            None => println!("{:<11} done earlier", stage.stage),
+            )?,
+            None => outln!("{:<11} done earlier", stage.stage)?,
         }
     }
     if !report.complete {
-        println!(
+        outln!(
             "stopped early; continue with: glimpse train RECIPE --resume --out {}",
             report.out.display()
-        );
+        )?;
     } else if let Some(model) = &report.model {
-        println!("model: {}", model.display());
+        outln!("model: {}", model.display())?;
     }
     Ok(())
 }

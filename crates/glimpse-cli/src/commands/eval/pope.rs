@@ -39,16 +39,16 @@ pub fn run(args: PopeArgs) -> Result<()> {
         out["model"] = dir.display().to_string().into();
         out["data"] = args.data.display().to_string().into();
         out["seconds"] = seconds.into();
-        println!("{out}");
+        outln!("{out}")?;
         return Ok(());
     }
-    println!(
+    outln!(
         "POPE (existence questions, positive = yes): {} on {} ({} questions, {} positive, {seconds:.1} s)",
         dir.display(),
         args.data.display(),
         c.total(),
         c.tp + c.fn_ + c.other_pos
-    );
+    )?;
     let metric = |name: &str, v: f64| vec![name.to_string(), pct(v)];
     let metrics = [
         metric("precision", c.precision()),
@@ -57,16 +57,16 @@ pub fn run(args: PopeArgs) -> Result<()> {
         metric("accuracy", c.accuracy()),
         metric("yes ratio", c.yes_ratio()),
     ];
-    println!("{}", table(&["metric", "value"], &metrics));
-    println!();
+    outln!("{}", table(&["metric", "value"], &metrics))?;
+    outln!()?;
     let n = |v: usize| v.to_string();
     let counts = [
         vec!["reference yes".into(), n(c.tp), n(c.fn_), n(c.other_pos)],
         vec!["reference no".into(), n(c.fp), n(c.tn), n(c.other_neg)],
     ];
-    println!(
+    outln!(
         "{}",
         table(&["", "answered yes", "answered no", "neither"], &counts)
-    );
+    )?;
     Ok(())
 }

@@ -39,16 +39,16 @@ pub fn run(args: RetrievalArgs) -> Result<()> {
         out["model"] = dir.display().to_string().into();
         out["data"] = args.data.display().to_string().into();
         out["seconds"] = seconds.into();
-        println!("{out}");
+        outln!("{out}")?;
         return Ok(());
     }
-    println!(
+    outln!(
         "Retrieval: {} on {} ({} images, {} distinct captions, {seconds:.1} s)",
         dir.display(),
         args.data.display(),
         r.images,
         r.captions
-    );
+    )?;
     let row = |name: String, k: RecallAtK| vec![name, pct(k.r1), pct(k.r5), pct(k.r10)];
     let rows = [
         row(
@@ -60,6 +60,6 @@ pub fn run(args: RetrievalArgs) -> Result<()> {
             r.text_to_image,
         ),
     ];
-    println!("{}", table(&["direction", "R@1", "R@5", "R@10"], &rows));
+    outln!("{}", table(&["direction", "R@1", "R@5", "R@10"], &rows))?;
     Ok(())
 }

@@ -56,16 +56,16 @@ pub fn run(args: VqaArgs) -> Result<()> {
         out["model"] = dir.display().to_string().into();
         out["data"] = args.data.display().to_string().into();
         out["seconds"] = seconds.into();
-        println!("{out}");
+        outln!("{out}")?;
         return Ok(());
     }
-    println!(
+    outln!(
         "VQA exact match: {} on {} ({} questions, {} images, {seconds:.1} s)",
         dir.display(),
         args.data.display(),
         report.overall.total,
         report.images
-    );
+    )?;
     let mut rows: Vec<Vec<String>> = KINDS
         .iter()
         .filter_map(|k| report.by_kind.get(k).map(|a| (k, a)))
@@ -85,10 +85,10 @@ pub fn run(args: VqaArgs) -> Result<()> {
         all.correct.to_string(),
         all.total.to_string(),
     ]);
-    println!(
+    outln!(
         "{}",
         table(&["kind", "accuracy", "correct", "total"], &rows)
-    );
+    )?;
     Ok(())
 }
 

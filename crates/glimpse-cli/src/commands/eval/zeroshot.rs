@@ -41,15 +41,15 @@ pub fn run(args: ZeroshotArgs) -> Result<()> {
         out["model"] = dir.display().to_string().into();
         out["data"] = args.data.display().to_string().into();
         out["seconds"] = seconds.into();
-        println!("{out}");
+        outln!("{out}")?;
         return Ok(());
     }
-    println!(
+    outln!(
         "Zero-shot classification: {} on {} ({} images, {seconds:.1} s)",
         dir.display(),
         args.data.display(),
         r.images
-    );
+    )?;
     let row = |name: &str, a: Accuracy| {
         vec![
             name.to_string(),
@@ -64,12 +64,12 @@ pub fn run(args: ZeroshotArgs) -> Result<()> {
         row("shape (3 classes)", r.shape),
         row("both", r.both),
     ];
-    println!(
+    outln!(
         "{}",
         table(
             &["task", "accuracy", "correct", "total", "skipped (unknown)"],
             &rows
         )
-    );
+    )?;
     Ok(())
 }
