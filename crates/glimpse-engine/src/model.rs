@@ -225,10 +225,10 @@ impl LoadedModel {
                 EmbedInput::Image(_) => None,
             })
             .collect();
-        let images: Vec<ImageInput> = inputs
+        let images: Vec<&ImageInput> = inputs
             .iter()
             .filter_map(|i| match i {
-                EmbedInput::Image(im) => Some(im.clone()),
+                EmbedInput::Image(im) => Some(im),
                 EmbedInput::Text(_) => None,
             })
             .collect();

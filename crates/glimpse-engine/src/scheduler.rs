@@ -193,10 +193,6 @@ impl<P: Send + 'static> Scheduler<P> {
     pub fn stats(&self) -> &SchedulerStats {
         &self.stats
     }
-
-    pub fn options(&self) -> SchedulerOptions {
-        self.options
-    }
 }
 
 /// A sequence holding a slot.

@@ -114,7 +114,7 @@ impl DualPipeline {
     ///
     /// # Shapes
     /// returns (B, E), unit rows
-    pub fn image_embeds_of(&self, images: &[ImageInput]) -> Result<Tensor> {
+    pub fn image_embeds_of(&self, images: &[&ImageInput]) -> Result<Tensor> {
         self.embed_batches(images, |chunk| {
             let decoded = chunk
                 .iter()
