@@ -2,18 +2,60 @@
 //! model's patch attention upsampled over it in a blue→red ramp, images
 //! side by side in prompt order.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
 use image::imageops::{self, FilterType};
-use image::{ImageBuffer, Luma, Rgb, RgbImage};
-
-use glimpse_engine::pipeline::{PipelineError, Result};
+use image::{ImageBuffer, ImageFormat, Luma, Rgb, RgbImage};
 
 const SIDE: u32 = 224;
 
-/// Writes `images` (as decoded, RGB) with `attention` (N, g, g) over them.
-pub fn write_attention_map(out: &Path, images: &[RgbImage], attention: &Tensor) -> Result<()> {
+/// What can go wrong drawing a map. None of it is a usage error (exit 2):
+/// the flag was fine, the file system or the model output was not.
+#[derive(Debug, thiserror::Error)]
+pub enum HeatmapError {
+    /// The PNG could not be written (no such directory, no permission, a full disk).
+    #[error("{}: cannot write the attention map: {msg}", path.display())]
+    Write { path: PathBuf, msg: String },
+    /// The model's attention for one image is not a g x g grid of patches.
+    #[error("attention map: image {image}'s grid is not square ({cells} values over {rows} rows)")]
+    Grid {
+        image: usize,
+        cells: usize,
+        rows: usize,
+    },
+    #[error("tensor op: {}", glimpse_models::error::candle_message(.0))]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Refuses, before a model runs, a map path that cannot be written: its
+/// directory is missing or it names a directory. (Permissions and a full
+/// disk still surface when [`write_attention_map`] writes.)
+pub fn check_target(out: &Path) -> Result<(), HeatmapError> {
+    let fail = |msg: String| HeatmapError::Write {
+        path: out.to_path_buf(),
+        msg,
+    };
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(fail(format!("{} is not a directory", parent.display())));
+    }
+    if out.is_dir() {
+        return Err(fail("it is a directory".into()));
+    }
+    Ok(())
+}
+
+/// Writes `images` (as decoded, RGB) with `attention` (N, g, g) over them,
+/// as a PNG whatever `out`'s extension.
+pub fn write_attention_map(
+    out: &Path,
+    images: &[RgbImage],
+    attention: &Tensor,
+) -> Result<(), HeatmapError> {
     let maps = attention.to_vec3::<f32>()?;
     let mut canvas = RgbImage::new(SIDE * images.len() as u32, SIDE);
     for (k, (img, grid)) in images.iter().zip(&maps).enumerate() {
@@ -24,8 +66,12 @@ pub fn write_attention_map(out: &Path, images: &[RgbImage], attention: &Tensor) 
             .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         let span = (hi - lo).max(f32::EPSILON);
         let norm: Vec<f32> = flat.iter().map(|v| (v - lo) / span).collect();
-        let heat: ImageBuffer<Luma<f32>, Vec<f32>> = ImageBuffer::from_raw(g, g, norm)
-            .ok_or_else(|| PipelineError::Usage("attention grid is not square".into()))?;
+        let heat: ImageBuffer<Luma<f32>, Vec<f32>> =
+            ImageBuffer::from_raw(g, g, norm).ok_or(HeatmapError::Grid {
+                image: k + 1,
+                cells: flat.len(),
+                rows: grid.len(),
+            })?;
         let heat = imageops::resize(&heat, SIDE, SIDE, FilterType::Triangle);
         let shown = imageops::resize(img, SIDE, SIDE, FilterType::Triangle);
         for (x, y, px) in shown.enumerate_pixels() {
@@ -39,12 +85,16 @@ pub fn write_attention_map(out: &Path, images: &[RgbImage], attention: &Tensor) 
             canvas.put_pixel(k as u32 * SIDE + x, y, Rgb([blend(0), blend(1), blend(2)]));
         }
     }
-    canvas.save(out).map_err(|e| {
-        PipelineError::Usage(format!(
-            "{}: cannot write the attention map: {e}",
-            out.display()
-        ))
-    })
+    canvas
+        .save_with_format(out, ImageFormat::Png)
+        .map_err(|e| HeatmapError::Write {
+            path: out.to_path_buf(),
+            msg: e
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        })
 }
 
 /// A jet-like colour for `a` in [0, 1]: blue (low) → green → red (high).

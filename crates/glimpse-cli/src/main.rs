@@ -15,6 +15,7 @@ macro_rules! outln {
 }
 
 mod commands;
+mod shipped;
 
 use std::process::ExitCode;
 
@@ -45,7 +46,10 @@ enum Command {
 fn main() -> ExitCode {
     glimpse_cli::alloc::keep_freed_memory();
     glimpse_engine::device::count_threads_once();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_exit(e),
+    };
     let result = match cli.command {
         Command::Ask(args) => commands::ask::run(args),
         Command::Embed(args) => commands::embed::run(args),
@@ -71,4 +75,24 @@ fn main() -> ExitCode {
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
+}
+
+/// clap's own ending: help and version go to stdout, where a write error
+/// (a full disk, a closed pipe) is exit 1 like any command's output; usage
+/// errors go to stderr with exit 2.
+fn clap_exit(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        return match write!(out, "{e}").and_then(|()| out.flush()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: cannot write to stdout: {err}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let _ = e.print();
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
 }

@@ -292,7 +292,11 @@ fn bad_requests_fail_in_one_line() -> Result<()> {
         &unknown.path().display().to_string(),
         "hi",
     ]);
-    expect_error(&out, 1, &["config.json", "unknown model_type 'gpt_neox'"]);
+    expect_error(
+        &out,
+        1,
+        &["config.json", "model_type 'gpt_neox' is unknown"],
+    );
 
     let garbage = tempfile::Builder::new().suffix(".gguf").tempfile()?;
     std::fs::write(garbage.path(), b"GGUF\x03\x00\x00\x00 not really")?;

@@ -11,7 +11,20 @@ use minijinja::{AutoEscape, Environment, Error, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{one_line, DataError, Result};
+use crate::files::{exists, read_bounded_text, MAX_CONFIG_BYTES};
 use crate::jinja_compat;
+
+/// Template operations one render may take (minijinja's fuel: about one
+/// per instruction). The templates of the fixtures and the shipped model
+/// take 23 to 44 per message, so a conversation of a thousand messages
+/// uses under 1% of this (tests/hostile_inputs.rs renders one on 1%); a
+/// loop nested in a loop, which minijinja's own 100000-item cap on `range`
+/// does not stop, ends here in about a third of a second.
+pub const RENDER_FUEL: u64 = 10_000_000;
+
+/// Most bytes one render may write: a prompt past any context window
+/// glimpse serves (a million tokens is about 4 MiB of text).
+pub const MAX_RENDER_BYTES: usize = 16 << 20;
 
 /// One turn of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +122,8 @@ impl ChatTemplate {
         // unless told to keep it.
         env.set_keep_trailing_newline(false);
         env.set_auto_escape_callback(|_| AutoEscape::None);
+        // templates come with downloaded models: bound their work
+        env.set_fuel(Some(RENDER_FUEL));
         env.set_formatter(jinja_compat::py_formatter);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", jinja_compat::tojson);
@@ -124,6 +139,13 @@ impl ChatTemplate {
             name: name.to_string(),
             special,
         })
+    }
+
+    /// The same template under another operation budget than
+    /// [`RENDER_FUEL`] (a server may want a tighter one).
+    pub fn with_fuel(mut self, fuel: u64) -> Self {
+        self.env.set_fuel(Some(fuel));
+        self
     }
 
     pub fn special_tokens(&self) -> &SpecialTokens {
@@ -157,24 +179,42 @@ impl ChatTemplate {
             }
         }
         let ctx: Value = ctx.into_iter().collect();
-        template.render(ctx).map_err(|e| self.err(e))
+        let mut out = CappedWriter::default();
+        match template.render_captured_to(ctx, &mut out) {
+            Ok(_) => {}
+            Err(_) if out.over => {
+                return Err(self.msg(format!(
+                    "output exceeds {} MiB (a loop without bound?)",
+                    MAX_RENDER_BYTES >> 20
+                )))
+            }
+            Err(e) => return Err(self.err(e)),
+        }
+        String::from_utf8(out.buf).map_err(|_| self.msg("output is not UTF-8"))
+    }
+
+    fn msg(&self, msg: impl std::fmt::Display) -> DataError {
+        DataError::ChatTemplate {
+            name: self.name.clone(),
+            msg: one_line(msg),
+        }
     }
 
     fn err(&self, e: Error) -> DataError {
+        if e.kind() == ErrorKind::OutOfFuel {
+            return self.msg(format!(
+                "rendering takes more than {} operations (a loop without bound?)",
+                self.env.fuel().unwrap_or(RENDER_FUEL)
+            ));
+        }
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(c) = cause {
             if let Some(raised) = c.downcast_ref::<Raised>() {
-                return DataError::ChatTemplate {
-                    name: self.name.clone(),
-                    msg: one_line(format!("raise_exception: {raised}")),
-                };
+                return self.msg(format!("raise_exception: {raised}"));
             }
             cause = c.source();
         }
-        DataError::ChatTemplate {
-            name: self.name.clone(),
-            msg: one_line(e),
-        }
+        self.msg(e)
     }
 
     /// The template of a transformers model folder: `chat_template.jinja`,
@@ -199,11 +239,11 @@ impl ChatTemplate {
         }
 
         let jinja_path = dir.join("chat_template.jinja");
-        if jinja_path.is_file() {
-            let source =
-                std::fs::read_to_string(&jinja_path).map_err(|e| DataError::ChatTemplate {
+        if exists(&jinja_path) {
+            let source = read_bounded_text(&jinja_path, MAX_CONFIG_BYTES, "chat template")
+                .map_err(|e| DataError::ChatTemplate {
                     name: jinja_path.display().to_string(),
-                    msg: one_line(format!("cannot read: {e}")),
+                    msg: one_line(e),
                 })?;
             return Self::named(&jinja_path.display().to_string(), &source, special).map(Some);
         }
@@ -223,18 +263,44 @@ impl ChatTemplate {
     }
 }
 
+/// An optional JSON file of a model folder: `None` when nothing is there;
+/// anything else there must be a regular file under the config cap.
 fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
-    if !path.is_file() {
+    if !exists(path) {
         return Ok(None);
     }
     let err = |msg: String| DataError::ChatTemplate {
         name: path.display().to_string(),
         msg: one_line(msg),
     };
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+    let text =
+        read_bounded_text(path, MAX_CONFIG_BYTES, "config").map_err(|e| err(e.to_string()))?;
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|e| err(format!("invalid JSON: {e}")))
+}
+
+/// The render's output, refused past [`MAX_RENDER_BYTES`]; `over` tells
+/// that write failure from any other.
+#[derive(Default)]
+struct CappedWriter {
+    buf: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(bytes.len()) > MAX_RENDER_BYTES {
+            self.over = true;
+            return Err(std::io::Error::other("chat template output cap"));
+        }
+        self.buf.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// `chat_template` of a config: a string, a list of `{name, template}`

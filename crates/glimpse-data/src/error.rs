@@ -8,8 +8,9 @@ pub enum DataError {
     #[error("image {name}: {msg}")]
     Image { name: String, msg: String },
 
-    /// A `preprocessor_config.json` that cannot be read or used.
-    #[error("preprocessor_config.json {}: {msg}", path.display())]
+    /// An image processor config (`preprocessor_config.json`, or what holds
+    /// one) that cannot be read or used; `msg` names the field.
+    #[error("image processor config {}: {msg}", path.display())]
     Config { path: PathBuf, msg: String },
 
     #[error("tokenizer {}: {msg}", path.display())]

@@ -1,27 +1,49 @@
 //! Image files -> 8-bit RGB, the way transformers' processors see them:
 //! `load_image` (EXIF transpose) then `convert_to_rgb` (image_transforms.py).
 
-use std::io::Cursor;
+use std::io::{Cursor, Read};
 use std::path::Path;
 
-use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageReader, Pixel, RgbImage, RgbaImage};
+use flate2::read::ZlibDecoder;
+use image::{
+    DynamicImage, ImageBuffer, ImageDecoder, ImageFormat, ImageReader, Pixel, RgbImage, RgbaImage,
+};
 
 use crate::error::{DataError, Result};
+use crate::files::read_bounded;
 
 /// Guards against decompression bombs: a small file can claim a huge canvas.
 #[derive(Debug, Clone)]
 pub struct ImageLimits {
     /// Largest width × height accepted; Pillow's `MAX_IMAGE_PIXELS` by default.
     pub max_pixels: u64,
+    /// Largest width or height accepted: 65535 by default, the most JPEG
+    /// and GIF can store. Beyond that only a PNG or BMP strip of extreme
+    /// aspect fits the pixel limit.
+    pub max_side: u32,
 }
 
 impl Default for ImageLimits {
     fn default() -> Self {
         Self {
             max_pixels: 89_478_485,
+            max_side: 65_535,
         }
     }
 }
+
+/// What the decoder may allocate for metadata while it reads the header
+/// (PNG text and EXIF chunks, ICC profiles); pixels get their own budget
+/// once the size is known to be within [`ImageLimits`]. The png crate keeps
+/// this first budget for the rest of the decode, for its row buffers (a
+/// row of 65535 16-bit RGBA pixels is 512 KiB) and late text chunks.
+const MAX_METADATA_BYTES: u64 = 64 << 20;
+
+/// Largest ICC profile a PNG's `iCCP` chunk may inflate to: Pillow's PNG
+/// reader refuses one past its `MAX_TEXT_CHUNK` (1 MiB) too, and real
+/// profiles are a few KiB. The chunk is a zlib stream, so a 1 MB file can
+/// hold a gigabyte of profile.
+const MAX_ICC_BYTES: u64 = 1 << 20;
 
 /// Reads and decodes an image file (format sniffed from its bytes, not its
 /// extension).
@@ -36,31 +58,10 @@ pub const MAX_IMAGE_FILE_BYTES: u64 = 256 << 20;
 
 /// An image file's bytes: a regular file (not a directory, FIFO or
 /// device, which could block or never end) of at most
-/// [`MAX_IMAGE_FILE_BYTES`].
+/// [`MAX_IMAGE_FILE_BYTES`]. Every image file glimpse opens is read here.
 pub fn read_image_file(path: &Path) -> Result<Vec<u8>> {
-    let name = path.display().to_string();
-    let io_err = |e: std::io::Error| match e.kind() {
-        std::io::ErrorKind::NotFound => DataError::image(&name, "not found"),
-        _ => DataError::image(&name, format!("cannot read: {e}")),
-    };
-    let meta = std::fs::metadata(path).map_err(io_err)?;
-    if meta.is_dir() {
-        return Err(DataError::image(&name, "is a directory"));
-    }
-    if !meta.is_file() {
-        return Err(DataError::image(&name, "not a regular file"));
-    }
-    if meta.len() > MAX_IMAGE_FILE_BYTES {
-        return Err(DataError::image(
-            &name,
-            format!(
-                "{} bytes; image files over {} MiB are refused",
-                meta.len(),
-                MAX_IMAGE_FILE_BYTES >> 20
-            ),
-        ));
-    }
-    std::fs::read(path).map_err(io_err)
+    read_bounded(path, MAX_IMAGE_FILE_BYTES, "image")
+        .map_err(|e| DataError::image(path.display().to_string(), e))
 }
 
 /// Decodes PNG, JPEG, WebP, GIF (first frame) or BMP bytes; `name` is what
@@ -77,15 +78,24 @@ pub fn decode_rgb(bytes: &[u8], name: &str, limits: &ImageLimits) -> Result<RgbI
     if bytes.is_empty() {
         return Err(DataError::image(name, "empty file"));
     }
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| DataError::image(name, e))?;
-    if reader.format().is_none() {
-        return Err(DataError::image(
-            name,
-            "not a supported image (PNG, JPEG, WebP, GIF or BMP)",
-        ));
+    match reader.format() {
+        None => {
+            return Err(DataError::image(
+                name,
+                "not a supported image (PNG, JPEG, WebP, GIF or BMP)",
+            ))
+        }
+        Some(ImageFormat::Png) => check_png_icc(bytes, name)?,
+        Some(_) => {}
     }
+    // Reading the header reads a PNG's metadata chunks too: bound what that
+    // may allocate before the size is known.
+    let mut header_limits = image::Limits::default();
+    header_limits.max_alloc = Some(MAX_METADATA_BYTES);
+    reader.limits(header_limits);
     // into_decoder parses the header only; pixels come in from_decoder below.
     let mut decoder = reader
         .into_decoder()
@@ -107,10 +117,19 @@ pub fn decode_rgb(bytes: &[u8], name: &str, limits: &ImageLimits) -> Result<RgbI
             format!("{w}x{h} image has no pixels"),
         ));
     }
+    if w.max(h) > limits.max_side {
+        return Err(DataError::image(
+            name,
+            format!("{w}x{h}: a side over {} pixels is refused", limits.max_side),
+        ));
+    }
     // Bound what the decoder may allocate too: 16-bit RGBA at the limit, plus
-    // slack for the decoders' own buffers.
+    // slack for the decoders' own buffers; and the sides, so a decoder that
+    // reads more of the header later cannot grow past them.
     let mut decode_limits = image::Limits::default();
     decode_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).saturating_add(1 << 26));
+    decode_limits.max_image_width = Some(limits.max_side);
+    decode_limits.max_image_height = Some(limits.max_side);
     decoder
         .set_limits(decode_limits)
         .map_err(|e| DataError::image(name, e))?;
@@ -121,6 +140,52 @@ pub fn decode_rgb(bytes: &[u8], name: &str, limits: &ImageLimits) -> Result<RgbI
         .map_err(|e| DataError::image(name, format!("cannot decode: {e}")))?;
     img.apply_orientation(orientation);
     Ok(convert_to_rgb(img))
+}
+
+/// Refuses a PNG whose `iCCP` chunk inflates past [`MAX_ICC_BYTES`]. The
+/// png crate inflates the profile while reading the header and, past its
+/// allocation limit, drops the profile and decodes on; checked here the
+/// image is refused, as Pillow refuses it, after inflating at most the
+/// limit. A corrupt profile is left to the decoder, which ignores it (so
+/// does Pillow).
+fn check_png_icc(bytes: &[u8], name: &str) -> Result<()> {
+    // after the 8-byte signature: (length u32 BE, type, data, CRC) chunks
+    let mut pos = 8usize;
+    while let Some(header) = bytes.get(pos..pos + 8) {
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let kind = &header[4..8];
+        let start = pos + 8;
+        let end = start.saturating_add(len).min(bytes.len());
+        match kind {
+            // metadata chunks that matter come before the pixels
+            b"IDAT" | b"IEND" => break,
+            b"iCCP" => {
+                let data = &bytes[start..end];
+                // profile name, NUL, compression method (0 = zlib), stream
+                let Some(nul) = data.iter().position(|&b| b == 0) else {
+                    break;
+                };
+                let stream = data.get(nul + 2..).unwrap_or_default();
+                let inflated = std::io::copy(
+                    &mut ZlibDecoder::new(stream).take(MAX_ICC_BYTES + 1),
+                    &mut std::io::sink(),
+                );
+                if matches!(inflated, Ok(n) if n > MAX_ICC_BYTES) {
+                    return Err(DataError::image(
+                        name,
+                        format!(
+                            "iCCP chunk: ICC profile inflates past {} MiB (decompression bomb?)",
+                            MAX_ICC_BYTES >> 20
+                        ),
+                    ));
+                }
+                break;
+            }
+            _ => {}
+        }
+        pos = end.saturating_add(4);
+    }
+    Ok(())
 }
 
 /// transformers' `convert_to_rgb`: RGB passes unchanged; anything else

@@ -5,6 +5,7 @@
 pub mod chat_template;
 pub mod datasets;
 pub mod error;
+pub mod files;
 pub mod gguf_tokenizer;
 pub mod image_io;
 mod jinja_compat;
@@ -14,12 +15,16 @@ pub mod processor_config;
 pub mod tokenize;
 pub mod tokenizer_train;
 
-pub use chat_template::{ChatMessage, ChatTemplate, SpecialTokens};
+pub use chat_template::{ChatMessage, ChatTemplate, SpecialTokens, MAX_RENDER_BYTES, RENDER_FUEL};
 pub use error::{DataError, Result};
+pub use files::{
+    read_bounded, read_bounded_text, ReadError, MAX_CONFIG_BYTES, MAX_DATASET_BYTES,
+    MAX_TOKENIZER_BYTES,
+};
 pub use gguf_tokenizer::{tokenizer_from_gguf, GgufTokenizer};
 pub use image_io::{decode_rgb, load_rgb, read_image_file, ImageLimits, MAX_IMAGE_FILE_BYTES};
 pub use pil_resize::Filter;
 pub use preprocess::{center_crop, preprocess, preprocess_batch};
-pub use processor_config::{CropSize, PerChannel, ProcessorConfig, SizeSpec};
-pub use tokenize::{EncodedBatch, Padding, TextTokenizer};
+pub use processor_config::{CropSize, PerChannel, ProcessorConfig, SizeSpec, MAX_PROCESSOR_SIDE};
+pub use tokenize::{read_tokenizer_json, EncodedBatch, Padding, TextTokenizer};
 pub use tokenizer_train::{save_tokenizer, train_bpe_tokenizer, TokenizerTrainConfig};

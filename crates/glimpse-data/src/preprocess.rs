@@ -10,6 +10,7 @@ use image::RgbImage;
 use crate::error::{DataError, Result};
 use crate::pil_resize::resize;
 pub use crate::processor_config::ProcessorConfig;
+use crate::processor_config::SizeSpec;
 
 /// Largest intermediate canvas preprocessing will allocate (Pillow's limit).
 const MAX_RESIZED_PIXELS: usize = 89_478_485;
@@ -36,22 +37,68 @@ pub fn center_crop(img: &RgbImage, ch: usize, cw: usize) -> RgbImage {
     out
 }
 
+/// The (resized, output) sizes of an `h` x `w` image named `name`, or the
+/// error that refuses it, before anything is allocated for it.
+fn plan(
+    name: &str,
+    h: usize,
+    w: usize,
+    cfg: &ProcessorConfig,
+) -> Result<((usize, usize), (usize, usize))> {
+    if h == 0 || w == 0 {
+        return Err(DataError::image(
+            name,
+            format!("{w}x{h} image has no pixels"),
+        ));
+    }
+    let resized = if cfg.do_resize {
+        cfg.resized_hw(h, w)
+    } else {
+        (h, w)
+    };
+    let (rh, rw) = resized;
+    // A shortest-edge resize keeps the aspect: a 1 x 80M px strip, or a
+    // large shortest_edge on an ordinary photo, would make a canvas far
+    // larger than the input; refuse it instead of allocating it, naming the
+    // size and the file that asked for it.
+    if rh.saturating_mul(rw) > MAX_RESIZED_PIXELS || rh == 0 || rw == 0 {
+        let size = match cfg.size {
+            Some(SizeSpec::ShortestEdge(s)) => format!("size shortest_edge {s}"),
+            Some(SizeSpec::HeightWidth { height, width }) => {
+                format!("size height {height} width {width}")
+            }
+            None => "size".into(),
+        };
+        // a config built in memory has no file to name
+        let of = if cfg.source.as_os_str().is_empty() {
+            String::new()
+        } else {
+            format!(" of {}", cfg.source.display())
+        };
+        return Err(DataError::image(
+            name,
+            format!(
+                "{w}x{h} would resize to {rw}x{rh} ({size}{of}): over the {MAX_RESIZED_PIXELS} pixels preprocessing allocates (aspect ratio too extreme for this processor)"
+            ),
+        ));
+    }
+    let output = match (cfg.does_center_crop(), cfg.crop_size) {
+        (true, Some(c)) => (c.height, c.width),
+        _ => resized,
+    };
+    Ok((resized, output))
+}
+
 /// One image -> CHW float values, length 3·H·W, H x W from
-/// [`ProcessorConfig::output_hw`].
-pub fn preprocess(img: &RgbImage, cfg: &ProcessorConfig) -> Result<Vec<f32>> {
+/// [`ProcessorConfig::output_hw`]. `name` is what errors call the image
+/// (its path, or "image 2" for inline data).
+pub fn preprocess(img: &RgbImage, name: &str, cfg: &ProcessorConfig) -> Result<Vec<f32>> {
     let (h, w) = (img.height() as usize, img.width() as usize);
+    let ((rh, rw), _) = plan(name, h, w, cfg)?;
     let mut img = if cfg.do_resize {
-        let (rh, rw) = cfg.resized_hw(h, w);
-        // An extreme aspect ratio (1 x 80M px) would resize to a canvas far
-        // larger than the input; refuse it instead of allocating it.
-        if rh.saturating_mul(rw) > MAX_RESIZED_PIXELS || rh == 0 || rw == 0 {
-            return Err(DataError::Input(format!(
-                "image {w}x{h} would resize to {rw}x{rh}: aspect ratio too extreme for this processor"
-            )));
-        }
-        let filter = cfg.filter().map_err(DataError::Input)?;
+        let filter = cfg.filter()?;
         resize(img, rh, rw, filter)
-            .ok_or_else(|| DataError::Input(format!("image {w}x{h}: cannot resize to {rw}x{rh}")))?
+            .ok_or_else(|| DataError::image(name, format!("{w}x{h}: cannot resize to {rw}x{rh}")))?
     } else {
         img.clone()
     };
@@ -79,26 +126,51 @@ pub fn preprocess(img: &RgbImage, cfg: &ProcessorConfig) -> Result<Vec<f32>> {
     Ok(out)
 }
 
-/// Several images -> one batch. All must come out at the same size (a
-/// processor with a crop or a fixed size guarantees it).
+/// Several `(name, image)` pairs -> one batch. All must come out at the
+/// same size (a processor with a crop or a fixed size guarantees it); every
+/// image's geometry is checked before the batch is allocated.
 ///
 /// # Shapes
 /// returns (B, 3, H, W) f32 on the CPU
-pub fn preprocess_batch(images: &[RgbImage], cfg: &ProcessorConfig) -> Result<Tensor> {
-    let first = images
-        .first()
-        .ok_or_else(|| DataError::Input("no images to preprocess".into()))?;
-    let (h, w) = cfg.output_hw(first.height() as usize, first.width() as usize);
-    let mut data = Vec::with_capacity(images.len() * 3 * h * w);
-    for (i, img) in images.iter().enumerate() {
-        let hw = cfg.output_hw(img.height() as usize, img.width() as usize);
-        if hw != (h, w) {
-            return Err(DataError::Input(format!(
-                "image {i} preprocesses to {}x{}, image 0 to {h}x{w}: a batch needs one size (set crop_size or a fixed size)",
-                hw.0, hw.1
-            )));
+pub fn preprocess_batch<S: AsRef<str>>(
+    images: &[(S, RgbImage)],
+    cfg: &ProcessorConfig,
+) -> Result<Tensor> {
+    let Some((first_name, _)) = images.first() else {
+        return Err(DataError::Input("no images to preprocess".into()));
+    };
+    let mut hw = None;
+    for (name, img) in images {
+        let (_, out) = plan(
+            name.as_ref(),
+            img.height() as usize,
+            img.width() as usize,
+            cfg,
+        )?;
+        match hw {
+            None => hw = Some(out),
+            Some((h, w)) if (h, w) != out => {
+                return Err(DataError::Input(format!(
+                    "image {} preprocesses to {}x{}, image {} to {h}x{w}: a batch needs one size (set crop_size or a fixed size)",
+                    name.as_ref(),
+                    out.0,
+                    out.1,
+                    first_name.as_ref()
+                )));
+            }
+            Some(_) => {}
         }
-        data.extend(preprocess(img, cfg)?);
+    }
+    let (h, w) = hw.unwrap_or_default();
+    let len = images.len().checked_mul(3 * h * w).ok_or_else(|| {
+        DataError::Input(format!(
+            "{} images of {h}x{w}: batch too large",
+            images.len()
+        ))
+    })?;
+    let mut data = Vec::with_capacity(len);
+    for (name, img) in images {
+        data.extend(preprocess(img, name.as_ref(), cfg)?);
     }
     Ok(Tensor::from_vec(
         data,

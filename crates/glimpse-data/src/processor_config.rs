@@ -2,13 +2,19 @@
 //! `SiglipImageProcessor` write it, with the defaults of those classes, plus
 //! the output geometry it implies.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::{one_line, DataError, Result};
+use crate::files::{read_bounded_text, MAX_CONFIG_BYTES};
 use crate::pil_resize::Filter;
+
+/// Largest `size` or `crop_size` side accepted. Processors in use go up
+/// to about 1500; the bound keeps a resize or crop canvas (which is
+/// allocated from these numbers) under 8192² pixels.
+pub const MAX_PROCESSOR_SIDE: usize = 8192;
 
 // Digits as transformers' OPENAI_CLIP_MEAN / _STD write them.
 #[allow(clippy::excessive_precision)]
@@ -110,6 +116,19 @@ fn blame_field(value: &Value, e: serde_json::Error) -> String {
     e.to_string()
 }
 
+fn unsupported_resample(code: u32) -> String {
+    format!(
+        "resample {code} is not supported (PIL codes: 0 nearest, 1 lanczos, 2 bilinear, 3 bicubic, 4 box, 5 hamming)"
+    )
+}
+
+fn config_err(path: &Path, msg: impl std::fmt::Display) -> DataError {
+    DataError::Config {
+        path: path.to_path_buf(),
+        msg: one_line(msg),
+    }
+}
+
 fn to_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
@@ -149,6 +168,9 @@ pub struct ProcessorConfig {
     /// Decoding always yields RGB (`load_rgb` applies `convert_to_rgb`), so
     /// this is kept only to be reported.
     pub do_convert_rgb: Option<bool>,
+    /// The file the config came from (what errors about it name).
+    #[serde(skip)]
+    pub source: PathBuf,
 }
 
 fn yes() -> bool {
@@ -170,64 +192,85 @@ fn clip_std() -> PerChannel {
 impl ProcessorConfig {
     /// Reads and checks a `preprocessor_config.json`; every error names it.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let err = |msg: String| DataError::Config {
-            path: path.to_path_buf(),
-            msg: one_line(msg),
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => err("not found".into()),
-            _ if path.is_dir() => err("is a directory".into()),
-            _ => err(format!("cannot read: {e}")),
-        })?;
-        let cfg = Self::from_json(&text).map_err(err)?;
+        let text =
+            read_bounded_text(path, MAX_CONFIG_BYTES, "config").map_err(|e| config_err(path, e))?;
+        Self::from_json(&text, path)
+    }
+
+    /// Parses and checks the JSON text of a processor config; `path` is the
+    /// file it came from (or what holds it, such as a recipe), which errors
+    /// name along with the field.
+    pub fn from_json(text: &str, path: &Path) -> Result<Self> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| config_err(path, format!("invalid JSON: {e}")))?;
+        let mut cfg: Self = serde_json::from_value(value.clone())
+            .map_err(|e| config_err(path, blame_field(&value, e)))?;
+        cfg.source = path.to_path_buf();
+        cfg.validate().map_err(|msg| config_err(path, msg))?;
         Ok(cfg)
     }
 
-    /// Parses and checks the JSON text; the error is the message alone.
-    pub fn from_json(text: &str) -> std::result::Result<Self, String> {
-        let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
-        let cfg: Self =
-            serde_json::from_value(value.clone()).map_err(|e| blame_field(&value, e))?;
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
+    /// Every size in range before anything is allocated from it, and the
+    /// arithmetic's constants finite.
     fn validate(&self) -> std::result::Result<(), String> {
-        self.filter()?;
+        if Filter::from_pil_code(self.resample).is_none() {
+            return Err(unsupported_resample(self.resample));
+        }
         if self.do_resize && self.size.is_none() {
             return Err("missing field size (do_resize is true)".into());
         }
         if self.does_center_crop() && self.crop_size.is_none() {
             return Err("missing field crop_size (do_center_crop is true)".into());
         }
-        if self.image_std.0.contains(&0.0) {
+        let side_ok = |n: usize| (1..=MAX_PROCESSOR_SIDE).contains(&n);
+        match self.size {
+            Some(SizeSpec::ShortestEdge(s)) if !side_ok(s) => {
+                return Err(format!(
+                    "size shortest_edge {s} is out of range 1..={MAX_PROCESSOR_SIDE}"
+                ));
+            }
+            Some(SizeSpec::HeightWidth { height, width })
+                if !side_ok(height) || !side_ok(width) =>
+            {
+                return Err(format!(
+                    "size height {height} width {width} is out of range: each side must be 1..={MAX_PROCESSOR_SIDE}"
+                ));
+            }
+            _ => {}
+        }
+        if let Some(c) = self.crop_size {
+            if !side_ok(c.height) || !side_ok(c.width) {
+                return Err(format!(
+                    "crop_size height {} width {} is out of range: each side must be 1..={MAX_PROCESSOR_SIDE}",
+                    c.height, c.width
+                ));
+            }
+        }
+        if !self.rescale_factor.is_finite() || self.rescale_factor <= 0.0 {
             return Err(format!(
-                "image_std {:?} contains 0 (normalising would divide by zero)",
-                self.image_std.0
+                "rescale_factor {} must be a finite number > 0",
+                self.rescale_factor
             ));
         }
-        let zero_size = match self.size {
-            Some(SizeSpec::HeightWidth { height, width }) => height == 0 || width == 0,
-            Some(SizeSpec::ShortestEdge(s)) => s == 0,
-            None => false,
-        };
-        if zero_size {
-            return Err(format!("size {:?} is 0", self.size));
+        if !self.image_mean.0.iter().all(|m| m.is_finite()) {
+            return Err(format!(
+                "image_mean {:?} must be finite numbers",
+                self.image_mean.0
+            ));
         }
-        if let Some(c) = self.crop_size.filter(|c| c.height == 0 || c.width == 0) {
-            return Err(format!("crop_size {}x{} is 0", c.height, c.width));
+        if !self.image_std.0.iter().all(|s| s.is_finite() && *s > 0.0) {
+            return Err(format!(
+                "image_std {:?} must be finite numbers > 0 (normalising divides by them)",
+                self.image_std.0
+            ));
         }
         Ok(())
     }
 
     /// The resampling filter `resample` names.
-    pub fn filter(&self) -> std::result::Result<Filter, String> {
-        Filter::from_pil_code(self.resample).ok_or_else(|| {
-            format!(
-                "resample {} is not supported (PIL codes: 0 nearest, 1 lanczos, 2 bilinear, 3 bicubic, 4 box, 5 hamming)",
-                self.resample
-            )
-        })
+    pub fn filter(&self) -> Result<Filter> {
+        Filter::from_pil_code(self.resample)
+            .ok_or_else(|| config_err(&self.source, unsupported_resample(self.resample)))
     }
 
     /// Whether a center crop runs. An explicit `do_center_crop` decides;
@@ -256,7 +299,9 @@ impl ProcessorConfig {
         };
         let (short, long) = if w <= h { (w, h) } else { (h, w) };
         // Python: int(new_short * long / short), true division then truncation
-        let new_long = ((short_edge * long) as f64 / short as f64) as usize;
+        // (a 0-pixel side gives inf, which saturates and is refused by preprocess)
+        let new_long =
+            ((short_edge as u64).saturating_mul(long as u64) as f64 / short as f64) as usize;
         if w <= h {
             (new_long, short_edge)
         } else {

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{one_line, DataError, Result};
+use crate::files::{read_bounded, MAX_TOKENIZER_BYTES};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Padding {
@@ -31,6 +32,19 @@ impl From<EncodedBatch> for (Vec<Vec<u32>>, Vec<Vec<u32>>) {
     }
 }
 
+/// A `tokenizer.json`, read as a regular file of at most
+/// [`MAX_TOKENIZER_BYTES`] (`tokenizers`' own `from_file` reads whatever
+/// the path names, to the end).
+pub fn read_tokenizer_json(path: &Path) -> Result<Tokenizer> {
+    let err = |msg: String| DataError::Tokenizer {
+        path: path.to_path_buf(),
+        msg: one_line(msg),
+    };
+    let bytes =
+        read_bounded(path, MAX_TOKENIZER_BYTES, "tokenizer").map_err(|e| err(e.to_string()))?;
+    Tokenizer::from_bytes(&bytes).map_err(|e| err(format!("cannot load: {e}")))
+}
+
 pub struct TextTokenizer {
     inner: Tokenizer,
     path: PathBuf,
@@ -41,17 +55,7 @@ pub struct TextTokenizer {
 
 impl TextTokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let err = |msg: String| DataError::Tokenizer {
-            path: path.to_path_buf(),
-            msg: one_line(msg),
-        };
-        if path.is_dir() {
-            return Err(err("is a directory".into()));
-        }
-        if !path.exists() {
-            return Err(err("not found".into()));
-        }
-        let inner = Tokenizer::from_file(path).map_err(|e| err(format!("cannot load: {e}")))?;
+        let inner = read_tokenizer_json(path)?;
         Ok(Self {
             inner,
             path: path.to_path_buf(),

@@ -335,12 +335,23 @@ fn decompression_bomb_is_refused_from_the_header() -> Result<()> {
     let err = err_of(decode_rgb(
         &small,
         "big.png",
-        &ImageLimits { max_pixels: 34 },
+        &ImageLimits {
+            max_pixels: 34,
+            ..Default::default()
+        },
     ));
     assert_eq!(
         err,
         "image big.png: 7x5 = 35 pixels exceeds the limit of 34 (decompression bomb?)"
     );
-    assert!(decode_rgb(&small, "ok.png", &ImageLimits { max_pixels: 35 }).is_ok());
+    assert!(decode_rgb(
+        &small,
+        "ok.png",
+        &ImageLimits {
+            max_pixels: 35,
+            ..Default::default()
+        }
+    )
+    .is_ok());
     Ok(())
 }

@@ -16,7 +16,10 @@ fn fixtures() -> PathBuf {
 fn pixel_values(cfg: &ProcessorConfig, names: &[&str]) -> Result<Tensor> {
     let images = names
         .iter()
-        .map(|n| load_rgb(&fixtures().join("images").join(n), &ImageLimits::default()))
+        .map(|n| {
+            let img = load_rgb(&fixtures().join("images").join(n), &ImageLimits::default())?;
+            Ok((*n, img))
+        })
         .collect::<glimpse_data::Result<Vec<_>>>()?;
     Ok(preprocess_batch(&images, cfg)?)
 }

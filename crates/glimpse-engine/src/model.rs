@@ -339,7 +339,7 @@ fn model_type(path: &Path) -> Result<Option<String>> {
         return Ok(None);
     }
     let file = path.join("config.json");
-    let text = std::fs::read_to_string(&file).map_err(|e| ModelError::file(&file, e))?;
+    let text = ModelError::read_config(&file)?;
     let value: Value = serde_json::from_str(&text)
         .map_err(|e| ModelError::config(&file, format!("invalid JSON: {e}")))?;
     Ok(value

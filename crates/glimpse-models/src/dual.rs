@@ -10,6 +10,7 @@ use crate::nn::Linear;
 
 pub use crate::dual_config::{DualConfig, DualKind};
 use crate::error::{ModelError, Result};
+use crate::shape_check::{self, Shapes};
 use crate::text::TextTransformer;
 use crate::vision::VisionTransformer;
 use crate::weights::Checkpoint;
@@ -85,11 +86,22 @@ impl DualEncoder {
         }
         let cfg = DualConfig::from_file(&config_path)?;
         let ckpt = Checkpoint::open_dir(dir)?;
+        // The config's sizes against the header before anything is built.
+        let shapes = Shapes::new(ckpt.shapes(), ckpt.path());
+        let at = |e: crate::error::ConfigError, section: &str| e.within(section).at(&config_path);
+        shape_check::vision(&cfg.vision, &shapes, "vision_model")
+            .map_err(|e| at(e, "vision_config"))?;
+        shape_check::text(&cfg.text, &shapes, "text_model").map_err(|e| at(e, "text_config"))?;
+        if cfg.kind == DualKind::Clip {
+            for name in ["visual_projection.weight", "text_projection.weight"] {
+                shape_check::projection(&shapes, name, cfg.projection_dim)
+                    .map_err(|e| e.at(&config_path))?;
+            }
+        }
         let strict = ckpt.strict(dtype, device);
-        let model = Self::new(&cfg, strict.var_builder())?;
+        let model = Self::new(&cfg, strict.var_builder());
         // Older transformers saved `position_ids` buffers; they are derivable.
-        strict.finish(|name| name.ends_with("position_ids"))?;
-        Ok(model)
+        strict.conclude(model, |name| name.ends_with("position_ids"))
     }
 
     pub fn config(&self) -> &DualConfig {
@@ -117,6 +129,7 @@ impl DualEncoder {
         input_ids: &Tensor,
         attention_mask: Option<&Tensor>,
     ) -> Result<Tensor> {
+        crate::text::check_token_ids(input_ids, self.cfg.text.vocab_size)?;
         let pooled = self.text_model.forward(input_ids, attention_mask)?.pooled;
         Ok(match &self.text_projection {
             Some(p) => p.forward(&pooled)?,

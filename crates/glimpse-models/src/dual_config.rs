@@ -5,8 +5,10 @@
 use std::path::Path;
 
 use serde::Deserialize;
+use serde_json::Value;
 
-use crate::error::{ModelError, Result};
+use crate::error::{ConfigError, ModelError, Result as ModelResult};
+use crate::limits;
 use crate::nn::encoder::EncoderConfig;
 use crate::nn::Activation;
 use crate::text::{TextConfig, TextFlavor};
@@ -32,10 +34,6 @@ pub struct DualConfig {
 #[derive(Deserialize)]
 struct RawTop {
     model_type: Option<String>,
-    #[serde(default)]
-    text_config: RawTower,
-    #[serde(default)]
-    vision_config: RawTower,
     projection_dim: Option<usize>,
 }
 
@@ -94,16 +92,9 @@ const SIGLIP_DEFAULTS: Defaults = Defaults {
 };
 
 /// The vision tower of a dual encoder or of a VLM's `vision_config`, with
-/// the family's defaults.
-fn vit_config(
-    v: &RawTower,
-    kind: DualKind,
-    d: &Defaults,
-) -> std::result::Result<VitConfig, String> {
-    let name = v.hidden_act.as_deref().unwrap_or(d.act);
-    let act: Activation = serde_json::from_value(serde_json::Value::String(name.to_string()))
-        .map_err(|_| format!("vision_config.hidden_act: unknown activation \"{name}\""))?;
-    Ok(VitConfig {
+/// the family's defaults; fields named within the section.
+fn vit_config(v: &RawTower, kind: DualKind, d: &Defaults) -> Result<VitConfig, ConfigError> {
+    let cfg = VitConfig {
         flavor: match kind {
             DualKind::Clip => VitFlavor::Clip,
             DualKind::Siglip => VitFlavor::Siglip,
@@ -113,19 +104,36 @@ fn vit_config(
             intermediate_size: v.intermediate_size.unwrap_or(3072),
             num_hidden_layers: v.num_hidden_layers.unwrap_or(12),
             num_attention_heads: v.num_attention_heads.unwrap_or(12),
-            hidden_act: act,
+            hidden_act: activation(v, d)?,
             layer_norm_eps: v.layer_norm_eps.unwrap_or(d.eps),
         },
         num_channels: v.num_channels.unwrap_or(3),
         image_size: v.image_size.unwrap_or(224),
         patch_size: v.patch_size.unwrap_or(d.vision_patch),
         use_head: v.vision_use_head.unwrap_or(true),
-    })
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn activation(t: &RawTower, d: &Defaults) -> Result<Activation, ConfigError> {
+    let name = t.hidden_act.as_deref().unwrap_or(d.act);
+    serde_json::from_value(Value::String(name.to_string()))
+        .map_err(|_| ConfigError::new("hidden_act", format!("\"{name}\" is an unknown activation")))
+}
+
+/// A tower section (`text_config`, `vision_config`); absent is all defaults.
+fn tower(value: &Value, section: &str) -> Result<RawTower, ConfigError> {
+    match value.get(section) {
+        None | Some(Value::Null) => Ok(RawTower::default()),
+        Some(v) if v.is_object() => limits::fields(v).map_err(|e| e.within(section)),
+        Some(_) => Err(ConfigError::new(section, "is not an object")),
+    }
 }
 
 /// A tower config as a VLM's `vision_config` object, as transformers
 /// writes `CLIPVisionConfig` / `SiglipVisionConfig`.
-pub fn vision_config_to_json(cfg: &VitConfig) -> serde_json::Value {
+pub fn vision_config_to_json(cfg: &VitConfig) -> Value {
     let e = &cfg.encoder;
     serde_json::json!({
         "model_type": match cfg.flavor {
@@ -146,10 +154,9 @@ pub fn vision_config_to_json(cfg: &VitConfig) -> serde_json::Value {
 }
 
 /// A VLM's `vision_config` object (`model_type` `clip_vision_model` or
-/// `siglip_vision_model`) as a tower config.
-pub fn vision_config_from_json(
-    value: &serde_json::Value,
-) -> std::result::Result<VitConfig, String> {
+/// `siglip_vision_model`) as a tower config; errors name
+/// `vision_config.<field>`.
+pub fn vision_config_from_json(value: &Value) -> Result<VitConfig, ConfigError> {
     let model_type = value
         .get("model_type")
         .and_then(|v| v.as_str())
@@ -158,61 +165,48 @@ pub fn vision_config_from_json(
         "clip_vision_model" | "clip" => (DualKind::Clip, &CLIP_DEFAULTS),
         "siglip_vision_model" | "siglip" => (DualKind::Siglip, &SIGLIP_DEFAULTS),
         other => {
-            return Err(format!(
-                "vision_config: unknown model_type '{other}' (glimpse reads clip_vision_model, siglip_vision_model)"
+            return Err(ConfigError::new(
+                "vision_config.model_type",
+                format!(
+                    "'{other}' is unknown (glimpse reads clip_vision_model, siglip_vision_model)"
+                ),
             ))
         }
     };
-    let raw: RawTower =
-        serde_json::from_value(value.clone()).map_err(|e| format!("vision_config: {e}"))?;
-    let cfg = vit_config(&raw, kind, d)?;
-    let enc = &cfg.encoder;
-    if enc.num_attention_heads == 0 || !enc.hidden_size.is_multiple_of(enc.num_attention_heads) {
-        return Err(format!(
-            "vision_config: hidden_size {} is not divisible by num_attention_heads {}",
-            enc.hidden_size, enc.num_attention_heads
-        ));
-    }
-    if cfg.patch_size == 0 || cfg.image_size < cfg.patch_size {
-        return Err(format!(
-            "vision_config: image_size {} smaller than patch_size {}",
-            cfg.image_size, cfg.patch_size
-        ));
-    }
-    Ok(cfg)
+    let raw: RawTower = limits::fields(value).map_err(|e| e.within("vision_config"))?;
+    vit_config(&raw, kind, d).map_err(|e| e.within("vision_config"))
 }
 
 impl DualConfig {
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::file(path, e))?;
+    pub fn from_file(path: &Path) -> ModelResult<Self> {
+        let text = ModelError::read_config(path)?;
         Self::from_json(&text, path)
     }
 
     /// `path` only names the source in errors.
-    pub fn from_json(json: &str, path: &Path) -> Result<Self> {
-        let raw: RawTop = serde_json::from_str(json)
+    pub fn from_json(json: &str, path: &Path) -> ModelResult<Self> {
+        let value: Value = serde_json::from_str(json)
             .map_err(|e| ModelError::config(path, format!("invalid JSON: {e}")))?;
+        Self::from_value(&value).map_err(|e| e.at(path))
+    }
+
+    /// A parsed `config.json`, every size checked (see [`crate::limits`]).
+    pub fn from_value(value: &Value) -> Result<Self, ConfigError> {
+        let raw: RawTop = limits::fields(value)?;
         let (kind, d) = match raw.model_type.as_deref() {
             Some("clip") => (DualKind::Clip, &CLIP_DEFAULTS),
             Some("siglip") => (DualKind::Siglip, &SIGLIP_DEFAULTS),
             Some(other) => {
-                return Err(ModelError::config(
-                    path,
-                    format!("unknown model_type \"{other}\" for a dual encoder (expected \"clip\" or \"siglip\")"),
+                return Err(ConfigError::new(
+                    "model_type",
+                    format!(
+                    "\"{other}\" is unknown for a dual encoder (expected \"clip\" or \"siglip\")"
+                ),
                 ))
             }
-            None => return Err(ModelError::config(path, "missing field model_type")),
+            None => return Err(ConfigError::new("model_type", "is missing")),
         };
-        let act = |t: &RawTower, which: &str| -> Result<Activation> {
-            let name = t.hidden_act.as_deref().unwrap_or(d.act);
-            serde_json::from_value(serde_json::Value::String(name.to_string())).map_err(|_| {
-                ModelError::config(
-                    path,
-                    format!("{which}.hidden_act: unknown activation \"{name}\""),
-                )
-            })
-        };
-        let (t, v) = (&raw.text_config, &raw.vision_config);
+        let (t, v) = (tower(value, "text_config")?, tower(value, "vision_config")?);
         let text_hidden = t.hidden_size.unwrap_or(d.text_hidden);
         let text = TextConfig {
             flavor: match kind {
@@ -224,7 +218,7 @@ impl DualConfig {
                 intermediate_size: t.intermediate_size.unwrap_or(d.text_intermediate),
                 num_hidden_layers: t.num_hidden_layers.unwrap_or(12),
                 num_attention_heads: t.num_attention_heads.unwrap_or(d.text_heads),
-                hidden_act: act(t, "text_config")?,
+                hidden_act: activation(&t, d).map_err(|e| e.within("text_config"))?,
                 layer_norm_eps: t.layer_norm_eps.unwrap_or(d.eps),
             },
             vocab_size: t.vocab_size.unwrap_or(d.text_vocab),
@@ -233,48 +227,42 @@ impl DualConfig {
             pad_token_id: t.pad_token_id.unwrap_or(1),
             projection_size: t.projection_size.unwrap_or(text_hidden),
         };
-        let vision = vit_config(v, kind, d).map_err(|msg| ModelError::config(path, msg))?;
+        text.validate().map_err(|e| e.within("text_config"))?;
+        let vision = vit_config(&v, kind, d).map_err(|e| e.within("vision_config"))?;
         let cfg = DualConfig {
             kind,
             vision,
             text,
             projection_dim: raw.projection_dim.unwrap_or(512),
         };
-        cfg.validate(path)?;
+        cfg.validate()?;
         Ok(cfg)
     }
 
-    fn validate(&self, path: &Path) -> Result<()> {
-        for (which, enc) in [
-            ("text_config", &self.text.encoder),
-            ("vision_config", &self.vision.encoder),
+    /// What the towers' own checks do not cover.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let p = limits::size("projection_dim", self.projection_dim, limits::MAX_HIDDEN)?;
+        for (which, width) in [
+            ("text_config", self.text.encoder.hidden_size),
+            ("vision_config", self.vision.encoder.hidden_size),
         ] {
-            if enc.num_attention_heads == 0
-                || !enc.hidden_size.is_multiple_of(enc.num_attention_heads)
-            {
-                return Err(ModelError::config(
-                    path,
-                    format!(
-                        "{which}: hidden_size {} is not divisible by num_attention_heads {}",
-                        enc.hidden_size, enc.num_attention_heads
-                    ),
-                ));
-            }
+            limits::elems(
+                "projection_dim",
+                &format!("the {which} projection"),
+                &[p, width],
+            )?;
         }
-        let v = &self.vision;
-        if v.patch_size == 0 || v.image_size < v.patch_size {
-            return Err(ModelError::config(
-                path,
-                format!(
-                    "vision_config: image_size {} smaller than patch_size {}",
-                    v.image_size, v.patch_size
-                ),
-            ));
-        }
-        if self.kind == DualKind::Siglip && !v.use_head {
-            return Err(ModelError::config(
-                path,
-                "vision_config.vision_use_head is false: a SiglipModel needs the pooling head for image embeddings",
+        let projections =
+            p as u128 * (self.text.encoder.hidden_size + self.vision.encoder.hidden_size) as u128;
+        limits::params(
+            "projection_dim",
+            "the two towers with their projections",
+            self.text.num_params() + self.vision.num_params() + projections,
+        )?;
+        if self.kind == DualKind::Siglip && !self.vision.use_head {
+            return Err(ConfigError::new(
+                "vision_config.vision_use_head",
+                "is false: a SiglipModel needs the pooling head for image embeddings",
             ));
         }
         Ok(())

@@ -27,12 +27,54 @@ pub enum ModelError {
 
 pub type Result<T> = std::result::Result<T, ModelError>;
 
+/// A config value refused, naming the field at fault as the JSON spells it
+/// (`text_config.hidden_size`). Parsers that read a JSON value rather than
+/// a file return it; [`ConfigError::at`] names the file.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field} {msg}")]
+pub struct ConfigError {
+    pub field: String,
+    pub msg: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, msg: impl std::fmt::Display) -> Self {
+        Self {
+            field: field.into(),
+            msg: one_line(msg),
+        }
+    }
+
+    /// The same fault one section down: `hidden_size` -> `text_config.hidden_size`.
+    pub fn within(mut self, section: &str) -> Self {
+        self.field = format!("{section}.{}", self.field);
+        self
+    }
+
+    /// As a [`ModelError::Config`] of the file `path`.
+    pub fn at(self, path: impl Into<PathBuf>) -> ModelError {
+        ModelError::config(path, self)
+    }
+}
+
 impl ModelError {
     pub fn file(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {
         ModelError::File {
             path: path.into(),
             msg: one_line(msg),
         }
+    }
+
+    /// Reads a JSON config or index: a regular file under glimpse-data's
+    /// config cap, so a FIFO or `/dev/zero` named `config.json` is refused
+    /// instead of blocking or filling memory.
+    pub fn read_config(path: &std::path::Path) -> Result<String> {
+        glimpse_data::files::read_bounded_text(
+            path,
+            glimpse_data::files::MAX_CONFIG_BYTES,
+            "config",
+        )
+        .map_err(|e| ModelError::file(path, e))
     }
 
     pub fn config(path: impl Into<PathBuf>, msg: impl std::fmt::Display) -> Self {

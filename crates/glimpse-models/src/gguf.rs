@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +13,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
 
 use crate::error::{ModelError, Result};
+use crate::gguf_scan;
 use crate::nn::rope::{RopeConfig, RopeScaling, RopeStyle};
 use crate::text::decoder_config::{DecoderConfig, DecoderKind};
 
@@ -26,28 +27,29 @@ pub struct GgufFile {
 }
 
 impl GgufFile {
+    /// Opens a GGUF file: its header is scanned under fixed bounds and its
+    /// tensors' extents checked against their types and the file length
+    /// (see `gguf_scan`) before candle's reader sees it.
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| ModelError::file(path, e))?;
-        let file_len = file
-            .metadata()
-            .map_err(|e| ModelError::file(path, e))?
-            .len();
+        let meta = file.metadata().map_err(|e| ModelError::file(path, e))?;
+        if !meta.is_file() {
+            return Err(ModelError::file(path, "not a regular file"));
+        }
         let mut reader = BufReader::new(file);
+        let header = gguf_scan::scan(&mut reader, meta.len(), path)?;
+        reader
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| ModelError::file(path, e))?;
         let content = Content::read(&mut reader).map_err(|e| read_error(path, e))?;
-        // A download cut short keeps a valid header: check every tensor's
-        // extent now rather than failing halfway through loading.
-        for (name, info) in &content.tensor_infos {
-            let dt = info.ggml_dtype;
-            let bytes = (info.shape.elem_count() / dt.block_size() * dt.type_size()) as u64;
-            let end = content.tensor_data_offset + info.offset + bytes;
-            if end > file_len {
-                return Err(ModelError::file(
-                    path,
-                    format!(
-                        "truncated GGUF: tensor {name} ends at byte {end}, the file has {file_len}"
-                    ),
-                ));
-            }
+        if content.tensor_data_offset != header.data_start {
+            return Err(ModelError::file(
+                path,
+                format!(
+                    "not a readable GGUF file: tensor data starts at byte {} by the header scan, {} by the reader",
+                    header.data_start, content.tensor_data_offset
+                ),
+            ));
         }
         Ok(Self {
             path: path.to_path_buf(),
@@ -108,27 +110,31 @@ impl GgufFile {
                 ))
             }
         };
+        let count = |key: &str| -> Result<Option<usize>> {
+            let key = format!("{arch}.{key}");
+            match self.number(&key)? {
+                None => Ok(None),
+                Some(v) if v >= 0.0 && v.fract() == 0.0 && v <= usize::MAX as f64 => {
+                    Ok(Some(v as usize))
+                }
+                Some(v) => Err(self.meta_error(&key, &format!("is {v}, not a count"))),
+            }
+        };
         let need = |key: &str| -> Result<usize> {
-            self.number(&format!("{arch}.{key}"))?
-                .map(|v| v as usize)
-                .ok_or_else(|| self.meta_error(&format!("{arch}.{key}"), "is missing"))
+            count(key)?.ok_or_else(|| self.meta_error(&format!("{arch}.{key}"), "is missing"))
         };
         let hidden = need("embedding_length")?;
         let heads = need("attention.head_count")?;
-        let kv_heads = self
-            .number(&format!("{arch}.attention.head_count_kv"))?
-            .map_or(heads, |v| v as usize);
+        let kv_heads = count("attention.head_count_kv")?.unwrap_or(heads);
         if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(self.meta_error(
                 &format!("{arch}.attention.head_count_kv"),
                 &format!("{kv_heads} does not divide head_count {heads}"),
             ));
         }
-        let head_dim = self
-            .number(&format!("{arch}.attention.key_length"))?
-            .map_or(hidden / heads, |v| v as usize);
-        let vocab = match self.number(&format!("{arch}.vocab_size"))? {
-            Some(v) => v as usize,
+        let head_dim = count("attention.key_length")?.unwrap_or(hidden / heads);
+        let vocab = match count("vocab_size")? {
+            Some(v) => v,
             None => self
                 .content
                 .tensor_infos
@@ -183,6 +189,9 @@ impl GgufFile {
                 .map(|v| vec![v as u32])
                 .unwrap_or_default(),
         };
+        // The same bounds as config.json's, named by the metadata key.
+        cfg.validate()
+            .map_err(|e| self.meta_error(&gguf_key(&arch, &e.field), &e.msg))?;
         Ok((cfg, style))
     }
 
@@ -261,6 +270,25 @@ impl GgufFile {
     }
 }
 
+/// The GGUF metadata key of a [`DecoderConfig`] field, for messages.
+fn gguf_key(arch: &str, field: &str) -> String {
+    let key = match field {
+        "vocab_size" => "vocab_size",
+        "hidden_size" => "embedding_length",
+        "intermediate_size" => "feed_forward_length",
+        "num_hidden_layers" => "block_count",
+        "num_attention_heads" => "attention.head_count",
+        "num_key_value_heads" => "attention.head_count_kv",
+        "head_dim" => "attention.key_length",
+        "max_position_embeddings" => "context_length",
+        "rms_norm_eps" => "attention.layer_norm_rms_epsilon",
+        "rope_theta" => "rope.freq_base",
+        "rope_scaling.factor" => "rope.scaling.factor",
+        other => return other.to_string(),
+    };
+    format!("{arch}.{key}")
+}
+
 /// HF parameter name -> GGUF tensor name, for the Llama family.
 pub fn gguf_name(hf: &str) -> Option<String> {
     let fixed = match hf {
@@ -326,7 +354,7 @@ fn read_error(path: &Path, e: candle_core::Error) -> ModelError {
     ModelError::file(path, format!("not a readable GGUF file: {msg}"))
 }
 
-fn ggml_type_name(id: u32) -> &'static str {
+pub(crate) fn ggml_type_name(id: u32) -> &'static str {
     const NAMES: [&str; 40] = [
         "F32",
         "F16",

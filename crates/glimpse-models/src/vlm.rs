@@ -14,6 +14,7 @@ use crate::error::{ModelError, Result};
 use crate::fusion::cross_attention::{CrossKv, GatedCrossAttention};
 use crate::nn::rope::RopeStyle;
 use crate::projector::Projector;
+use crate::shape_check::{self, Shapes};
 use crate::text::{Decoder, DecoderCache, DecoderWeights, LayerHook, LogitsFor};
 use crate::vision::VisionTransformer;
 use crate::vlm_config::{FeatureSelect, FusionConfig, VlmConfig};
@@ -157,16 +158,22 @@ impl Vlm {
 
     /// Loads a LLaVA or glimpse-format directory strictly.
     pub fn load_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let cfg = VlmConfig::from_file(&dir.join("config.json"))?;
+        let config_path = dir.join("config.json");
+        let cfg = VlmConfig::from_file(&config_path)?;
         let checkpoint = Checkpoint::open_dir(dir)?;
         let names = VlmNames::detect(checkpoint.shapes());
+        // The config's sizes against the header before anything is built.
+        let shapes = Shapes::new(checkpoint.shapes(), checkpoint.path());
+        shape_check::vision(&cfg.vision, &shapes, &names.vision_tower)
+            .map_err(|e| e.within("vision_config").at(&config_path))?;
+        shape_check::decoder(&cfg.text, &shapes, &names.decoder, &names.lm_head)
+            .map_err(|e| e.within("text_config").at(&config_path))?;
         let strict = checkpoint.strict(dtype, device);
-        let model = Self::new(&cfg, strict.var_builder(), &names)?;
+        let model = Self::new(&cfg, strict.var_builder(), &names);
         let tied = cfg.text.tie_word_embeddings;
-        strict.finish(|name| {
+        strict.conclude(model, |name| {
             name.ends_with("position_ids") || (tied && name == format!("{}.weight", names.lm_head))
-        })?;
-        Ok(model)
+        })
     }
 
     pub fn config(&self) -> &VlmConfig {

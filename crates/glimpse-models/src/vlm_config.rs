@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::dual_config::{vision_config_from_json, vision_config_to_json};
-use crate::error::{ModelError, Result};
+use crate::error::{ConfigError, ModelError, Result};
 use crate::fusion::cross_attention::GatedCrossAttentionConfig;
+use crate::limits;
 use crate::nn::Activation;
 use crate::projector::{MlpProjectorConfig, ProjectorConfig, TokenCompression};
 use crate::text::DecoderConfig;
@@ -88,13 +89,18 @@ pub enum VlmFormat {
 
 impl VlmConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::file(path, e))?;
+        let text = ModelError::read_config(path)?;
         let value: Value = serde_json::from_str(&text)
             .map_err(|e| ModelError::config(path, format!("invalid JSON: {e}")))?;
-        Self::from_json(&value).map_err(|msg| ModelError::config(path, msg))
+        Self::from_json(&value).map_err(|e| e.at(path))
     }
 
-    pub fn from_json(value: &Value) -> std::result::Result<Self, String> {
+    /// A parsed `config.json`; every size is checked (see [`crate::limits`])
+    /// and errors name the field (`text_config.hidden_size`).
+    pub fn from_json(value: &Value) -> std::result::Result<Self, ConfigError> {
+        fn err(field: &str, msg: impl std::fmt::Display) -> ConfigError {
+            ConfigError::new(field, msg)
+        }
         let model_type = value
             .get("model_type")
             .and_then(Value::as_str)
@@ -103,8 +109,9 @@ impl VlmConfig {
             "llava" => VlmFormat::Llava,
             "glimpse" => VlmFormat::Glimpse,
             other => {
-                return Err(format!(
-                    "unknown model_type '{other}' for a vision-language model (glimpse reads llava, glimpse)"
+                return Err(err(
+                    "model_type",
+                    format!("'{other}' is unknown for a vision-language model (glimpse reads llava, glimpse)"),
                 ))
             }
         };
@@ -112,31 +119,36 @@ impl VlmConfig {
             value
                 .get(key)
                 .filter(|v| v.is_object())
-                .ok_or(format!("missing field {key}"))
+                .ok_or_else(|| err(key, "is missing (or not an object)"))
         };
         let vision = vision_config_from_json(section("vision_config")?)?;
         let text = DecoderConfig::from_json(section("text_config")?)
-            .map_err(|e| format!("text_config: {e}"))?;
+            .map_err(|e| e.within("text_config"))?;
+        let not_integers = || {
+            err(
+                "vision_feature_layer",
+                "must be an integer or a non-empty list of integers",
+            )
+        };
         let feature_layers = match value.get("vision_feature_layer") {
             None | Some(Value::Null) => vec![-2],
-            Some(Value::Number(n)) => {
-                vec![n.as_i64().ok_or("vision_feature_layer is not an integer")? as isize]
-            }
+            Some(Value::Number(n)) => vec![n.as_i64().ok_or_else(not_integers)? as isize],
             Some(Value::Array(items)) => items
                 .iter()
                 .map(|v| v.as_i64().map(|i| i as isize))
                 .collect::<Option<Vec<_>>>()
                 .filter(|v| !v.is_empty())
-                .ok_or("vision_feature_layer must be an integer or a non-empty list of integers")?,
-            Some(_) => return Err("vision_feature_layer must be an integer or a list".into()),
+                .ok_or_else(not_integers)?,
+            Some(_) => return Err(not_integers()),
         };
         let layers = vision.encoder.num_hidden_layers as isize;
         if let Some(bad) = feature_layers
             .iter()
             .find(|&&i| i > layers || i < -(layers + 1))
         {
-            return Err(format!(
-                "vision_feature_layer {bad} is out of range: the tower has {layers} layers"
+            return Err(err(
+                "vision_feature_layer",
+                format!("{bad} is out of range: the tower has {layers} layers"),
             ));
         }
         let select = match value
@@ -147,23 +159,32 @@ impl VlmConfig {
             Some("full") => FeatureSelect::Full,
             Some("cls") if vision.flavor == VitFlavor::Clip => FeatureSelect::Cls,
             Some("cls") => {
-                return Err(
-                    "vision_feature_select_strategy 'cls' needs a tower with a class token (CLIP); SigLIP has none"
-                        .into(),
-                )
+                return Err(err(
+                    "vision_feature_select_strategy",
+                    "'cls' needs a tower with a class token (CLIP); SigLIP has none",
+                ))
             }
             Some(other) => {
-                return Err(format!(
-                    "vision_feature_select_strategy '{other}' is not default, full or cls"
+                return Err(err(
+                    "vision_feature_select_strategy",
+                    format!("'{other}' is not default, full or cls"),
                 ))
             }
         };
-        let image_token_id = value
+        let image_token_id = match value
             .get("image_token_id")
             .or_else(|| value.get("image_token_index"))
-            .and_then(Value::as_u64)
-            .unwrap_or(32000) as u32;
-        let feature_width = vision.encoder.hidden_size * feature_layers.len();
+        {
+            None | Some(Value::Null) => 32000,
+            Some(v) => v
+                .as_u64()
+                .and_then(|i| u32::try_from(i).ok())
+                .ok_or_else(|| err("image_token_id", format!("{v} is not a token id")))?,
+        };
+        let feature_width = vision
+            .encoder
+            .hidden_size
+            .saturating_mul(feature_layers.len());
         let (projector, fusion) = match format {
             VlmFormat::Llava => {
                 let act_name = value
@@ -172,7 +193,10 @@ impl VlmConfig {
                     .unwrap_or("gelu");
                 let act: Activation = serde_json::from_value(Value::String(act_name.into()))
                     .map_err(|_| {
-                        format!("projector_hidden_act: unknown activation '{act_name}'")
+                        err(
+                            "projector_hidden_act",
+                            format!("'{act_name}' is an unknown activation"),
+                        )
                     })?;
                 let projector = ProjectorConfig::Mlp(MlpProjectorConfig {
                     vision_hidden_size: feature_width,
@@ -192,35 +216,50 @@ impl VlmConfig {
                     value
                         .get("projector")
                         .cloned()
-                        .ok_or("missing field projector")?,
+                        .ok_or_else(|| err("projector", "is missing"))?,
                 )
-                .map_err(|e| format!("projector: {e}"))?;
+                .map_err(|e| err("projector", format!("is not valid: {e}")))?;
                 let fusion: FusionConfig = serde_json::from_value(
                     value
                         .get("fusion")
                         .cloned()
                         .unwrap_or(serde_json::json!({"mode": "early"})),
                 )
-                .map_err(|e| format!("fusion: {e}"))?;
-                if projector.vision_hidden_size() != feature_width {
-                    return Err(format!(
-                        "projector.vision_hidden_size {} does not match the tower's features ({feature_width})",
-                        projector.vision_hidden_size()
-                    ));
-                }
-                if projector.text_hidden_size() != text.hidden_size {
-                    return Err(format!(
-                        "projector.text_hidden_size {} does not match text_config.hidden_size {}",
-                        projector.text_hidden_size(),
-                        text.hidden_size
-                    ));
-                }
-                if let FusionConfig::Cross { every: 0, .. } = fusion {
-                    return Err("fusion.every must be at least 1".into());
+                .map_err(|e| err("fusion", format!("is not valid: {e}")))?;
+                if let FusionConfig::Cross { every, .. } = fusion {
+                    limits::size("fusion.every", every, limits::MAX_LAYERS)?;
                 }
                 (projector, fusion)
             }
         };
+        projector.validate().map_err(|e| e.within("projector"))?;
+        if projector.vision_hidden_size() != feature_width {
+            return Err(err(
+                "projector.vision_hidden_size",
+                format!(
+                    "{} does not match the tower's features ({feature_width})",
+                    projector.vision_hidden_size()
+                ),
+            ));
+        }
+        if projector.text_hidden_size() != text.hidden_size {
+            return Err(err(
+                "projector.text_hidden_size",
+                format!(
+                    "{} does not match text_config.hidden_size {}",
+                    projector.text_hidden_size(),
+                    text.hidden_size
+                ),
+            ));
+        }
+        // The projector is bounded by its own fields; tower and decoder
+        // each passed their bound, together they must too.
+        let projector_params = 4 * (feature_width as u128) * (text.hidden_size as u128);
+        limits::params(
+            "text_config.hidden_size",
+            "the tower, projector and decoder together",
+            text.num_params() + vision.num_params() + projector_params,
+        )?;
         let cfg = Self {
             vision,
             text,
@@ -232,12 +271,16 @@ impl VlmConfig {
             format,
         };
         if cfg.image_token_id as usize >= cfg.text.vocab_size {
-            return Err(format!(
-                "image_token_id {} is outside the vocabulary of {}",
-                cfg.image_token_id, cfg.text.vocab_size
+            return Err(err(
+                "image_token_id",
+                format!(
+                    "{} is outside the vocabulary of {} (text_config.vocab_size)",
+                    cfg.image_token_id, cfg.text.vocab_size
+                ),
             ));
         }
-        cfg.image_tokens().map_err(|e| e.to_string())?;
+        cfg.image_tokens()
+            .map_err(|e| err("projector.compression", e))?;
         Ok(cfg)
     }
 

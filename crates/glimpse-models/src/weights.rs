@@ -6,6 +6,16 @@
 //! while the model is built (handing back zeros so construction can go on) and
 //! report them together in [`StrictWeights::finish`], so one run tells the
 //! user everything that is wrong with a checkpoint.
+//!
+//! Those zeros are sized by the config, not the file, so their total is
+//! capped ([`PLACEHOLDER_BUDGET`]): past it construction stops and the
+//! report names what was found so far. Loaders compare the config's main
+//! sizes with the header first (`shape_check`), so a config that disagrees
+//! with its checkpoint is named before anything is allocated at all.
+//!
+//! Every model weight is a float: a tensor stored as an integer type
+//! (I32, U8...) would be converted value by value into garbage weights, so
+//! it is refused, named with its dtype.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -25,6 +35,8 @@ pub struct Checkpoint {
     tensors: Arc<MmapedSafetensors>,
     /// Name -> shape of every tensor in the file(s).
     shapes: BTreeMap<String, Vec<usize>>,
+    /// Name -> stored dtype of every tensor that is not a float.
+    not_float: BTreeMap<String, String>,
 }
 
 impl Checkpoint {
@@ -68,15 +80,23 @@ impl Checkpoint {
         // mapped is the accepted risk of every mmap-based loader.
         let tensors = unsafe { MmapedSafetensors::multi(files) }
             .map_err(|e| ModelError::file(path, format!("not a valid safetensors file: {e}")))?;
-        let shapes = tensors
-            .tensors()
-            .into_iter()
-            .map(|(name, view)| (name, view.shape().to_vec()))
-            .collect();
+        let mut shapes = BTreeMap::new();
+        let mut not_float = BTreeMap::new();
+        for (name, view) in tensors.tensors() {
+            let float = matches!(
+                DType::try_from(view.dtype()),
+                Ok(DType::F16 | DType::BF16 | DType::F32 | DType::F64)
+            );
+            if !float {
+                not_float.insert(name.clone(), format!("{:?}", view.dtype()));
+            }
+            shapes.insert(name, view.shape().to_vec());
+        }
         Ok(Self {
             path: path.to_path_buf(),
             tensors: Arc::new(tensors),
             shapes,
+            not_float,
         })
     }
 
@@ -96,6 +116,7 @@ impl Checkpoint {
             backend: StrictBackend {
                 tensors: self.tensors.clone(),
                 shapes: self.shapes.clone(),
+                not_float: self.not_float.clone(),
                 report: Arc::new(Mutex::new(Report::default())),
             },
             dtype,
@@ -109,7 +130,7 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     struct Index {
         weight_map: BTreeMap<String, String>,
     }
-    let text = std::fs::read_to_string(index).map_err(|e| ModelError::file(index, e))?;
+    let text = ModelError::read_config(index)?;
     let parsed: Index = serde_json::from_str(&text)
         .map_err(|e| ModelError::file(index, format!("invalid shard index: {e}")))?;
     let dir = index.parent().unwrap_or(Path::new("."));
@@ -117,18 +138,37 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     Ok(unique.into_iter().map(|f| dir.join(f)).collect())
 }
 
+/// Bytes of zero placeholders handed out for missing, misshaped or
+/// non-float tensors before construction stops: enough to report every
+/// problem of a model of a few hundred million parameters, and a bound on
+/// what a config that disagrees with its checkpoint makes us allocate.
+pub const PLACEHOLDER_BUDGET: usize = 256 << 20;
+
 #[derive(Default)]
 struct Report {
     used: BTreeSet<String>,
     missing: Vec<String>,
     /// (name, shape in file, shape the model wants)
     misshaped: Vec<(String, Vec<usize>, Vec<usize>)>,
+    /// (name, dtype in file)
+    not_float: Vec<(String, String)>,
+    /// Bytes of placeholders handed out so far.
+    placeholder_bytes: usize,
+    /// The tensor whose placeholder would have passed the budget.
+    stopped_at: Option<String>,
+}
+
+impl Report {
+    fn has_problems(&self) -> bool {
+        !self.missing.is_empty() || !self.misshaped.is_empty() || !self.not_float.is_empty()
+    }
 }
 
 #[derive(Clone)]
 struct StrictBackend {
     tensors: Arc<MmapedSafetensors>,
     shapes: BTreeMap<String, Vec<usize>>,
+    not_float: BTreeMap<String, String>,
     report: Arc<Mutex<Report>>,
 }
 
@@ -141,6 +181,39 @@ impl StrictBackend {
             Err(poisoned) => poisoned.into_inner(),
         };
         f(&mut guard)
+    }
+
+    /// Zeros standing in for a tensor the checkpoint cannot supply, so
+    /// construction goes on and every problem is reported; an error once
+    /// the placeholders would pass [`PLACEHOLDER_BUDGET`].
+    fn placeholder(
+        &self,
+        s: Shape,
+        name: &str,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let bytes = s.elem_count().checked_mul(dtype.size_in_bytes());
+        let fits =
+            self.with_report(
+                |r| match bytes.and_then(|b| b.checked_add(r.placeholder_bytes)) {
+                    Some(total) if total <= PLACEHOLDER_BUDGET => {
+                        r.placeholder_bytes = total;
+                        true
+                    }
+                    _ => {
+                        r.stopped_at.get_or_insert_with(|| name.to_string());
+                        false
+                    }
+                },
+            );
+        if !fits {
+            candle_core::bail!(
+                "checkpoint does not match the model config (stopped at {name}, shape {:?})",
+                s.dims()
+            );
+        }
+        Tensor::zeros(s, dtype, dev)
     }
 }
 
@@ -156,7 +229,7 @@ impl SimpleBackend for StrictBackend {
         match self.shapes.get(name) {
             None => {
                 self.with_report(|r| r.missing.push(name.to_string()));
-                Tensor::zeros(s, dtype, dev)
+                self.placeholder(s, name, dtype, dev)
             }
             Some(found) if found.as_slice() != s.dims() => {
                 self.with_report(|r| {
@@ -164,7 +237,15 @@ impl SimpleBackend for StrictBackend {
                     r.misshaped
                         .push((name.to_string(), found.clone(), s.dims().to_vec()))
                 });
-                Tensor::zeros(s, dtype, dev)
+                self.placeholder(s, name, dtype, dev)
+            }
+            Some(_) if self.not_float.contains_key(name) => {
+                self.with_report(|r| {
+                    r.used.insert(name.to_string());
+                    r.not_float
+                        .push((name.to_string(), self.not_float[name].clone()))
+                });
+                self.placeholder(s, name, dtype, dev)
             }
             Some(_) => {
                 self.with_report(|r| r.used.insert(name.to_string()));
@@ -181,6 +262,10 @@ impl SimpleBackend for StrictBackend {
             });
         }
         self.with_report(|r| r.used.insert(name.to_string()));
+        if let Some(stored) = self.not_float.get(name) {
+            self.with_report(|r| r.not_float.push((name.to_string(), stored.clone())));
+            candle_core::bail!("tensor {name} is stored as {stored}, not a float type");
+        }
         self.tensors.load(name, dev)?.to_dtype(dtype)
     }
 
@@ -207,23 +292,62 @@ impl StrictWeights {
         )
     }
 
-    /// Fails with one line naming every missing, misshaped and unexpected
-    /// tensor. Names for which `ignore(name)` is true may stay unused (e.g.
-    /// `position_ids` buffers older transformers saved).
+    /// The result of building a model from [`Self::var_builder`], checked:
+    /// the checkpoint's problems when there are any (they explain a build
+    /// that failed better than the error it stopped at), else the build's
+    /// own error, else [`Self::finish`].
+    pub fn conclude<T>(&self, built: Result<T>, ignore: impl Fn(&str) -> bool) -> Result<T> {
+        let problems = self.backend.with_report(|r| r.has_problems());
+        match built {
+            Err(_) if problems => Err(self.report(&ignore, false)),
+            Err(e) => Err(e),
+            Ok(model) => {
+                self.finish(ignore)?;
+                Ok(model)
+            }
+        }
+    }
+
+    /// Fails with one line naming every missing, misshaped, non-float and
+    /// unexpected tensor. Names for which `ignore(name)` is true may stay
+    /// unused (e.g. `position_ids` buffers older transformers saved).
     pub fn finish(&self, ignore: impl Fn(&str) -> bool) -> Result<()> {
-        let (missing, misshaped, unexpected) = self.backend.with_report(|r| {
-            let unexpected: Vec<String> = self
-                .backend
-                .shapes
-                .keys()
-                .filter(|n| !r.used.contains(*n) && !ignore(n))
-                .cloned()
-                .collect();
-            (r.missing.clone(), r.misshaped.clone(), unexpected)
+        let clean = self.backend.with_report(|r| {
+            !r.has_problems()
+                && self
+                    .backend
+                    .shapes
+                    .keys()
+                    .all(|n| r.used.contains(n) || ignore(n))
         });
-        if missing.is_empty() && misshaped.is_empty() && unexpected.is_empty() {
+        if clean {
             return Ok(());
         }
+        Err(self.report(&ignore, true))
+    }
+
+    /// The one-line report; `complete`: construction ran to the end, so
+    /// unused tensors are unexpected rather than not reached yet.
+    fn report(&self, ignore: &dyn Fn(&str) -> bool, complete: bool) -> ModelError {
+        let (missing, misshaped, not_float, unexpected, stopped) = self.backend.with_report(|r| {
+            let unexpected: Vec<String> = if complete && r.stopped_at.is_none() {
+                self.backend
+                    .shapes
+                    .keys()
+                    .filter(|n| !r.used.contains(*n) && !ignore(n))
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (
+                r.missing.clone(),
+                r.misshaped.clone(),
+                r.not_float.clone(),
+                unexpected,
+                r.stopped_at.clone(),
+            )
+        });
         let mut parts = Vec::new();
         if !missing.is_empty() {
             parts.push(format!("missing {}: {}", missing.len(), list(&missing)));
@@ -235,6 +359,17 @@ impl StrictWeights {
                 .collect();
             parts.push(format!("misshaped {}: {}", items.len(), list(&items)));
         }
+        if !not_float.is_empty() {
+            let items: Vec<String> = not_float
+                .iter()
+                .map(|(n, dtype)| format!("{n} ({dtype})"))
+                .collect();
+            parts.push(format!(
+                "not a float type (weights must be F32, F16, BF16 or F64) {}: {}",
+                items.len(),
+                list(&items)
+            ));
+        }
         if !unexpected.is_empty() {
             parts.push(format!(
                 "unexpected {}: {}",
@@ -242,13 +377,19 @@ impl StrictWeights {
                 list(&unexpected)
             ));
         }
-        Err(ModelError::Weights {
+        if let Some(name) = stopped {
+            parts.push(format!(
+                "stopped at {name}: the placeholders for these would pass {} MiB",
+                PLACEHOLDER_BUDGET >> 20
+            ));
+        }
+        ModelError::Weights {
             path: self.path.clone(),
             msg: format!(
                 "checkpoint does not match the model config; {}",
                 parts.join("; ")
             ),
-        })
+        }
     }
 }
 

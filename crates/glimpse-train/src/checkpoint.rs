@@ -39,6 +39,11 @@ pub struct TrainState {
     /// Steps already done when the stage's wall clock started (resumes
     /// report the total time).
     pub seconds: f64,
+    /// The train loss of the step the checkpoint ends on, so a run resumed
+    /// from its last checkpoint (nothing left to train) still reports it;
+    /// absent in checkpoints written before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_loss: Option<f64>,
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> TrainError {
@@ -184,6 +189,16 @@ impl Checkpoints {
             }
         }
         Ok(())
+    }
+
+    /// The step a checkpoint directory ends on, from its
+    /// `train_state.json` alone (no tensors read).
+    pub fn step_of(path: &Path) -> Result<usize> {
+        let state_path = path.join("train_state.json");
+        let text = fs::read_to_string(&state_path).map_err(|e| io(&state_path, e))?;
+        let state: TrainState =
+            serde_json::from_str(&text).map_err(|e| io(&state_path, format!("invalid: {e}")))?;
+        Ok(state.step)
     }
 
     pub fn load(path: &Path) -> Result<Loaded> {

@@ -40,9 +40,46 @@ pub enum TrainError {
     /// Writing or reading a checkpoint (names the file).
     #[error("checkpoint: {0}")]
     Checkpoint(String),
-    /// A recipe that cannot run (unknown stage or field, bad value).
+    /// A recipe that cannot run as a whole (a run directory that already
+    /// holds a run, a model the stages cannot build).
     #[error("recipe: {0}")]
     Recipe(String),
+    /// A recipe file that cannot be read or parsed, or a value in it out of
+    /// range: names the file and the field (`instruct.lr`,
+    /// `model.vision.image_size`) where there is one.
+    #[error("recipe {}: {}{msg}", path.display(), field.as_deref().map(|f| format!("{f}: ")).unwrap_or_default())]
+    RecipeField {
+        path: std::path::PathBuf,
+        field: Option<String>,
+        msg: String,
+    },
+    /// `--resume` with a recipe that differs from the one the run was
+    /// started (or last force-resumed) with; `changes` are
+    /// `field: old → new`.
+    #[error(
+        "cannot resume {}: the recipe differs from the run's {} ({}); resume with that recipe, pass --force to continue with the new one, or choose another --out",
+        out.display(), saved.display(), changes.join(", ")
+    )]
+    RecipeChanged {
+        out: std::path::PathBuf,
+        saved: std::path::PathBuf,
+        changes: Vec<String>,
+    },
+    /// Another process (a `glimpse train` still running) holds the run
+    /// directory's lock.
+    #[error("{}: another glimpse train{holder} holds this run directory (lock {}); wait for it to finish or stop it", dir.display(), lock.display())]
+    Locked {
+        dir: std::path::PathBuf,
+        lock: std::path::PathBuf,
+        /// " (pid N)" when the lock file names its holder, else empty.
+        holder: String,
+    },
+    /// A training or evaluation set with nothing in it.
+    #[error("{}: {msg}", path.display())]
+    NoData {
+        path: std::path::PathBuf,
+        msg: String,
+    },
     /// A loss that is NaN or infinite: training stops, the last good
     /// checkpoint stays.
     #[error(

@@ -25,6 +25,7 @@ pub use plot::plot_stage;
 pub mod checkpoint;
 pub mod export;
 pub mod init;
+pub mod lock;
 pub mod params;
 pub mod recipe;
 pub mod run;

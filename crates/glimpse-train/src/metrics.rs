@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -52,12 +52,18 @@ pub struct MetricsLog {
 
 impl MetricsLog {
     /// Opens `path` for appending (a resumed run continues its log),
-    /// creating it and its parent directories if needed.
+    /// creating it and its parent directories if needed. A last line cut
+    /// short (a run killed mid-write) is cut off first: appended to, it
+    /// would become a bad line in the middle of the log, which
+    /// [`read_metrics`] refuses, and every later resume with it.
     pub fn open(path: &Path) -> Result<Self> {
         let err = |msg: String| metrics_error(path, msg);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        if path.is_file() {
+            cut_partial_line(path)?;
         }
         let file = OpenOptions::new()
             .create(true)
@@ -84,6 +90,44 @@ impl MetricsLog {
             .and_then(|()| self.file.flush())
             .map_err(|e| metrics_error(&self.path, format!("cannot write: {e}")))
     }
+}
+
+/// Truncates `path` after its last newline, dropping a line a crash left
+/// unfinished (its step comes after the last checkpoint and is run, and
+/// logged, again). Returns the bytes dropped.
+pub fn cut_partial_line(path: &Path) -> Result<u64> {
+    let err = |msg: String| metrics_error(path, msg);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| err(format!("cannot open: {e}")))?;
+    let len = file
+        .metadata()
+        .map_err(|e| err(format!("cannot stat: {e}")))?
+        .len();
+    // Scan back from the end in blocks for the last newline.
+    let mut end = len;
+    let mut keep = 0u64;
+    let mut block = [0u8; 8192];
+    while end > 0 {
+        let start = end.saturating_sub(block.len() as u64);
+        let buf = &mut block[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))
+            .and_then(|_| file.read_exact(buf))
+            .map_err(|e| err(format!("cannot read: {e}")))?;
+        if let Some(i) = buf.iter().rposition(|&b| b == b'\n') {
+            keep = start + i as u64 + 1;
+            break;
+        }
+        end = start;
+    }
+    if keep < len {
+        file.set_len(keep)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| err(format!("cannot cut the unfinished last line: {e}")))?;
+    }
+    Ok(len - keep)
 }
 
 /// Reads every record of a log. Blank lines are skipped, and so is a last

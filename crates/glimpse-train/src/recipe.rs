@@ -330,84 +330,427 @@ fn default_random_share() -> f64 {
     0.5
 }
 
+/// Bounds on a recipe's sizes, checked before anything they size is
+/// allocated: a recipe is a file a user may have been handed, and a typo
+/// (`image_size = 65536`) must be a one-line error, not a process that
+/// grows until the machine kills it. Far above anything glimpse trains on
+/// a CPU, far below what would exhaust one.
+pub const MAX_IMAGE_SIZE: usize = 1024;
+/// Hidden sizes, projection widths.
+pub const MAX_WIDTH: usize = 16_384;
+/// MLP inner sizes.
+pub const MAX_INTERMEDIATE: usize = 65_536;
+pub const MAX_LAYERS: usize = 256;
+pub const MAX_HEADS: usize = 1024;
+pub const MAX_POSITIONS: usize = 65_536;
+/// The vocabulary the run's BPE tokenizer is trained to.
+pub const MAX_VOCAB: usize = 262_144;
+pub const MAX_STEPS: usize = 100_000_000;
+pub const MAX_BATCH: usize = 4096;
+pub const MAX_ACCUMULATE: usize = 1024;
+pub const MAX_SHARDS: usize = 256;
+/// Perceiver latents / Q-Former queries.
+pub const MAX_LATENTS: usize = 4096;
+/// The largest model (in parameters, estimated from the recipe) a run
+/// builds: its weights, gradients and two AdamW moments are 16 bytes a
+/// parameter, 16 GiB here.
+pub const MAX_PARAMETERS: u128 = 1 << 30;
+
+/// A field at fault and what is wrong with it.
+type Check = std::result::Result<(), (String, String)>;
+
+fn bounded(field: &str, v: usize, lo: usize, hi: usize) -> Check {
+    if v < lo || v > hi {
+        return Err((
+            field.into(),
+            format!("{v} is out of range (at least {lo}, at most {hi})"),
+        ));
+    }
+    Ok(())
+}
+
+/// A finite number in `lo..=hi` (`lo_open`: strictly above `lo`).
+fn number(field: &str, v: f64, lo: f64, lo_open: bool, hi: f64) -> Check {
+    let above = if lo_open { v > lo } else { v >= lo };
+    if !(v.is_finite() && above && v <= hi) {
+        let low = if lo_open { "above" } else { "at least" };
+        return Err((
+            field.into(),
+            format!("{v} must be a finite number {low} {lo} and at most {hi}"),
+        ));
+    }
+    Ok(())
+}
+
+fn divides(field: &str, heads: usize, what: &str, width: usize) -> Check {
+    if heads == 0 || !width.is_multiple_of(heads) {
+        return Err((
+            field.into(),
+            format!("{heads} does not divide {what} {width}"),
+        ));
+    }
+    Ok(())
+}
+
 impl Recipe {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| TrainError::Recipe(format!("{}: {e}", path.display())))?;
-        Self::from_toml(&text).map_err(|e| TrainError::Recipe(format!("{}: {e}", path.display())))
+        let text = glimpse_data::files::read_bounded_text(
+            path,
+            glimpse_data::files::MAX_CONFIG_BYTES,
+            "recipe",
+        )
+        .map_err(|e| TrainError::RecipeField {
+            path: path.to_path_buf(),
+            field: None,
+            msg: e.to_string(),
+        })?;
+        Self::from_toml(&text, path)
     }
 
-    /// Parses and checks a recipe; the error is one line.
-    pub fn from_toml(text: &str) -> std::result::Result<Self, String> {
-        let value: toml::Table = toml::from_str(text).map_err(toml_message)?;
+    /// Parses and checks a recipe; `path` names it in errors, which are one
+    /// line naming the field at fault.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
+        let err = |field: Option<String>, msg: String| TrainError::RecipeField {
+            path: path.to_path_buf(),
+            field,
+            msg,
+        };
+        let toml_err = |e: toml::de::Error| {
+            let field = e.span().and_then(|span| field_at(text, span.start));
+            err(field, toml_message(&e, text))
+        };
+        let value: toml::Table = toml::from_str(text).map_err(toml_err)?;
         for key in value.keys() {
             let known = ["seed", "out", "data", "model", "tokenizer"];
             if !known.contains(&key.as_str()) && !STAGE_ORDER.contains(&key.as_str()) {
-                return Err(format!(
-                    "unknown stage or section [{key}] (stages: {}; sections: {})",
-                    STAGE_ORDER.join(", "),
-                    known.join(", ")
+                return Err(err(
+                    Some(key.clone()),
+                    format!(
+                        "unknown stage or section [{key}] (stages: {}; sections: {})",
+                        STAGE_ORDER.join(", "),
+                        known.join(", ")
+                    ),
                 ));
             }
         }
-        let recipe: Recipe = toml::from_str(text).map_err(toml_message)?;
-        recipe.check()?;
+        let recipe: Recipe = toml::from_str(text).map_err(toml_err)?;
+        recipe
+            .check()
+            .map_err(|(field, msg)| err(Some(field), msg))?;
         Ok(recipe)
     }
 
-    fn check(&self) -> std::result::Result<(), String> {
+    fn check(&self) -> Check {
         if self.stages().is_empty() {
-            return Err(format!("no stage section ({})", STAGE_ORDER.join(", ")));
+            return Err((
+                "stages".into(),
+                format!("no stage section ({})", STAGE_ORDER.join(", ")),
+            ));
         }
+        bounded(
+            "tokenizer.vocab_size",
+            self.tokenizer.vocab_size,
+            8,
+            MAX_VOCAB,
+        )?;
+        self.check_model()?;
+        self.check_data()?;
         for (name, s) in self.stages() {
-            if s.steps == 0 || s.batch_size == 0 || s.accumulate == 0 || s.shards == 0 {
-                return Err(format!(
-                    "[{name}] steps, batch_size, accumulate and shards must be at least 1"
-                ));
-            }
+            let f = |field: &str| format!("{name}.{field}");
+            bounded(&f("steps"), s.steps, 1, MAX_STEPS)?;
+            bounded(&f("batch_size"), s.batch_size, 1, MAX_BATCH)?;
+            bounded(&f("accumulate"), s.accumulate, 1, MAX_ACCUMULATE)?;
+            bounded(&f("shards"), s.shards, 1, MAX_SHARDS)?;
+            bounded(&f("warmup_steps"), s.warmup_steps, 0, MAX_STEPS)?;
             if name == "contrastive" && s.shards > 1 {
-                return Err(format!(
-                    "[contrastive] shards = {}: the contrastive loss compares every pair in \
-                     the batch, so the batch cannot be split (use 1)",
-                    s.shards
+                return Err((
+                    f("shards"),
+                    format!(
+                        "[contrastive] shards = {}: the contrastive loss compares every pair in \
+                         the batch, so the batch cannot be split (use 1)",
+                        s.shards
+                    ),
                 ));
             }
-            if !(s.lr > 0.0 && s.lr.is_finite()) {
-                return Err(format!("[{name}] lr must be a positive number"));
+            number(&f("lr"), s.lr, 0.0, true, 1.0)?;
+            number(&f("min_lr_ratio"), s.min_lr_ratio, 0.0, false, 1.0)?;
+            number(&f("weight_decay"), s.weight_decay, 0.0, false, 1.0)?;
+            number(&f("grad_clip"), s.grad_clip, 0.0, false, f64::MAX)?;
+            for (field, v) in [
+                ("projector_lr_scale", s.projector_lr_scale),
+                ("decoder_lr_scale", s.decoder_lr_scale),
+                ("tower_lr_scale", s.tower_lr_scale),
+            ] {
+                number(&f(field), v, 0.0, false, 1e6)?;
             }
+            number(
+                &f("hard_negative_random_share"),
+                s.hard_negative_random_share,
+                0.0,
+                false,
+                1.0,
+            )?;
             if !["clip", "siglip"].contains(&s.loss.as_str()) {
-                return Err(format!("[{name}] loss '{}' is not clip or siglip", s.loss));
+                return Err((f("loss"), format!("'{}' is not clip or siglip", s.loss)));
             }
             if !AUGMENTATIONS.contains(&s.augment.as_str()) {
-                return Err(format!(
-                    "[{name}] augment '{}' is not one of {}",
-                    s.augment,
-                    AUGMENTATIONS.join(", ")
+                return Err((
+                    f("augment"),
+                    format!("'{}' is not one of {}", s.augment, AUGMENTATIONS.join(", ")),
                 ));
             }
             if s.augment != "none" && name != "contrastive" {
-                return Err(format!("[{name}] augment applies to [contrastive] only"));
+                return Err((f("augment"), "applies to [contrastive] only".into()));
             }
             if s.shift >= self.model.vision.image_size / 2 {
-                return Err(format!(
-                    "[{name}] shift {} moves the image out of its {}-pixel frame",
-                    s.shift, self.model.vision.image_size
+                return Err((
+                    f("shift"),
+                    format!(
+                        "shift {} moves the image out of its {}-pixel frame",
+                        s.shift, self.model.vision.image_size
+                    ),
                 ));
             }
             if s.shift > 0 && name != "contrastive" {
-                return Err(format!("[{name}] shift applies to [contrastive] only"));
+                return Err((f("shift"), "applies to [contrastive] only".into()));
             }
         }
         if self.contrastive.is_some() && self.model.text_encoder.is_none() {
-            return Err("[contrastive] needs [model.text_encoder]".into());
-        }
-        if !["early", "cross"].contains(&self.model.fusion.mode.as_str()) {
-            return Err(format!(
-                "[model.fusion] mode '{}' is not early or cross",
-                self.model.fusion.mode
+            return Err((
+                "model.text_encoder".into(),
+                "[contrastive] needs [model.text_encoder]".into(),
             ));
         }
         Ok(())
+    }
+
+    fn check_data(&self) -> Check {
+        let d = &self.data;
+        if d.train_images == Some(0) {
+            return Err((
+                "data.train_images".into(),
+                "0 leaves no training images".into(),
+            ));
+        }
+        // The trainer scores every stage on held-out data; an empty set
+        // would report no accuracy (or 0%) for a run that looks fine.
+        if d.eval_questions == 0 && self.stages().iter().any(|(n, _)| *n != "contrastive") {
+            return Err((
+                "data.eval_questions".into(),
+                "0 leaves the evaluation of the lm and VLM stages nothing to score (at least 1)"
+                    .into(),
+            ));
+        }
+        if d.eval_images == 0 && self.contrastive.is_some() {
+            return Err((
+                "data.eval_images".into(),
+                "0 leaves the zero-shot evaluation of [contrastive] nothing to score (at least 1)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_model(&self) -> Check {
+        let m = &self.model;
+        let v = &m.vision;
+        bounded("model.vision.image_size", v.image_size, 1, MAX_IMAGE_SIZE)?;
+        bounded("model.vision.patch_size", v.patch_size, 1, v.image_size)?;
+        if !v.image_size.is_multiple_of(v.patch_size) {
+            return Err((
+                "model.vision.patch_size".into(),
+                format!(
+                    "{} does not divide image_size {}",
+                    v.patch_size, v.image_size
+                ),
+            ));
+        }
+        bounded("model.vision.hidden_size", v.hidden_size, 1, MAX_WIDTH)?;
+        bounded(
+            "model.vision.num_hidden_layers",
+            v.num_hidden_layers,
+            1,
+            MAX_LAYERS,
+        )?;
+        bounded(
+            "model.vision.num_attention_heads",
+            v.num_attention_heads,
+            1,
+            MAX_HEADS,
+        )?;
+        divides(
+            "model.vision.num_attention_heads",
+            v.num_attention_heads,
+            "hidden_size",
+            v.hidden_size,
+        )?;
+        bounded(
+            "model.vision.intermediate_size",
+            v.intermediate_size,
+            1,
+            MAX_INTERMEDIATE,
+        )?;
+        let layers = v.num_hidden_layers as i64;
+        if v.feature_layer > layers || v.feature_layer < -(layers + 1) {
+            return Err((
+                "model.vision.feature_layer".into(),
+                format!(
+                    "{} is out of range: the tower has {layers} layers",
+                    v.feature_layer
+                ),
+            ));
+        }
+        if !["default", "full", "cls"].contains(&v.feature_select.as_str()) {
+            return Err((
+                "model.vision.feature_select".into(),
+                format!("'{}' is not default, full or cls", v.feature_select),
+            ));
+        }
+        if let Some(t) = &m.text_encoder {
+            let f = |x: &str| format!("model.text_encoder.{x}");
+            bounded(&f("hidden_size"), t.hidden_size, 1, MAX_WIDTH)?;
+            bounded(&f("num_hidden_layers"), t.num_hidden_layers, 1, MAX_LAYERS)?;
+            bounded(
+                &f("num_attention_heads"),
+                t.num_attention_heads,
+                1,
+                MAX_HEADS,
+            )?;
+            divides(
+                &f("num_attention_heads"),
+                t.num_attention_heads,
+                "hidden_size",
+                t.hidden_size,
+            )?;
+            bounded(
+                &f("intermediate_size"),
+                t.intermediate_size,
+                1,
+                MAX_INTERMEDIATE,
+            )?;
+            bounded(
+                &f("max_position_embeddings"),
+                t.max_position_embeddings,
+                1,
+                MAX_POSITIONS,
+            )?;
+            bounded(&f("projection_dim"), t.projection_dim, 1, MAX_WIDTH)?;
+        }
+        let d = &m.decoder;
+        let f = |x: &str| format!("model.decoder.{x}");
+        bounded(&f("hidden_size"), d.hidden_size, 1, MAX_WIDTH)?;
+        bounded(&f("num_hidden_layers"), d.num_hidden_layers, 1, MAX_LAYERS)?;
+        bounded(
+            &f("num_attention_heads"),
+            d.num_attention_heads,
+            1,
+            MAX_HEADS,
+        )?;
+        divides(
+            &f("num_attention_heads"),
+            d.num_attention_heads,
+            "hidden_size",
+            d.hidden_size,
+        )?;
+        bounded(
+            &f("num_key_value_heads"),
+            d.num_key_value_heads,
+            1,
+            d.num_attention_heads,
+        )?;
+        divides(
+            &f("num_key_value_heads"),
+            d.num_key_value_heads,
+            "num_attention_heads",
+            d.num_attention_heads,
+        )?;
+        bounded(
+            &f("intermediate_size"),
+            d.intermediate_size,
+            1,
+            MAX_INTERMEDIATE,
+        )?;
+        bounded(
+            &f("max_position_embeddings"),
+            d.max_position_embeddings,
+            1,
+            MAX_POSITIONS,
+        )?;
+        number(&f("rope_theta"), d.rope_theta, 0.0, true, f64::MAX)?;
+        let p = &m.projector;
+        if !["none", "avg_pool2x2", "pixel_shuffle2x2"].contains(&p.compression.as_str()) {
+            return Err((
+                "model.projector.compression".into(),
+                format!(
+                    "'{}' is not none, avg_pool2x2 or pixel_shuffle2x2",
+                    p.compression
+                ),
+            ));
+        }
+        bounded("model.projector.num_latents", p.num_latents, 1, MAX_LATENTS)?;
+        bounded("model.projector.depth", p.depth, 1, MAX_LAYERS)?;
+        bounded("model.projector.num_heads", p.num_heads, 1, MAX_HEADS)?;
+        if matches!(p.kind, ProjectorKind::Perceiver | ProjectorKind::Qformer) {
+            divides(
+                "model.projector.num_heads",
+                p.num_heads,
+                "model.decoder.hidden_size",
+                d.hidden_size,
+            )?;
+        }
+        if !["early", "cross"].contains(&m.fusion.mode.as_str()) {
+            return Err((
+                "model.fusion.mode".into(),
+                format!("'{}' is not early or cross", m.fusion.mode),
+            ));
+        }
+        if m.fusion.mode == "cross" {
+            bounded("model.fusion.every", m.fusion.every, 1, d.num_hidden_layers)?;
+        }
+        let params = self.parameter_estimate();
+        if params > MAX_PARAMETERS {
+            return Err((
+                "model".into(),
+                format!(
+                    "about {params} parameters, more than the trainer's bound of {MAX_PARAMETERS}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The model's parameter count, roughly (the matrices, not the norms
+    /// and biases), from the recipe alone, for [`MAX_PARAMETERS`]. Each
+    /// size is already bounded, so u128 arithmetic cannot overflow.
+    pub fn parameter_estimate(&self) -> u128 {
+        let m = &self.model;
+        let u = |x: usize| x as u128;
+        let vocab = u(self.tokenizer.vocab_size);
+        let block = |h: u128, i: u128| 4 * h * h + 2 * h * i;
+        let v = &m.vision;
+        let (vh, side) = (u(v.hidden_size), u(v.image_size / v.patch_size.max(1)));
+        let vision = 3 * u(v.patch_size).pow(2) * vh
+            + (side * side + 1) * vh
+            + u(v.num_hidden_layers) * block(vh, u(v.intermediate_size));
+        let text = m.text_encoder.as_ref().map_or(0, |t| {
+            let h = u(t.hidden_size);
+            (vocab + u(t.max_position_embeddings)) * h
+                + u(t.num_hidden_layers) * block(h, u(t.intermediate_size))
+                + (h + vh) * u(t.projection_dim)
+        });
+        let d = &m.decoder;
+        let h = u(d.hidden_size);
+        let kv = h / u(d.num_attention_heads.max(1)) * u(d.num_key_value_heads);
+        let layer = 2 * h * h + 2 * h * kv + 3 * h * u(d.intermediate_size);
+        let decoder = vocab * h + u(d.num_hidden_layers) * layer;
+        let p = &m.projector;
+        let projector = 4 * vh * h + u(p.num_latents) * h + u(p.depth) * (12 * h * h + 8 * h * h);
+        let cross = if m.fusion.mode == "cross" {
+            u(d.num_hidden_layers / m.fusion.every.max(1)) * block(h, 4 * h)
+        } else {
+            0
+        };
+        vision + text + decoder + projector + cross
     }
 
     /// The stages present, in run order.
@@ -548,11 +891,50 @@ pub struct SpecialIds {
 }
 
 /// toml's messages span several lines (a source excerpt); keep one.
-fn toml_message(e: toml::de::Error) -> String {
-    let msg = e.message().replace('\n', " ");
+fn toml_message(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().trim().replace('\n', " ");
     match e.span() {
-        Some(span) => format!("{msg} (at byte {})", span.start),
+        Some(span) => {
+            let line = text
+                .get(..span.start)
+                .map_or(0, |t| t.matches('\n').count())
+                + 1;
+            format!("{msg} (line {line})")
+        }
         None => msg,
+    }
+}
+
+/// The dotted name of the TOML key at byte `offset` of `text`
+/// (`instruct.lr`): the table header above it and the key on its line, so
+/// a parse error names the field as the recipe's author wrote it.
+fn field_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let line = text.get(line_start..line_end)?.trim();
+    let header = |l: &str| {
+        l.strip_prefix('[')
+            .and_then(|l| l.split(']').next())
+            .map(|h| h.trim_matches(|c| c == '[' || c == ' ').to_string())
+    };
+    if line.starts_with('[') {
+        return header(line);
+    }
+    let section = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .and_then(header);
+    let key = line
+        .split('=')
+        .next()
+        .map(|k| k.trim().replace(['"', '\''], ""))
+        .filter(|k| !k.is_empty() && !k.starts_with('#'));
+    match (section, key) {
+        (Some(s), Some(k)) => Some(format!("{s}.{k}")),
+        (s, k) => k.or(s),
     }
 }
 

@@ -2,6 +2,10 @@
 //! order, handing its weights to the next. Layout of a run directory:
 //!
 //! ```text
+//! OUT/.lock                    held while a glimpse train works here
+//! OUT/recipe.toml              the recipe the run follows (compared on resume)
+//! OUT/recipe.prev-N.toml       recipes replaced by `--resume --force`
+//! OUT/resume.log               one line per forced resume: what changed
 //! OUT/tokenizer.json           trained on the training text (kept on resume)
 //! OUT/metrics.jsonl            every stage's train and eval records
 //! OUT/<stage>/checkpoints/     step-NNNNNNN/ + latest (atomic)
@@ -23,6 +27,7 @@ use serde_json::{json, Value};
 use crate::checkpoint::{load_tensors, save_tensors, Checkpoints};
 use crate::error::{one_line, Result, TrainError};
 use crate::init::name_seed;
+use crate::lock::RunLock;
 use crate::losses::{SigLipParams, CLIP_INIT_LOGIT_SCALE};
 use crate::metrics::{read_metrics, MetricsLog};
 use crate::optim::{param_groups_by_dim, AdamW, AdamWConfig, ParamGroup, WarmupCosine};
@@ -34,12 +39,17 @@ use crate::stages::lm::LmTask;
 use crate::stages::vlm::{VlmData, VlmTask};
 use crate::trainer::{train_loop, LoopConfig, LoopSummary, Task};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub recipe: PathBuf,
     /// Overrides the recipe's `out`.
     pub out: Option<PathBuf>,
     pub resume: bool,
+    /// With `resume`: continue even though the recipe differs from the
+    /// run's `recipe.toml` (the change is recorded in `resume.log` and the
+    /// old recipe kept). Changes that cannot apply to the run as it stands
+    /// are refused all the same.
+    pub force: bool,
     pub progress: bool,
     /// Stop every stage after this many steps in this process (for
     /// kill-and-resume tests); the run is then incomplete.
@@ -75,7 +85,15 @@ fn fingerprint(text: &str) -> String {
 
 pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
     let recipe = Recipe::from_file(&opts.recipe)?;
+    if opts.force && !opts.resume {
+        return Err(TrainError::Recipe(
+            "--force applies to --resume only".into(),
+        ));
+    }
     let out = opts.out.clone().unwrap_or_else(|| recipe.out.clone());
+    // Held until this function returns: everything below reads or writes
+    // the run directory.
+    let _lock = RunLock::acquire(&out)?;
     let started_before = out.join("tokenizer.json").exists();
     if started_before && !opts.resume {
         return Err(TrainError::Recipe(format!(
@@ -83,10 +101,19 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
             out.display()
         )));
     }
-    if opts.resume {
-        same_model(&out, &recipe)?;
+    if opts.resume && !started_before {
+        // a mistyped --out would otherwise start a fresh run silently
+        return Err(TrainError::Recipe(format!(
+            "--resume: {} holds no run to resume (no tokenizer.json); drop --resume to start one",
+            out.display()
+        )));
     }
-    std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
+    if opts.resume {
+        let changes = check_resume(&out, &recipe, opts.force)?;
+        if !changes.is_empty() {
+            record_forced_resume(&out, &opts.recipe, &changes)?;
+        }
+    }
     keep_recipe_copy(&opts.recipe, &out)?;
     let device = Device::Cpu;
     let corpus = Corpus::prepare(&recipe, &out.join("tokenizer.json"), &device)?;
@@ -335,69 +362,190 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
 /// temporary file and a rename: the recipe may be that very file (a run
 /// resumed from its own copy), which a plain copy would truncate to nothing.
 fn keep_recipe_copy(recipe: &Path, out: &Path) -> Result<()> {
-    let text = std::fs::read(recipe).map_err(|e| io(recipe, e))?;
+    let text =
+        glimpse_data::files::read_bounded(recipe, glimpse_data::files::MAX_CONFIG_BYTES, "recipe")
+            .map_err(|e| TrainError::Recipe(format!("{}: {e}", recipe.display())))?;
     let dst = out.join("recipe.toml");
     let tmp = out.join(".recipe.toml.tmp");
     std::fs::write(&tmp, text).map_err(|e| io(&tmp, e))?;
     std::fs::rename(&tmp, &dst).map_err(|e| io(&dst, e))
 }
 
-/// A resumed run must build the model its earlier stages trained: finished
-/// stages are carried on without a checkpoint check, so the `[model]` of
-/// the run's copy of its recipe is compared here (before it is replaced).
-fn same_model(out: &Path, recipe: &Recipe) -> Result<()> {
-    let previous = out.join("recipe.toml");
-    if !previous.is_file() {
-        return Ok(());
+/// What `--resume` may do with the run in `out`, checked before anything
+/// in it changes; returns the recipe's changes against the run's saved
+/// copy (`field: old → new`), empty when there are none.
+///
+/// Always refused, `force` or not: another `[model]` or `[tokenizer]`
+/// (finished stages' weights and the run's tokenizer are carried on as
+/// they are), a change to a finished stage or a stage added before one
+/// (it would stay "done earlier" with work the recipe asks for undone),
+/// and steps below a stage's checkpoint. Any other change needs `force`.
+fn check_resume(out: &Path, recipe: &Recipe, force: bool) -> Result<Vec<String>> {
+    let saved = out.join("recipe.toml");
+    let new = serde_json::to_value(recipe).map_err(|e| io(&saved, e))?;
+    let mut changes = Vec::new();
+    let mut before: Option<Value> = None;
+    if saved.is_file() {
+        match Recipe::from_file(&saved) {
+            Ok(b) => {
+                let old = serde_json::to_value(&b).map_err(|e| io(&saved, e))?;
+                diff("model", old.get("model"), new.get("model"), &mut changes);
+                if !changes.is_empty() {
+                    return Err(TrainError::Resume(format!(
+                        "{} was trained with another [model] ({}); resume with its recipe ({}) or choose another --out",
+                        out.display(),
+                        changes.join(", "),
+                        saved.display()
+                    )));
+                }
+                diff(
+                    "tokenizer",
+                    old.get("tokenizer"),
+                    new.get("tokenizer"),
+                    &mut changes,
+                );
+                if !changes.is_empty() {
+                    return Err(TrainError::Resume(format!(
+                        "{}: {}: the run's tokenizer.json is already trained and is kept on resume; resume with its recipe ({}) or choose another --out",
+                        out.display(),
+                        changes.join(", "),
+                        saved.display()
+                    )));
+                }
+                for (key, a) in old.as_object().into_iter().flatten() {
+                    // `out` is where the run is, which `--out` overrides.
+                    if !["model", "tokenizer", "out"].contains(&key.as_str()) {
+                        diff(key, Some(a), new.get(key), &mut changes);
+                    }
+                }
+                for (key, b) in new.as_object().into_iter().flatten() {
+                    if !["model", "tokenizer", "out"].contains(&key.as_str())
+                        && old.get(key).is_none()
+                    {
+                        diff(key, None, Some(b), &mut changes);
+                    }
+                }
+                before = Some(old);
+            }
+            // The saved copy no longer reads (an older glimpse wrote it, or
+            // it was edited): only `force` goes on, and says so.
+            Err(e) if force => changes.push(format!("{}: unreadable ({e})", saved.display())),
+            Err(e) => return Err(e),
+        }
     }
-    let before = Recipe::from_file(&previous)?;
-    let flat = |m: &crate::recipe::ModelSpec| -> Result<BTreeMap<String, String>> {
-        let mut map = BTreeMap::new();
-        flatten(
-            "",
-            &serde_json::to_value(m).map_err(|e| io(&previous, e))?,
-            &mut map,
-        );
-        Ok(map)
-    };
-    let (a, b) = (flat(&before.model)?, flat(&recipe.model)?);
-    let changed: Vec<String> = a
-        .keys()
-        .chain(b.keys())
-        .collect::<std::collections::BTreeSet<_>>()
-        .into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| {
-            let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "unset".into());
-            format!("{k} {} -> {}", show(a.get(k)), show(b.get(k)))
-        })
-        .collect();
-    if changed.is_empty() {
-        return Ok(());
-    }
-    Err(TrainError::Resume(format!(
-        "{} was trained with another [model] (model.{}); resume with its recipe ({}) or choose another --out",
-        out.display(),
-        changed.join(", model."),
-        previous.display()
-    )))
-}
-
-fn flatten(prefix: &str, v: &Value, out: &mut BTreeMap<String, String>) {
-    match v {
-        Value::Object(map) => {
-            for (k, v) in map {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&key, v, out);
+    // Stage by stage, what the run has done against what the recipe asks.
+    let mut unfinished: Option<&str> = None;
+    for (stage, spec) in recipe.stages() {
+        let dir = out.join(stage);
+        if dir.join("final.safetensors").is_file() {
+            if let Some(earlier) = unfinished {
+                return Err(TrainError::Resume(format!(
+                    "{}: [{earlier}] comes before [{stage}], which is finished; a stage cannot be added before finished work (choose another --out)",
+                    out.display()
+                )));
+            }
+            if let Some(old) = &before {
+                let mut changed = Vec::new();
+                diff(stage, old.get(stage), new.get(stage), &mut changed);
+                if !changed.is_empty() {
+                    return Err(TrainError::Resume(format!(
+                        "{}: [{stage}] is finished, its settings cannot change ({}); restore them or choose another --out",
+                        out.display(),
+                        changed.join(", ")
+                    )));
+                }
+            }
+            continue;
+        }
+        unfinished.get_or_insert(stage);
+        let checkpoints = Checkpoints::new(dir.join("checkpoints"));
+        if let Some(path) = checkpoints.latest()? {
+            let step = Checkpoints::step_of(&path)?;
+            if spec.steps < step {
+                return Err(TrainError::Resume(format!(
+                    "{stage}.steps {} is below step {step} of the stage's checkpoint {}; a run cannot train back to fewer steps (restore the steps or choose another --out)",
+                    spec.steps,
+                    path.display()
+                )));
             }
         }
-        other => {
-            out.insert(prefix.to_string(), other.to_string());
+    }
+    if !changes.is_empty() && !force {
+        return Err(TrainError::RecipeChanged {
+            out: out.to_path_buf(),
+            saved,
+            changes,
+        });
+    }
+    Ok(changes)
+}
+
+/// A forced resume: the run's recipe copy moves to the first free
+/// `recipe.prev-N.toml` (the new one takes its place after this), and
+/// `resume.log` gets a line saying when, from what, and what changed.
+fn record_forced_resume(out: &Path, recipe: &Path, changes: &[String]) -> Result<()> {
+    let saved = out.join("recipe.toml");
+    let mut kept = String::from("none (the run had no recipe.toml)");
+    if saved.is_file() {
+        let prev = (1..)
+            .map(|n| out.join(format!("recipe.prev-{n}.toml")))
+            .find(|p| !p.exists())
+            .unwrap_or_else(|| out.join("recipe.prev.toml"));
+        std::fs::copy(&saved, &prev).map_err(|e| io(&prev, e))?;
+        kept = prev.display().to_string();
+    }
+    let when = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let line = format!(
+        "unix time {when}: --resume --force with {}: {}; the previous recipe is kept as {kept}\n",
+        recipe.display(),
+        changes.join(", ")
+    );
+    let log = out.join("resume.log");
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(line.as_bytes()).and_then(|()| f.sync_all())
+        })
+        .map_err(|e| io(&log, e))?;
+    eprintln!(
+        "warning: resuming {} with a changed recipe ({}); recorded in {}",
+        out.display(),
+        changes.join(", "),
+        log.display()
+    );
+    Ok(())
+}
+
+/// Appends `path: old → new` for every leaf where `a` and `b` differ; a
+/// missing or null value shows as `unset`, a whole table as `[table]`.
+fn diff(path: &str, a: Option<&Value>, b: Option<&Value>, out: &mut Vec<String>) {
+    let a = a.filter(|v| !v.is_null());
+    let b = b.filter(|v| !v.is_null());
+    if let (Some(Value::Object(x)), Some(Value::Object(y))) = (a, b) {
+        let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+        for k in keys {
+            let sub = if path.is_empty() {
+                k.clone()
+            } else {
+                format!("{path}.{k}")
+            };
+            diff(&sub, x.get(k), y.get(k), out);
         }
+        return;
+    }
+    if a != b {
+        let show = |v: Option<&Value>| match v {
+            None => "unset".to_string(),
+            Some(Value::Object(_)) => format!("[{path}]"),
+            Some(v) => v.to_string(),
+        };
+        out.push(format!("{path}: {} → {}", show(a), show(b)));
     }
 }
 

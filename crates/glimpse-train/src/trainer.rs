@@ -118,6 +118,7 @@ pub fn train_loop(
         architecture: cfg.architecture.clone(),
         examples_seen: 0,
         seconds: 0.0,
+        last_loss: None,
     };
     let mut last_good = "none (no checkpoint written yet)".to_string();
     if let Some(loaded) = resume {
@@ -129,6 +130,17 @@ pub fn train_loop(
                 loaded.state.architecture,
                 cfg.stage,
                 cfg.architecture
+            )));
+        }
+        // A checkpoint past the recipe's end cannot be trained back to it;
+        // run on, the loop would do nothing and report the stage done.
+        if loaded.state.step > cfg.steps {
+            return Err(TrainError::Resume(format!(
+                "{} is at step {}, past the {} steps {}.steps asks for; restore the steps or choose another --out",
+                loaded.path.display(),
+                loaded.state.step,
+                cfg.steps,
+                cfg.stage
             )));
         }
         weights
@@ -146,9 +158,18 @@ pub fn train_loop(
     let started = Instant::now();
     let seconds_before = state.seconds;
     let steps_before = state.step;
-    let mut window = (0.0f64, 0usize, Instant::now(), 0usize); // (loss sum, n, since, examples)
-    let mut last_loss = f64::NAN;
-    let mut eval = EvalMetrics::default();
+    // (loss sum, n, since, examples)
+    let mut window = (0.0f64, 0usize, Instant::now(), 0usize);
+    // Resumed from the checkpoint of the last step (a run stopped between
+    // it and the stage's final weights): nothing is left to train, and the
+    // summary takes the loss the checkpoint kept and a fresh evaluation
+    // (the log already holds this step's records).
+    let mut last_loss = state.last_loss.unwrap_or(f64::NAN);
+    let mut eval = if state.step >= cfg.steps {
+        task.evaluate()?
+    } else {
+        EvalMetrics::default()
+    };
     let mut ran = 0usize;
     while state.step < cfg.steps {
         if cfg.stop_after.is_some_and(|n| ran >= n) {
@@ -200,7 +221,7 @@ pub fn train_loop(
         let rate = window.3 as f64 / window.2.elapsed().as_secs_f64().max(1e-9);
         bar.set_position(state.step as u64);
         bar.set_message(format!("loss {last_loss:.4}  lr {lr:.2e}  {rate:.0} ex/s"));
-        if state.step % cfg.log_every.max(1) == 0 || state.step == cfg.steps {
+        if state.step.is_multiple_of(cfg.log_every.max(1)) || state.step == cfg.steps {
             metrics.append(&MetricRecord {
                 stage: cfg.stage.clone(),
                 step: state.step as u64,
@@ -214,7 +235,7 @@ pub fn train_loop(
             window = (0.0, 0, Instant::now(), 0);
         }
         let at_end = state.step == cfg.steps;
-        if at_end || (cfg.eval_every > 0 && state.step % cfg.eval_every == 0) {
+        if at_end || (cfg.eval_every > 0 && state.step.is_multiple_of(cfg.eval_every)) {
             eval = task.evaluate()?;
             metrics.append(&MetricRecord {
                 stage: cfg.stage.clone(),
@@ -248,7 +269,8 @@ pub fn train_loop(
                         .collect::<String>()
             ));
         }
-        if at_end || (cfg.save_every > 0 && state.step % cfg.save_every == 0) {
+        if at_end || (cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every)) {
+            state.last_loss = Some(last_loss);
             state.seconds = seconds_before + started.elapsed().as_secs_f64();
             let path = checkpoints.save(&state, &weights.tensors()?, &opt.state_dict()?)?;
             last_good = path.display().to_string();
@@ -256,13 +278,19 @@ pub fn train_loop(
     }
     bar.finish_and_clear();
     let seconds = seconds_before + started.elapsed().as_secs_f64();
-    let done = (state.step - steps_before).max(1) as f64;
+    let done = (state.step - steps_before) as f64;
+    let examples_per_s = if ran == 0 {
+        // Nothing ran here: the stage's own rate, over all its sessions.
+        state.examples_seen as f64 / seconds.max(1e-9)
+    } else {
+        done * (cfg.batch_size * cfg.accumulate.max(1)) as f64
+            / started.elapsed().as_secs_f64().max(1e-9)
+    };
     Ok(LoopSummary {
         steps: state.step,
         final_loss: last_loss,
         seconds,
-        examples_per_s: done * (cfg.batch_size * cfg.accumulate.max(1)) as f64
-            / started.elapsed().as_secs_f64().max(1e-9),
+        examples_per_s,
         eval,
         complete: state.step >= cfg.steps,
     })

@@ -31,6 +31,7 @@ fn run_error(text: &str) -> Result<TrainError> {
         resume: false,
         progress: false,
         stop_after: None,
+        ..Default::default()
     })
     .err()
     .context("the recipe should have been refused")?;
@@ -53,7 +54,7 @@ fn unknown_stage_is_named() -> Result<()> {
         &format!("{LM_ONLY}\n[finetune]\nsteps = 3\n"),
     );
     let err = run_error(&text)?;
-    assert!(matches!(err, TrainError::Recipe(_)), "{err:?}");
+    assert!(matches!(err, TrainError::RecipeField { .. }), "{err:?}");
     assert!(err.to_string().contains("[finetune]"), "{err}");
     Ok(())
 }
@@ -66,7 +67,7 @@ fn unknown_field_is_named() -> Result<()> {
         &LM_ONLY.replace("lr = 3e-3", "lr = 3e-3\nlr_max = 1"),
     );
     let err = run_error(&text)?;
-    assert!(matches!(err, TrainError::Recipe(_)), "{err:?}");
+    assert!(matches!(err, TrainError::RecipeField { .. }), "{err:?}");
     assert!(err.to_string().contains("lr_max"), "{err}");
     Ok(())
 }
@@ -79,7 +80,7 @@ fn shards_out_of_range_are_named() -> Result<()> {
         &LM_ONLY.replace("lr = 3e-3", "lr = 3e-3\nshards = 0"),
     );
     let err = run_error(&zero)?;
-    assert!(matches!(err, TrainError::Recipe(_)), "{err:?}");
+    assert!(matches!(err, TrainError::RecipeField { .. }), "{err:?}");
     assert!(err.to_string().contains("shards"), "{err}");
     // The contrastive loss compares every pair of the batch: no shards.
     let contrastive = tiny_recipe(
@@ -88,7 +89,7 @@ fn shards_out_of_range_are_named() -> Result<()> {
         "[contrastive]\nsteps = 2\nbatch_size = 8\nshards = 2\nlr = 3e-3\n",
     );
     let err = run_error(&contrastive)?;
-    assert!(matches!(err, TrainError::Recipe(_)), "{err:?}");
+    assert!(matches!(err, TrainError::RecipeField { .. }), "{err:?}");
     assert!(
         err.to_string().contains("[contrastive] shards = 2"),
         "{err}"
@@ -104,7 +105,7 @@ fn unknown_augmentation_is_named() -> Result<()> {
         &LM_ONLY.replace("lr = 3e-3", "lr = 3e-3\naugment = \"rotate\""),
     );
     let err = run_error(&text)?;
-    assert!(matches!(err, TrainError::Recipe(_)), "{err:?}");
+    assert!(matches!(err, TrainError::RecipeField { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("rotate") && msg.contains("hflip"), "{msg}");
     // a real augmentation outside [contrastive] is refused too
@@ -114,7 +115,10 @@ fn unknown_augmentation_is_named() -> Result<()> {
         &LM_ONLY.replace("lr = 3e-3", "lr = 3e-3\naugment = \"hflip\""),
     );
     let msg = run_error(&text)?.to_string();
-    assert!(msg.contains("[lm]") && msg.contains("contrastive"), "{msg}");
+    assert!(
+        msg.contains("lm.augment: ") && msg.contains("contrastive"),
+        "{msg}"
+    );
     // so is a shift, and one that would move the image out of its frame
     for (shift, says) in [("2", "contrastive"), ("40", "frame")] {
         let text = tiny_recipe(
@@ -148,6 +152,7 @@ fn resume(recipe: &Path, out: &Path) -> Result<TrainError> {
         resume: true,
         progress: false,
         stop_after: None,
+        ..Default::default()
     })
     .err()
     .context("resuming with another decoder width must be refused")?;
@@ -175,7 +180,7 @@ fn resume_from_another_architecture_is_refused() -> Result<()> {
     let wider = write_recipe(&dir.path().join("wider"), &tiny_recipe(&root, 48, LM_ONLY))?;
     for out in [&stopped, &done] {
         let msg = resume(&wider, out)?.to_string();
-        assert!(msg.contains("model.decoder.hidden_size 32 -> 48"), "{msg}");
+        assert!(msg.contains("model.decoder.hidden_size: 32 → 48"), "{msg}");
         // The run's own recipe is kept.
         let kept = std::fs::read_to_string(out.join("recipe.toml"))?;
         assert!(

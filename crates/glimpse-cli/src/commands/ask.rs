@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
-use glimpse_cli::heatmap::write_attention_map;
+use glimpse_cli::heatmap::{check_target, write_attention_map};
 use glimpse_engine::device::default_device;
 use glimpse_engine::pipeline::{PipelineError, VlmPipeline};
 use glimpse_infer::GenerationConfig;
@@ -13,15 +13,16 @@ use glimpse_models::FeatureSelect;
 
 use super::sampling::{SamplingArgs, TextOut};
 
-/// The model `--model` defaults to, once the repository ships one.
-const DEFAULT_MODEL: &str = "models/glimpse-easy-vqa";
+/// The model `--model` defaults to: the one the repository ships (and the
+/// binary carries).
+const DEFAULT_MODEL: &str = "glimpse-easy-vqa";
 
 #[derive(Args)]
 #[command(
     about = "Ask a vision-language model about images (HF LLaVA or glimpse-format directory)"
 )]
 pub struct AskArgs {
-    /// Model directory (default: the model shipped in models/, when present)
+    /// Model directory (default: ./models/glimpse-easy-vqa, else the copy built into glimpse)
     #[arg(long)]
     model: Option<PathBuf>,
     /// An image; repeat for several, in the order their placeholders appear
@@ -46,6 +47,15 @@ pub struct AskArgs {
 }
 
 pub fn run(args: AskArgs) -> Result<()> {
+    // Refused before anything loads or generates.
+    if args.attention_map.is_some() && args.images.is_empty() {
+        return Err(
+            PipelineError::Usage("--attention-map needs at least one --image".into()).into(),
+        );
+    }
+    if let Some(map) = &args.attention_map {
+        check_target(map)?;
+    }
     let dir = super::model_dir(args.model, DEFAULT_MODEL)?;
     let vlm = VlmPipeline::load(&dir, &default_device())?;
     // Refused before generating, so a refusal prints no answer.
@@ -69,8 +79,9 @@ pub fn run(args: AskArgs) -> Result<()> {
     let mut out = TextOut::new(args.json).trimming_start();
     let generation = vlm.generate(&prompt, &cfg, |piece| out.piece(piece))?;
     if let Some(map) = &args.attention_map {
+        // `prompt` has a placeholder per --image (checked by `prompt`).
         let images = prompt.images.as_ref().ok_or_else(|| {
-            PipelineError::Usage("--attention-map needs at least one --image".into())
+            PipelineError::Internal("--attention-map: the prompt holds no image rows".into())
         })?;
         // The eos that ended the answer is not part of what it looked at.
         let answer: Vec<u32> = generation

@@ -7,7 +7,7 @@ pub mod sampling;
 pub mod serve;
 pub mod train;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use glimpse_engine::pipeline::PipelineError;
 
@@ -17,19 +17,23 @@ pub fn format_row(row: &[f32]) -> String {
     format!("[{}]", items.join(", "))
 }
 
-/// `--model`, or else `default` (a model the repository ships under
-/// `models/`) found from the current directory or the repository root.
-pub fn model_dir(arg: Option<PathBuf>, default: &str) -> Result<PathBuf, PipelineError> {
+/// `--model`, or else the shipped model `name` (`glimpse-easy-vqa`...):
+/// `./models/<name>` when the current directory has it (a checkout, whose
+/// model may be newer than the build's), else the copy this binary carries,
+/// written to the cache on first use (`crate::shipped`).
+pub fn model_dir(arg: Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
     if let Some(m) = arg {
         return Ok(m);
     }
-    let shipped = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .join(default);
-    [PathBuf::from(default), shipped]
-        .into_iter()
-        .find(|p| p.join("config.json").is_file())
-        .ok_or_else(|| {
-            PipelineError::Usage(format!("--model is required ({default} is not there)"))
-        })
+    let local = Path::new("models").join(name);
+    if local.join("config.json").is_file() {
+        return Ok(local);
+    }
+    let Some(model) = crate::shipped::find(name) else {
+        return Err(PipelineError::Usage(format!(
+            "--model is required (this glimpse was built without the default model {name})"
+        ))
+        .into());
+    };
+    Ok(crate::shipped::materialize(model)?)
 }

@@ -9,8 +9,8 @@ use glimpse_server::media::MediaPolicy;
 use glimpse_server::{ModelSpec, ServerOptions};
 
 /// What `glimpse serve` loads without `--model`: the shipped VLM and its
-/// CLIP encoders.
-const DEFAULT_MODELS: [&str; 2] = ["models/glimpse-easy-vqa", "models/glimpse-easy-vqa-clip"];
+/// CLIP encoders, served under these names wherever their files are.
+const DEFAULT_MODELS: [&str; 2] = ["glimpse-easy-vqa", "glimpse-easy-vqa-clip"];
 
 #[derive(Args)]
 #[command(about = "Serve models over an OpenAI-compatible HTTP API, with a chat page at /")]
@@ -56,28 +56,26 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    if let Some(dir) = &args.media_dir {
+        // A path that is not there is a file fault (exit 1), as for --model.
+        if !dir.is_dir() {
+            anyhow::bail!("--media-dir {}: not a directory", dir.display());
+        }
+    }
     let models = if args.models.is_empty() {
         DEFAULT_MODELS
             .iter()
-            .map(|d| {
+            .map(|name| {
                 Ok(ModelSpec {
-                    id: None,
-                    path: super::model_dir(None, d)?,
+                    // the cache copy's directory name carries a hash
+                    id: Some(name.to_string()),
+                    path: super::model_dir(None, name)?,
                 })
             })
             .collect::<Result<Vec<_>>>()?
     } else {
         args.models.iter().map(|m| ModelSpec::parse(m)).collect()
     };
-    if let Some(dir) = &args.media_dir {
-        if !dir.is_dir() {
-            return Err(glimpse_engine::pipeline::PipelineError::Usage(format!(
-                "--media-dir {}: not a directory",
-                dir.display()
-            ))
-            .into());
-        }
-    }
     let options = ServerOptions {
         host: args.host,
         port: args.port,

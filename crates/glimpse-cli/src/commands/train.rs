@@ -16,6 +16,11 @@ pub struct TrainArgs {
     /// Continue the run in the output directory from its latest checkpoint.
     #[arg(long)]
     pub resume: bool,
+    /// With --resume: continue although the recipe differs from the run's
+    /// saved recipe.toml (the change is recorded in resume.log and the old
+    /// recipe kept as recipe.prev-N.toml).
+    #[arg(long, requires = "resume")]
+    pub force: bool,
     /// Run directory (default: the recipe's `out`).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -30,6 +35,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
         recipe: args.recipe,
         out: args.out,
         resume: args.resume,
+        force: args.force,
         progress: std::io::stderr().is_terminal(),
         stop_after: args.stop_after,
     })?;

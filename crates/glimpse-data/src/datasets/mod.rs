@@ -23,6 +23,7 @@ pub use llava_json::{
 use std::path::{Path, PathBuf};
 
 use crate::error::{DataError, Result};
+use crate::files::{read_bounded_text, MAX_DATASET_BYTES};
 
 /// How many missing images an error names before it only counts the rest.
 const MISSING_SHOWN: usize = 5;
@@ -103,6 +104,7 @@ pub(crate) fn json_msg(e: &serde_json::Error) -> String {
     msg.strip_suffix(&suffix).unwrap_or(&msg).to_string()
 }
 
+/// A dataset file's text: a regular file of at most [`MAX_DATASET_BYTES`].
 pub(crate) fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| DataError::dataset(path, format!("cannot read: {e}")))
+    read_bounded_text(path, MAX_DATASET_BYTES, "dataset").map_err(|e| DataError::dataset(path, e))
 }

@@ -233,13 +233,9 @@ impl TokenModel for Session<'_> {
 
 /// A model directory's `tokenizer.json`.
 pub(crate) fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
-    let path = dir.join("tokenizer.json");
-    Ok(
-        Tokenizer::from_file(&path).map_err(|e| glimpse_data::DataError::Tokenizer {
-            path: path.clone(),
-            msg: one_line(e),
-        })?,
-    )
+    Ok(glimpse_data::read_tokenizer_json(
+        &dir.join("tokenizer.json"),
+    )?)
 }
 
 /// eos ids and sampling defaults from a directory's
@@ -256,10 +252,12 @@ pub(crate) fn generation_defaults(dir: &Path) -> Result<(Option<Vec<u32>>, Sampl
 }
 
 fn read_generation_config(path: &Path) -> Result<Option<Value>> {
-    if !path.is_file() {
+    // exists, not is_file: a FIFO or directory here is refused, not skipped
+    if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|e| ModelError::file(path, e))?;
+    let text = glimpse_data::read_bounded_text(path, glimpse_data::MAX_CONFIG_BYTES, "config")
+        .map_err(|e| ModelError::file(path, e))?;
     let value = serde_json::from_str(&text)
         .map_err(|e| ModelError::config(path, format!("invalid JSON: {e}")))?;
     Ok(Some(value))

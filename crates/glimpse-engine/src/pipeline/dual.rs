@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use glimpse_data::{
     decode_rgb, load_rgb, preprocess_batch, ImageLimits, Padding, ProcessorConfig, TextTokenizer,
 };
-use glimpse_models::{DualEncoder, DualKind};
+use glimpse_models::{DualEncoder, DualKind, ModelError};
 use image::RgbImage;
 
 use super::{PipelineError, Result};
@@ -19,6 +19,8 @@ pub struct DualPipeline {
     pub limits: ImageLimits,
     pad_id: u32,
     device: Device,
+    /// The model directory, named when its outputs are not finite.
+    path: PathBuf,
 }
 
 impl DualPipeline {
@@ -45,6 +47,7 @@ impl DualPipeline {
             limits: ImageLimits::default(),
             pad_id,
             device: device.clone(),
+            path: dir.to_path_buf(),
         })
     }
 
@@ -55,14 +58,14 @@ impl DualPipeline {
     pub fn pixel_values(&self, paths: &[PathBuf]) -> Result<Tensor> {
         let images = paths
             .iter()
-            .map(|p| load_rgb(p, &self.limits))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+            .map(|p| Ok((p.display().to_string(), load_rgb(p, &self.limits)?)))
+            .collect::<std::result::Result<Vec<_>, glimpse_data::DataError>>()?;
         self.preprocess(&images)
     }
 
     /// # Shapes
     /// returns (B, 3, H, W)
-    fn preprocess(&self, images: &[RgbImage]) -> Result<Tensor> {
+    fn preprocess<S: AsRef<str>>(&self, images: &[(S, RgbImage)]) -> Result<Tensor> {
         if images.is_empty() {
             return Err(PipelineError::Usage("no images given".into()));
         }
@@ -107,7 +110,8 @@ impl DualPipeline {
     /// # Shapes
     /// returns (B, E), unit rows
     pub fn image_embeds(&self, paths: &[PathBuf]) -> Result<Tensor> {
-        self.embed_batches(paths, |chunk| self.pixel_values(chunk))
+        let embeds = self.embed_batches(paths, |chunk| self.pixel_values(chunk))?;
+        self.finite(embeds, "image embeddings")
     }
 
     /// [`Self::image_embeds`] of images already in memory (the server's).
@@ -115,13 +119,19 @@ impl DualPipeline {
     /// # Shapes
     /// returns (B, E), unit rows
     pub fn image_embeds_of(&self, images: &[&ImageInput]) -> Result<Tensor> {
-        self.embed_batches(images, |chunk| {
+        let embeds = self.embed_batches(images, |chunk| {
             let decoded = chunk
                 .iter()
-                .map(|i| decode_rgb(&i.bytes, &i.name, &self.limits))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
+                .map(|i| {
+                    Ok((
+                        i.name.as_str(),
+                        decode_rgb(&i.bytes, &i.name, &self.limits)?,
+                    ))
+                })
+                .collect::<std::result::Result<Vec<_>, glimpse_data::DataError>>()?;
             self.preprocess(&decoded)
-        })
+        })?;
+        self.finite(embeds, "image embeddings")
     }
 
     fn embed_batches<T>(
@@ -144,7 +154,8 @@ impl DualPipeline {
     /// returns (B, E), unit rows
     pub fn text_embeds(&self, texts: &[&str]) -> Result<Tensor> {
         let (ids, mask) = self.tokenize(texts)?;
-        Ok(self.model.text_embeds(&ids, self.text_mask(&mask))?)
+        let embeds = self.model.text_embeds(&ids, self.text_mask(&mask))?;
+        self.finite(embeds, "text embeddings")
     }
 
     /// Probability of each label for one image, in the labels' order.
@@ -155,9 +166,31 @@ impl DualPipeline {
         let images = self.image_embeds(&[image.to_path_buf()])?;
         let texts = self.text_embeds(labels)?;
         let logits = self.model.logits_per_image(&images, &texts)?;
-        let probs = self.model.probabilities(&logits)?;
+        // Finite unit embeddings can still meet an infinite logit scale.
+        let probs = self.finite(self.model.probabilities(&logits)?, "label probabilities")?;
         // (1, labels) -> (labels)
         Ok(probs.squeeze(0)?.to_vec1::<f32>()?)
+    }
+
+    /// `t` itself when every value is finite. NaN or infinity out of a
+    /// checkpoint that loaded (NaN weights, a negative `layer_norm_eps`, an
+    /// infinite `logit_scale`) would otherwise print as "NaN%" or rank
+    /// arbitrarily; generation refuses such logits the same way. Every
+    /// caller of the pipeline (the CLI's commands, its evals, the server's
+    /// embeddings) gets embeddings through here.
+    fn finite(&self, t: Tensor, what: &str) -> Result<Tensor> {
+        let values = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let Some(bad) = values.iter().find(|v| !v.is_finite()) else {
+            return Ok(t);
+        };
+        let kind = if bad.is_nan() { "NaN" } else { "infinity" };
+        Err(ModelError::Weights {
+            path: self.path.clone(),
+            msg: format!(
+                "model produced non-finite {what} ({kind}): the checkpoint's weights or config are broken"
+            ),
+        }
+        .into())
     }
 }
 
@@ -165,7 +198,12 @@ impl DualPipeline {
 /// which is what transformers pads with; configs' `pad_token_id` is often
 /// stale (openai CLIP's says 1, its tokenizer pads with `<|endoftext|>`).
 fn pad_token_id(dir: &Path, tokenizer: &TextTokenizer) -> Option<u32> {
-    let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
+    let text = glimpse_data::read_bounded_text(
+        &dir.join("tokenizer_config.json"),
+        glimpse_data::MAX_CONFIG_BYTES,
+        "config",
+    )
+    .ok()?;
     let value: serde_json::Value = serde_json::from_str(&text).ok()?;
     let pad = value.get("pad_token")?;
     let token = pad

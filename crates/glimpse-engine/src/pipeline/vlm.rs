@@ -252,8 +252,9 @@ impl VlmPipeline {
             return Ok(rows);
         }
         drop(cache);
-        let image = decode_rgb(bytes, &image.name, &self.limits)?;
-        let pixels = preprocess_batch(&[image], &self.processor)?
+        let name = image.name.as_str();
+        let image = decode_rgb(bytes, name, &self.limits)?;
+        let pixels = preprocess_batch(&[(name, image)], &self.processor)?
             .to_device(self.model.language_model.device())?;
         // (1, M, D) -> (M, D)
         let rows = self.model.encode_images(&pixels, instruction)?.squeeze(0)?;
@@ -310,7 +311,8 @@ impl VlmPipeline {
 /// older exports write `preprocessor_config.json`.
 fn processor_config(dir: &Path) -> Result<ProcessorConfig> {
     let legacy = dir.join("preprocessor_config.json");
-    if legacy.is_file() {
+    // exists, not is_file: a FIFO or directory here is refused, not skipped
+    if legacy.exists() {
         return Ok(ProcessorConfig::from_file(&legacy)?);
     }
     let path = dir.join("processor_config.json");
@@ -318,18 +320,20 @@ fn processor_config(dir: &Path) -> Result<ProcessorConfig> {
         path: path.clone(),
         msg,
     };
-    let text = std::fs::read_to_string(&path).map_err(|_| {
-        err(
-            "not found (nor preprocessor_config.json): the model has no image processor config"
-                .into(),
-        )
-    })?;
+    let text = glimpse_data::read_bounded_text(&path, glimpse_data::MAX_CONFIG_BYTES, "config")
+        .map_err(|e| match e {
+            glimpse_data::ReadError::NotFound => err(
+                "not found (nor preprocessor_config.json): the model has no image processor config"
+                    .into(),
+            ),
+            e => err(e.to_string()),
+        })?;
     let value: Value =
         serde_json::from_str(&text).map_err(|e| err(format!("invalid JSON: {e}")))?;
     let inner = value
         .get("image_processor")
         .ok_or_else(|| err("missing field image_processor".into()))?;
-    Ok(ProcessorConfig::from_json(&inner.to_string()).map_err(err)?)
+    Ok(ProcessorConfig::from_json(&inner.to_string(), &path)?)
 }
 
 /// Runs a prepared prompt into a fresh one-row cache (images attached for

@@ -6,6 +6,8 @@ use candle_nn::VarBuilder;
 
 use super::layer_norm::layer_norm;
 use super::{Activation, LayerNorm, Mlp, SelfAttention};
+use crate::error::ConfigError;
+use crate::limits;
 
 /// Sizes shared by every encoder stack.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +18,54 @@ pub struct EncoderConfig {
     pub num_attention_heads: usize,
     pub hidden_act: Activation,
     pub layer_norm_eps: f64,
+}
+
+impl EncoderConfig {
+    /// Sizes in range (see [`crate::limits`]), heads dividing the width and
+    /// a usable epsilon; fields named as `config.json` names them.
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+        let d = limits::size("hidden_size", self.hidden_size, limits::MAX_HIDDEN)?;
+        let i = limits::size(
+            "intermediate_size",
+            self.intermediate_size,
+            limits::MAX_INTERMEDIATE,
+        )?;
+        limits::size(
+            "num_hidden_layers",
+            self.num_hidden_layers,
+            limits::MAX_LAYERS,
+        )?;
+        let h = limits::size(
+            "num_attention_heads",
+            self.num_attention_heads,
+            limits::MAX_HEADS,
+        )?;
+        if !d.is_multiple_of(h) {
+            return Err(ConfigError::new(
+                "hidden_size",
+                format!("{d} is not divisible by num_attention_heads {h}"),
+            ));
+        }
+        limits::positive("layer_norm_eps", self.layer_norm_eps)?;
+        limits::elems("intermediate_size", "each MLP layer", &[i, d])?;
+        limits::params(
+            "hidden_size",
+            &format!(
+                "{d} with intermediate_size {i} and num_hidden_layers {}",
+                self.num_hidden_layers
+            ),
+            self.num_params(),
+        )?;
+        Ok(())
+    }
+
+    /// Parameters of the layer stack (attention, MLP, two norms per layer).
+    /// Only on sizes [`Self::validate`] has bounded (no overflow then).
+    pub(crate) fn num_params(&self) -> u128 {
+        let (d, i) = (self.hidden_size as u128, self.intermediate_size as u128);
+        let layer = 4 * d * d + 4 * d + 2 * d * i + i + d + 4 * d;
+        self.num_hidden_layers as u128 * layer
+    }
 }
 
 pub struct EncoderLayer {

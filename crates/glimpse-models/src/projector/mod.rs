@@ -35,7 +35,8 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ModelError, Result};
+use crate::error::{ConfigError, ModelError, Result};
+use crate::limits;
 use crate::nn::Activation;
 
 /// Which projector, with its sizes; `"type"` names the kind in JSON.
@@ -93,6 +94,96 @@ impl ProjectorConfig {
             Self::Perceiver(c) => Ok(c.num_latents),
             Self::QFormer(c) => Ok(c.num_query_tokens),
         }
+    }
+
+    /// Sizes in range before any weight is sized by them (see
+    /// [`crate::limits`]); fields named as the `projector` object names them.
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+        use limits::{elems, positive, size, MAX_HEADS, MAX_HEAD_DIM, MAX_HIDDEN, MAX_LAYERS};
+        let dv = size("vision_hidden_size", self.vision_hidden_size(), MAX_HIDDEN)?;
+        let dt = size("text_hidden_size", self.text_hidden_size(), MAX_HIDDEN)?;
+        let input = self.compression().out_width(dv);
+        match self {
+            Self::Linear(_) => {
+                elems("vision_hidden_size", "the projection", &[dt, input])?;
+            }
+            Self::Mlp(c) => {
+                size("depth", c.depth, MAX_LAYERS)?;
+                elems("vision_hidden_size", "linear_1", &[dt, input])?;
+                elems("text_hidden_size", "the later layers", &[dt, dt])?;
+            }
+            Self::Perceiver(c) => {
+                let d = size("hidden_size", c.hidden_size, MAX_HIDDEN)?;
+                size("num_latents", c.num_latents, limits::MAX_IMAGE_TOKENS)?;
+                // depth 0 (latents and projections only) is a valid resampler.
+                if c.depth > 0 {
+                    size("depth", c.depth, MAX_LAYERS)?;
+                }
+                let h = size("num_heads", c.num_heads, MAX_HEADS)?;
+                let hd = size("head_dim", c.head_dim, MAX_HEAD_DIM)?;
+                let ratio = size("mlp_ratio", c.mlp_ratio, 64)?;
+                positive("layer_norm_eps", c.layer_norm_eps)?;
+                elems(
+                    "num_heads",
+                    "each attention projection",
+                    &[h, hd, d.max(input)],
+                )?;
+                elems("mlp_ratio", "each MLP layer", &[ratio, d, d])?;
+                elems("vision_hidden_size", "in_proj", &[d, input])?;
+                elems("text_hidden_size", "out_proj", &[dt, d])?;
+            }
+            Self::QFormer(c) => {
+                let d = size("hidden_size", c.hidden_size, MAX_HIDDEN)?;
+                let di = size(
+                    "instruction_hidden_size",
+                    c.instruction_hidden_size,
+                    MAX_HIDDEN,
+                )?;
+                size(
+                    "num_query_tokens",
+                    c.num_query_tokens,
+                    limits::MAX_IMAGE_TOKENS,
+                )?;
+                size("num_hidden_layers", c.num_hidden_layers, MAX_LAYERS)?;
+                let h = size("num_attention_heads", c.num_attention_heads, MAX_HEADS)?;
+                if !d.is_multiple_of(h) {
+                    return Err(ConfigError::new(
+                        "hidden_size",
+                        format!("{d} is not divisible by num_attention_heads {h}"),
+                    ));
+                }
+                let i = size(
+                    "intermediate_size",
+                    c.intermediate_size,
+                    limits::MAX_INTERMEDIATE,
+                )?;
+                let p = size(
+                    "max_position_embeddings",
+                    c.max_position_embeddings,
+                    limits::MAX_POSITIONS,
+                )?;
+                size(
+                    "cross_attention_frequency",
+                    c.cross_attention_frequency,
+                    MAX_LAYERS,
+                )?;
+                positive("layer_norm_eps", c.layer_norm_eps)?;
+                elems("intermediate_size", "each MLP layer", &[i, d])?;
+                elems(
+                    "max_position_embeddings",
+                    "the position embeddings",
+                    &[p, d],
+                )?;
+                elems("vision_hidden_size", "the image keys", &[d, input])?;
+                elems(
+                    "instruction_hidden_size",
+                    "instruction_projection",
+                    &[d, di],
+                )?;
+                elems("text_hidden_size", "language_projection", &[dt, d])?;
+            }
+        }
+        Ok(())
     }
 
     /// Whether the projector reads the instruction (only the Q-Former does).

@@ -24,6 +24,7 @@ use crate::nn::qlinear::QLinear;
 use crate::nn::rms_norm::RmsNorm;
 use crate::nn::rope::{Rope, RopeStyle};
 use crate::nn::swiglu::SwiGlu;
+use crate::shape_check::{self, Shapes};
 use crate::text::decoder_config::DecoderConfig;
 use crate::text::decoder_weights::{DecoderWeights, TokenEmbedding};
 use crate::weights::Checkpoint;
@@ -232,8 +233,12 @@ impl Decoder {
     /// Loads an HF causal-LM directory (`config.json` + safetensors),
     /// strictly: every tensor present and shaped right, none left over.
     pub fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let cfg = DecoderConfig::from_file(&dir.join("config.json"))?;
+        let config_path = dir.join("config.json");
+        let cfg = DecoderConfig::from_file(&config_path)?;
         let checkpoint = Checkpoint::open_dir(dir)?;
+        // The config's sizes against the header before anything is built.
+        let shapes = Shapes::new(checkpoint.shapes(), checkpoint.path());
+        shape_check::decoder(&cfg, &shapes, "model", "lm_head").map_err(|e| e.at(&config_path))?;
         let strict = checkpoint.strict(dtype, device);
         let vb: VarBuilder = strict.var_builder();
         let model = Self::new(
@@ -242,14 +247,13 @@ impl Decoder {
             "model",
             "lm_head",
             RopeStyle::HalfSplit,
-        )?;
+        );
         // Tied checkpoints sometimes still carry a copy of the head;
         // rotary buffers of old exports are derived, not learned.
-        strict.finish(|name| {
+        strict.conclude(model, |name| {
             (cfg.tie_word_embeddings && name == "lm_head.weight")
                 || name.ends_with("rotary_emb.inv_freq")
-        })?;
-        Ok(model)
+        })
     }
 
     /// Loads a llama/qwen2 GGUF file. `dequantize`: `Some(dtype)` turns every
@@ -288,9 +292,13 @@ impl Decoder {
         }
     }
 
+    /// Token embeddings; every id must be below `vocab_size` (an id past
+    /// the table is the caller's input, not a tensor fault).
+    ///
     /// # Shapes
     /// `ids`: (B, T) u32 -> (B, T, D) in the compute dtype
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        crate::text::check_token_ids(ids, self.cfg.vocab_size)?;
         Ok(self.embed_tokens.forward(ids)?.to_dtype(self.dtype)?)
     }
 

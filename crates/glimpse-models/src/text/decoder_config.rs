@@ -10,7 +10,8 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::error::{ModelError, Result};
+use crate::error::{ConfigError, ModelError, Result};
+use crate::limits;
 use crate::nn::rope::{RopeConfig, RopeScaling};
 
 /// The architecture variants of the family that change the graph.
@@ -77,56 +78,66 @@ impl DecoderConfig {
 
     /// Reads `config.json`; `path` is what errors name.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::file(path, e))?;
+        let text = ModelError::read_config(path)?;
         let value: Value = serde_json::from_str(&text)
             .map_err(|e| ModelError::config(path, format!("invalid JSON: {e}")))?;
-        Self::from_json(&value).map_err(|msg| ModelError::config(path, msg))
+        Self::from_json(&value).map_err(|e| e.at(path))
     }
 
     /// Resolves an HF config object (a whole `config.json`, or the
-    /// `text_config` of a multimodal one).
-    pub fn from_json(value: &Value) -> std::result::Result<Self, String> {
-        let raw: RawDecoder =
-            serde_json::from_value(value.clone()).map_err(|e| format!("invalid field: {e}"))?;
+    /// `text_config` of a multimodal one), every size checked against
+    /// [`crate::limits`] before anything uses it.
+    pub fn from_json(value: &Value) -> std::result::Result<Self, ConfigError> {
+        let raw: RawDecoder = limits::fields(value)?;
         let model_type = raw.model_type.as_deref().unwrap_or("llama");
         let (kind, d) = match model_type {
             "llama" => (DecoderKind::Llama, LLAMA),
             "mistral" => (DecoderKind::Mistral, MISTRAL),
             "qwen2" => (DecoderKind::Qwen2, QWEN2),
             other => {
-                return Err(format!(
-                    "unknown model_type '{other}' (glimpse's decoder reads llama, mistral, qwen2)"
+                return Err(ConfigError::new(
+                    "model_type",
+                    format!("'{other}' is unknown (glimpse's decoder reads llama, mistral, qwen2)"),
                 ))
             }
         };
-        let hidden_size = raw.hidden_size.unwrap_or(d.hidden);
-        let heads = raw.num_attention_heads.unwrap_or(d.heads);
-        let kv_heads = raw
-            .num_key_value_heads
-            .unwrap_or(d.kv_heads.unwrap_or(heads));
-        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
-            return Err(format!(
-                "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
+        let hidden_size = limits::size(
+            "hidden_size",
+            raw.hidden_size.unwrap_or(d.hidden),
+            limits::MAX_HIDDEN,
+        )?;
+        let heads = limits::size(
+            "num_attention_heads",
+            raw.num_attention_heads.unwrap_or(d.heads),
+            limits::MAX_HEADS,
+        )?;
+        let kv_heads = limits::size(
+            "num_key_value_heads",
+            raw.num_key_value_heads
+                .unwrap_or(d.kv_heads.unwrap_or(heads)),
+            limits::MAX_HEADS,
+        )?;
+        if !heads.is_multiple_of(kv_heads) {
+            return Err(ConfigError::new(
+                "num_attention_heads",
+                format!("{heads} is not a multiple of num_key_value_heads {kv_heads}"),
             ));
         }
         let head_dim = match raw.head_dim {
             Some(h) => h,
             None if hidden_size.is_multiple_of(heads) => hidden_size / heads,
             None => {
-                return Err(format!(
-                    "hidden_size {hidden_size} is not divisible by num_attention_heads {heads}"
+                return Err(ConfigError::new(
+                    "hidden_size",
+                    format!("{hidden_size} is not divisible by num_attention_heads {heads}"),
                 ))
             }
         };
-        if !head_dim.is_multiple_of(2) {
-            return Err(format!(
-                "head_dim {head_dim} must be even for rotary embeddings"
-            ));
-        }
         let act = raw.hidden_act.as_deref().unwrap_or("silu");
         if act != "silu" {
-            return Err(format!(
-                "hidden_act '{act}' is not supported (SwiGLU needs silu)"
+            return Err(ConfigError::new(
+                "hidden_act",
+                format!("'{act}' is not supported (SwiGLU needs silu)"),
             ));
         }
         let rope = rope_config(value)?;
@@ -140,11 +151,14 @@ impl DecoderConfig {
             // Qwen2 only slides with `use_sliding_window`, which no released
             // dense checkpoint sets; refuse rather than silently ignore it.
             DecoderKind::Qwen2 if raw.use_sliding_window.unwrap_or(false) => {
-                return Err("use_sliding_window true is not supported for qwen2".into())
+                return Err(ConfigError::new(
+                    "use_sliding_window",
+                    "true is not supported for qwen2",
+                ))
             }
             _ => None,
         };
-        Ok(Self {
+        let cfg = Self {
             kind,
             vocab_size: raw.vocab_size.unwrap_or(d.vocab),
             hidden_size,
@@ -163,7 +177,104 @@ impl DecoderConfig {
             sliding_window,
             bos_token_id: raw.bos_token_id,
             eos_token_ids: ids(&raw.eos_token_id),
-        })
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Every size in range and every weight's element count representable
+    /// (see [`crate::limits`]); fields are named as `config.json` names them.
+    /// GGUF metadata goes through the same check ([`crate::gguf`] renames
+    /// the fields to its keys).
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+        use limits::{size, MAX_HEADS, MAX_HEAD_DIM, MAX_HIDDEN, MAX_INTERMEDIATE, MAX_LAYERS};
+        let d = size("hidden_size", self.hidden_size, MAX_HIDDEN)?;
+        let v = size("vocab_size", self.vocab_size, limits::MAX_VOCAB)?;
+        let i = size(
+            "intermediate_size",
+            self.intermediate_size,
+            MAX_INTERMEDIATE,
+        )?;
+        size("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS)?;
+        let h = size("num_attention_heads", self.num_attention_heads, MAX_HEADS)?;
+        let hkv = size("num_key_value_heads", self.num_key_value_heads, MAX_HEADS)?;
+        if !h.is_multiple_of(hkv) {
+            return Err(ConfigError::new(
+                "num_attention_heads",
+                format!("{h} is not a multiple of num_key_value_heads {hkv}"),
+            ));
+        }
+        let hd = size("head_dim", self.head_dim, MAX_HEAD_DIM)?;
+        if !hd.is_multiple_of(2) {
+            return Err(ConfigError::new(
+                "head_dim",
+                format!("{hd} must be even for rotary embeddings"),
+            ));
+        }
+        size(
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            limits::MAX_POSITIONS,
+        )?;
+        if let Some(w) = self.sliding_window {
+            size("sliding_window", w, limits::MAX_POSITIONS)?;
+        }
+        limits::positive("rms_norm_eps", self.rms_norm_eps)?;
+        limits::positive("rope_theta", self.rope.theta)?;
+        match self.rope.scaling {
+            RopeScaling::Default => {}
+            RopeScaling::Linear { factor } => {
+                limits::positive("rope_scaling.factor", factor)?;
+            }
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                limits::positive("rope_scaling.factor", factor)?;
+                limits::positive("rope_scaling.low_freq_factor", low_freq_factor)?;
+                limits::positive("rope_scaling.high_freq_factor", high_freq_factor)?;
+                limits::positive(
+                    "rope_scaling.original_max_position_embeddings",
+                    original_max_position_embeddings,
+                )?;
+                // The blend divides by their difference.
+                if high_freq_factor <= low_freq_factor {
+                    return Err(ConfigError::new(
+                        "rope_scaling.high_freq_factor",
+                        format!(
+                            "{high_freq_factor} must be above low_freq_factor {low_freq_factor}"
+                        ),
+                    ));
+                }
+            }
+        }
+        limits::elems("vocab_size", "the token embeddings", &[v, d])?;
+        limits::elems("intermediate_size", "each MLP projection", &[i, d])?;
+        limits::elems("num_attention_heads", "each query projection", &[h, hd, d])?;
+        limits::params(
+            "hidden_size",
+            &format!(
+                "{d} with vocab_size {v}, intermediate_size {i} and num_hidden_layers {}",
+                self.num_hidden_layers
+            ),
+            self.num_params(),
+        )?;
+        Ok(())
+    }
+
+    /// Parameters of the model this config describes.
+    /// Only on sizes [`Self::validate`] has bounded (no overflow then).
+    pub(crate) fn num_params(&self) -> u128 {
+        let [d, i, v] =
+            [self.hidden_size, self.intermediate_size, self.vocab_size].map(|x| x as u128);
+        let q = (self.num_attention_heads * self.head_dim) as u128;
+        let kv = (self.num_key_value_heads * self.head_dim) as u128;
+        let heads = if self.tie_word_embeddings { 1 } else { 2 };
+        // q and o, k and v, the three MLP matrices, two norms
+        let layer = 2 * d * q + 2 * d * kv + 3 * d * i + 2 * d;
+        heads * v * d + self.num_hidden_layers as u128 * layer + d
     }
 
     /// The config as transformers 5 writes it (`rope_parameters`), for
@@ -294,7 +405,7 @@ const QWEN2: Defaults = Defaults {
 /// Rope settings from either config style. 5.x: `rope_parameters`
 /// {rope_type, rope_theta, factor, ...}; 4.x: `rope_theta` + `rope_scaling`
 /// {type | rope_type, factor, ...} (null when unscaled).
-fn rope_config(value: &Value) -> std::result::Result<RopeConfig, String> {
+fn rope_config(value: &Value) -> std::result::Result<RopeConfig, ConfigError> {
     let params = value.get("rope_parameters").filter(|v| v.is_object());
     let scaling = params.or_else(|| value.get("rope_scaling").filter(|v| v.is_object()));
     let theta = params
@@ -313,10 +424,18 @@ fn rope_config(value: &Value) -> std::result::Result<RopeConfig, String> {
         .or_else(|| s.get("type"))
         .and_then(Value::as_str)
         .unwrap_or("default");
-    let num = |key: &str| -> std::result::Result<f64, String> {
-        s.get(key)
-            .and_then(Value::as_f64)
-            .ok_or_else(|| format!("rope scaling '{kind}' needs a numeric '{key}'"))
+    let section = if params.is_some() {
+        "rope_parameters"
+    } else {
+        "rope_scaling"
+    };
+    let num = |key: &str| -> std::result::Result<f64, ConfigError> {
+        s.get(key).and_then(Value::as_f64).ok_or_else(|| {
+            ConfigError::new(
+                format!("{section}.{key}"),
+                format!("is missing or not a number (rope type '{kind}' needs it)"),
+            )
+        })
     };
     let scaling = match kind {
         "default" => RopeScaling::Default,
@@ -330,8 +449,9 @@ fn rope_config(value: &Value) -> std::result::Result<RopeConfig, String> {
             original_max_position_embeddings: num("original_max_position_embeddings")?,
         },
         other => {
-            return Err(format!(
-                "rope scaling type '{other}' is not supported (default, linear, llama3)"
+            return Err(ConfigError::new(
+                format!("{section}.rope_type"),
+                format!("'{other}' is not supported (default, linear, llama3)"),
             ))
         }
     };
@@ -370,13 +490,17 @@ mod tests {
     #[test]
     fn bad_configs_name_the_field() {
         let e = DecoderConfig::from_json(&json!({"model_type": "gpt2"})).unwrap_err();
-        assert!(e.contains("unknown model_type 'gpt2'"), "{e}");
+        assert_eq!(e.field, "model_type");
+        assert!(e.to_string().contains("'gpt2' is unknown"), "{e}");
         let e =
             DecoderConfig::from_json(&json!({"num_attention_heads": 6, "num_key_value_heads": 4}))
                 .unwrap_err();
-        assert!(e.contains("not a multiple"), "{e}");
+        assert!(e.to_string().contains("not a multiple"), "{e}");
         let e = DecoderConfig::from_json(&json!({"rope_scaling": {"type": "yarn", "factor": 2.0}}))
             .unwrap_err();
-        assert!(e.contains("'yarn'"), "{e}");
+        assert_eq!(e.field, "rope_scaling.rope_type");
+        assert!(e.to_string().contains("'yarn'"), "{e}");
+        let e = DecoderConfig::from_json(&json!({"hidden_size": -64})).unwrap_err();
+        assert_eq!(e.field, "hidden_size", "{e}");
     }
 }

@@ -4,6 +4,8 @@
 use candle_core::{DType, IndexOp, Result, Tensor};
 use candle_nn::{Embedding, Module, VarBuilder};
 
+use crate::error::ConfigError;
+use crate::limits;
 use crate::nn::layer_norm::layer_norm;
 use crate::nn::{LayerNorm, Linear};
 
@@ -30,6 +32,47 @@ pub struct TextConfig {
     pub pad_token_id: u32,
     /// SigLIP's head output size.
     pub projection_size: usize,
+}
+
+impl TextConfig {
+    /// Sizes in range (see [`crate::limits`]); fields named as the
+    /// `text_config` of `config.json` names them.
+    pub fn validate(&self) -> std::result::Result<(), ConfigError> {
+        self.encoder.validate()?;
+        let v = limits::size("vocab_size", self.vocab_size, limits::MAX_VOCAB)?;
+        limits::size(
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            limits::MAX_POSITIONS,
+        )?;
+        limits::size("projection_size", self.projection_size, limits::MAX_HIDDEN)?;
+        limits::elems(
+            "vocab_size",
+            "the token embeddings",
+            &[v, self.encoder.hidden_size],
+        )?;
+        limits::elems(
+            "max_position_embeddings",
+            "the position embeddings",
+            &[self.max_position_embeddings, self.encoder.hidden_size],
+        )?;
+        limits::params(
+            "hidden_size",
+            &format!(
+                "{} with vocab_size {v} and num_hidden_layers {}",
+                self.encoder.hidden_size, self.encoder.num_hidden_layers
+            ),
+            self.num_params(),
+        )?;
+        Ok(())
+    }
+
+    /// Parameters of the tower: the encoder and both embedding tables.
+    /// Only on sizes [`Self::validate`] has bounded (no overflow then).
+    pub(crate) fn num_params(&self) -> u128 {
+        let d = self.encoder.hidden_size as u128;
+        self.encoder.num_params() + (self.vocab_size + self.max_position_embeddings) as u128 * d
+    }
 }
 
 pub struct TextTransformer {
@@ -98,6 +141,11 @@ impl TextTransformer {
                 "text of {l} tokens is longer than the text tower's {} positions",
                 self.cfg.max_position_embeddings
             );
+        }
+        // An id past the table would fail inside the lookup as a bare index
+        // error; name it (DualEncoder reports this as an input error first).
+        if let Err(e) = super::check_token_ids(input_ids, self.cfg.vocab_size) {
+            candle_core::bail!("{e}");
         }
         let dev = input_ids.device();
         let positions = self

@@ -72,7 +72,15 @@ impl<'a> ContrastiveTask<'a> {
                 a.color.is_some() && a.shape.is_some()
             })
             .collect();
-        let eval_images = spread(&known, eval_n).into_iter().copied().collect();
+        let eval_images: Vec<usize> = spread(&known, eval_n).into_iter().copied().collect();
+        if eval_images.is_empty() {
+            return Err(TrainError::NoData {
+                path: corpus.test.source.clone(),
+                msg: "no test image has both its colour and shape known: the zero-shot \
+                      evaluation of [contrastive] has nothing to score"
+                    .into(),
+            });
+        }
         Ok(Self {
             model,
             corpus,

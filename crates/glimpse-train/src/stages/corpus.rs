@@ -56,6 +56,8 @@ pub fn processor_json(image_size: usize) -> serde_json::Value {
 /// One split: its questions, its distinct images (in id order) with their
 /// pixels, and what each image shows.
 pub struct Split {
+    /// The split's `questions.json`, which errors about its data name.
+    pub source: PathBuf,
     pub questions: Vec<VqaExample>,
     /// Distinct image paths; `image_index[path]` is the row in `pixels`.
     pub images: Vec<PathBuf>,
@@ -79,13 +81,25 @@ fn data_err(path: &Path, e: impl std::fmt::Display) -> TrainError {
     TrainError::Io(format!("{}: {}", path.display(), one_line(e)))
 }
 
+/// The most bytes a run's decoded pixels (both splits, f32) may take;
+/// `model.vision.image_size` is what scales them.
+pub const MAX_PIXEL_BYTES: u128 = 8 << 30;
+
 impl Split {
+    /// `role` (`training` or `evaluation`) says in an error what the split
+    /// was for. `budget`: bytes of pixels still allowed, for images of
+    /// `side`² pixels.
+    #[allow(clippy::too_many_arguments)]
     fn load(
         dir: &Path,
+        role: &str,
         limit: Option<usize>,
         processor: &ProcessorConfig,
+        side: usize,
+        budget: &mut u128,
         device: &Device,
     ) -> Result<Self> {
+        let source = dir.join("questions.json");
         let mut questions = load_easy_vqa_split(dir)?;
         let mut ids: Vec<u32> = questions.iter().map(|q| q.image_id).collect();
         ids.sort_unstable();
@@ -95,6 +109,25 @@ impl Split {
             let keep: std::collections::BTreeSet<u32> = ids.iter().copied().collect();
             questions.retain(|q| keep.contains(&q.image_id));
         }
+        if questions.is_empty() {
+            return Err(TrainError::NoData {
+                path: source,
+                msg: format!("no questions: the {role} set is empty"),
+            });
+        }
+        // Checked before any image is decoded: every image of the split
+        // becomes a (3, S, S) f32 block in one tensor.
+        let bytes = ids.len() as u128 * 3 * (side as u128).pow(2) * 4;
+        if bytes > *budget {
+            return Err(TrainError::Config(format!(
+                "model.vision.image_size {side}: the {} images of {} would take {:.1} GiB as pixels, over the trainer's {} GiB",
+                ids.len(),
+                dir.display(),
+                bytes as f64 / (1u64 << 30) as f64,
+                MAX_PIXEL_BYTES >> 30
+            )));
+        }
+        *budget -= bytes;
         let by_id = image_attributes(&questions)?;
         let images: Vec<PathBuf> = ids
             .iter()
@@ -114,8 +147,8 @@ impl Split {
         let limits = ImageLimits::default();
         let decoded = images
             .iter()
-            .map(|p| load_rgb(p, &limits))
-            .collect::<std::result::Result<Vec<_>, _>>()?;
+            .map(|p| Ok((p.display().to_string(), load_rgb(p, &limits)?)))
+            .collect::<std::result::Result<Vec<_>, glimpse_data::DataError>>()?;
         let pixels = preprocess_batch(&decoded, processor)?.to_device(device)?;
         let image_index = images
             .iter()
@@ -123,6 +156,7 @@ impl Split {
             .map(|(i, p)| (p.clone(), i))
             .collect();
         Ok(Self {
+            source,
             questions,
             images,
             image_index,
@@ -152,10 +186,28 @@ impl Corpus {
             }
         }
         let processor_json = processor_json(recipe.model.vision.image_size);
-        let processor = ProcessorConfig::from_json(&processor_json.to_string())
-            .map_err(|e| TrainError::Config(format!("image processor: {e}")))?;
-        let train = Split::load(&train_dir, recipe.data.train_images, &processor, device)?;
-        let test = Split::load(&test_dir, None, &processor, device)?;
+        let processor =
+            ProcessorConfig::from_json(&processor_json.to_string(), Path::new("[model.vision]"))
+                .map_err(|e| TrainError::Config(format!("image processor: {e}")))?;
+        let mut budget = MAX_PIXEL_BYTES;
+        let train = Split::load(
+            &train_dir,
+            "training",
+            recipe.data.train_images,
+            &processor,
+            recipe.model.vision.image_size,
+            &mut budget,
+            device,
+        )?;
+        let test = Split::load(
+            &test_dir,
+            "evaluation",
+            None,
+            &processor,
+            recipe.model.vision.image_size,
+            &mut budget,
+            device,
+        )?;
         let template = ChatTemplate::new(
             CHAT_TEMPLATE,
             SpecialTokens {

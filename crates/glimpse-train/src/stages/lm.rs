@@ -8,7 +8,7 @@ use glimpse_models::Decoder;
 
 use super::batch::{labelled_loss, left_padded, scored_tokens};
 use super::corpus::Corpus;
-use crate::error::Result;
+use crate::error::{Result, TrainError};
 use crate::trainer::{EvalMetrics, Task};
 
 type Segments = Vec<(SegmentKind, Vec<u32>)>;
@@ -34,6 +34,12 @@ impl<'a> LmTask<'a> {
             .into_iter()
             .map(|q| seg(&q.question, &q.answer))
             .collect::<Result<Vec<_>>>()?;
+        if eval.is_empty() {
+            return Err(TrainError::NoData {
+                path: corpus.test.source.clone(),
+                msg: "no test question to evaluate [lm] on".into(),
+            });
+        }
         Ok(Self {
             model,
             corpus,

@@ -11,7 +11,7 @@ use glimpse_models::{FusionConfig, LogitsFor, Vlm, VlmCache};
 use super::batch::{exact_matches, labelled_loss, left_padded, scored_tokens};
 use super::corpus::{Corpus, Split, DESCRIBE};
 use super::lm::spread;
-use crate::error::Result;
+use crate::error::{Result, TrainError};
 use crate::losses::masked_lm_loss;
 use crate::trainer::{EvalMetrics, Task};
 
@@ -96,6 +96,12 @@ impl<'a> VlmTask<'a> {
                 m,
             )?,
         };
+        if eval.is_empty() {
+            return Err(TrainError::NoData {
+                path: corpus.test.source.clone(),
+                msg: "no test example to evaluate the VLM stage on".into(),
+            });
+        }
         let (train_features, test_features) = if tower_frozen {
             (
                 Some(tower_features(&model, &corpus.train.pixels)?),

@@ -121,6 +121,7 @@ pub fn run(
         resume,
         progress: false,
         stop_after,
+        ..Default::default()
     })?)
 }
 

@@ -6,13 +6,15 @@ pub mod retrieval;
 pub mod vqa;
 pub mod zeroshot;
 
+use std::path::Path;
+
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-/// The VLM `vqa` and `pope` default to, once the repository ships it.
-const DEFAULT_VLM: &str = "models/glimpse-easy-vqa";
+/// The VLM `vqa` and `pope` default to (see `commands::model_dir`).
+const DEFAULT_VLM: &str = "glimpse-easy-vqa";
 /// The dual encoder `zeroshot` and `retrieval` default to.
-const DEFAULT_DUAL: &str = "models/glimpse-easy-vqa-clip";
+const DEFAULT_DUAL: &str = "glimpse-easy-vqa-clip";
 
 #[derive(Args)]
 #[command(about = "Evaluate a model on a dataset (VQA, POPE, zero-shot, retrieval)")]
@@ -36,6 +38,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
         EvalCommand::Zeroshot(a) => zeroshot::run(a),
         EvalCommand::Retrieval(a) => retrieval::run(a),
     }
+}
+
+/// An empty data set is refused before a model loads: every score of
+/// nothing would print as 0% and exit 0, as if the model had failed.
+fn require_examples<T>(items: &[T], data: &Path) -> Result<()> {
+    if items.is_empty() {
+        anyhow::bail!("no examples in {}", data.display());
+    }
+    Ok(())
 }
 
 /// Rows under a header, the first column left-aligned, the others right.

@@ -16,7 +16,7 @@ use super::{pct, table, DEFAULT_VLM};
     about = "POPE-style hallucination: yes/no existence questions (no negation), positive = yes"
 )]
 pub struct PopeArgs {
-    /// VLM directory (default: models/glimpse-easy-vqa, when present)
+    /// VLM directory (default: ./models/glimpse-easy-vqa, else the copy built into glimpse)
     #[arg(long)]
     model: Option<PathBuf>,
     /// easy-VQA split directory (images/ + questions.json) or LLaVA conversation JSON
@@ -28,8 +28,9 @@ pub struct PopeArgs {
 }
 
 pub fn run(args: PopeArgs) -> Result<()> {
-    let dir = crate::commands::model_dir(args.model, DEFAULT_VLM)?;
     let questions = load_vqa_questions(&args.data)?;
+    super::require_examples(&questions, &args.data)?;
+    let dir = crate::commands::model_dir(args.model, DEFAULT_VLM)?;
     let vlm = VlmPipeline::load(&dir, &default_device())?;
     let start = Instant::now();
     let c = evaluate_pope(&vlm, &questions, !args.json)?;

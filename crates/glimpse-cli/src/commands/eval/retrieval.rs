@@ -16,7 +16,7 @@ use super::{pct, table, DEFAULT_DUAL};
     about = "Image-text retrieval recall@1/5/10 over distinct captions (easy-VQA split or caption JSONL)"
 )]
 pub struct RetrievalArgs {
-    /// CLIP or SigLIP directory (default: models/glimpse-easy-vqa-clip, when present)
+    /// CLIP or SigLIP directory (default: ./models/glimpse-easy-vqa-clip, else the copy built into glimpse)
     #[arg(long)]
     model: Option<PathBuf>,
     /// easy-VQA split directory or image-caption JSONL
@@ -28,8 +28,9 @@ pub struct RetrievalArgs {
 }
 
 pub fn run(args: RetrievalArgs) -> Result<()> {
-    let dir = crate::commands::model_dir(args.model, DEFAULT_DUAL)?;
     let records = load_captions(&args.data)?;
+    super::require_examples(&records, &args.data)?;
+    let dir = crate::commands::model_dir(args.model, DEFAULT_DUAL)?;
     let dual = DualPipeline::load(&dir, &default_device())?;
     let start = Instant::now();
     let r = evaluate_retrieval(&dual, &records, !args.json)?;

@@ -17,7 +17,7 @@ use super::{pct, table, DEFAULT_VLM};
 #[derive(Args)]
 #[command(about = "VQA exact match, overall and by answer kind (easy-VQA split or LLaVA JSON)")]
 pub struct VqaArgs {
-    /// VLM directory (default: models/glimpse-easy-vqa, when present)
+    /// VLM directory (default: ./models/glimpse-easy-vqa, else the copy built into glimpse)
     #[arg(long)]
     model: Option<PathBuf>,
     /// easy-VQA split directory (images/ + questions.json) or LLaVA conversation JSON
@@ -39,8 +39,9 @@ pub fn run(args: VqaArgs) -> Result<()> {
     if args.limit == Some(0) {
         return Err(PipelineError::Usage("--limit must be at least 1".into()).into());
     }
-    let dir = crate::commands::model_dir(args.model, DEFAULT_VLM)?;
     let mut questions = load_vqa_questions(&args.data)?;
+    super::require_examples(&questions, &args.data)?;
+    let dir = crate::commands::model_dir(args.model, DEFAULT_VLM)?;
     if let Some(n) = args.limit {
         questions.truncate(n);
     }

@@ -18,7 +18,7 @@ use super::{pct, table, DEFAULT_DUAL};
     about = "Zero-shot colour (\"a {color} shape\") and shape (\"a {shape}\") accuracy on an easy-VQA split"
 )]
 pub struct ZeroshotArgs {
-    /// CLIP or SigLIP directory (default: models/glimpse-easy-vqa-clip, when present)
+    /// CLIP or SigLIP directory (default: ./models/glimpse-easy-vqa-clip, else the copy built into glimpse)
     #[arg(long)]
     model: Option<PathBuf>,
     /// easy-VQA split directory (images/ + questions.json)
@@ -30,8 +30,9 @@ pub struct ZeroshotArgs {
 }
 
 pub fn run(args: ZeroshotArgs) -> Result<()> {
-    let dir = crate::commands::model_dir(args.model, DEFAULT_DUAL)?;
     let images = load_image_attributes(&args.data)?;
+    super::require_examples(&images, &args.data)?;
+    let dir = crate::commands::model_dir(args.model, DEFAULT_DUAL)?;
     let dual = DualPipeline::load(&dir, &default_device())?;
     let start = Instant::now();
     let r = evaluate_zeroshot(&dual, &images, !args.json)?;
