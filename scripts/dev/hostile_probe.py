@@ -956,6 +956,7 @@ def recipes(work: Path, rng: random.Random):
         slug = "".join(c if c.isalnum() else "_" for c in name)[:80]
         text = doc_or_text if isinstance(doc_or_text, str) else toml(doc_or_text)
         path = write(d / f"{slug}.toml", text)
+        shutil.rmtree(d / f"run-{slug}", ignore_errors=True)  # left by an earlier probe
         cases.append(Case("recipes", name, ["train", path, "--out", d / f"run-{slug}"], expect,
                           timeout=90))
 
@@ -1103,6 +1104,7 @@ def checkpoints(work: Path, rng: random.Random, binary: Path):
         unfinish(run)
         (run / "recipe.toml").write_text("[[[[")
     variant("run's recipe.toml garbage", garbage_recipe)
+    shutil.rmtree(d / "not-a-run", ignore_errors=True)
     cases.append(Case("checkpoints", "resume a directory that is not a run",
                       ["train", recipe, "--resume", "--out", d / "not-a-run"], timeout=60))
     return cases

@@ -127,6 +127,9 @@ impl ChatTemplate {
         env.set_formatter(jinja_compat::py_formatter);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", jinja_compat::tojson);
+        env.add_filter("indent", jinja_compat::indent);
+        env.add_filter("batch", jinja_compat::batch);
+        env.add_filter("replace", jinja_compat::replace);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_template_owned(TEMPLATE, rewrite_generation_tags(source))
@@ -370,7 +373,8 @@ fn rewrite_generation_tags(source: &str) -> String {
     while let Some(start) = rest.find("{%") {
         out.push_str(&rest[..start]);
         let tag = &rest[start..];
-        let Some(end) = tag.find("%}") else {
+        // `%}` is looked for after the `{%`: in `{%}` they share a `%`
+        let Some(end) = tag[2..].find("%}").map(|i| i + 2) else {
             out.push_str(tag);
             return out;
         };

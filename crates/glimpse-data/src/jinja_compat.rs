@@ -172,10 +172,16 @@ pub(crate) fn tojson(value: &Value, args: Rest<Value>, kwargs: Kwargs) -> Result
         None => None,
         Some(v) if v.is_none() => None,
         Some(v) if v.kind() == ValueKind::String => {
-            Some(v.as_str().unwrap_or_default().to_string())
+            let text = v.as_str().unwrap_or_default();
+            check_pad("tojson indent", text.len())?;
+            Some(text.to_string())
         }
         Some(v) => match v.as_i64() {
-            Some(n) => Some(" ".repeat(n.max(0) as usize)),
+            Some(n) => {
+                let n = usize::try_from(n).unwrap_or(0);
+                check_pad("tojson indent", n)?;
+                Some(" ".repeat(n))
+            }
             None => {
                 return Err(invalid(format!(
                     "tojson indent must be an int or a string, not {v}"
@@ -501,4 +507,81 @@ mod tests {
             assert_eq!(days_from_civil(y, m, d), days);
         }
     }
+}
+
+/// The widest padding a template may ask of `indent`, `center` or `tojson`:
+/// chat templates indent by a few spaces; a width of 2·10⁹ would allocate
+/// that many bytes per line before the output cap could see it.
+pub(crate) const MAX_PAD: usize = 1024;
+
+/// The largest `batch` size: minijinja reserves `count` slots up front.
+const MAX_BATCH: usize = 1 << 16;
+
+fn check_pad(what: &str, width: usize) -> Result<(), Error> {
+    if width > MAX_PAD {
+        return Err(invalid(format!(
+            "{what} width {width} is over the {MAX_PAD} a chat template may ask"
+        )));
+    }
+    Ok(())
+}
+
+/// minijinja's `indent`, with its width bounded first.
+pub(crate) fn indent(
+    value: minijinja::value::StringInput<'_>,
+    width: Option<usize>,
+    first: Option<bool>,
+    blank: Option<bool>,
+    kwargs: Kwargs,
+) -> Result<Value, Error> {
+    let w = match width {
+        Some(w) => Some(w),
+        None => kwargs.peek::<Option<usize>>("width")?,
+    };
+    check_pad("indent", w.unwrap_or(0))?;
+    minijinja::filters::indent(value, width, first, blank, kwargs)
+}
+
+/// minijinja's `batch`, with its count bounded first.
+pub(crate) fn batch(
+    state: &State,
+    value: Value,
+    count: usize,
+    fill_with: Option<Value>,
+) -> Result<Value, Error> {
+    if count > MAX_BATCH {
+        return Err(invalid(format!(
+            "batch count {count} is over the {MAX_BATCH} a chat template may ask"
+        )));
+    }
+    minijinja::filters::batch(state, value, count, fill_with)
+}
+
+/// minijinja's `replace`, refused when its result would pass the render's
+/// output cap: a chain of widening replaces grows tenfold a step, and the
+/// result is built before the output cap could see it.
+pub(crate) fn replace(
+    state: &State,
+    value: minijinja::value::StringInput<'_>,
+    from: minijinja::value::StringInput<'_>,
+    to: minijinja::value::StringInput<'_>,
+) -> Result<Value, Error> {
+    let (text, old, new) = (value.as_str(), from.as_str(), to.as_str());
+    if new.len() > old.len() {
+        // an empty `old` matches between every character (and at both ends)
+        let hits = if old.is_empty() {
+            text.chars().count() + 1
+        } else {
+            text.matches(old).count()
+        };
+        let grown = hits.saturating_mul(new.len() - old.len());
+        let len = text.len().saturating_add(grown);
+        if len > crate::chat_template::MAX_RENDER_BYTES {
+            return Err(invalid(format!(
+                "replace would make a string of {len} bytes, over the render's {} byte cap",
+                crate::chat_template::MAX_RENDER_BYTES
+            )));
+        }
+    }
+    minijinja::filters::replace(state, value, from, to)
 }

@@ -12,8 +12,11 @@ use crate::pil_resize::resize;
 pub use crate::processor_config::ProcessorConfig;
 use crate::processor_config::SizeSpec;
 
-/// Largest intermediate canvas preprocessing will allocate (Pillow's limit).
-const MAX_RESIZED_PIXELS: usize = 89_478_485;
+/// Largest resized canvas preprocessing will allocate: 4096² pixels, whose
+/// f32 copy is 192 MiB. Above any processor in use (Qwen2-VL's `max_pixels`
+/// is 12.8M); a shortest-edge resize of a sliver (1×40 to 1023 wide) would
+/// otherwise ask for gigabytes.
+const MAX_RESIZED_PIXELS: usize = 1 << 24;
 
 /// transformers' `image_transforms.center_crop`: top = (H - ch) // 2,
 /// left = (W - cw) // 2 (floor division, so negative when the crop is

@@ -416,7 +416,7 @@ fn oversized_resize_names_the_image_and_the_processor() -> Result<()> {
     assert_eq!(
         err,
         format!(
-            "image photo.jpg: 1600x900 would resize to 14563x8192 (size shortest_edge 8192 of {}): over the 89478485 pixels preprocessing allocates (aspect ratio too extreme for this processor)",
+            "image photo.jpg: 1600x900 would resize to 14563x8192 (size shortest_edge 8192 of {}): over the 16777216 pixels preprocessing allocates (aspect ratio too extreme for this processor)",
             path.display()
         )
     );
@@ -609,6 +609,43 @@ fn output_bombs_stop_at_the_output_cap() -> Result<()> {
         )
     );
     assert!(start.elapsed() < Duration::from_secs(3));
+    Ok(())
+}
+
+/// Filters that widen their input are bounded before they build their
+/// result (found by crates/glimpse-fuzz), and `{%}` is a syntax error, not a
+/// slicing panic; ordinary uses of the same filters still work.
+#[test]
+fn widening_filters_are_bounded_and_broken_tags_are_errors() -> Result<()> {
+    let cases = [
+        ("{{ 'x'|indent(2000000000) }}", "indent width 2000000000 is over the 1024"),
+        ("{{ 'x'|indent(width=5000) }}", "indent width 5000 is over the 1024"),
+        ("{{ messages|tojson(indent=100000000) }}", "tojson indent width 100000000 is over the 1024"),
+        ("{{ messages|batch(1000000000) }}", "batch count 1000000000 is over the 65536"),
+        (
+            "{{ (((((('a' * 1000)|replace('a', 'aaaaaaaaaa'))|replace('a', 'aaaaaaaaaa'))|replace('a', 'aaaaaaaaaa'))|replace('a', 'aaaaaaaaaa'))|replace('a', 'aaaaaaaaaa'))|length }}",
+            "replace would make a string of 100000000 bytes",
+        ),
+    ];
+    for (src, want) in cases {
+        let start = Instant::now();
+        let err = match template(src)?.render(&[], false) {
+            Ok(out) => anyhow::bail!("{src}: accepted, {} bytes", out.len()),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(want), "{src}: {err}");
+        assert!(start.elapsed() < Duration::from_secs(3), "{src}");
+    }
+    let err = ChatTemplate::new("{%}", SpecialTokens::default())
+        .err()
+        .context("{%} compiled")?
+        .to_string();
+    assert!(
+        err.starts_with("chat template chat_template: cannot compile"),
+        "{err}"
+    );
+    let ok = template("{{ 'a\nb'|indent(4) }}|{{ [1, 2, 3]|batch(2)|list|length }}|{{ 'abc'|replace('b', 'xyz') }}")?;
+    assert_eq!(ok.render(&[], false)?, "a\n    b|2|axyzc");
     Ok(())
 }
 
