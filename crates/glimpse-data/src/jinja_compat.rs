@@ -466,49 +466,6 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn floats_as_python_writes_them() {
-        assert_eq!(py_float(1.0, false), "1.0");
-        assert_eq!(py_float(0.1, false), "0.1");
-        assert_eq!(py_float(-2.5, false), "-2.5");
-        assert_eq!(py_float(1e16, false), "1e+16");
-        assert_eq!(py_float(1.5e-5, false), "1.5e-05");
-        assert_eq!(py_float(0.0001, false), "0.0001");
-        assert_eq!(py_float(123456.789, false), "123456.789");
-        assert_eq!(py_float(f64::NAN, true), "NaN");
-        assert_eq!(py_float(f64::NEG_INFINITY, true), "-Infinity");
-    }
-
-    #[test]
-    fn string_repr_picks_quotes_as_python() {
-        assert_eq!(py_str_repr("ab"), "'ab'");
-        assert_eq!(py_str_repr("it's"), "\"it's\"");
-        assert_eq!(py_str_repr("'\""), "'\\'\"'");
-        assert_eq!(py_str_repr("a\nb\u{1}"), "'a\\nb\\x01'");
-    }
-
-    #[test]
-    fn dates_from_epoch_seconds() {
-        // 2024-02-29 13:05:09 UTC, a Thursday.
-        let t = 1_709_211_909;
-        assert_eq!(strftime_utc("%d %b %Y", t), "29 Feb 2024");
-        assert_eq!(strftime_utc("%Y-%m-%d %H:%M:%S", t), "2024-02-29 13:05:09");
-        assert_eq!(
-            strftime_utc("%A %B %-d, %I%p %j %%", t),
-            "Thursday February 29, 01PM 060 %"
-        );
-        assert_eq!(strftime_utc("%d %b %Y", 0), "01 Jan 1970");
-        for days in [-800_000, -1, 0, 59, 365, 11_016, 20_000, 2_000_000] {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-        }
-    }
-}
-
 /// The widest padding a template may ask of `indent`, `center` or `tojson`:
 /// chat templates indent by a few spaces; a width of 2·10⁹ would allocate
 /// that many bytes per line before the output cap could see it.
@@ -584,4 +541,47 @@ pub(crate) fn replace(
         }
     }
     minijinja::filters::replace(state, value, from, to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_as_python_writes_them() {
+        assert_eq!(py_float(1.0, false), "1.0");
+        assert_eq!(py_float(0.1, false), "0.1");
+        assert_eq!(py_float(-2.5, false), "-2.5");
+        assert_eq!(py_float(1e16, false), "1e+16");
+        assert_eq!(py_float(1.5e-5, false), "1.5e-05");
+        assert_eq!(py_float(0.0001, false), "0.0001");
+        assert_eq!(py_float(123456.789, false), "123456.789");
+        assert_eq!(py_float(f64::NAN, true), "NaN");
+        assert_eq!(py_float(f64::NEG_INFINITY, true), "-Infinity");
+    }
+
+    #[test]
+    fn string_repr_picks_quotes_as_python() {
+        assert_eq!(py_str_repr("ab"), "'ab'");
+        assert_eq!(py_str_repr("it's"), "\"it's\"");
+        assert_eq!(py_str_repr("'\""), "'\\'\"'");
+        assert_eq!(py_str_repr("a\nb\u{1}"), "'a\\nb\\x01'");
+    }
+
+    #[test]
+    fn dates_from_epoch_seconds() {
+        // 2024-02-29 13:05:09 UTC, a Thursday.
+        let t = 1_709_211_909;
+        assert_eq!(strftime_utc("%d %b %Y", t), "29 Feb 2024");
+        assert_eq!(strftime_utc("%Y-%m-%d %H:%M:%S", t), "2024-02-29 13:05:09");
+        assert_eq!(
+            strftime_utc("%A %B %-d, %I%p %j %%", t),
+            "Thursday February 29, 01PM 060 %"
+        );
+        assert_eq!(strftime_utc("%d %b %Y", 0), "01 Jan 1970");
+        for days in [-800_000, -1, 0, 59, 365, 11_016, 20_000, 2_000_000] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
 }

@@ -146,7 +146,9 @@ impl<P: Send + 'static> Scheduler<P> {
         std::thread::Builder::new()
             .name(format!("scheduler {name}"))
             .spawn(move || run(&*model, rx, options.parallel, &loop_stats))
-            .map_err(|e| PipelineError::Usage(format!("cannot start the scheduler: {e}")))?;
+            .map_err(|e| {
+                PipelineError::Internal(format!("cannot start the scheduler thread: {e}"))
+            })?;
         Ok(Self {
             jobs,
             stats,

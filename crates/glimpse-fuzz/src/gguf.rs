@@ -285,7 +285,7 @@ pub fn tiny_gguf() -> Gguf {
     g.kv("tokenizer.ggml.unknown_token_id", GVal::U32(0));
     g.kv("tokenizer.chat_template", GVal::str(TEMPLATE));
     for (name, dims) in gguf_tensors() {
-        while g.data.len() % 32 != 0 {
+        while !g.data.len().is_multiple_of(32) {
             g.data.push(0);
         }
         let n: u64 = dims.iter().product();

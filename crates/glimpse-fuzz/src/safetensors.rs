@@ -96,7 +96,7 @@ pub const DTYPES: &[&str] = &[
 /// The bytes of a safetensors file: header (padded to 8) then data.
 pub fn assemble(header: &str, data: &[u8]) -> Vec<u8> {
     let mut h = header.as_bytes().to_vec();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();

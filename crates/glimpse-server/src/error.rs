@@ -86,6 +86,7 @@ impl From<PipelineError> for ApiError {
             PipelineError::Model(_)
             | PipelineError::Infer(_)
             | PipelineError::Candle(_)
+            | PipelineError::Tokenize(_)
             | PipelineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, e.to_string())

@@ -141,9 +141,7 @@ impl CausalLm {
         let ids = self
             .tokenizer
             .encode(text, add_special)
-            .map_err(|e| {
-                PipelineError::Usage(format!("cannot tokenise the prompt: {}", one_line(e)))
-            })?
+            .map_err(|e| PipelineError::Tokenize(format!("prompt: {}", one_line(e))))?
             .get_ids()
             .to_vec();
         if ids.is_empty() {

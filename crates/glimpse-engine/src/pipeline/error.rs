@@ -14,6 +14,10 @@ pub enum PipelineError {
     /// The request itself is wrong (no labels, no inputs...).
     #[error("{0}")]
     Usage(String),
+    /// The model's tokenizer failed on the text (a broken `tokenizer.json`,
+    /// not the request): exit 1, HTTP 500.
+    #[error("the model's tokenizer cannot encode the {0}")]
+    Tokenize(String),
     /// Every slot and queue place is taken; the request may be retried.
     #[error("busy: {0}")]
     Busy(String),

@@ -160,9 +160,7 @@ impl VlmPipeline {
         let encoding = self
             .tokenizer
             .encode(rendered, !template_wrote_bos)
-            .map_err(|e| {
-                PipelineError::Usage(format!("cannot tokenise the prompt: {}", one_line(e)))
-            })?;
+            .map_err(|e| PipelineError::Tokenize(format!("prompt: {}", one_line(e))))?;
         let cfg = self.model.config();
         let placeholder = cfg.image_token_id;
         let ids = encoding.get_ids();
@@ -201,7 +199,7 @@ impl VlmPipeline {
             let q = self
                 .tokenizer
                 .encode(question.as_str(), false)
-                .map_err(|e| PipelineError::Usage(one_line(e)))?;
+                .map_err(|e| PipelineError::Tokenize(format!("question: {}", one_line(e))))?;
             let q = Tensor::from_slice(
                 q.get_ids(),
                 (1, q.get_ids().len()),
@@ -243,9 +241,9 @@ impl VlmPipeline {
         let key = h.finish();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
-            let entry = cache
-                .remove(i)
-                .ok_or_else(|| PipelineError::Usage("image cache".into()))?;
+            let entry = cache.remove(i).ok_or_else(|| {
+                PipelineError::Internal("image cache entry vanished under its lock".into())
+            })?;
             let rows = entry.1.clone();
             cache.push_back(entry);
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
