@@ -101,10 +101,12 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
             out.display()
         )));
     }
-    if opts.resume && !started_before {
-        // a mistyped --out would otherwise start a fresh run silently
+    if opts.resume && !started_before && !out.join("recipe.toml").exists() {
+        // a mistyped --out would otherwise start a fresh run silently; a
+        // directory with its recipe (a run killed before its tokenizer, or
+        // one prepared as OUT/recipe.toml) starts or restarts as asked
         return Err(TrainError::Recipe(format!(
-            "--resume: {} holds no run to resume (no tokenizer.json); drop --resume to start one",
+            "--resume: {} holds no run to resume (no recipe.toml); drop --resume to start one",
             out.display()
         )));
     }
