@@ -18,16 +18,9 @@ use std::time::{Duration, Instant};
 
 use common::{expect_error, glimpse, Outcome};
 use glimpse_train::lock::RunLock;
-use tiny_run::{easy_vqa_root, tiny_recipe, write_recipe};
+use tiny_run::{easy_vqa_root, tiny_recipe, write_recipe, LM_ONLY};
 
-const LM: &str = r#"
-[lm]
-steps = 4
-batch_size = 8
-lr = 3e-3
-log_every = 1
-save_every = 2
-"#;
+const LM: &str = LM_ONLY;
 
 /// A root with no data: these runs stop before reading any.
 fn no_data() -> PathBuf {

@@ -2,6 +2,8 @@
 //! `convert_to_rgb` with Pillow's arithmetic, and one-line errors for
 //! everything that is not a usable image.
 
+mod common;
+use common::chunk;
 use std::io::Cursor;
 
 use anyhow::Result;
@@ -280,31 +282,6 @@ fn bad_files_give_one_line_errors() -> Result<()> {
     let err = err_of(load_rgb(&missing, &limits));
     assert_eq!(err, format!("image {}: not found", missing.display()));
     Ok(())
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    // PNG's CRC-32 (ISO 3309, reflected polynomial 0xEDB88320)
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-fn chunk(png: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    png.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    let start = png.len();
-    png.extend_from_slice(kind);
-    png.extend_from_slice(data);
-    let crc = crc32(&png[start..]);
-    png.extend_from_slice(&crc.to_be_bytes());
 }
 
 #[test]

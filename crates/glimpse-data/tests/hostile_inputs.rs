@@ -3,6 +3,8 @@
 //! what the input asks for. FIFOs and devices are Unix things; those tests
 //! are Unix-only.
 
+mod common;
+use common::chunk;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -104,30 +106,6 @@ fn two_gib_image_is_refused_by_its_size() -> Result<()> {
     // refused from the metadata, not after reading 2 GiB of zeros
     assert!(start.elapsed() < Duration::from_secs(2));
     Ok(())
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-fn chunk(png: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    png.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    let start = png.len();
-    png.extend_from_slice(kind);
-    png.extend_from_slice(data);
-    let crc = crc32(&png[start..]);
-    png.extend_from_slice(&crc.to_be_bytes());
 }
 
 fn zlib_zeros(len: usize) -> Result<Vec<u8>> {

@@ -12,15 +12,6 @@ use anyhow::{Context, Result};
 use glimpse_train::TrainError;
 use tiny_run::*;
 
-const LM_ONLY: &str = r#"
-[lm]
-steps = 4
-batch_size = 8
-lr = 3e-3
-log_every = 1
-save_every = 2
-"#;
-
 /// The error of running `text` as a recipe into a fresh directory.
 fn run_error(text: &str) -> Result<TrainError> {
     let dir = tempfile::tempdir()?;

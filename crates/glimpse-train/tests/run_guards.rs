@@ -20,15 +20,7 @@ use glimpse_train::run::{run_recipe, RunOptions, RunReport};
 use glimpse_train::{read_metrics, MetricRecord, MetricsLog, TrainError, WarmupCosine};
 use tiny_run::*;
 
-/// One lm stage: 4 steps, a checkpoint every 2.
-const LM: &str = r#"
-[lm]
-steps = 4
-batch_size = 8
-lr = 3e-3
-log_every = 1
-save_every = 2
-"#;
+const LM: &str = LM_ONLY;
 
 fn skip() {
     eprintln!("skipping: easy-VQA not fetched (run scripts/fetch_easy_vqa.sh)");

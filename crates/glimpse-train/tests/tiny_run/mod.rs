@@ -53,6 +53,17 @@ log_every = 1
 save_every = 4
 "#;
 
+/// One lm stage: 4 steps, a checkpoint every 2 (the recipe-level guard
+/// tests' run: short, and stoppable between its two checkpoints).
+pub const LM_ONLY: &str = r#"
+[lm]
+steps = 4
+batch_size = 8
+lr = 3e-3
+log_every = 1
+save_every = 2
+"#;
+
 /// A recipe with tiny widths (vision 16 wide, 1 layer, 32x32 images;
 /// decoder 32 wide, 1 layer; text encoder 16 wide) and `stages`;
 /// `decoder_hidden` varies the architecture.
