@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 
 use crate::error::{ModelError, Result};
 use crate::gguf_scan;
@@ -245,6 +245,63 @@ impl GgufFile {
         Ok(Arc::new(t))
     }
 
+    /// Every decoder weight dequantized to f32 under its HF name, in HF's
+    /// layout: llama q/k rows un-permuted back from llama.cpp's interleaved
+    /// order, so the tensors train and export as a `LlamaForCausalLM`
+    /// checkpoint does (the VLM runs the half-split rope). With a tied LM
+    /// head there is no `lm_head.weight`. Every tensor of the file must be
+    /// taken ([`Self::finish`]).
+    pub fn dense_hf_tensors(
+        &self,
+        device: &Device,
+    ) -> Result<(DecoderConfig, std::collections::BTreeMap<String, Tensor>)> {
+        let (cfg, style) = self.decoder_config()?;
+        let (d, hd, i) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
+        let (h, hkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
+        let mut want: Vec<(String, Vec<usize>, Option<usize>)> = vec![
+            ("model.embed_tokens.weight".into(), vec![cfg.vocab_size, d], None),
+            ("model.norm.weight".into(), vec![d], None),
+        ];
+        if !cfg.tie_word_embeddings || self.has("lm_head.weight") {
+            want.push(("lm_head.weight".into(), vec![cfg.vocab_size, d], None));
+        }
+        let interleaved = style == RopeStyle::Interleaved;
+        for l in 0..cfg.num_hidden_layers {
+            let p = |m: &str| format!("model.layers.{l}.{m}");
+            let heads = |n: usize| interleaved.then_some(n);
+            want.push((p("self_attn.q_proj.weight"), vec![h * hd, d], heads(h)));
+            want.push((p("self_attn.k_proj.weight"), vec![hkv * hd, d], heads(hkv)));
+            want.push((p("self_attn.v_proj.weight"), vec![hkv * hd, d], None));
+            want.push((p("self_attn.o_proj.weight"), vec![d, h * hd], None));
+            if cfg.qkv_bias {
+                want.push((p("self_attn.q_proj.bias"), vec![h * hd], heads(h)));
+                want.push((p("self_attn.k_proj.bias"), vec![hkv * hd], heads(hkv)));
+                want.push((p("self_attn.v_proj.bias"), vec![hkv * hd], None));
+            }
+            want.push((p("mlp.gate_proj.weight"), vec![i, d], None));
+            want.push((p("mlp.up_proj.weight"), vec![i, d], None));
+            want.push((p("mlp.down_proj.weight"), vec![d, i], None));
+            want.push((p("input_layernorm.weight"), vec![d], None));
+            want.push((p("post_attention_layernorm.weight"), vec![d], None));
+        }
+        let mut out = std::collections::BTreeMap::new();
+        for (name, shape, permuted_heads) in want {
+            let q = self.tensor(&name, &shape, device)?;
+            let mut t = q.dequantize(device).map_err(|e| {
+                ModelError::file(
+                    &self.path,
+                    format!("tensor {name}: {}", crate::error::candle_message(&e)),
+                )
+            })?;
+            if let Some(n) = permuted_heads {
+                t = unpermute_rows(&t, n)?;
+            }
+            out.insert(name, t);
+        }
+        self.finish()?;
+        Ok((cfg, out))
+    }
+
     /// Fails naming every tensor of the file the model did not take.
     pub fn finish(&self) -> Result<()> {
         let used = self.used.lock().unwrap_or_else(|p| p.into_inner());
@@ -268,6 +325,25 @@ impl GgufFile {
             ),
         })
     }
+}
+
+/// Undoes llama.cpp's q/k row order: within each of `heads` heads it stores
+/// row pairs (j, j + hd/2) next to each other for its interleaved rope; HF
+/// keeps the two halves apart.
+///
+/// # Shapes
+/// `t`: (heads·hd, in) or (heads·hd) -> the same
+fn unpermute_rows(t: &Tensor, heads: usize) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let rows = dims[0];
+    let rest: usize = dims[1..].iter().product();
+    let hd = rows / heads;
+    // (heads, hd/2, 2, rest) -> (heads, 2, hd/2, rest)
+    Ok(t
+        .reshape((heads, hd / 2, 2, rest))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(dims)?)
 }
 
 /// The GGUF metadata key of a [`DecoderConfig`] field, for messages.

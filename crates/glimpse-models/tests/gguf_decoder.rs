@@ -174,6 +174,47 @@ fn f32_gguf_of_hf_fixtures_gives_transformers_logits() -> Result<()> {
     Ok(())
 }
 
+/// For training, a GGUF decoder is taken dense under HF names: the f32
+/// GGUF of an HF fixture (llama q/k rows permuted, qwen2's biases kept)
+/// gives back the fixture's own tensors bit for bit, a tied head none.
+#[test]
+fn dense_hf_tensors_of_a_gguf_are_the_hf_checkpoint() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    for (name, arch_name, permute) in [("llama-gqa-tied", "llama", true), ("qwen2", "qwen2", false)]
+    {
+        let dir = fixture(name);
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
+        let n = |k: &str| cfg[k].as_u64().unwrap_or(0) as usize;
+        let arch = Arch {
+            name: arch_name,
+            hidden: n("hidden_size"),
+            heads: n("num_attention_heads"),
+            kv_heads: n("num_key_value_heads"),
+            ffn: n("intermediate_size"),
+            layers: n("num_hidden_layers"),
+            ctx: n("max_position_embeddings"),
+            eps: cfg["rms_norm_eps"].as_f64().context("eps")? as f32,
+            theta: 10000.0,
+        };
+        let tensors = hf_as_gguf_tensors(&dir, permute.then_some((arch.heads, arch.kv_heads)))?;
+        let path = tmp.path().join(format!("{name}.gguf"));
+        write_gguf(&path, &arch, &tensors, GgmlDType::F32)?;
+        let (dense_cfg, dense) = GgufFile::open(&path)?.dense_hf_tensors(&Device::Cpu)?;
+        assert_eq!(dense_cfg.num_hidden_layers, arch.layers);
+        let want = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)?;
+        let mut names: Vec<&String> = dense.keys().collect();
+        let mut want_names: Vec<&String> = want.keys().collect();
+        names.sort();
+        want_names.sort();
+        assert_eq!(names, want_names, "{name}: tensor names");
+        for (k, t) in &dense {
+            assert_eq!(max_diff(t, &want[k])?, 0.0, "{name}: {k}");
+        }
+    }
+    Ok(())
+}
+
 /// Random weights 256 wide (k-quants need rows of 256), quantized to each
 /// type: the quantized matmuls agree with the same blocks dequantized at
 /// load up to the Q8 rounding of activations.

@@ -229,7 +229,7 @@ pub fn easy_vqa_to_llava(examples: &[VqaExample]) -> Vec<LlavaRecord> {
     for ex in examples {
         let rec = by_image.entry(ex.image_id).or_insert_with(|| LlavaRecord {
             id: format!("easy-vqa-{}", ex.image_id),
-            image: Some(ex.image.clone()),
+            images: vec![ex.image.clone()],
             conversations: Vec::new(),
         });
         let question = if rec.conversations.is_empty() {

@@ -1,6 +1,8 @@
 //! LLaVA conversation JSON (the `llava_instruct_150k.json` layout): an array
 //! of `{"id", "image", "conversations": [{"from", "value"}, ..]}` where the
-//! first human turn carries the `<image>` placeholder.
+//! human turns carry one `<image>` placeholder per image. `image` is a path,
+//! a list of paths (multi-image rows, as LLaVA-OneVision's data has them) or
+//! absent (text-only rows).
 
 use std::path::{Path, PathBuf};
 
@@ -30,9 +32,17 @@ pub struct LlavaRecord {
     /// LLaVA's files mix string and integer ids; both read as a string.
     #[serde(deserialize_with = "id_as_string")]
     pub id: String,
-    /// `None` for text-only conversations (they occur in LLaVA's mixes).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<PathBuf>,
+    /// The row's images in placeholder order; empty for text-only
+    /// conversations (they occur in LLaVA's mixes). Read from `image` as a
+    /// path or a list; written as a path when there is one.
+    #[serde(
+        rename = "image",
+        default,
+        deserialize_with = "one_or_many",
+        serialize_with = "path_or_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub images: Vec<PathBuf>,
     pub conversations: Vec<Turn>,
 }
 
@@ -49,6 +59,33 @@ fn id_as_string<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<S
     })
 }
 
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Images {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+        None(()),
+    }
+    Ok(match Images::deserialize(d)? {
+        Images::One(p) => vec![p],
+        Images::Many(ps) => ps,
+        Images::None(()) => Vec::new(),
+    })
+}
+
+fn path_or_list<S: serde::Serializer>(
+    images: &[PathBuf],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match images {
+        [one] => one.serialize(s),
+        many => many.serialize(s),
+    }
+}
+
 impl LlavaRecord {
     /// (question, answer) pairs in order; the turns alternate human/gpt once
     /// the record has been validated by the loader.
@@ -58,8 +95,14 @@ impl LlavaRecord {
             .map(|p| (p[0].value.as_str(), p[1].value.as_str()))
     }
 
-    /// Alternating human/gpt turns starting with human, one `<image>` in the
-    /// human turns when there is an image and none otherwise.
+    /// What makes the row unusable for training, if anything: turns that do
+    /// not alternate human/gpt from a human turn, placeholders that do not
+    /// match the images one for one, an empty answer. The trainer skips or
+    /// stops on such a row as its recipe says; [`load_llava_json`] refuses.
+    pub fn problem(&self) -> Option<String> {
+        self.check().err()
+    }
+
     fn check(&self) -> std::result::Result<(), String> {
         if self.conversations.is_empty() {
             return Err("no conversation turns".into());
@@ -88,7 +131,14 @@ impl LlavaRecord {
             .iter()
             .map(|t| t.value.matches(IMAGE_PLACEHOLDER).count())
             .sum();
-        let want = usize::from(self.image.is_some());
+        if let Some(i) = self
+            .conversations
+            .iter()
+            .position(|t| t.from == Speaker::Gpt && t.value.trim().is_empty())
+        {
+            return Err(format!("turn {i} is an empty answer"));
+        }
+        let want = self.images.len();
         if placeholders != want {
             return Err(format!(
                 "{placeholders} {IMAGE_PLACEHOLDER} placeholder(s) for {want} image(s)"
@@ -103,23 +153,37 @@ impl LlavaRecord {
 /// schema) is an error naming the line and column; a record that breaks the
 /// turn rules names its index and id; missing images are listed.
 pub fn load_llava_json(path: &Path) -> Result<Vec<LlavaRecord>> {
+    let records = read_llava_json(path, None)?;
+    for (i, rec) in records.iter().enumerate() {
+        rec.check().map_err(|msg| {
+            DataError::dataset(path, format!("record {i} (id {}): {msg}", rec.id))
+        })?;
+    }
+    check_images(path, records.iter().flat_map(|r| r.images.iter().map(PathBuf::as_path)))?;
+    Ok(records)
+}
+
+/// Parses the records and resolves their image paths, against
+/// `image_folder` when given (LLaVA's `--image_folder`) or else the file's
+/// directory, without judging rows: the trainer checks each
+/// ([`LlavaRecord::problem`], the images) and skips or stops as its recipe
+/// says. Only a file that is not such JSON at all is an error.
+pub fn read_llava_json(path: &Path, image_folder: Option<&Path>) -> Result<Vec<LlavaRecord>> {
     let text = read_text(path)?;
-    let dir = parent_dir(path);
+    let dir = image_folder
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| parent_dir(path));
     let mut records: Vec<LlavaRecord> = serde_json::from_str(&text).map_err(|e| {
         DataError::dataset(
             path,
             format!("line {} column {}: {}", e.line(), e.column(), json_msg(&e)),
         )
     })?;
-    for (i, rec) in records.iter_mut().enumerate() {
-        rec.check().map_err(|msg| {
-            DataError::dataset(path, format!("record {i} (id {}): {msg}", rec.id))
-        })?;
-        if let Some(image) = &rec.image {
-            rec.image = Some(resolve(&dir, image));
+    for rec in &mut records {
+        for image in &mut rec.images {
+            *image = resolve(&dir, image);
         }
     }
-    check_images(path, records.iter().filter_map(|r| r.image.as_deref()))?;
     Ok(records)
 }
 
@@ -130,7 +194,7 @@ pub fn write_llava_json(path: &Path, records: &[LlavaRecord]) -> Result<()> {
     let rel: Vec<LlavaRecord> = records
         .iter()
         .map(|r| LlavaRecord {
-            image: r.image.as_deref().map(|p| relative_to(&dir, p)),
+            images: r.images.iter().map(|p| relative_to(&dir, p)).collect(),
             ..r.clone()
         })
         .collect();

@@ -17,7 +17,7 @@ pub use easy_vqa::{
     ImageAttributes, VqaExample, COLORS, SHAPES,
 };
 pub use llava_json::{
-    load_llava_json, write_llava_json, LlavaRecord, Speaker, Turn, IMAGE_PLACEHOLDER,
+    load_llava_json, read_llava_json, write_llava_json, LlavaRecord, Speaker, Turn, IMAGE_PLACEHOLDER,
 };
 
 use std::path::{Path, PathBuf};
