@@ -39,6 +39,7 @@ enum Command {
     Classify(commands::classify::ClassifyArgs),
     Generate(commands::generate::GenerateArgs),
     Eval(commands::eval::EvalArgs),
+    Data(commands::data::DataArgs),
     Train(commands::train::TrainArgs),
     Serve(commands::serve::ServeArgs),
 }
@@ -61,6 +62,7 @@ fn main() -> ExitCode {
             commands::train::run(args)
         }
         Command::Eval(args) => commands::eval::run(args),
+        Command::Data(args) => commands::data::run(args),
         Command::Serve(args) => commands::serve::run(args),
     };
     match result {

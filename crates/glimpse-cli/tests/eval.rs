@@ -10,13 +10,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Result};
 use candle_core::Device;
-use common::{expect_error, fixtures, glimpse, glimpse_json};
-use glimpse_cli::eval::{normalize_answer, PopeCounts};
+use common::{expect_error, fixtures, glimpse, glimpse_json, repo_root};
 use glimpse_data::datasets::{load_easy_vqa_split, COLORS, SHAPES};
 use glimpse_engine::pipeline::{DualPipeline, VlmPipeline};
+use glimpse_eval::{normalize_answer, AskOptions, PopeCounts};
 use glimpse_infer::{GenerationConfig, SamplingConfig};
 use serde_json::{json, Value};
 use tempfile::TempDir;
+
+/// LLaVA's short-answer instruction as `--short-answer` appends it, spelled
+/// out here so a change to the library's constant shows.
+const SHORT_ANSWER: &str = "\nAnswer the question using a single word or phrase.";
 
 fn vlm_dir() -> PathBuf {
     fixtures().join("llava/clip-llama")
@@ -142,11 +146,28 @@ fn vqa_llava_json_exact_match() -> Result<()> {
     ]);
     let data = tmp.path().join("llava.json");
     std::fs::write(&data, serde_json::to_string_pretty(&records)?)?;
+    // raw exact match: the trimmed strings equal (ans4 is its own reference)
+    let raw_exact = [
+        (&ans1, shout(&ans1)),
+        (&ans2, "red".into()),
+        (&ans3, "Yes.".into()),
+        (&ans4, ans4.clone()),
+    ]
+    .iter()
+    .filter(|(p, r)| p.trim() == r.trim())
+    .count() as u64;
     let (model, data_s) = (s(&vlm_dir()), s(&data));
     let out = glimpse_json(&[
         "eval", "vqa", "--model", &model, "--data", &data_s, "--json",
     ])?;
     assert_eq!(out["accuracy"].as_f64(), Some(0.5), "{out}");
+    assert_eq!(
+        out["exact_match"]["correct"].as_u64(),
+        Some(raw_exact),
+        "{out}"
+    );
+    assert_eq!(out["exact_match"]["total"].as_u64(), Some(4), "{out}");
+    assert_eq!(out["short_answer"], false, "{out}");
     assert_eq!(
         (out["correct"].as_u64(), out["total"].as_u64()),
         (Some(2), Some(4))
@@ -169,6 +190,13 @@ fn vqa_llava_json_exact_match() -> Result<()> {
         "{}",
         table.stdout
     );
+    assert!(
+        table.stdout.lines().any(
+            |l| l.starts_with("raw exact match") && l.ends_with(&format!("{raw_exact}      4"))
+        ),
+        "{}",
+        table.stdout
+    );
     assert!(serde_json::from_str::<Value>(&table.stdout).is_err());
     Ok(())
 }
@@ -188,8 +216,8 @@ fn vqa_easy_split_encodes_each_image_once() -> Result<()> {
     ];
     write_questions(tmp.path(), &rows)?;
     let vlm = VlmPipeline::load(&vlm_dir(), &Device::Cpu)?;
-    let questions = glimpse_cli::eval::load_vqa_questions(tmp.path())?;
-    let report = glimpse_cli::eval::evaluate_vqa(&vlm, &questions, false)?;
+    let questions = glimpse_eval::load_vqa_questions(tmp.path())?;
+    let report = glimpse_eval::evaluate_vqa(&vlm, &questions, &AskOptions::default())?;
     assert_eq!(report.images, 3);
     assert_eq!(vlm.image_cache_hits(), 3, "6 questions over 3 images");
     assert_eq!(vlm.cached_images(), 3);
@@ -217,10 +245,7 @@ fn vqa_easy_split_encodes_each_image_once() -> Result<()> {
     ])?;
     assert_eq!(out["total"].as_u64(), Some(6), "{out}");
     // one line per question, in the questions' order, agreeing with the score
-    let lines: Vec<Value> = std::fs::read_to_string(&preds)?
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<std::result::Result<_, _>>()?;
+    let lines = read_jsonl(&preds)?;
     assert_eq!(lines.len(), rows.len());
     for (((q, a, _), got), line) in rows.iter().zip(&report.predictions).zip(&lines) {
         assert_eq!(line["question"], *q);
@@ -293,6 +318,164 @@ fn pope_counts_existence_questions_only() -> Result<()> {
     for word in ["precision", "recall", "f1", "yes ratio", "reference yes"] {
         assert!(table.stdout.contains(word), "{}", table.stdout);
     }
+
+    // --short-answer: the same questions with LLaVA's instruction appended
+    let mut short = Vec::new();
+    for (q, a, id) in &rows[..5] {
+        let asked = format!("{q}{SHORT_ANSWER}");
+        short.push((model_answer(&vlm, &paths[*id as usize], &asked)?, *a));
+    }
+    let want = PopeCounts::from_answers(short.iter().map(|(p, a)| (p.as_str(), *a)));
+    let out = glimpse_json(&[
+        "eval",
+        "pope",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--short-answer",
+        "--json",
+    ])?;
+    assert_eq!(out["short_answer"], true, "{out}");
+    for (key, v) in [
+        ("tp", want.tp),
+        ("fp", want.fp),
+        ("tn", want.tn),
+        ("fn", want.fn_),
+        ("other", want.other()),
+    ] {
+        assert_eq!(
+            out[key].as_u64(),
+            Some(v as u64),
+            "--short-answer {key}: {out}"
+        );
+    }
+    Ok(())
+}
+
+fn read_jsonl(path: &Path) -> Result<Vec<Value>> {
+    Ok(std::fs::read_to_string(path)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<std::result::Result<_, _>>()?)
+}
+
+/// `--short-answer` puts each question to the model with LLaVA's
+/// instruction on a new line: the predictions file shows the text asked,
+/// and each answer is the model's greedy answer to exactly that text.
+#[test]
+fn vqa_short_answer_appends_llavas_instruction() -> Result<()> {
+    let tmp = TempDir::new()?;
+    let paths = draw_split_images(tmp.path(), 2)?;
+    let rows = [
+        ("what shape is in the image?", "circle", 0),
+        ("what color is the shape?", "red", 1),
+        ("is there a circle?", "yes", 0),
+    ];
+    write_questions(tmp.path(), &rows)?;
+    let vlm = VlmPipeline::load(&vlm_dir(), &Device::Cpu)?;
+    let (model, data) = (s(&vlm_dir()), s(tmp.path()));
+    let mut changed = 0;
+    for short in [false, true] {
+        let preds = s(&tmp.path().join(format!("predictions-{short}.jsonl")));
+        let mut argv = vec![
+            "eval",
+            "vqa",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--json",
+            "--predictions",
+            &preds,
+        ];
+        if short {
+            argv.push("--short-answer");
+        }
+        let out = glimpse_json(&argv)?;
+        assert_eq!(out["short_answer"], short, "{out}");
+        let instruction = short.then(|| SHORT_ANSWER.trim_start());
+        assert_eq!(out["instruction"], json!(instruction), "{out}");
+        let lines = read_jsonl(Path::new(&preds))?;
+        assert_eq!(lines.len(), rows.len());
+        for ((q, _, id), line) in rows.iter().zip(&lines) {
+            let asked = if short {
+                format!("{q}{SHORT_ANSWER}")
+            } else {
+                q.to_string()
+            };
+            assert_eq!(line["question"], *q, "the dataset's question, unchanged");
+            assert_eq!(line["asked"], asked);
+            let image = &paths[*id as usize];
+            let want = model_answer(&vlm, image, &asked)?;
+            assert_eq!(line["prediction"], want.trim(), "{asked:?}");
+            if short && want != model_answer(&vlm, image, q)? {
+                changed += 1;
+            }
+        }
+    }
+    // the random fixture model answers differently once the instruction is
+    // there: the flag reaches the prompt, not only the report
+    assert!(changed > 0, "no answer changed with --short-answer");
+    Ok(())
+}
+
+/// The shipped model with and without `--short-answer` on four questions
+/// about the shipped example images: the report and the predictions file
+/// say which prompt was used, and the answers are the model's to it.
+#[test]
+fn shipped_model_vqa_with_short_answer() -> Result<()> {
+    let tmp = TempDir::new()?;
+    let images = tmp.path().join("images");
+    std::fs::create_dir_all(&images)?;
+    let examples = repo_root().join("examples/easy-vqa");
+    for (i, name) in ["test-0.png", "test-3.png"].iter().enumerate() {
+        std::fs::copy(examples.join(name), images.join(format!("{i}.png")))?;
+    }
+    let rows = [
+        ("what shape is in the image?", "triangle", 0),
+        ("what color is the shape?", "red", 0),
+        ("is there a circle?", "yes", 1),
+        ("what shape is in the image?", "circle", 1),
+    ];
+    write_questions(tmp.path(), &rows)?;
+    let shipped = repo_root().join("models/glimpse-easy-vqa");
+    let (model, data) = (s(&shipped), s(tmp.path()));
+    let plain = glimpse_json(&["eval", "vqa", "--model", &model, "--data", &data, "--json"])?;
+    // the answers shipped_model.rs checks through `glimpse ask`
+    assert_eq!(plain["correct"].as_u64(), Some(4), "{plain}");
+    assert_eq!(plain["short_answer"], false, "{plain}");
+
+    let preds = tmp.path().join("short.jsonl");
+    let short = glimpse_json(&[
+        "eval",
+        "vqa",
+        "--model",
+        &model,
+        "--data",
+        &data,
+        "--short-answer",
+        "--json",
+        "--predictions",
+        &s(&preds),
+    ])?;
+    assert_eq!(short["short_answer"], true, "{short}");
+    assert_eq!(short["total"].as_u64(), Some(4), "{short}");
+    let vlm = VlmPipeline::load(&shipped, &Device::Cpu)?;
+    let lines = read_jsonl(&preds)?;
+    let mut right = 0;
+    for ((q, a, id), line) in rows.iter().zip(&lines) {
+        let asked = format!("{q}{SHORT_ANSWER}");
+        assert_eq!(line["asked"], asked);
+        let want = model_answer(&vlm, &images.join(format!("{id}.png")), &asked)?;
+        assert_eq!(line["prediction"], want.trim(), "{asked:?}");
+        right += usize::from(normalize_answer(&want) == *a);
+    }
+    assert_eq!(short["correct"].as_u64(), Some(right as u64), "{short}");
+    eprintln!(
+        "shipped model: {}/4 plain, {right}/4 with --short-answer",
+        plain["correct"]
+    );
     Ok(())
 }
 
@@ -577,6 +760,17 @@ fn bad_inputs_fail_in_one_line() -> Result<()> {
         "0",
     ]);
     expect_error(&out, 2, &["--limit"]);
+    let out = glimpse(&[
+        "eval",
+        "vqa",
+        "--model",
+        &vlm,
+        "--data",
+        &s(&good),
+        "--max-tokens",
+        "0",
+    ]);
+    expect_error(&out, 2, &["--max-tokens"]);
     let out = glimpse(&["eval", "pope", "--model", &vlm, "--data", &s(&good)]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     write_questions(&good, &[("what shape is present?", "circle", 0)])?;

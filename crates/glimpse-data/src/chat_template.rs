@@ -151,6 +151,14 @@ impl ChatTemplate {
         self
     }
 
+    /// The template's jinja source as compiled (transformers'
+    /// `{% generation %}` markers already rewritten to plain blocks), for a
+    /// trainer that writes it into the model it exports.
+    pub fn source(&self) -> Result<String> {
+        let template = self.env.get_template(TEMPLATE).map_err(|e| self.err(e))?;
+        Ok(template.source().to_string())
+    }
+
     pub fn special_tokens(&self) -> &SpecialTokens {
         &self.special
     }

@@ -12,6 +12,7 @@ mod jinja_compat;
 pub mod pil_resize;
 pub mod preprocess;
 pub mod processor_config;
+pub mod synth_shapes;
 pub mod tokenize;
 pub mod tokenizer_train;
 

@@ -111,7 +111,10 @@ fn llava_json_loads_and_round_trips() -> Result<()> {
     assert_eq!(records.len(), 3);
     assert_eq!(records[0].id, "000001");
     assert_eq!(records[1].id, "2", "integer ids read as strings");
-    assert_eq!(records[0].images, [dir.path().join("images/red_circle.png")]);
+    assert_eq!(
+        records[0].images,
+        [dir.path().join("images/red_circle.png")]
+    );
     assert!(records[2].images.is_empty());
     assert_eq!(records[0].conversations.len(), 4);
     assert_eq!(records[0].conversations[3].from, Speaker::Gpt);

@@ -84,10 +84,28 @@ impl LoadedModel {
         options: SchedulerOptions,
         device: &Device,
     ) -> Result<Self> {
+        Self::load_with_lora(path, None, id, options, device)
+    }
+
+    /// [`Self::load`] with a PEFT LoRA adapter (`lora`), or `path` a LoRA
+    /// adapter directory naming its base; the family is the base's. Dual
+    /// encoders take no adapter.
+    pub fn load_with_lora(
+        path: &Path,
+        lora: Option<&Path>,
+        id: Option<String>,
+        options: SchedulerOptions,
+        device: &Device,
+    ) -> Result<Self> {
         let id = id.unwrap_or_else(|| default_id(path));
-        let family = match model_type(path)?.as_deref() {
+        let (base, adapter) = causal_lm::split_adapter(path, lora)?;
+        let family = match model_type(&base)?.as_deref() {
             Some("llava" | "glimpse") => {
-                let pipeline = Arc::new(VlmPipeline::load(path, device)?);
+                let pipeline = Arc::new(VlmPipeline::load_with_lora(
+                    &base,
+                    adapter.as_deref(),
+                    device,
+                )?);
                 let scheduler = Scheduler::start(pipeline.clone(), options, &id)?;
                 Family::Vlm {
                     pipeline,
@@ -95,10 +113,22 @@ impl LoadedModel {
                 }
             }
             Some("clip" | "siglip") => {
-                Family::Embedding(Box::new(DualPipeline::load(path, device)?))
+                if let Some(a) = &adapter {
+                    return Err(PipelineError::Usage(format!(
+                        "{} is a dual encoder; LoRA adapters ({}) apply to language and vision-language models",
+                        base.display(),
+                        a.display()
+                    )));
+                }
+                Family::Embedding(Box::new(DualPipeline::load(&base, device)?))
             }
             _ => {
-                let pipeline = Arc::new(CausalLm::load(path, None, device)?);
+                let pipeline = Arc::new(CausalLm::load_with_lora(
+                    &base,
+                    adapter.as_deref(),
+                    None,
+                    device,
+                )?);
                 let scheduler = Scheduler::start(pipeline.clone(), options, &id)?;
                 Family::Lm {
                     pipeline,

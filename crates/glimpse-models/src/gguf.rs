@@ -259,7 +259,11 @@ impl GgufFile {
         let (d, hd, i) = (cfg.hidden_size, cfg.head_dim, cfg.intermediate_size);
         let (h, hkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let mut want: Vec<(String, Vec<usize>, Option<usize>)> = vec![
-            ("model.embed_tokens.weight".into(), vec![cfg.vocab_size, d], None),
+            (
+                "model.embed_tokens.weight".into(),
+                vec![cfg.vocab_size, d],
+                None,
+            ),
             ("model.norm.weight".into(), vec![d], None),
         ];
         if !cfg.tie_word_embeddings || self.has("lm_head.weight") {
@@ -339,8 +343,7 @@ fn unpermute_rows(t: &Tensor, heads: usize) -> Result<Tensor> {
     let rest: usize = dims[1..].iter().product();
     let hd = rows / heads;
     // (heads, hd/2, 2, rest) -> (heads, 2, hd/2, rest)
-    Ok(t
-        .reshape((heads, hd / 2, 2, rest))?
+    Ok(t.reshape((heads, hd / 2, 2, rest))?
         .transpose(1, 2)?
         .contiguous()?
         .reshape(dims)?)

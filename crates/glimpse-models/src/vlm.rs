@@ -12,6 +12,7 @@ use candle_nn::VarBuilder;
 
 use crate::error::{ModelError, Result};
 use crate::fusion::cross_attention::{CrossKv, GatedCrossAttention};
+use crate::lora::{Adapter, LoraWeights};
 use crate::nn::rope::RopeStyle;
 use crate::projector::Projector;
 use crate::shape_check::{self, Shapes};
@@ -121,14 +122,27 @@ impl LayerHook for CrossHook<'_> {
 
 impl Vlm {
     pub fn new(cfg: &VlmConfig, vb: VarBuilder, names: &VlmNames) -> Result<Self> {
+        Self::new_with_lora(cfg, vb, names, None)
+    }
+
+    /// [`Self::new`] with LoRA adapters on the decoder's targeted linear
+    /// layers (`lora` built for the decoder prefix `names.decoder`); the
+    /// caller checks it with [`LoraWeights::finish`] afterwards.
+    pub fn new_with_lora(
+        cfg: &VlmConfig,
+        vb: VarBuilder,
+        names: &VlmNames,
+        lora: Option<&LoraWeights>,
+    ) -> Result<Self> {
         let vision_tower = VisionTransformer::new(&cfg.vision, vb.pp(&names.vision_tower))?;
         let multi_modal_projector = Projector::new(&cfg.projector, vb.pp(&names.projector))?;
-        let language_model = Decoder::new(
+        let language_model = Decoder::new_with_lora(
             &cfg.text,
             &DecoderWeights::Hf(vb.clone()),
             &names.decoder,
             &names.lm_head,
             RopeStyle::HalfSplit,
+            lora,
         )?;
         let cross_layers = match cfg.cross_block_config() {
             None => Vec::new(),
@@ -158,6 +172,19 @@ impl Vlm {
 
     /// Loads a LLaVA or glimpse-format directory strictly.
     pub fn load_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_dir_with_lora(dir, dtype, device, None)
+    }
+
+    /// [`Self::load_dir`] with a PEFT adapter on the language model,
+    /// unmerged. The adapter may have been trained on the causal LM alone
+    /// (`model.layers.*`) or on the LLaVA model (`model.language_model.*`);
+    /// adapters on the vision tower or projector are refused by name.
+    pub fn load_dir_with_lora(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+        adapter: Option<&Adapter>,
+    ) -> Result<Self> {
         let config_path = dir.join("config.json");
         let cfg = VlmConfig::from_file(&config_path)?;
         let checkpoint = Checkpoint::open_dir(dir)?;
@@ -168,12 +195,19 @@ impl Vlm {
             .map_err(|e| e.within("vision_config").at(&config_path))?;
         shape_check::decoder(&cfg.text, &shapes, &names.decoder, &names.lm_head)
             .map_err(|e| e.within("text_config").at(&config_path))?;
+        let lora = adapter
+            .map(|a| LoraWeights::from_adapter(a, &names.decoder))
+            .transpose()?;
         let strict = checkpoint.strict(dtype, device);
-        let model = Self::new(&cfg, strict.var_builder(), &names);
+        let model = Self::new_with_lora(&cfg, strict.var_builder(), &names, lora.as_ref());
         let tied = cfg.text.tie_word_embeddings;
-        strict.conclude(model, |name| {
+        let model = strict.conclude(model, |name| {
             name.ends_with("position_ids") || (tied && name == format!("{}.weight", names.lm_head))
-        })
+        })?;
+        if let Some(l) = &lora {
+            l.finish()?;
+        }
+        Ok(model)
     }
 
     pub fn config(&self) -> &VlmConfig {

@@ -22,11 +22,13 @@ use crate::media::MediaPolicy;
 use crate::metrics::Metrics;
 use crate::routes;
 
-/// A model to load: its path and, optionally, the name requests use.
+/// A model to load: its path and, optionally, the name requests use and a
+/// LoRA adapter directory to put on it.
 #[derive(Debug, Clone)]
 pub struct ModelSpec {
     pub id: Option<String>,
     pub path: PathBuf,
+    pub lora: Option<PathBuf>,
 }
 
 impl ModelSpec {
@@ -36,10 +38,12 @@ impl ModelSpec {
             Some((id, path)) if !id.is_empty() && !id.contains('/') => Self {
                 id: Some(id.to_string()),
                 path: PathBuf::from(path),
+                lora: None,
             },
             _ => Self {
                 id: None,
                 path: PathBuf::from(arg),
+                lora: None,
             },
         }
     }
@@ -179,8 +183,9 @@ pub async fn start(options: ServerOptions, signals: bool) -> anyhow::Result<Runn
         let device = glimpse_engine::device::default_device();
         let mut models = Vec::new();
         for spec in &loader.options.models {
-            match LoadedModel::load(
+            match LoadedModel::load_with_lora(
                 &spec.path,
+                spec.lora.as_deref(),
                 spec.id.clone(),
                 loader.options.scheduler,
                 &device,

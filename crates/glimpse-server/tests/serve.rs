@@ -253,6 +253,7 @@ async fn completions_match_the_pipeline_alone() {
         vec![glimpse_server::ModelSpec {
             id: None,
             path: gguf.clone(),
+            lora: None,
         }],
         |_| {},
     )
@@ -744,6 +745,7 @@ async fn smollm2_server(parallel: usize, queue: usize) -> Option<glimpse_server:
     let model = glimpse_server::ModelSpec {
         id: Some("smollm2".into()),
         path: gguf,
+        lora: None,
     };
     Some(
         start(vec![model], |o| {

@@ -80,6 +80,13 @@ pub enum TrainError {
         path: std::path::PathBuf,
         msg: String,
     },
+    /// A training row that cannot be used, under `on_bad_row = "fail"`.
+    #[error("{}: row {id}: {msg}", path.display())]
+    BadRow {
+        path: std::path::PathBuf,
+        id: String,
+        msg: String,
+    },
     /// A loss that is NaN or infinite: training stops, the last good
     /// checkpoint stays.
     #[error(

@@ -1,7 +1,15 @@
 //! Writing a stage's result as a model directory users load as is: the
 //! contrastive encoders as an HF `CLIPModel` folder (`glimpse classify`,
 //! `glimpse eval zeroshot`), the text-only decoder as an HF Llama folder
-//! (`glimpse generate`), a VLM in glimpse's format (`glimpse ask`).
+//! (`glimpse generate`), a VLM as an HF LLaVA folder when its parts fit
+//! and in glimpse's format otherwise (`glimpse ask`; [`llava`]).
+
+mod llava;
+
+pub use llava::{
+    export_glimpse, export_llava_hf, export_vlm_auto, fits_llava, Adapter, Unfit, VlmExportFormat,
+    VlmParts,
+};
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -44,6 +44,9 @@ struct Handed {
 
 struct Inner {
     start: HashMap<String, Tensor>,
+    /// Names whose values come from outside the run (a pretrained part's
+    /// files): while frozen they are not written to checkpoints.
+    external: std::collections::HashSet<String>,
     trainable: Trainable,
     seed: u64,
     handed: Mutex<Handed>,
@@ -57,8 +60,21 @@ impl StageWeights {
     /// `start`: values carried in by name (earlier stages, a checkpoint);
     /// anything else a constructor asks for is drawn fresh with `seed`.
     pub fn new(start: HashMap<String, Tensor>, trainable: Trainable, seed: u64) -> Self {
+        Self::with_external(start, trainable, seed, Default::default())
+    }
+
+    /// [`StageWeights::new`] where the `external` names come from a
+    /// pretrained part's files, which the run reads again on resume: while
+    /// frozen they are left out of [`StageWeights::saved_tensors`].
+    pub fn with_external(
+        start: HashMap<String, Tensor>,
+        trainable: Trainable,
+        seed: u64,
+        external: std::collections::HashSet<String>,
+    ) -> Self {
         Self(Arc::new(Inner {
             start,
+            external,
             trainable,
             seed,
             handed: Mutex::new(Handed::default()),
@@ -94,6 +110,24 @@ impl StageWeights {
         let mut all: BTreeMap<String, Tensor> = h
             .frozen
             .iter()
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect();
+        for (n, v) in &h.vars {
+            all.insert(n.clone(), v.as_tensor().detach());
+        }
+        Ok(all)
+    }
+
+    /// What a checkpoint and a stage's `final.safetensors` hold:
+    /// [`StageWeights::tensors`] without the frozen pretrained ones (a
+    /// frozen 135M-parameter decoder would otherwise be written at every
+    /// checkpoint).
+    pub fn saved_tensors(&self) -> Result<BTreeMap<String, Tensor>> {
+        let h = self.handed()?;
+        let mut all: BTreeMap<String, Tensor> = h
+            .frozen
+            .iter()
+            .filter(|(n, _)| !self.0.external.contains(n.as_str()))
             .map(|(n, t)| (n.clone(), t.clone()))
             .collect();
         for (n, v) in &h.vars {

@@ -56,7 +56,23 @@ fn default_out() -> PathBuf {
 pub struct DataSpec {
     /// An easy-VQA root holding `train/` and `test/` split directories
     /// (`scripts/fetch_easy_vqa.sh`). `~` and `$GLIMPSE_EASY_VQA` expand.
-    pub easy_vqa: String,
+    /// Needed by the stages that read easy-VQA itself (contrastive, lm, and
+    /// VLM stages without `data`), and by a run whose tokenizer is trained
+    /// (no `[model.decoder] from`).
+    pub easy_vqa: Option<String>,
+    /// What a VLM stage does with a row of its `data` it cannot use (a
+    /// missing or unreadable image, `<image>` placeholders that do not
+    /// match the images, an empty answer, more tokens than the context):
+    /// `skip` it (counted by kind in the stage's summary.json, each one in
+    /// `<stage>/bad_rows.jsonl`) or `fail` (the run stops naming it).
+    #[serde(default = "default_on_bad_row")]
+    pub on_bad_row: String,
+    /// Relative image paths in data files resolve against this folder
+    /// (LLaVA's `--image_folder`); by default against the data file's own.
+    pub image_folder: Option<String>,
+    /// The question an image-caption JSONL row's caption answers.
+    #[serde(default = "default_caption_prompt")]
+    pub caption_prompt: String,
     /// Train on the first N training images only (quick runs, tests).
     pub train_images: Option<usize>,
     /// Test questions scored at each evaluation of the VLM stages.
@@ -65,6 +81,13 @@ pub struct DataSpec {
     /// Test images scored at each evaluation of the contrastive stage.
     #[serde(default = "default_eval_images")]
     pub eval_images: usize,
+}
+
+fn default_on_bad_row() -> String {
+    "skip".into()
+}
+fn default_caption_prompt() -> String {
+    crate::stages::corpus::DESCRIBE.into()
 }
 
 fn default_eval_questions() -> usize {
@@ -107,11 +130,21 @@ pub struct ModelSpec {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VisionSpec {
+    /// A pretrained tower: an HF CLIP or SigLIP folder (`config.json`,
+    /// `model.safetensors`, `preprocessor_config.json`); its sizes and image
+    /// processor come from there, so the size fields stay unset.
+    pub from: Option<String>,
+    #[serde(default)]
     pub image_size: usize,
+    #[serde(default)]
     pub patch_size: usize,
+    #[serde(default)]
     pub hidden_size: usize,
+    #[serde(default)]
     pub num_hidden_layers: usize,
+    #[serde(default)]
     pub num_attention_heads: usize,
+    #[serde(default)]
     pub intermediate_size: usize,
     /// Tower layer the projector reads (Python indexing; LLaVA uses -2).
     #[serde(default = "default_feature_layer")]
@@ -150,10 +183,20 @@ fn default_text_positions() -> usize {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecoderSpec {
+    /// A pretrained decoder: an HF llama / mistral / qwen2 folder or a GGUF
+    /// file (dequantized to f32 for training). Its sizes, tokenizer and
+    /// chat template come from there, so the size fields and `[tokenizer]`
+    /// stay unset.
+    pub from: Option<String>,
+    #[serde(default)]
     pub hidden_size: usize,
+    #[serde(default)]
     pub num_hidden_layers: usize,
+    #[serde(default)]
     pub num_attention_heads: usize,
+    #[serde(default)]
     pub num_key_value_heads: usize,
+    #[serde(default)]
     pub intermediate_size: usize,
     #[serde(default = "default_positions")]
     pub max_position_embeddings: usize,
@@ -239,6 +282,13 @@ fn default_every() -> usize {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageSpec {
+    /// VLM stages: the training rows, a LLaVA conversation `.json` or an
+    /// image-caption `.jsonl` (`~` and `$VARS` expand); without it the
+    /// stage reads easy-VQA (`[data] easy_vqa`).
+    pub data: Option<String>,
+    /// The held-out rows the stage is scored on (same formats); needed
+    /// with `data`.
+    pub eval_data: Option<String>,
     /// Optimiser steps.
     pub steps: usize,
     pub batch_size: usize,
@@ -502,7 +552,7 @@ impl Recipe {
             if s.augment != "none" && name != "contrastive" {
                 return Err((f("augment"), "applies to [contrastive] only".into()));
             }
-            if s.shift >= self.model.vision.image_size / 2 {
+            if s.shift > 0 && s.shift >= self.model.vision.image_size / 2 {
                 return Err((
                     f("shift"),
                     format!(
@@ -526,6 +576,67 @@ impl Recipe {
 
     fn check_data(&self) -> Check {
         let d = &self.data;
+        if !["skip", "fail"].contains(&d.on_bad_row.as_str()) {
+            return Err((
+                "data.on_bad_row".into(),
+                format!("'{}' is not skip or fail", d.on_bad_row),
+            ));
+        }
+        if self.needs_easy_vqa() && d.easy_vqa.is_none() {
+            let why = if self.model.decoder.from.is_none() {
+                "the run trains its tokenizer on easy-VQA's text (or set [model.decoder] from)"
+            } else {
+                "a stage reads easy-VQA (contrastive, lm, or a VLM stage without data)"
+            };
+            return Err(("data.easy_vqa".into(), format!("is missing: {why}")));
+        }
+        for (name, s) in self.stages() {
+            let vlm = !["contrastive", "lm"].contains(&name);
+            if !vlm && (s.data.is_some() || s.eval_data.is_some()) {
+                return Err((
+                    format!("{name}.data"),
+                    "applies to the VLM stages (align, instruct, full) only".into(),
+                ));
+            }
+            if s.data.is_some() != s.eval_data.is_some() {
+                return Err((
+                    format!("{name}.eval_data"),
+                    "data and eval_data go together: the stage is scored on held-out rows".into(),
+                ));
+            }
+        }
+        if self.model.vision.from.is_some() && self.contrastive.is_some() {
+            return Err((
+                "model.vision.from".into(),
+                "a pretrained tower is not trained by [contrastive] (drop the stage, or the from)"
+                    .into(),
+            ));
+        }
+        if self.model.decoder.from.is_some() {
+            if let Some((name, _)) = self
+                .stages()
+                .into_iter()
+                .find(|(n, s)| !["contrastive", "lm"].contains(n) && s.data.is_none())
+            {
+                return Err((
+                    format!("{name}.data"),
+                    "is needed with a pretrained decoder (model.decoder.from): its rows are rendered by the decoder's chat template (write easy-VQA as rows with `glimpse data easy-vqa`)".into(),
+                ));
+            }
+            if self.contrastive.is_some() {
+                return Err((
+                    "model.decoder.from".into(),
+                    "[contrastive] trains its text tower on a tokenizer of the run's own; train the tower in a run of its own and take it with model.vision.from".into(),
+                ));
+            }
+        }
+        if self.model.decoder.from.is_some() && self.lm.is_some() {
+            return Err((
+                "model.decoder.from".into(),
+                "a pretrained decoder is not pretrained again by [lm] (drop the stage, or the from)"
+                    .into(),
+            ));
+        }
         if d.train_images == Some(0) {
             return Err((
                 "data.train_images".into(),
@@ -554,6 +665,60 @@ impl Recipe {
     fn check_model(&self) -> Check {
         let m = &self.model;
         let v = &m.vision;
+        // A pretrained part's sizes come from its config, which
+        // glimpse-models bounds when it is read; here they must stay unset.
+        if v.from.is_some() {
+            for (field, value) in [
+                ("image_size", v.image_size),
+                ("patch_size", v.patch_size),
+                ("hidden_size", v.hidden_size),
+                ("num_hidden_layers", v.num_hidden_layers),
+                ("num_attention_heads", v.num_attention_heads),
+                ("intermediate_size", v.intermediate_size),
+            ] {
+                if value != 0 {
+                    return Err((
+                        format!("model.vision.{field}"),
+                        "comes from the pretrained tower (model.vision.from); leave it unset"
+                            .into(),
+                    ));
+                }
+            }
+        } else {
+            self.check_vision()?;
+        }
+        if !["default", "full", "cls"].contains(&v.feature_select.as_str()) {
+            return Err((
+                "model.vision.feature_select".into(),
+                format!("'{}' is not default, full or cls", v.feature_select),
+            ));
+        }
+        self.check_text_encoder()?;
+        let d = &m.decoder;
+        if d.from.is_some() {
+            for (field, value) in [
+                ("hidden_size", d.hidden_size),
+                ("num_hidden_layers", d.num_hidden_layers),
+                ("num_attention_heads", d.num_attention_heads),
+                ("num_key_value_heads", d.num_key_value_heads),
+                ("intermediate_size", d.intermediate_size),
+            ] {
+                if value != 0 {
+                    return Err((
+                        format!("model.decoder.{field}"),
+                        "comes from the pretrained decoder (model.decoder.from); leave it unset"
+                            .into(),
+                    ));
+                }
+            }
+        } else {
+            self.check_decoder()?;
+        }
+        self.check_rest()
+    }
+
+    fn check_vision(&self) -> Check {
+        let v = &self.model.vision;
         bounded("model.vision.image_size", v.image_size, 1, MAX_IMAGE_SIZE)?;
         bounded("model.vision.patch_size", v.patch_size, 1, v.image_size)?;
         if !v.image_size.is_multiple_of(v.patch_size) {
@@ -600,13 +765,11 @@ impl Recipe {
                 ),
             ));
         }
-        if !["default", "full", "cls"].contains(&v.feature_select.as_str()) {
-            return Err((
-                "model.vision.feature_select".into(),
-                format!("'{}' is not default, full or cls", v.feature_select),
-            ));
-        }
-        if let Some(t) = &m.text_encoder {
+        Ok(())
+    }
+
+    fn check_text_encoder(&self) -> Check {
+        if let Some(t) = &self.model.text_encoder {
             let f = |x: &str| format!("model.text_encoder.{x}");
             bounded(&f("hidden_size"), t.hidden_size, 1, MAX_WIDTH)?;
             bounded(&f("num_hidden_layers"), t.num_hidden_layers, 1, MAX_LAYERS)?;
@@ -636,7 +799,11 @@ impl Recipe {
             )?;
             bounded(&f("projection_dim"), t.projection_dim, 1, MAX_WIDTH)?;
         }
-        let d = &m.decoder;
+        Ok(())
+    }
+
+    fn check_decoder(&self) -> Check {
+        let d = &self.model.decoder;
         let f = |x: &str| format!("model.decoder.{x}");
         bounded(&f("hidden_size"), d.hidden_size, 1, MAX_WIDTH)?;
         bounded(&f("num_hidden_layers"), d.num_hidden_layers, 1, MAX_LAYERS)?;
@@ -677,6 +844,14 @@ impl Recipe {
             MAX_POSITIONS,
         )?;
         number(&f("rope_theta"), d.rope_theta, 0.0, true, f64::MAX)?;
+        Ok(())
+    }
+
+    /// Projector, fusion and the size of the whole, once the parts' sizes
+    /// are known (a pretrained part's are 0 here: its checks ran on load).
+    fn check_rest(&self) -> Check {
+        let m = &self.model;
+        let d = &m.decoder;
         let p = &m.projector;
         if !["none", "avg_pool2x2", "pixel_shuffle2x2"].contains(&p.compression.as_str()) {
             return Err((
@@ -690,7 +865,7 @@ impl Recipe {
         bounded("model.projector.num_latents", p.num_latents, 1, MAX_LATENTS)?;
         bounded("model.projector.depth", p.depth, 1, MAX_LAYERS)?;
         bounded("model.projector.num_heads", p.num_heads, 1, MAX_HEADS)?;
-        if matches!(p.kind, ProjectorKind::Perceiver | ProjectorKind::Qformer) {
+        if d.from.is_none() && matches!(p.kind, ProjectorKind::Perceiver | ProjectorKind::Qformer) {
             divides(
                 "model.projector.num_heads",
                 p.num_heads,
@@ -704,7 +879,7 @@ impl Recipe {
                 format!("'{}' is not early or cross", m.fusion.mode),
             ));
         }
-        if m.fusion.mode == "cross" {
+        if m.fusion.mode == "cross" && d.from.is_none() {
             bounded("model.fusion.every", m.fusion.every, 1, d.num_hidden_layers)?;
         }
         let params = self.parameter_estimate();
@@ -769,9 +944,30 @@ impl Recipe {
             .collect()
     }
 
-    /// The easy-VQA root with `~` and `$VARS` expanded.
+    /// The easy-VQA root with `~` and `$VARS` expanded (checked present by
+    /// [`Recipe::needs_easy_vqa`]'s caller).
     pub fn easy_vqa_root(&self) -> PathBuf {
-        expand(&self.data.easy_vqa)
+        expand(self.data.easy_vqa.as_deref().unwrap_or(""))
+    }
+
+    /// Whether the run reads easy-VQA itself: a stage that trains on it
+    /// (contrastive, lm, a VLM stage without `data`), or a tokenizer
+    /// trained on its text (no pretrained decoder).
+    pub fn needs_easy_vqa(&self) -> bool {
+        self.model.decoder.from.is_none()
+            || self
+                .stages()
+                .iter()
+                .any(|(name, s)| ["contrastive", "lm"].contains(name) || s.data.is_none())
+    }
+
+    /// `[data] on_bad_row` as the policy.
+    pub fn on_bad_row(&self) -> crate::stages::rows::OnBadRow {
+        if self.data.on_bad_row == "fail" {
+            crate::stages::rows::OnBadRow::Fail
+        } else {
+            crate::stages::rows::OnBadRow::Skip
+        }
     }
 
     /// The VLM's glimpse-format `config.json` for a tokenizer's ids.

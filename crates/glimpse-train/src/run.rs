@@ -32,12 +32,15 @@ use crate::losses::{SigLipParams, CLIP_INIT_LOGIT_SCALE};
 use crate::metrics::{read_metrics, MetricsLog};
 use crate::optim::{param_groups_by_dim, AdamW, AdamWConfig, ParamGroup, WarmupCosine};
 use crate::params::{StageWeights, Trainable};
-use crate::recipe::{Recipe, StageSpec};
+use crate::recipe::{expand, Recipe, StageSpec};
 use crate::stages::contrastive::ContrastiveTask;
 use crate::stages::corpus::Corpus;
 use crate::stages::lm::LmTask;
+use crate::stages::rows::{read_rows, BadRows};
 use crate::stages::vlm::{VlmData, VlmTask};
+use crate::text_side::TextSide;
 use crate::trainer::{train_loop, LoopConfig, LoopSummary, Task};
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
@@ -118,13 +121,79 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
     }
     keep_recipe_copy(&opts.recipe, &out)?;
     let device = Device::Cpu;
-    let corpus = Corpus::prepare(&recipe, &out.join("tokenizer.json"), &device)?;
+    // Pretrained parts first: the decoder brings the run's tokenizer.
+    let vision = match &recipe.model.vision.from {
+        Some(p) => Some(crate::pretrained::load_vision(&expand(p), &device)?),
+        None => None,
+    };
+    let decoder = match &recipe.model.decoder.from {
+        Some(p) => Some(crate::pretrained::load_decoder(&expand(p), &device)?),
+        None => None,
+    };
+    let corpus = if recipe.needs_easy_vqa() {
+        Some(Corpus::prepare(
+            &recipe,
+            &out.join("tokenizer.json"),
+            &device,
+        )?)
+    } else {
+        None
+    };
+    let corpus_text;
+    let text: &TextSide = match (&decoder, &corpus) {
+        (Some(d), _) => {
+            // a resumed run keeps the tokenizer it started with
+            let path = out.join("tokenizer.json");
+            if !path.is_file() {
+                std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
+                d.text
+                    .tokenizer
+                    .save(&path, false)
+                    .map_err(|e| io(&path, e))?;
+            }
+            &d.text
+        }
+        (None, Some(c)) => {
+            corpus_text = c.text_side()?;
+            &corpus_text
+        }
+        (None, None) => {
+            return Err(TrainError::Recipe(
+                "no tokenizer: set [model.decoder] from, or [data] easy_vqa to train one".into(),
+            ))
+        }
+    };
+    let processor_json = match (&vision, &corpus) {
+        (Some(v), _) => v.processor_json.clone(),
+        (None, Some(c)) => c.processor_json.clone(),
+        (None, None) => crate::stages::corpus::processor_json(recipe.model.vision.image_size),
+    };
+    let processor = glimpse_data::ProcessorConfig::from_json(
+        &processor_json.to_string(),
+        Path::new("preprocessor_config.json"),
+    )
+    .map_err(|e| TrainError::Config(format!("image processor: {e}")))?;
     let metrics_path = out.join("metrics.jsonl");
     let mut metrics = MetricsLog::open(&metrics_path)?;
-    let vlm_json = recipe.vlm_config_json(&corpus.ids);
+    let vlm_json = vlm_config_json(&recipe, text, vision.as_ref(), decoder.as_ref());
     let vlm_cfg =
         VlmConfig::from_json(&vlm_json).map_err(|e| TrainError::Recipe(format!("[model]: {e}")))?;
     let mut carried: HashMap<String, Tensor> = HashMap::new();
+    // Pretrained tensors start the run; frozen, they are read from their
+    // files again rather than saved.
+    let mut external = std::collections::HashSet::new();
+    for part in [
+        vision.as_ref().map(|v| &v.tensors),
+        decoder.as_ref().map(|d| &d.tensors),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        for (name, t) in part {
+            external.insert(name.clone());
+            carried.insert(name.clone(), t.clone());
+        }
+    }
     let mut report = RunReport {
         out: out.clone(),
         stages: Vec::new(),
@@ -177,9 +246,12 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
         };
         // Each arm builds its stage's task, weights and exporter; the loop
         // runs once below.
+        // every stage with a `data` file reports its unusable rows here
+        let mut bad_rows: Option<Arc<BadRows>> = None;
         let (mut task, weights, export): (Box<dyn Task + '_>, StageWeights, Exporter) = match stage
         {
             "contrastive" => {
+                let corpus = need_corpus(&corpus)?;
                 let clip_json = recipe.clip_config_json(&corpus.ids).ok_or_else(|| {
                     TrainError::Recipe("[contrastive] needs [model.text_encoder]".into())
                 })?;
@@ -213,13 +285,12 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
                 let vars = weights.trainable_vars()?;
                 let task: Box<dyn Task + '_> = Box::new(ContrastiveTask::new(
                     model,
-                    &corpus,
+                    corpus,
                     &vars,
                     spec,
                     recipe.data.eval_images,
                     &device,
                 )?);
-                let corpus = &corpus;
                 (
                     task,
                     weights,
@@ -229,6 +300,7 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
                 )
             }
             "lm" => {
+                let corpus = need_corpus(&corpus)?;
                 let text_json = vlm_json["text_config"].clone();
                 let dec_cfg = DecoderConfig::from_json(&text_json)
                     .map_err(|e| TrainError::Recipe(format!("[model.decoder]: {e}")))?;
@@ -244,11 +316,10 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
                 cfg.architecture = format!("lm:{}", fingerprint(&text_json.to_string()));
                 let task: Box<dyn Task + '_> = Box::new(LmTask::new(
                     model,
-                    &corpus,
+                    corpus,
                     recipe.data.eval_questions,
                     &device,
                 )?);
-                let corpus = &corpus;
                 (
                     task,
                     weights,
@@ -271,7 +342,12 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
                     _ => Trainable::All,
                 };
                 let tower_frozen = trainable != Trainable::All;
-                let weights = StageWeights::new(carried.clone(), trainable.clone(), seed);
+                let weights = StageWeights::with_external(
+                    carried.clone(),
+                    trainable.clone(),
+                    seed,
+                    external.clone(),
+                );
                 let model = Vlm::new(&vlm_cfg, weights.var_builder(&device), &VlmNames::default())?;
                 let fresh = weights.fresh_names()?;
                 let frozen_fresh: Vec<&String> =
@@ -283,27 +359,66 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
                         );
                 }
                 cfg.architecture = format!("{stage}:{}", fingerprint(&vlm_json.to_string()));
-                let data = if stage == "align" {
-                    VlmData::Captions
-                } else {
-                    VlmData::Questions
+                let task: Box<dyn Task + '_> = match (&spec.data, &spec.eval_data) {
+                    (Some(train), Some(eval)) => {
+                        let log = dir.join("bad_rows.jsonl");
+                        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+                        // rows are read afresh in every process: the log
+                        // restarts with them
+                        if log.exists() {
+                            std::fs::remove_file(&log).map_err(|e| io(&log, e))?;
+                        }
+                        let bad = Arc::new(BadRows::new(recipe.on_bad_row(), Some(log)));
+                        let folder = recipe.data.image_folder.as_deref().map(expand);
+                        let prompt = &recipe.data.caption_prompt;
+                        let (train, eval) = (expand(train), expand(eval));
+                        let train_rows = read_rows(&train, folder.as_deref(), prompt, &bad)?;
+                        let eval_rows = read_rows(&eval, folder.as_deref(), prompt, &bad)?;
+                        bad_rows = Some(bad.clone());
+                        Box::new(VlmTask::from_rows(
+                            model,
+                            text,
+                            (train, train_rows),
+                            (eval, eval_rows),
+                            &processor,
+                            bad,
+                            tower_frozen,
+                            recipe.data.eval_questions,
+                            &device,
+                        )?)
+                    }
+                    _ => {
+                        let data = if stage == "align" {
+                            VlmData::Captions
+                        } else {
+                            VlmData::Questions
+                        };
+                        Box::new(VlmTask::new(
+                            model,
+                            need_corpus(&corpus)?,
+                            data,
+                            tower_frozen,
+                            recipe.data.eval_questions,
+                            &device,
+                        )?)
+                    }
                 };
-                let task: Box<dyn Task + '_> = Box::new(VlmTask::new(
-                    model,
-                    &corpus,
-                    data,
-                    tower_frozen,
-                    recipe.data.eval_questions,
-                    &device,
-                )?);
-                let corpus = &corpus;
                 let json = vlm_json.clone();
+                let processor_json = &processor_json;
                 report.model = Some(model_dir.clone());
                 (
                     task,
                     weights,
                     Box::new(move |d: &Path, t: &BTreeMap<String, Tensor>| {
-                        crate::export::export_vlm(d, &json, t, corpus)
+                        let parts = crate::export::VlmParts {
+                            config: &json,
+                            tensors: t,
+                            tokenizer: &text.tokenizer,
+                            chat_template: &text.template_source,
+                            image_processor: processor_json,
+                            adapter: None,
+                        };
+                        crate::export::export_vlm_auto(d, &parts).map(|_| ())
                     }),
                 )
             }
@@ -339,7 +454,18 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
             "eval_loss": summary.eval.loss,
             "eval_accuracy": summary.eval.accuracy,
             "parameters_trained": weights.trainable_vars()?.iter().map(|(_, v)| v.elem_count()).sum::<usize>(),
+            "bad_rows": bad_rows.as_ref().map(|b| b.counts()),
         });
+        if let Some(b) = &bad_rows {
+            if b.total() > 0 {
+                eprintln!(
+                    "{stage}: skipped {} bad row(s): {:?} (each in {})",
+                    b.total(),
+                    b.counts(),
+                    dir.join("bad_rows.jsonl").display()
+                );
+            }
+        }
         crate::checkpoint::write_atomic(
             &dir.join("summary.json"),
             serde_json::to_string_pretty(&summary_json)
@@ -348,7 +474,7 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
         )?;
         // Last: its presence marks the stage done.
         let tmp = dir.join(".final.safetensors.tmp");
-        save_tensors(&tensors, &tmp)?;
+        save_tensors(&weights.saved_tensors()?, &tmp)?;
         std::fs::rename(&tmp, &final_path).map_err(|e| io(&final_path, e))?;
         carry(&mut carried, stage, tensors.into_iter().collect());
         report.stages.push(StageReport {
@@ -610,4 +736,50 @@ fn run_stage(
         },
     )?;
     train_loop(task, weights, &mut opt, cfg, checkpoints, metrics, resume)
+}
+
+fn need_corpus(corpus: &Option<Corpus>) -> Result<&Corpus> {
+    corpus
+        .as_ref()
+        .ok_or_else(|| TrainError::Recipe("this stage reads easy-VQA: set [data] easy_vqa".into()))
+}
+
+/// The VLM's glimpse-format config: the recipe's, with a pretrained part's
+/// own config in its place (and the projector sized to fit them).
+fn vlm_config_json(
+    recipe: &Recipe,
+    text: &TextSide,
+    vision: Option<&crate::pretrained::PretrainedVision>,
+    decoder: Option<&crate::pretrained::PretrainedDecoder>,
+) -> Value {
+    let mut sized = recipe.clone();
+    let n = |v: &Value, k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
+    if let Some(v) = vision {
+        let c = &v.vision_config;
+        let m = &mut sized.model.vision;
+        m.image_size = n(c, "image_size");
+        m.patch_size = n(c, "patch_size");
+        m.hidden_size = n(c, "hidden_size");
+        m.num_hidden_layers = n(c, "num_hidden_layers");
+        m.num_attention_heads = n(c, "num_attention_heads");
+        m.intermediate_size = n(c, "intermediate_size");
+    }
+    if let Some(d) = decoder {
+        let c = &d.text_config;
+        let m = &mut sized.model.decoder;
+        m.hidden_size = n(c, "hidden_size");
+        m.num_hidden_layers = n(c, "num_hidden_layers");
+        m.num_attention_heads = n(c, "num_attention_heads");
+        m.num_key_value_heads = n(c, "num_key_value_heads");
+        m.intermediate_size = n(c, "intermediate_size");
+        m.max_position_embeddings = n(c, "max_position_embeddings");
+    }
+    let mut json = sized.vlm_config_json(&text.ids);
+    if let Some(v) = vision {
+        json["vision_config"] = v.vision_config.clone();
+    }
+    if let Some(d) = decoder {
+        json["text_config"] = d.text_config.clone();
+    }
+    json
 }

@@ -272,7 +272,7 @@ pub fn train_loop(
         if at_end || (cfg.save_every > 0 && state.step.is_multiple_of(cfg.save_every)) {
             state.last_loss = Some(last_loss);
             state.seconds = seconds_before + started.elapsed().as_secs_f64();
-            let path = checkpoints.save(&state, &weights.tensors()?, &opt.state_dict()?)?;
+            let path = checkpoints.save(&state, &weights.saved_tensors()?, &opt.state_dict()?)?;
             last_good = path.display().to_string();
         }
     }

@@ -22,9 +22,13 @@ const DEFAULT_MODEL: &str = "glimpse-easy-vqa";
     about = "Ask a vision-language model about images (HF LLaVA or glimpse-format directory)"
 )]
 pub struct AskArgs {
-    /// Model directory (default: ./models/glimpse-easy-vqa, else the copy built into glimpse)
+    /// Model directory, or a PEFT LoRA adapter directory naming its base (default:
+    /// ./models/glimpse-easy-vqa, else the copy built into glimpse)
     #[arg(long)]
     model: Option<PathBuf>,
+    /// PEFT LoRA adapter directory to apply to the language model
+    #[arg(long, value_name = "DIR")]
+    lora: Option<PathBuf>,
     /// An image; repeat for several, in the order their placeholders appear
     #[arg(long = "image")]
     images: Vec<PathBuf>,
@@ -57,7 +61,7 @@ pub fn run(args: AskArgs) -> Result<()> {
         check_target(map)?;
     }
     let dir = super::model_dir(args.model, DEFAULT_MODEL)?;
-    let vlm = VlmPipeline::load(&dir, &default_device())?;
+    let vlm = VlmPipeline::load_with_lora(&dir, args.lora.as_deref(), &default_device())?;
     // Refused before generating, so a refusal prints no answer.
     if args.attention_map.is_some() && vlm.model.config().select == FeatureSelect::Cls {
         return Err(PipelineError::Usage(format!(

@@ -32,9 +32,13 @@ impl DTypeArg {
 #[derive(Args)]
 #[command(about = "Generate text with a language model (HF directory or GGUF file)")]
 pub struct GenerateArgs {
-    /// HF model directory (llama, mistral, qwen2) or a .gguf file
+    /// HF model directory (llama, mistral, qwen2), a .gguf file, or a PEFT
+    /// LoRA adapter directory (its base_model_name_or_path is loaded)
     #[arg(long)]
     model: PathBuf,
+    /// PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors) to apply
+    #[arg(long, value_name = "DIR")]
+    lora: Option<PathBuf>,
     /// Send the prompt as one user message through the model's chat template
     #[arg(long)]
     chat: bool,
@@ -67,8 +71,9 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     if args.system.is_some() && !args.chat {
         return Err(PipelineError::Usage("--system needs --chat".into()).into());
     }
-    let lm = CausalLm::load(
+    let lm = CausalLm::load_with_lora(
         &args.model,
+        args.lora.as_deref(),
         args.dtype.map(DTypeArg::dtype),
         &default_device(),
     )?;

@@ -1,5 +1,6 @@
 pub mod ask;
 pub mod classify;
+pub mod data;
 pub mod embed;
 pub mod eval;
 pub mod generate;

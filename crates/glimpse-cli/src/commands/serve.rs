@@ -19,6 +19,10 @@ pub struct ServeArgs {
     /// (default: the shipped VLM and its CLIP encoders)
     #[arg(long = "model", value_name = "PATH")]
     models: Vec<String>,
+    /// PEFT LoRA adapter directory for the one --model (with several, give each
+    /// adapter directory as a --model of its own: it names its base)
+    #[arg(long, value_name = "DIR")]
+    lora: Option<PathBuf>,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     /// 0 picks a free port (the address is printed)
@@ -62,7 +66,14 @@ pub fn run(args: ServeArgs) -> Result<()> {
             anyhow::bail!("--media-dir {}: not a directory", dir.display());
         }
     }
-    let models = if args.models.is_empty() {
+    if args.lora.is_some() && args.models.len() != 1 {
+        return Err(glimpse_engine::pipeline::PipelineError::Usage(format!(
+            "--lora applies to exactly one --model ({} given); give several adapters as --model NAME=ADAPTER_DIR each",
+            args.models.len()
+        ))
+        .into());
+    }
+    let mut models = if args.models.is_empty() {
         DEFAULT_MODELS
             .iter()
             .map(|name| {
@@ -70,12 +81,16 @@ pub fn run(args: ServeArgs) -> Result<()> {
                     // the cache copy's directory name carries a hash
                     id: Some(name.to_string()),
                     path: super::model_dir(None, name)?,
+                    lora: None,
                 })
             })
             .collect::<Result<Vec<_>>>()?
     } else {
         args.models.iter().map(|m| ModelSpec::parse(m)).collect()
     };
+    if let (Some(lora), [one]) = (&args.lora, models.as_mut_slice()) {
+        one.lora = Some(lora.clone());
+    }
     let options = ServerOptions {
         host: args.host,
         port: args.port,

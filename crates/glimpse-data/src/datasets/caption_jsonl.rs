@@ -22,30 +22,48 @@ pub struct CaptionRecord {
 /// error naming its (1-based) line number; missing images are an error listing
 /// them.
 pub fn load_caption_jsonl(path: &Path) -> Result<Vec<CaptionRecord>> {
-    let text = read_text(path)?;
-    let dir = parent_dir(path);
     let mut records = Vec::new();
+    for (line, rec) in read_caption_jsonl(path, None)? {
+        // "line 3 column 7: ..." for JSON errors, "line 3: empty caption"
+        let sep = |msg: &str| if msg.starts_with("column") { " " } else { ": " };
+        records.push(
+            rec.map_err(|msg| DataError::dataset(path, format!("line {line}{}{msg}", sep(&msg))))?,
+        );
+    }
+    check_images(path, records.iter().map(|r| r.image.as_path()))?;
+    Ok(records)
+}
+
+/// Each non-blank line with its (1-based) number: the record, image path
+/// resolved against `image_folder` (or the file's directory), or why the
+/// line is not one (not such JSON, an empty caption). The trainer skips or
+/// stops on a bad line as its recipe says; only an unreadable file is an
+/// error here.
+pub fn read_caption_jsonl(
+    path: &Path,
+    image_folder: Option<&Path>,
+) -> Result<Vec<(usize, std::result::Result<CaptionRecord, String>)>> {
+    let text = read_text(path)?;
+    let dir = image_folder
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| parent_dir(path));
+    let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let mut rec: CaptionRecord = serde_json::from_str(line).map_err(|e| {
-            DataError::dataset(
-                path,
-                format!("line {} column {}: {}", i + 1, e.column(), json_msg(&e)),
-            )
-        })?;
-        if rec.caption.trim().is_empty() {
-            return Err(DataError::dataset(
-                path,
-                format!("line {}: empty caption", i + 1),
-            ));
-        }
-        rec.image = resolve(&dir, &rec.image);
-        records.push(rec);
+        let rec = serde_json::from_str::<CaptionRecord>(line)
+            .map_err(|e| format!("column {}: {}", e.column(), json_msg(&e)))
+            .and_then(|mut rec| {
+                if rec.caption.trim().is_empty() {
+                    return Err("empty caption".to_string());
+                }
+                rec.image = resolve(&dir, &rec.image);
+                Ok(rec)
+            });
+        out.push((i + 1, rec));
     }
-    check_images(path, records.iter().map(|r| r.image.as_path()))?;
-    Ok(records)
+    Ok(out)
 }
 
 /// Writes one record per line; images under the file's directory are written

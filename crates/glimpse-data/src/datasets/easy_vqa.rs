@@ -7,6 +7,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
 use super::caption_jsonl::CaptionRecord;
 use super::llava_json::{LlavaRecord, Speaker, Turn, IMAGE_PLACEHOLDER};
 use super::{check_images, json_msg, read_text};
@@ -225,26 +229,122 @@ pub fn easy_vqa_to_captions(examples: &[VqaExample]) -> Result<Vec<CaptionRecord
 /// One multi-turn LLaVA record per image, its questions in file order, the
 /// first carrying the `<image>` placeholder; `id` is `easy-vqa-N`.
 pub fn easy_vqa_to_llava(examples: &[VqaExample]) -> Vec<LlavaRecord> {
-    let mut by_image: BTreeMap<u32, LlavaRecord> = BTreeMap::new();
-    for ex in examples {
-        let rec = by_image.entry(ex.image_id).or_insert_with(|| LlavaRecord {
-            id: format!("easy-vqa-{}", ex.image_id),
-            images: vec![ex.image.clone()],
-            conversations: Vec::new(),
-        });
-        let question = if rec.conversations.is_empty() {
-            format!("{IMAGE_PLACEHOLDER}\n{}", ex.question)
+    to_llava(examples, None, AnswerStyle::Word)
+}
+
+/// [`easy_vqa_to_llava`] with each image's questions in a seeded random
+/// order (easy-VQA's files list them template by template, so file order
+/// would teach the turn position of each kind). Image N's order depends only
+/// on `seed` and N, not on which other images are converted.
+pub fn easy_vqa_to_llava_shuffled(examples: &[VqaExample], seed: u64) -> Vec<LlavaRecord> {
+    to_llava(examples, Some(seed), AnswerStyle::Word)
+}
+
+/// LLaVA's instruction for single-word answers (appended to a question on
+/// its own line, as LLaVA-1.5's VQA data and evaluations do).
+pub const SHORT_ANSWER_INSTRUCTION: &str = "Answer the question using a single word or phrase.";
+
+/// How converted answers read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerStyle {
+    /// easy-VQA's own: one word.
+    Word,
+    /// A short sentence ("It is a circle.", "Yes, there is.").
+    Sentence,
+    /// Per question, drawn by the seed: the word after the question with
+    /// [`SHORT_ANSWER_INSTRUCTION`], or the sentence after the bare
+    /// question: a model learns both, and which one the prompt asks for.
+    Mixed,
+}
+
+/// [`easy_vqa_to_llava_shuffled`] with the answers in `style`.
+pub fn easy_vqa_to_llava_styled(
+    examples: &[VqaExample],
+    seed: u64,
+    style: AnswerStyle,
+) -> Vec<LlavaRecord> {
+    to_llava(examples, Some(seed), style)
+}
+
+/// The answer to `question` as a short sentence.
+pub fn sentence_answer(question: &str, answer: &str) -> String {
+    let q = question.trim().to_lowercase();
+    let yes = answer == "yes";
+    match answer {
+        "yes" | "no" if q.contains(" not ") => if yes {
+            "Yes, that is right."
         } else {
-            ex.question.clone()
-        };
-        rec.conversations.push(Turn {
-            from: Speaker::Human,
-            value: question,
-        });
-        rec.conversations.push(Turn {
-            from: Speaker::Gpt,
-            value: ex.answer.clone(),
-        });
+            "No, that is not right."
+        }
+        .to_string(),
+        "yes" | "no" if q.starts_with("does") => if yes {
+            "Yes, it does."
+        } else {
+            "No, it does not."
+        }
+        .to_string(),
+        "yes" | "no" => if yes {
+            "Yes, there is."
+        } else {
+            "No, there is not."
+        }
+        .to_string(),
+        a if COLORS.contains(&a) => format!("The shape is {a}."),
+        a if SHAPES.contains(&a) => format!("It is a {a}."),
+        a => format!("{a}."),
     }
-    by_image.into_values().collect()
+}
+
+fn to_llava(examples: &[VqaExample], seed: Option<u64>, style: AnswerStyle) -> Vec<LlavaRecord> {
+    let mut by_image: BTreeMap<u32, Vec<&VqaExample>> = BTreeMap::new();
+    for ex in examples {
+        by_image.entry(ex.image_id).or_default().push(ex);
+    }
+    by_image
+        .into_iter()
+        .map(|(id, mut group)| {
+            if let Some(seed) = seed {
+                let stream = seed ^ u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                group.shuffle(&mut StdRng::seed_from_u64(stream));
+            }
+            let mut conversations = Vec::with_capacity(2 * group.len());
+            // the style draws come after the order's, from their own stream
+            let mut coin = StdRng::seed_from_u64(
+                seed.unwrap_or(0) ^ u64::from(id).wrapping_mul(0xD1B5_4A32_D192_ED03),
+            );
+            for (i, ex) in group.iter().enumerate() {
+                let short = match style {
+                    AnswerStyle::Word => false,
+                    AnswerStyle::Sentence => false,
+                    AnswerStyle::Mixed => coin.random_bool(0.5),
+                };
+                let mut question = if i == 0 {
+                    format!("{IMAGE_PLACEHOLDER}\n{}", ex.question)
+                } else {
+                    ex.question.clone()
+                };
+                let answer = match style {
+                    AnswerStyle::Word => ex.answer.clone(),
+                    _ if short => {
+                        question = format!("{question}\n{SHORT_ANSWER_INSTRUCTION}");
+                        ex.answer.clone()
+                    }
+                    _ => sentence_answer(&ex.question, &ex.answer),
+                };
+                conversations.push(Turn {
+                    from: Speaker::Human,
+                    value: question,
+                });
+                conversations.push(Turn {
+                    from: Speaker::Gpt,
+                    value: answer,
+                });
+            }
+            LlavaRecord {
+                id: format!("easy-vqa-{id}"),
+                images: vec![group[0].image.clone()],
+                conversations,
+            }
+        })
+        .collect()
 }

@@ -159,7 +159,12 @@ pub fn load_llava_json(path: &Path) -> Result<Vec<LlavaRecord>> {
             DataError::dataset(path, format!("record {i} (id {}): {msg}", rec.id))
         })?;
     }
-    check_images(path, records.iter().flat_map(|r| r.images.iter().map(PathBuf::as_path)))?;
+    check_images(
+        path,
+        records
+            .iter()
+            .flat_map(|r| r.images.iter().map(PathBuf::as_path)),
+    )?;
     Ok(records)
 }
 

@@ -11,13 +11,17 @@ pub use batches::{
     collate_conversation, shuffled, BatchPosition, BatchSampler, CollatedBatch, SegmentKind,
     IGNORE_INDEX,
 };
-pub use caption_jsonl::{load_caption_jsonl, write_caption_jsonl, CaptionRecord};
+pub use caption_jsonl::{
+    load_caption_jsonl, read_caption_jsonl, write_caption_jsonl, CaptionRecord,
+};
 pub use easy_vqa::{
-    easy_vqa_to_captions, easy_vqa_to_llava, image_attributes, load_easy_vqa_split, AnswerKind,
-    ImageAttributes, VqaExample, COLORS, SHAPES,
+    easy_vqa_to_captions, easy_vqa_to_llava, easy_vqa_to_llava_shuffled, easy_vqa_to_llava_styled,
+    image_attributes, load_easy_vqa_split, sentence_answer, AnswerKind, AnswerStyle,
+    ImageAttributes, VqaExample, COLORS, SHAPES, SHORT_ANSWER_INSTRUCTION,
 };
 pub use llava_json::{
-    load_llava_json, read_llava_json, write_llava_json, LlavaRecord, Speaker, Turn, IMAGE_PLACEHOLDER,
+    load_llava_json, read_llava_json, write_llava_json, LlavaRecord, Speaker, Turn,
+    IMAGE_PLACEHOLDER,
 };
 
 use std::path::{Path, PathBuf};

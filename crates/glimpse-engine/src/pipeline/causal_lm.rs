@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use glimpse_data::{ChatMessage, ChatTemplate};
 use glimpse_infer::{Generation, GenerationConfig, SamplingConfig, TokenModel};
+use glimpse_models::lora::{self, Adapter, LoraConfig};
 use glimpse_models::{Decoder, DecoderCache, GgufFile, LogitsFor, ModelError};
 use serde_json::Value;
 use tokenizers::Tokenizer;
@@ -34,18 +35,47 @@ impl CausalLm {
     /// dequantizes every weight to it at load, `None` keeps the quantized
     /// blocks and runs quantized matmuls.
     pub fn load(path: &Path, dtype: Option<DType>, device: &Device) -> Result<Self> {
-        if !path.exists() {
-            return Err(ModelError::file(path, "model not found").into());
-        }
-        if path.is_dir() {
-            Self::load_hf_dir(path, dtype.unwrap_or(DType::F32), device)
-        } else {
-            Self::load_gguf(path, dtype, device)
-        }
+        Self::load_with_lora(path, None, dtype, device)
     }
 
-    fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let model = Decoder::load_hf_dir(dir, dtype, device)?;
+    /// [`Self::load`] with a PEFT LoRA adapter directory (`--lora`), or
+    /// with `path` itself an adapter directory naming its base
+    /// ([`split_adapter`]). A dense base gets the adapter merged into its
+    /// weights (decoding at the base model's speed); a quantized GGUF base
+    /// keeps its blocks and runs the adapter beside them.
+    pub fn load_with_lora(
+        path: &Path,
+        lora: Option<&Path>,
+        dtype: Option<DType>,
+        device: &Device,
+    ) -> Result<Self> {
+        let (path, lora) = split_adapter(path, lora)?;
+        let adapter = lora
+            .as_deref()
+            .map(|d| Adapter::load(d, device))
+            .transpose()?;
+        if !path.exists() {
+            return Err(ModelError::file(&path, "model not found").into());
+        }
+        let mut lm = if path.is_dir() {
+            Self::load_hf_dir(&path, dtype.unwrap_or(DType::F32), device, adapter.as_ref())?
+        } else {
+            Self::load_gguf(&path, dtype, device, adapter.as_ref())?
+        };
+        let quantized = !path.is_dir() && dtype.is_none();
+        if adapter.is_some() && !quantized {
+            lm.model = lm.model.merge_lora()?;
+        }
+        Ok(lm)
+    }
+
+    fn load_hf_dir(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+        adapter: Option<&Adapter>,
+    ) -> Result<Self> {
+        let model = Decoder::load_hf_dir_with_lora(dir, dtype, device, adapter)?;
         let tokenizer = load_tokenizer(dir)?;
         let template = ChatTemplate::from_model_dir(dir)?;
         let (eos, sampling) = generation_defaults(dir)?;
@@ -60,9 +90,14 @@ impl CausalLm {
         })
     }
 
-    fn load_gguf(path: &Path, dequantize: Option<DType>, device: &Device) -> Result<Self> {
+    fn load_gguf(
+        path: &Path,
+        dequantize: Option<DType>,
+        device: &Device,
+        adapter: Option<&Adapter>,
+    ) -> Result<Self> {
         let file = GgufFile::open(path)?;
-        let model = Decoder::load_gguf(&file, dequantize, device)?;
+        let model = Decoder::load_gguf_with_lora(&file, dequantize, device, adapter)?;
         let tok = glimpse_data::tokenizer_from_gguf(file.metadata())
             .map_err(|e| ModelError::file(path, e))?;
         let template = tok.chat_template().map_err(|e| ModelError::file(path, e))?;
@@ -230,6 +265,27 @@ impl TokenModel for Session<'_> {
 }
 
 /// A model directory's `tokenizer.json`.
+/// The model to load and the adapter to put on it. `path` may be a PEFT
+/// adapter directory (`adapter_config.json`, no `config.json`): its base is
+/// `base_model_name_or_path`, relative to the adapter's directory or
+/// absolute (a `.gguf` file is a base too). Tokenizer, chat template and
+/// generation defaults come from the base.
+pub fn split_adapter(path: &Path, lora: Option<&Path>) -> Result<(PathBuf, Option<PathBuf>)> {
+    if !lora::is_adapter_dir(path) {
+        return Ok((path.to_path_buf(), lora.map(Path::to_path_buf)));
+    }
+    if let Some(other) = lora {
+        return Err(PipelineError::Usage(format!(
+            "{} is a LoRA adapter directory, and --lora {} names another; give the base model with --model and one adapter with --lora",
+            path.display(),
+            other.display()
+        )));
+    }
+    let config = LoraConfig::from_file(&path.join(lora::ADAPTER_CONFIG))?;
+    let base = lora::resolve_base(path, &config)?;
+    Ok((base, Some(path.to_path_buf())))
+}
+
 pub(crate) fn load_tokenizer(dir: &Path) -> Result<Tokenizer> {
     Ok(glimpse_data::read_tokenizer_json(
         &dir.join("tokenizer.json"),

@@ -18,7 +18,7 @@ use glimpse_models::{FusionConfig, LogitsFor, ModelError, Vlm, VlmCache};
 use serde_json::{json, Value};
 use tokenizers::Tokenizer;
 
-use super::causal_lm::{generation_defaults, load_tokenizer, one_line};
+use super::causal_lm::{generation_defaults, load_tokenizer, one_line, split_adapter};
 use super::{PipelineError, Result};
 use crate::request::{ImageInput, Message, Part, Prompt};
 
@@ -54,10 +54,26 @@ pub struct VlmPrompt {
 
 impl VlmPipeline {
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load_with_lora(dir, None, device)
+    }
+
+    /// [`Self::load`] with a PEFT LoRA adapter on the language model
+    /// (`--lora`, or `dir` itself an adapter directory naming its base),
+    /// merged into the decoder's weights once loaded.
+    pub fn load_with_lora(dir: &Path, lora: Option<&Path>, device: &Device) -> Result<Self> {
+        let (dir, lora) = split_adapter(dir, lora)?;
+        let dir = dir.as_path();
+        let adapter = lora
+            .as_deref()
+            .map(|d| glimpse_models::Adapter::load(d, device))
+            .transpose()?;
         if !dir.is_dir() {
             return Err(ModelError::file(dir, "model directory not found").into());
         }
-        let model = Vlm::load_dir(dir, DType::F32, device)?;
+        let mut model = Vlm::load_dir_with_lora(dir, DType::F32, device, adapter.as_ref())?;
+        if adapter.is_some() {
+            model.language_model = model.language_model.merge_lora()?;
+        }
         let tokenizer = load_tokenizer(dir)?;
         let template = ChatTemplate::from_model_dir(dir)?;
         let processor = processor_config(dir)?;

@@ -22,10 +22,17 @@ pub enum Activation {
     Relu,
     #[serde(rename = "silu", alias = "swish")]
     Silu,
+    /// No activation (HF's `linear`): a LLaVA export of a one-layer
+    /// projector runs its `linear_2` (the identity) after it.
+    #[serde(rename = "linear", alias = "identity")]
+    Identity,
 }
 
 impl Activation {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        if *self == Activation::Identity {
+            return Ok(xs.clone());
+        }
         // Inference on CPU in f32: one fused pass over all cores. candle's
         // element-wise ops run on one thread and quick_gelu takes three of
         // them, which cost a ViT-B/16 more time than its attention softmax.
@@ -43,6 +50,7 @@ impl Activation {
             Activation::GeluTanh => xs.gelu(),
             Activation::Relu => xs.relu(),
             Activation::Silu => xs.silu(),
+            Activation::Identity => Ok(xs.clone()),
         }
     }
 
@@ -52,6 +60,9 @@ impl Activation {
     /// # Shapes
     /// `xs`: (..., N), `bias`: (N) -> (..., N)
     pub fn forward_biased(&self, xs: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        if *self == Activation::Identity {
+            return xs.broadcast_add(bias);
+        }
         if fused_applies(xs) && fused_applies(bias) {
             return xs.apply_op2_no_bwd(bias, &FusedCpu(*self));
         }
@@ -88,6 +99,7 @@ impl Activation {
             }
             Activation::Relu => x.max(0.0),
             Activation::Silu => x / (1.0 + (-x).exp()),
+            Activation::Identity => x,
         }
     }
 
@@ -122,6 +134,7 @@ impl Activation {
                 let s = sigmoid(x);
                 s + x * s * (1.0 - s)
             }
+            Activation::Identity => 1.0,
         }
     }
 }
@@ -312,6 +325,7 @@ mod tests {
             Activation::GeluTanh,
             Activation::Relu,
             Activation::Silu,
+            Activation::Identity,
         ] {
             let fused = act.forward(&x)?;
             let composed = act.forward(tracked.as_tensor())?;
@@ -353,6 +367,7 @@ mod tests {
             Activation::GeluTanh,
             Activation::Relu,
             Activation::Silu,
+            Activation::Identity,
         ] {
             let composed = |z: &Tensor| match act {
                 Activation::QuickGelu => z * candle_nn::ops::sigmoid(&(z * 1.702)?)?,
@@ -360,6 +375,7 @@ mod tests {
                 Activation::GeluTanh => z.gelu(),
                 Activation::Relu => z.relu(),
                 Activation::Silu => z.silu(),
+                Activation::Identity => Ok(z.clone()),
             };
             let xs = x.as_tensor();
             let gf = (act.forward(xs)? * &probe)?.sum_all()?.backward()?;
@@ -381,6 +397,22 @@ mod tests {
                 close(gf.get(v).expect("grad"), gc.get(v).expect("grad"), &what)?;
             }
         }
+        Ok(())
+    }
+
+    /// HF's `linear` (what a LLaVA export of a one-layer projector names)
+    /// passes values through, biased or not.
+    #[test]
+    fn linear_is_identity() -> Result<()> {
+        let act: Activation = serde_json::from_str("\"linear\"").expect("linear parses");
+        assert_eq!(act, Activation::Identity);
+        let x = Tensor::new(&[[-2f32, 0.5, 3.0]], &Device::Cpu)?;
+        let b = Tensor::new(&[1f32, -1.0, 0.25], &Device::Cpu)?;
+        assert_eq!(act.forward(&x)?.to_vec2::<f32>()?, [[-2.0, 0.5, 3.0]]);
+        assert_eq!(
+            act.forward_biased(&x, &b)?.to_vec2::<f32>()?,
+            [[-1.0, -0.5, 3.25]]
+        );
         Ok(())
     }
 }

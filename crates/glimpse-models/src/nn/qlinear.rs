@@ -2,7 +2,8 @@
 //! GGUF dequantized at load) or a GGUF quantized block tensor multiplied by
 //! quantized kernels, so a Q4 model stays Q4 in memory: Q4_1 on the CPU by
 //! our own kernel (`nn::q4_1_matmul`, candle's is scalar), every other
-//! block type by candle's.
+//! block type by candle's. A LoRA adapter wraps any of them
+//! ([`QLinear::Lora`], `crate::lora`).
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use std::borrow::Cow;
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
+use crate::lora::LoraLinear;
 use crate::nn::q4_1_matmul::Q4_1Matmul;
 use crate::nn::Linear;
 
@@ -28,6 +30,8 @@ pub enum QLinear {
         weight: Q4_1Matmul,
         bias: Option<Tensor>,
     },
+    /// A frozen base with a low-rank adapter beside it.
+    Lora(Box<LoraLinear>),
 }
 
 impl QLinear {
@@ -50,11 +54,16 @@ impl QLinear {
     /// up), their outputs side by side: one kernel call and one activation
     /// quantization instead of several. `None` when the parts cannot be
     /// joined: trainable weights (the join would be a snapshot, not the
-    /// `Var`s), different block types, or biases on some parts only.
+    /// `Var`s), different block types, biases on some parts only, or an
+    /// adapter on any part (each part's adapter reads its own A and B;
+    /// merge first to fuse, [`Self::merged`]).
     ///
     /// # Shapes
     /// parts (o_i, in) -> (Σ o_i, in)
     pub fn stack(parts: &[&QLinear]) -> Result<Option<QLinear>> {
+        if parts.iter().any(|p| matches!(p, Self::Lora(_))) {
+            return Ok(None);
+        }
         let biases: Vec<Option<&Tensor>> = parts.iter().map(|p| p.bias()).collect();
         let bias = if biases.iter().all(Option::is_none) {
             None
@@ -109,6 +118,7 @@ impl QLinear {
         match self {
             Self::Dense(l) => l.bias(),
             Self::Quantized { bias, .. } | Self::Q4_1 { bias, .. } => bias.as_ref(),
+            Self::Lora(l) => l.base.bias(),
         }
     }
 
@@ -117,6 +127,38 @@ impl QLinear {
             Self::Dense(l) => l.weight().dim(0),
             Self::Quantized { out_dim, .. } => Ok(*out_dim),
             Self::Q4_1 { weight, .. } => Ok(weight.out_dim()),
+            Self::Lora(l) => l.base.out_dim(),
+        }
+    }
+
+    /// The weight as a dense (out, in) tensor: quantized blocks
+    /// dequantized to f32; for an adapted layer, the base's weight alone.
+    pub fn dense_weight(&self) -> Result<Tensor> {
+        match self {
+            Self::Dense(l) => Ok(l.weight().clone()),
+            Self::Quantized { weight, .. } => match weight {
+                QMatMul::QTensor(q) => q.dequantize(&q.device()),
+                QMatMul::Tensor(t) | QMatMul::TensorF16(t) => Ok(t.clone()),
+            },
+            Self::Q4_1 { weight, .. } => weight.tensor().dequantize(&weight.tensor().device()),
+            Self::Lora(l) => l.base.dense_weight(),
+        }
+    }
+
+    /// The adapter folded into the weight ([`LoraLinear::merge`]: a dense
+    /// layer; a quantized base is dequantized); any other layer as it is.
+    pub fn merged(&self) -> Result<QLinear> {
+        match self {
+            Self::Lora(l) => l.merge(),
+            other => Ok(other.clone()),
+        }
+    }
+
+    /// The adapter, when this layer has one.
+    pub fn lora(&self) -> Option<&LoraLinear> {
+        match self {
+            Self::Lora(l) => Some(l),
+            _ => None,
         }
     }
 }
@@ -127,6 +169,7 @@ impl Module for QLinear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let (ys, bias) = match self {
             Self::Dense(l) => return l.forward(xs),
+            Self::Lora(l) => return l.forward(xs),
             // The quantized kernels take f32 rows; QMatMul flattens the
             // leading dims itself.
             Self::Quantized { weight, bias, .. } => (

@@ -16,6 +16,7 @@ use candle_nn::VarBuilder;
 
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufFile;
+use crate::lora::{Adapter, LoraWeights};
 use crate::nn::causal_attention::{
     mask_if_needed, AttentionInputs, CausalSelfAttention, QkvProjection,
 };
@@ -23,7 +24,7 @@ use crate::nn::kv_cache::KvCache;
 use crate::nn::qlinear::QLinear;
 use crate::nn::rms_norm::RmsNorm;
 use crate::nn::rope::{Rope, RopeStyle};
-use crate::nn::swiglu::SwiGlu;
+use crate::nn::swiglu::{GateUp, SwiGlu};
 use crate::shape_check::{self, Shapes};
 use crate::text::decoder_config::DecoderConfig;
 use crate::text::decoder_weights::{DecoderWeights, TokenEmbedding};
@@ -38,32 +39,110 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    fn new(cfg: &DecoderConfig, w: &DecoderWeights, prefix: &str) -> Result<Self> {
+    /// `lora`: adapters for the targeted linear layers (their factors
+    /// named `{prefix}.self_attn.q_proj.lora_A.weight` and so on).
+    fn new(
+        cfg: &DecoderConfig,
+        w: &DecoderWeights,
+        prefix: &str,
+        lora: Option<&LoraWeights>,
+        rope_style: RopeStyle,
+    ) -> Result<Self> {
         let (d, hd) = (cfg.hidden_size, cfg.head_dim);
         let (h, hkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
         let attn = format!("{prefix}.self_attn");
         let mlp = format!("{prefix}.mlp");
         let i = cfg.intermediate_size;
+        let (dtype, device) = (w.compute_dtype(), w.device());
+        // q/k rows stored interleaved per head (GGUF llama): the adapter's
+        // B rows follow them.
+        let rotary = |heads: usize| (rope_style == RopeStyle::Interleaved).then_some(heads);
+        let linear = |name: String,
+                      in_dim: usize,
+                      out_dim: usize,
+                      bias: bool,
+                      heads: Option<usize>|
+         -> Result<QLinear> {
+            let base = w.linear(&name, in_dim, out_dim, bias)?;
+            match lora {
+                Some(l) => l.adapt(&name, base, in_dim, out_dim, dtype, &device, heads),
+                None => Ok(base),
+            }
+        };
         Ok(Self {
             self_attn: CausalSelfAttention {
                 qkv: QkvProjection::new(
-                    w.linear(&format!("{attn}.q_proj"), d, h * hd, cfg.qkv_bias)?,
-                    w.linear(&format!("{attn}.k_proj"), d, hkv * hd, cfg.qkv_bias)?,
-                    w.linear(&format!("{attn}.v_proj"), d, hkv * hd, cfg.qkv_bias)?,
+                    linear(format!("{attn}.q_proj"), d, h * hd, cfg.qkv_bias, rotary(h))?,
+                    linear(
+                        format!("{attn}.k_proj"),
+                        d,
+                        hkv * hd,
+                        cfg.qkv_bias,
+                        rotary(hkv),
+                    )?,
+                    linear(format!("{attn}.v_proj"), d, hkv * hd, cfg.qkv_bias, None)?,
                 )?,
-                o_proj: w.linear(&format!("{attn}.o_proj"), h * hd, d, cfg.o_bias)?,
+                o_proj: linear(format!("{attn}.o_proj"), h * hd, d, cfg.o_bias, None)?,
                 num_heads: h,
                 num_kv_heads: hkv,
                 head_dim: hd,
             },
             mlp: SwiGlu::new(
-                w.linear(&format!("{mlp}.gate_proj"), d, i, cfg.mlp_bias)?,
-                w.linear(&format!("{mlp}.up_proj"), d, i, cfg.mlp_bias)?,
-                w.linear(&format!("{mlp}.down_proj"), i, d, cfg.mlp_bias)?,
+                linear(format!("{mlp}.gate_proj"), d, i, cfg.mlp_bias, None)?,
+                linear(format!("{mlp}.up_proj"), d, i, cfg.mlp_bias, None)?,
+                linear(format!("{mlp}.down_proj"), i, d, cfg.mlp_bias, None)?,
             )?,
             input_layernorm: norm(cfg, w, &format!("{prefix}.input_layernorm"))?,
             post_attention_layernorm: norm(cfg, w, &format!("{prefix}.post_attention_layernorm"))?,
         })
+    }
+
+    /// This layer with every adapter folded into its weight, the
+    /// projections fused again where they can be.
+    fn merge_lora(&self) -> Result<Self> {
+        let mut out = self.clone();
+        if let QkvProjection::Separate {
+            q_proj,
+            k_proj,
+            v_proj,
+        } = &self.self_attn.qkv
+        {
+            out.self_attn.qkv =
+                QkvProjection::new(q_proj.merged()?, k_proj.merged()?, v_proj.merged()?)?;
+        }
+        out.self_attn.o_proj = self.self_attn.o_proj.merged()?;
+        let down = self.mlp.down_proj.merged()?;
+        out.mlp = match &self.mlp.gate_up {
+            GateUp::Separate { gate_proj, up_proj } => {
+                SwiGlu::new(gate_proj.merged()?, up_proj.merged()?, down)?
+            }
+            GateUp::Fused(fused) => SwiGlu {
+                gate_up: GateUp::Fused(fused.clone()),
+                down_proj: down,
+            },
+        };
+        Ok(out)
+    }
+
+    /// Whether any linear layer here has an adapter.
+    fn has_lora(&self) -> bool {
+        let attn = match &self.self_attn.qkv {
+            QkvProjection::Separate {
+                q_proj,
+                k_proj,
+                v_proj,
+            } => [q_proj, k_proj, v_proj].iter().any(|p| p.lora().is_some()),
+            QkvProjection::Fused(_) => false,
+        };
+        let gate_up = match &self.mlp.gate_up {
+            GateUp::Separate { gate_proj, up_proj } => {
+                gate_proj.lora().is_some() || up_proj.lora().is_some()
+            }
+            GateUp::Fused(_) => false,
+        };
+        attn || gate_up
+            || self.self_attn.o_proj.lora().is_some()
+            || self.mlp.down_proj.lora().is_some()
     }
 
     /// # Shapes
@@ -195,13 +274,27 @@ impl Decoder {
         head: &str,
         rope_style: RopeStyle,
     ) -> Result<Self> {
+        Self::new_with_lora(cfg, w, prefix, head, rope_style, None)
+    }
+
+    /// [`Self::new`] with LoRA adapters on the linear layers `lora`
+    /// targets (never the LM head). The caller checks the adapter with
+    /// [`LoraWeights::finish`] once the model is built.
+    pub fn new_with_lora(
+        cfg: &DecoderConfig,
+        w: &DecoderWeights,
+        prefix: &str,
+        head: &str,
+        rope_style: RopeStyle,
+        lora: Option<&LoraWeights>,
+    ) -> Result<Self> {
         let embed_tokens = w.embedding(
             &format!("{prefix}.embed_tokens.weight"),
             cfg.vocab_size,
             cfg.hidden_size,
         )?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| DecoderLayer::new(cfg, w, &format!("{prefix}.layers.{i}")))
+            .map(|i| DecoderLayer::new(cfg, w, &format!("{prefix}.layers.{i}"), lora, rope_style))
             .collect::<Result<Vec<_>>>()?;
         let norm = norm(cfg, w, &format!("{prefix}.norm"))?;
         let lm_head = if cfg.tie_word_embeddings {
@@ -233,42 +326,98 @@ impl Decoder {
     /// Loads an HF causal-LM directory (`config.json` + safetensors),
     /// strictly: every tensor present and shaped right, none left over.
     pub fn load_hf_dir(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_hf_dir_with_lora(dir, dtype, device, None)
+    }
+
+    /// [`Self::load_hf_dir`] with a PEFT adapter, unmerged: every adapter
+    /// tensor must be used and every target must match a layer.
+    pub fn load_hf_dir_with_lora(
+        dir: &Path,
+        dtype: DType,
+        device: &Device,
+        adapter: Option<&Adapter>,
+    ) -> Result<Self> {
         let config_path = dir.join("config.json");
         let cfg = DecoderConfig::from_file(&config_path)?;
         let checkpoint = Checkpoint::open_dir(dir)?;
         // The config's sizes against the header before anything is built.
         let shapes = Shapes::new(checkpoint.shapes(), checkpoint.path());
         shape_check::decoder(&cfg, &shapes, "model", "lm_head").map_err(|e| e.at(&config_path))?;
+        let lora = adapter
+            .map(|a| LoraWeights::from_adapter(a, "model"))
+            .transpose()?;
         let strict = checkpoint.strict(dtype, device);
         let vb: VarBuilder = strict.var_builder();
-        let model = Self::new(
+        let model = Self::new_with_lora(
             &cfg,
             &DecoderWeights::Hf(vb),
             "model",
             "lm_head",
             RopeStyle::HalfSplit,
+            lora.as_ref(),
         );
         // Tied checkpoints sometimes still carry a copy of the head;
         // rotary buffers of old exports are derived, not learned.
-        strict.conclude(model, |name| {
+        let model = strict.conclude(model, |name| {
             (cfg.tie_word_embeddings && name == "lm_head.weight")
                 || name.ends_with("rotary_emb.inv_freq")
-        })
+        })?;
+        if let Some(l) = &lora {
+            l.finish()?;
+        }
+        Ok(model)
     }
 
     /// Loads a llama/qwen2 GGUF file. `dequantize`: `Some(dtype)` turns every
     /// weight dense at load (reference numerics), `None` keeps quantized
     /// blocks and runs candle's quantized matmuls.
     pub fn load_gguf(file: &GgufFile, dequantize: Option<DType>, device: &Device) -> Result<Self> {
+        Self::load_gguf_with_lora(file, dequantize, device, None)
+    }
+
+    /// [`Self::load_gguf`] with a PEFT adapter trained on the HF model the
+    /// file was converted from; the quantized base stays quantized, the
+    /// adapter runs beside it in f32 (or `dequantize`'s dtype).
+    pub fn load_gguf_with_lora(
+        file: &GgufFile,
+        dequantize: Option<DType>,
+        device: &Device,
+        adapter: Option<&Adapter>,
+    ) -> Result<Self> {
         let (cfg, style) = file.decoder_config()?;
         let w = DecoderWeights::Gguf {
             file,
             dequantize,
             device: device.clone(),
         };
-        let model = Self::new(&cfg, &w, "model", "lm_head", style)?;
+        let lora = adapter
+            .map(|a| LoraWeights::from_adapter(a, "model"))
+            .transpose()?;
+        let model = Self::new_with_lora(&cfg, &w, "model", "lm_head", style, lora.as_ref())?;
         file.finish()?;
+        if let Some(l) = &lora {
+            l.finish()?;
+        }
         Ok(model)
+    }
+
+    /// The model with every adapter folded into its weights (`W + scale ·
+    /// B A`), the q/k/v and gate/up projections fused again: inference at
+    /// the base model's speed. A quantized layer with an adapter becomes a
+    /// dense f32 one.
+    pub fn merge_lora(&self) -> Result<Self> {
+        let mut out = self.clone();
+        out.layers = self
+            .layers
+            .iter()
+            .map(DecoderLayer::merge_lora)
+            .collect::<Result<_>>()?;
+        Ok(out)
+    }
+
+    /// Whether any layer carries an adapter.
+    pub fn has_lora(&self) -> bool {
+        self.layers.iter().any(DecoderLayer::has_lora)
     }
 
     pub fn config(&self) -> &DecoderConfig {

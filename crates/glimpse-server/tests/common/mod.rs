@@ -19,6 +19,7 @@ pub fn shipped_models() -> Vec<ModelSpec> {
         .map(|m| ModelSpec {
             id: None,
             path: repo_root().join(m),
+            lora: None,
         })
         .collect()
 }

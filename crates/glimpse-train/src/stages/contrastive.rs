@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor, Var};
-use glimpse_data::datasets::{COLORS, SHAPES};
+use glimpse_eval::{caption_prompts, ZeroShotReport};
 use glimpse_models::DualEncoder;
 
 use super::augment::{augment, orientations, Augment};
@@ -179,22 +179,13 @@ impl Task for ContrastiveTask<'_> {
     /// {shape}"; the share whose best caption has both right (and each
     /// attribute's share).
     fn evaluate(&mut self) -> Result<EvalMetrics> {
-        let labels: Vec<(usize, usize)> = (0..COLORS.len())
-            .flat_map(|c| (0..SHAPES.len()).map(move |s| (c, s)))
-            .collect();
-        let rows = labels
+        let rows = caption_prompts()
             .iter()
-            .map(|&(c, s)| {
-                clip_ids(
-                    self.corpus,
-                    &format!("a {} {}", COLORS[c], SHAPES[s]),
-                    self.max_len,
-                )
-            })
+            .map(|caption| clip_ids(self.corpus, caption, self.max_len))
             .collect::<Result<Vec<_>>>()?;
         let refs: Vec<&Vec<u32>> = rows.iter().collect();
         let captions = l2(&self.text_features(&refs)?)?;
-        let (mut right, mut color_right, mut shape_right) = (0usize, 0usize, 0usize);
+        let mut report = ZeroShotReport::default();
         for chunk in self.eval_images.chunks(256) {
             let idx: Vec<u32> = chunk.iter().map(|&i| i as u32).collect();
             let index = Tensor::new(idx.as_slice(), &self.device)?;
@@ -205,21 +196,16 @@ impl Task for ContrastiveTask<'_> {
             let best = image.matmul(&captions.t()?)?.argmax(1)?.to_vec1::<u32>()?;
             for (k, &i) in chunk.iter().enumerate() {
                 let a = &self.corpus.test.attributes[i];
-                let (c, s) = labels[best[k] as usize];
-                let color_ok = a.color == Some(COLORS[c]);
-                let shape_ok = a.shape == Some(SHAPES[s]);
-                color_right += usize::from(color_ok);
-                shape_right += usize::from(shape_ok);
-                right += usize::from(color_ok && shape_ok);
+                report.add(a.color, a.shape, best[k] as usize);
             }
         }
-        let n = self.eval_images.len().max(1) as f64;
+        // every eval image has both attributes known (see `new`)
         Ok(EvalMetrics {
             loss: None,
-            accuracy: (!self.eval_images.is_empty()).then(|| right as f64 / n),
+            accuracy: (report.both.total > 0).then(|| report.both.fraction()),
             extra: vec![
-                ("color_accuracy".into(), color_right as f64 / n),
-                ("shape_accuracy".into(), shape_right as f64 / n),
+                ("color_accuracy".into(), report.color.fraction()),
+                ("shape_accuracy".into(), report.shape.fraction()),
             ],
         })
     }

@@ -315,6 +315,24 @@ impl Corpus {
         Ok(segments)
     }
 
+    /// The run's text side as data-file stages use it: the trained
+    /// tokenizer and glimpse's chat template.
+    pub fn text_side(&self) -> Result<crate::text_side::TextSide> {
+        let special = SpecialTokens {
+            bos_token: Some(BOS.into()),
+            eos_token: Some(EOS.into()),
+            unk_token: None,
+            pad_token: Some(PAD.into()),
+        };
+        Ok(crate::text_side::TextSide {
+            tokenizer: self.tokenizer.clone(),
+            template: ChatTemplate::new(CHAT_TEMPLATE, special.clone())?,
+            template_source: CHAT_TEMPLATE.to_string(),
+            special,
+            ids: self.ids,
+        })
+    }
+
     /// Captions of the training images (colour and shape from the answers).
     pub fn train_captions(&self) -> Result<Vec<(usize, String)>> {
         Ok(easy_vqa_to_captions(&self.train.questions)?

@@ -5,4 +5,5 @@ pub mod batch;
 pub mod contrastive;
 pub mod corpus;
 pub mod lm;
+pub mod rows;
 pub mod vlm;

@@ -1,29 +1,46 @@
 //! `align`, `instruct`, `full`: the VLM learns to answer from the image.
 //! align trains the projector (and cross-attention blocks) on captions;
 //! instruct adds the decoder on the questions; full adds the tower.
-//! While the tower is frozen its features are computed once for every
-//! image and reused by every step (no tower pass, no gradient).
+//!
+//! Images come decoded up front (easy-VQA splits, [`Images::Decoded`]) or
+//! from the rows' files as batches need them ([`Images::Files`]). While the
+//! tower is frozen its features are computed once per image and reused by
+//! every later step (no tower pass, no gradient).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{Device, Tensor};
 use glimpse_data::datasets::SegmentKind;
+use glimpse_data::{load_rgb, preprocess_batch, ImageLimits, ProcessorConfig};
+use glimpse_eval::{answer_kind_label, KindTally};
 use glimpse_models::{FusionConfig, LogitsFor, Vlm, VlmCache};
 
 use super::batch::{exact_matches, labelled_loss, left_padded, scored_tokens};
 use super::corpus::{Corpus, Split, DESCRIBE};
 use super::lm::spread;
+use super::rows::{row_segments, BadKind, BadRows, Row};
 use crate::error::{Result, TrainError};
 use crate::losses::masked_lm_loss;
+use crate::text_side::{Role, TextSide};
 use crate::trainer::{EvalMetrics, Task};
 
 type Segments = Vec<(SegmentKind, Vec<u32>)>;
 
-/// One training or evaluation example: an image row and its token segments.
+/// One training or evaluation example: its images (indices into its
+/// split's [`Images`]) and its token segments.
 pub struct VlmExample {
-    pub image: usize,
+    /// The row id, which bad-row reports name.
+    pub id: String,
+    pub images: Vec<usize>,
     pub segments: Segments,
+    /// The answer's kind (`glimpse_eval::answer_kind_label`), which the
+    /// evaluation tallies by; "caption" for align's captions.
+    pub kind: &'static str,
 }
 
-/// What a VLM stage trains on.
+/// What a VLM stage trains on (the easy-VQA corpus path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VlmData {
     /// align: "what is in the image?" → caption.
@@ -32,19 +49,135 @@ pub enum VlmData {
     Questions,
 }
 
+/// Features kept for a frozen tower, at most this many bytes (then images
+/// beyond go through the tower each time they come up).
+const FEATURE_CACHE_BYTES: usize = 2 << 30;
+
+/// A split's images.
+pub enum Images<'a> {
+    /// Decoded and normalised up front: (N, 3, H, W).
+    Decoded(&'a Tensor),
+    /// Read from disk when a batch needs them.
+    Files(Box<ImageFiles>),
+}
+
+/// Images decoded from disk per batch; the ones that fail are reported as
+/// bad rows once and left out from then on.
+pub struct ImageFiles {
+    /// The data file the rows came from (bad-row reports name it).
+    pub source: PathBuf,
+    pub paths: Vec<PathBuf>,
+    pub processor: ProcessorConfig,
+    pub bad_rows: Arc<BadRows>,
+    /// Pixels of the images the current batch needs: (3, H, W) each.
+    batch: Mutex<HashMap<usize, Tensor>>,
+    /// A frozen tower's features by image: (L, Dv) each, and their bytes.
+    features: Mutex<(HashMap<usize, Tensor>, usize)>,
+    /// Images that could not be read.
+    unreadable: Mutex<BTreeSet<usize>>,
+}
+
+impl ImageFiles {
+    pub fn new(
+        source: PathBuf,
+        paths: Vec<PathBuf>,
+        processor: ProcessorConfig,
+        bad_rows: Arc<BadRows>,
+    ) -> Self {
+        Self {
+            source,
+            paths,
+            processor,
+            bad_rows,
+            batch: Mutex::default(),
+            features: Mutex::default(),
+            unreadable: Mutex::default(),
+        }
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> Result<std::sync::MutexGuard<'_, T>> {
+        m.lock()
+            .map_err(|_| TrainError::State("image cache lock poisoned".into()))
+    }
+
+    /// Decodes the images of `examples` that are neither cached as features
+    /// nor known bad, into the batch's pixel map (replacing the last
+    /// batch's); returns which examples are usable. An image that fails is
+    /// a bad row of the example that brought it (under `fail`, the error).
+    fn prepare(&self, examples: &[&VlmExample]) -> Result<Vec<bool>> {
+        let mut pixels = HashMap::new();
+        let limits = ImageLimits::default();
+        let mut ok = Vec::with_capacity(examples.len());
+        for ex in examples {
+            let mut good = true;
+            for &i in &ex.images {
+                if Self::lock(&self.unreadable)?.contains(&i) {
+                    good = false;
+                    continue;
+                }
+                if pixels.contains_key(&i) || Self::lock(&self.features)?.0.contains_key(&i) {
+                    continue;
+                }
+                let path = &self.paths[i];
+                let decoded = load_rgb(path, &limits).and_then(|img| {
+                    preprocess_batch(&[(path.display().to_string(), img)], &self.processor)
+                });
+                match decoded {
+                    // (1, 3, H, W) -> (3, H, W)
+                    Ok(t) => {
+                        pixels.insert(i, t.squeeze(0)?);
+                    }
+                    Err(e) => {
+                        Self::lock(&self.unreadable)?.insert(i);
+                        self.bad_rows.report(
+                            &self.source,
+                            &ex.id,
+                            BadKind::UnreadableImage,
+                            &e.to_string(),
+                        )?;
+                        good = false;
+                    }
+                }
+            }
+            ok.push(good);
+        }
+        *Self::lock(&self.batch)? = pixels;
+        Ok(ok)
+    }
+
+    /// Whether every image of `ex` is usable (after [`Self::prepare`]).
+    fn usable(&self, ex: &VlmExample) -> Result<bool> {
+        let bad = Self::lock(&self.unreadable)?;
+        Ok(ex.images.iter().all(|i| !bad.contains(i)))
+    }
+}
+
 pub struct VlmTask<'a> {
     pub model: Vlm,
-    corpus: &'a Corpus,
+    pad: u32,
     train: Vec<VlmExample>,
     eval: Vec<VlmExample>,
-    /// Tower features of every train / test image when the tower is frozen:
-    /// (N, L, Dv).
+    train_images: Images<'a>,
+    eval_images: Images<'a>,
+    tower_frozen: bool,
+    /// Tower features of every decoded train / eval image when the tower
+    /// is frozen: (N, L, Dv).
     train_features: Option<Tensor>,
-    test_features: Option<Tensor>,
+    eval_features: Option<Tensor>,
     device: Device,
 }
 
+/// Placeholders per image in the prompt: early fusion expands `<image>`
+/// to the image's rows; cross fusion keeps one token (as `glimpse ask`).
+fn placeholder_tokens(model: &Vlm) -> Result<usize> {
+    Ok(match model.config().fusion {
+        FusionConfig::Early => model.config().image_tokens()?,
+        FusionConfig::Cross { .. } => 1,
+    })
+}
+
 impl<'a> VlmTask<'a> {
+    /// The easy-VQA corpus path: splits decoded up front.
     pub fn new(
         model: Vlm,
         corpus: &'a Corpus,
@@ -53,20 +186,18 @@ impl<'a> VlmTask<'a> {
         eval_n: usize,
         device: &Device,
     ) -> Result<Self> {
-        // Placeholders per image in the prompt: early fusion expands `<image>`
-        // to the image's rows; cross fusion keeps one token (as `glimpse ask`).
-        let m = match model.config().fusion {
-            FusionConfig::Early => model.config().image_tokens()?,
-            FusionConfig::Cross { .. } => 1,
-        };
+        let m = placeholder_tokens(&model)?;
         let train = match data {
             VlmData::Captions => corpus
                 .train_captions()?
                 .into_iter()
-                .map(|(image, caption)| {
+                .enumerate()
+                .map(|(k, (image, caption))| {
                     Ok(VlmExample {
-                        image,
+                        id: k.to_string(),
+                        images: vec![image],
                         segments: corpus.qa_segments(DESCRIBE, &caption, Some(m))?,
+                        kind: "caption",
                     })
                 })
                 .collect::<Result<Vec<_>>>()?,
@@ -82,10 +213,13 @@ impl<'a> VlmTask<'a> {
         let eval = match data {
             VlmData::Captions => spread(&corpus.test.attributes, eval_n)
                 .into_iter()
-                .map(|a| {
+                .enumerate()
+                .map(|(k, a)| {
                     Ok(VlmExample {
-                        image: corpus.test.image_row(&a.image),
+                        id: k.to_string(),
+                        images: vec![corpus.test.image_row(&a.image)],
                         segments: corpus.qa_segments(DESCRIBE, &a.caption(), Some(m))?,
+                        kind: "caption",
                     })
                 })
                 .collect::<Result<Vec<_>>>()?,
@@ -102,7 +236,7 @@ impl<'a> VlmTask<'a> {
                 msg: "no test example to evaluate the VLM stage on".into(),
             });
         }
-        let (train_features, test_features) = if tower_frozen {
+        let (train_features, eval_features) = if tower_frozen {
             (
                 Some(tower_features(&model, &corpus.train.pixels)?),
                 Some(tower_features(&model, &corpus.test.pixels)?),
@@ -112,45 +246,225 @@ impl<'a> VlmTask<'a> {
         };
         Ok(Self {
             model,
-            corpus,
+            pad: corpus.ids.pad,
             train,
             eval,
+            train_images: Images::Decoded(&corpus.train.pixels),
+            eval_images: Images::Decoded(&corpus.test.pixels),
+            tower_frozen,
             train_features,
-            test_features,
+            eval_features,
             device: device.clone(),
         })
     }
 
-    /// The decoder's input for a batch of examples from `split`: embeddings
-    /// with the images in place (early fusion) or attached to the cache
-    /// (cross fusion), the tokens and labels, and the cache.
+    /// Rows from data files: each row's conversation rendered by `text`'s
+    /// chat template, its images read when batches need them. Rows that
+    /// cannot be used are reported to the files' [`BadRows`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_rows(
+        model: Vlm,
+        text: &TextSide,
+        train: (PathBuf, Vec<Row>),
+        eval: (PathBuf, Vec<Row>),
+        processor: &ProcessorConfig,
+        bad_rows: Arc<BadRows>,
+        tower_frozen: bool,
+        eval_n: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let m = placeholder_tokens(&model)?;
+        let max_tokens = model.config().text.max_position_embeddings;
+        let cross = matches!(model.config().fusion, FusionConfig::Cross { .. });
+        let build = |(source, rows): (PathBuf, Vec<Row>),
+                     limit: Option<usize>|
+         -> Result<(Vec<VlmExample>, Box<ImageFiles>)> {
+            let rows: Vec<&Row> = match limit {
+                Some(n) => spread(&rows, n),
+                None => rows.iter().collect(),
+            };
+            let mut paths = Vec::new();
+            let mut index: HashMap<PathBuf, usize> = HashMap::new();
+            let mut examples = Vec::new();
+            for row in rows {
+                if cross && row.images.len() != 1 {
+                    let why = format!(
+                        "{} image(s); cross fusion trains on one image per row",
+                        row.images.len()
+                    );
+                    bad_rows.report(&source, &row.id, BadKind::Placeholders, &why)?;
+                    continue;
+                }
+                let Some(segments) = row_segments(&source, row, text, m, max_tokens, &bad_rows)?
+                else {
+                    continue;
+                };
+                let images = row
+                    .images
+                    .iter()
+                    .map(|p| {
+                        *index.entry(p.clone()).or_insert_with(|| {
+                            paths.push(p.clone());
+                            paths.len() - 1
+                        })
+                    })
+                    .collect();
+                let last_answer = row
+                    .messages
+                    .iter()
+                    .rev()
+                    .find(|(r, _)| *r == Role::Assistant)
+                    .map(|(_, a)| a.as_str())
+                    .unwrap_or("");
+                examples.push(VlmExample {
+                    id: row.id.clone(),
+                    images,
+                    segments,
+                    kind: answer_kind_label(last_answer),
+                });
+            }
+            let files = Box::new(ImageFiles::new(
+                source,
+                paths,
+                processor.clone(),
+                bad_rows.clone(),
+            ));
+            Ok((examples, files))
+        };
+        let (train_ex, train_files) = build(train, None)?;
+        let eval_source = eval.0.clone();
+        let (eval_ex, eval_files) = build(eval, Some(eval_n))?;
+        if train_ex.is_empty() {
+            return Err(TrainError::NoData {
+                path: train_files.source.clone(),
+                msg: "no usable training row (see the skipped rows above)".into(),
+            });
+        }
+        if eval_ex.is_empty() {
+            return Err(TrainError::NoData {
+                path: eval_source,
+                msg: "no usable row to evaluate the VLM stage on".into(),
+            });
+        }
+        Ok(Self {
+            model,
+            pad: text.ids.pad,
+            train: train_ex,
+            eval: eval_ex,
+            train_images: Images::Files(train_files),
+            eval_images: Images::Files(eval_files),
+            tower_frozen,
+            train_features: None,
+            eval_features: None,
+            device: device.clone(),
+        })
+    }
+
+    /// Tower features of `images` (flat, in order) from `source`.
+    ///
+    /// # Shapes
+    /// -> (N, L, Dv)
+    fn features(
+        &self,
+        images: &[usize],
+        source: &Images,
+        precomputed: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let rows: Vec<u32> = images.iter().map(|&i| i as u32).collect();
+        let index = Tensor::new(rows.as_slice(), &self.device)?;
+        match source {
+            // (N_all, L, Dv) -> (N, L, Dv)
+            Images::Decoded(pixels) => match precomputed {
+                Some(f) => Ok(f.index_select(&index, 0)?),
+                None => tower_features(&self.model, &pixels.index_select(&index, 0)?),
+            },
+            Images::Files(files) => {
+                let batch = ImageFiles::lock(&files.batch)?;
+                let mut cache = ImageFiles::lock(&files.features)?;
+                // images the cache lacks go through the tower together
+                let missing: Vec<usize> = {
+                    let mut seen = BTreeSet::new();
+                    images
+                        .iter()
+                        .copied()
+                        .filter(|i| !(self.tower_frozen && cache.0.contains_key(i)))
+                        .filter(|i| seen.insert(*i))
+                        .collect()
+                };
+                let mut fresh: HashMap<usize, Tensor> = HashMap::new();
+                if !missing.is_empty() {
+                    let pixels = missing
+                        .iter()
+                        .map(|i| {
+                            batch.get(i).cloned().ok_or_else(|| {
+                                TrainError::State(format!(
+                                    "image {} was not decoded for its batch",
+                                    files.paths[*i].display()
+                                ))
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    // (n, 3, H, W) -> (n, L, Dv)
+                    let feats = tower_features(&self.model, &Tensor::stack(&pixels, 0)?)?;
+                    for (k, &i) in missing.iter().enumerate() {
+                        let f = feats.get(k)?;
+                        if self.tower_frozen {
+                            let bytes = f.elem_count() * 4;
+                            if cache.1 + bytes <= FEATURE_CACHE_BYTES {
+                                cache.1 += bytes;
+                                cache.0.insert(i, f.clone());
+                            }
+                        }
+                        fresh.insert(i, f);
+                    }
+                }
+                let parts = images
+                    .iter()
+                    .map(|i| {
+                        fresh
+                            .get(i)
+                            .or_else(|| cache.0.get(i))
+                            .cloned()
+                            .ok_or_else(|| TrainError::State(format!("no features for image {i}")))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Ok(Tensor::stack(&parts, 0)?)
+            }
+        }
+    }
+
+    /// The decoder's input for a batch of examples whose images come from
+    /// `source`: embeddings with the images in place (early fusion) or
+    /// attached to the cache (cross fusion), the tokens and labels, and the
+    /// cache.
     ///
     /// # Shapes
     /// -> embeds (B, T, D)
     fn inputs(
         &self,
         examples: &[&VlmExample],
-        split: &Split,
-        features: Option<&Tensor>,
+        source: &Images,
+        precomputed: Option<&Tensor>,
     ) -> Result<(Tensor, super::batch::TokenBatch, VlmCache)> {
         let segs: Vec<&[(SegmentKind, Vec<u32>)]> =
             examples.iter().map(|e| e.segments.as_slice()).collect();
-        let batch = left_padded(&segs, self.corpus.ids.pad, &trained, &self.device)?;
-        let rows: Vec<u32> = examples.iter().map(|e| e.image as u32).collect();
-        let index = Tensor::new(rows.as_slice(), &self.device)?;
-        let feats = match features {
-            // (N, L, Dv) -> (B, L, Dv)
-            Some(f) => f.index_select(&index, 0)?,
-            None => tower_features(&self.model, &split.pixels.index_select(&index, 0)?)?,
-        };
-        // (B, L, Dv) -> (B, M, D)
-        let images = self
-            .model
-            .multi_modal_projector
-            .forward_with_instruction(&feats, None, None)?;
+        let batch = left_padded(&segs, self.pad, &trained, &self.device)?;
+        let flat: Vec<usize> = examples
+            .iter()
+            .flat_map(|e| e.images.iter().copied())
+            .collect();
         let (b, t) = batch.ids.dims2()?;
         let text = self.model.language_model.embed(&batch.ids)?;
         let mut cache = self.model.new_cache(b);
+        if flat.is_empty() {
+            return Ok((text, batch, cache));
+        }
+        // (N, L, Dv) -> (N, M, D)
+        let images = self.model.multi_modal_projector.forward_with_instruction(
+            &self.features(&flat, source, precomputed)?,
+            None,
+            None,
+        )?;
         let embeds = match self.model.config().fusion {
             FusionConfig::Early => splice(
                 &text,
@@ -159,6 +473,7 @@ impl<'a> VlmTask<'a> {
                 self.model.config().image_token_id,
             )?,
             FusionConfig::Cross { .. } => {
+                // one image per row (checked when the rows were read)
                 self.model.attach_images(&mut cache, &images, None)?;
                 text
             }
@@ -167,29 +482,38 @@ impl<'a> VlmTask<'a> {
         Ok((embeds, batch, cache))
     }
 
-    /// Logits at every position and labels of a batch of examples from
-    /// `split`.
+    /// Logits at every position and labels of a batch of examples.
     ///
     /// # Shapes
     /// -> logits (B, T, V)
     fn forward(
         &self,
         examples: &[&VlmExample],
-        split: &Split,
-        features: Option<&Tensor>,
+        source: &Images,
+        precomputed: Option<&Tensor>,
     ) -> Result<(Tensor, super::batch::TokenBatch)> {
-        let (embeds, batch, mut cache) = self.inputs(examples, split, features)?;
+        let (embeds, batch, mut cache) = self.inputs(examples, source, precomputed)?;
         let logits =
             self.model
                 .forward_embeds(&embeds, Some(&batch.valid), &mut cache, LogitsFor::All)?;
         Ok((logits, batch))
     }
 
-    fn segments<'e>(&'e self, batch: &[usize]) -> Vec<&'e [(SegmentKind, Vec<u32>)]> {
-        batch
-            .iter()
-            .map(|&i| self.train[i].segments.as_slice())
-            .collect()
+    /// The examples of `batch` whose images can be read (all of them for
+    /// decoded splits).
+    fn usable<'e>(&'e self, batch: &[usize]) -> Result<Vec<&'e VlmExample>> {
+        let mut out = Vec::with_capacity(batch.len());
+        for &i in batch {
+            let ex = &self.train[i];
+            let ok = match &self.train_images {
+                Images::Decoded(_) => true,
+                Images::Files(files) => files.usable(ex)?,
+            };
+            if ok {
+                out.push(ex);
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -206,10 +530,13 @@ fn questions(
     image_tokens: usize,
 ) -> Result<Vec<VlmExample>> {
     qs.iter()
-        .map(|q| {
+        .enumerate()
+        .map(|(k, q)| {
             Ok(VlmExample {
-                image: split.image_row(&q.image),
+                id: k.to_string(),
+                images: vec![split.image_row(&q.image)],
                 segments: corpus.qa_segments(&q.question, &q.answer, Some(image_tokens))?,
+                kind: answer_kind_label(&q.answer),
             })
         })
         .collect()
@@ -239,28 +566,30 @@ pub fn tower_features(model: &Vlm, pixels: &Tensor) -> Result<Tensor> {
 }
 
 /// Early fusion for a batch: each row's placeholder positions take its
-/// image's rows, in order (differentiable: one gather from a table).
+/// images' rows in order, image after image (differentiable: one gather
+/// from a table). `images` holds every image of the batch, row after row.
 ///
 /// # Shapes
-/// `text`: (B, T, D), `images`: (B, M, D) -> (B, T, D)
+/// `text`: (B, T, D), `images`: (N, M, D) -> (B, T, D)
 fn splice(text: &Tensor, images: &Tensor, rows: &[Vec<u32>], placeholder: u32) -> Result<Tensor> {
     let (b, t, d) = text.dims3()?;
-    let m = images.dim(1)?;
-    // [(B·T, D); (B·M, D)]
+    let (n, m, _) = images.dims3()?;
+    // [(B·T, D); (N·M, D)]
     let table = Tensor::cat(
         &[
             text.reshape((b * t, d))?,
-            images.reshape((b * m, d))?.to_dtype(text.dtype())?,
+            images.reshape((n * m, d))?.to_dtype(text.dtype())?,
         ],
         0,
     )?;
     let mut index: Vec<u32> = (0..(b * t) as u32).collect();
+    // the next image row to place, counted over the whole batch
+    let mut next = 0usize;
     for (r, row) in rows.iter().enumerate() {
-        let mut k = 0;
         for (p, &id) in row.iter().enumerate() {
-            if id == placeholder && k < m {
-                index[r * t + p] = (b * t + r * m + k) as u32;
-                k += 1;
+            if id == placeholder && next < n * m {
+                index[r * t + p] = (b * t + next) as u32;
+                next += 1;
             }
         }
     }
@@ -274,15 +603,29 @@ impl Task for VlmTask<'_> {
         self.train.len()
     }
 
+    /// Reads the batch's images first (files): rows whose images fail are
+    /// reported and left out of the batch, and of its count.
     fn loss_terms(&self, batch: &[usize]) -> Result<Option<usize>> {
-        Ok(Some(scored_tokens(&self.segments(batch), &trained)))
+        if let Images::Files(files) = &self.train_images {
+            let ex: Vec<&VlmExample> = batch.iter().map(|&i| &self.train[i]).collect();
+            files.prepare(&ex)?;
+        }
+        let segs: Vec<&[(SegmentKind, Vec<u32>)]> = self
+            .usable(batch)?
+            .into_iter()
+            .map(|e| e.segments.as_slice())
+            .collect();
+        Ok(Some(scored_tokens(&segs, &trained)))
     }
 
     /// The LM head runs only at the answer positions.
     fn loss(&self, batch: &[usize], _seed: u64, denominator: Option<usize>) -> Result<Tensor> {
-        let ex: Vec<&VlmExample> = batch.iter().map(|&i| &self.train[i]).collect();
+        let ex = self.usable(batch)?;
+        if ex.is_empty() {
+            return Ok(Tensor::zeros((), candle_core::DType::F32, &self.device)?);
+        }
         let (embeds, b, mut cache) =
-            self.inputs(&ex, &self.corpus.train, self.train_features.as_ref())?;
+            self.inputs(&ex, &self.train_images, self.train_features.as_ref())?;
         let vocab = self.model.config().text.vocab_size;
         labelled_loss(&b.labels, vocab, denominator, |rows| {
             // (B, T) positions -> (n, V) logits
@@ -292,26 +635,47 @@ impl Task for VlmTask<'_> {
         })
     }
 
-    /// Exact-match accuracy of the greedy answer on the held-out questions
-    /// (see [`exact_matches`]), and their loss.
+    /// Exact-match accuracy of the greedy answers on the held-out rows
+    /// (see [`exact_matches`]; a conversation counts when every answer in
+    /// it is right), overall and by answer kind when there are several,
+    /// and their loss.
     fn evaluate(&mut self) -> Result<EvalMetrics> {
-        let mut right = 0usize;
+        let mut tally = KindTally::default();
         let mut loss = 0.0;
+        let mut n = 0usize;
         for chunk in self.eval.chunks(128) {
-            let ex: Vec<&VlmExample> = chunk.iter().collect();
-            let (logits, b) = self.forward(&ex, &self.corpus.test, self.test_features.as_ref())?;
+            let mut ex: Vec<&VlmExample> = chunk.iter().collect();
+            if let Images::Files(files) = &self.eval_images {
+                let ok = files.prepare(&ex)?;
+                ex = ex
+                    .into_iter()
+                    .zip(ok)
+                    .filter(|(_, ok)| *ok)
+                    .map(|(e, _)| e)
+                    .collect();
+            }
+            if ex.is_empty() {
+                continue;
+            }
+            let (logits, b) = self.forward(&ex, &self.eval_images, self.eval_features.as_ref())?;
             loss += f64::from(masked_lm_loss(&logits, &b.labels, true)?.to_scalar::<f32>()?)
-                * chunk.len() as f64;
-            right += exact_matches(&logits, &b.label_rows)?
-                .into_iter()
-                .filter(|&ok| ok)
-                .count();
+                * ex.len() as f64;
+            n += ex.len();
+            for (e, ok) in ex.iter().zip(exact_matches(&logits, &b.label_rows)?) {
+                tally.add(e.kind, ok);
+            }
         }
-        let n = self.eval.len();
+        // by kind when there are several (align's examples are all captions)
+        let by_kind = (tally.by_kind.len() > 1)
+            .then(|| tally.by_kind.iter())
+            .into_iter()
+            .flatten()
+            .map(|(k, a)| (format!("{k}_accuracy"), a.fraction()))
+            .collect();
         Ok(EvalMetrics {
             loss: (n > 0).then(|| loss / n as f64),
-            accuracy: (n > 0).then(|| right as f64 / n as f64),
-            extra: Vec::new(),
+            accuracy: (n > 0).then(|| tally.overall.fraction()),
+            extra: by_kind,
         })
     }
 }

@@ -1,5 +1,6 @@
 //! `glimpse eval`: a model scored on a dataset, as a table or one JSON
-//! object. The scoring itself is library code (`glimpse_cli::eval`).
+//! object. The running and scoring are library code (`glimpse-eval`, which
+//! the trainer's held-out evaluation shares); the commands load and print.
 
 pub mod pope;
 pub mod retrieval;

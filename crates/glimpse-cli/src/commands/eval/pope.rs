@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
-use glimpse_cli::eval::{evaluate_pope, load_vqa_questions};
 use glimpse_engine::device::default_device;
 use glimpse_engine::pipeline::VlmPipeline;
+use glimpse_eval::{evaluate_pope, load_vqa_questions, AskOptions};
 
 use super::{pct, table, DEFAULT_VLM};
 
@@ -22,6 +22,10 @@ pub struct PopeArgs {
     /// easy-VQA split directory (images/ + questions.json) or LLaVA conversation JSON
     #[arg(long)]
     data: PathBuf,
+    /// Append LLaVA's short-answer instruction to each question, on a new
+    /// line: "Answer the question using a single word or phrase."
+    #[arg(long)]
+    short_answer: bool,
     /// Print one JSON object instead of the table
     #[arg(long)]
     json: bool,
@@ -33,12 +37,18 @@ pub fn run(args: PopeArgs) -> Result<()> {
     let dir = crate::commands::model_dir(args.model, DEFAULT_VLM)?;
     let vlm = VlmPipeline::load(&dir, &default_device())?;
     let start = Instant::now();
-    let c = evaluate_pope(&vlm, &questions, !args.json)?;
+    let opts = AskOptions {
+        short_answer: args.short_answer,
+        progress: !args.json,
+        ..AskOptions::default()
+    };
+    let c = evaluate_pope(&vlm, &questions, &opts)?;
     let seconds = start.elapsed().as_secs_f64();
     if args.json {
         let mut out = c.to_json();
         out["model"] = dir.display().to_string().into();
         out["data"] = args.data.display().to_string().into();
+        out["short_answer"] = args.short_answer.into();
         out["seconds"] = seconds.into();
         outln!("{out}")?;
         return Ok(());

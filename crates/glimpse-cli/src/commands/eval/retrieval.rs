@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
-use glimpse_cli::eval::{evaluate_retrieval, load_captions, RecallAtK};
 use glimpse_engine::device::default_device;
 use glimpse_engine::pipeline::DualPipeline;
+use glimpse_eval::{evaluate_retrieval, load_captions, RecallAtK};
 
 use super::{pct, table, DEFAULT_DUAL};
 

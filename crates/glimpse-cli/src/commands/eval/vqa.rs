@@ -1,21 +1,25 @@
-//! `glimpse eval vqa`: exact-match accuracy of a VLM's greedy answers.
+//! `glimpse eval vqa`: exact-match accuracy of a VLM's greedy answers,
+//! after VQA answer normalisation (raw exact match beside it).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use glimpse_cli::eval::normalize_answer;
-use glimpse_cli::eval::vqa::VqaQuestion;
-use glimpse_cli::eval::vqa::KINDS;
-use glimpse_cli::eval::{evaluate_vqa, load_vqa_questions};
 use glimpse_engine::device::default_device;
 use glimpse_engine::pipeline::{PipelineError, VlmPipeline};
+use glimpse_eval::vqa::{VqaQuestion, KINDS};
+use glimpse_eval::{
+    answers_match, evaluate_vqa, load_vqa_questions, AskOptions, SHORT_ANSWER_INSTRUCTION,
+    VQA_MAX_NEW_TOKENS,
+};
 
 use super::{pct, table, DEFAULT_VLM};
 
 #[derive(Args)]
-#[command(about = "VQA exact match, overall and by answer kind (easy-VQA split or LLaVA JSON)")]
+#[command(
+    about = "VQA exact match after answer normalisation, overall and by answer kind (easy-VQA split or LLaVA JSON)"
+)]
 pub struct VqaArgs {
     /// VLM directory (default: ./models/glimpse-easy-vqa, else the copy built into glimpse)
     #[arg(long)]
@@ -26,6 +30,13 @@ pub struct VqaArgs {
     /// Only the first N questions
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
+    /// Append LLaVA's short-answer instruction to each question, on a new
+    /// line: "Answer the question using a single word or phrase."
+    #[arg(long)]
+    short_answer: bool,
+    /// Most tokens per answer (raise it for answers longer than a few words)
+    #[arg(long, value_name = "N", default_value_t = VQA_MAX_NEW_TOKENS)]
+    max_tokens: usize,
     /// Print one JSON object instead of the table
     #[arg(long)]
     json: bool,
@@ -39,6 +50,9 @@ pub fn run(args: VqaArgs) -> Result<()> {
     if args.limit == Some(0) {
         return Err(PipelineError::Usage("--limit must be at least 1".into()).into());
     }
+    if args.max_tokens == 0 {
+        return Err(PipelineError::Usage("--max-tokens must be at least 1".into()).into());
+    }
     let mut questions = load_vqa_questions(&args.data)?;
     super::require_examples(&questions, &args.data)?;
     let dir = crate::commands::model_dir(args.model, DEFAULT_VLM)?;
@@ -46,30 +60,43 @@ pub fn run(args: VqaArgs) -> Result<()> {
         questions.truncate(n);
     }
     let vlm = VlmPipeline::load(&dir, &default_device())?;
+    let opts = AskOptions {
+        short_answer: args.short_answer,
+        max_new_tokens: args.max_tokens,
+        progress: !args.json,
+    };
     let start = Instant::now();
-    let report = evaluate_vqa(&vlm, &questions, !args.json)?;
+    let report = evaluate_vqa(&vlm, &questions, &opts)?;
     let seconds = start.elapsed().as_secs_f64();
     if let Some(path) = &args.predictions {
-        write_predictions(path, &questions, &report.predictions)?;
+        write_predictions(path, &questions, &report.predictions, args.short_answer)?;
     }
     if args.json {
         let mut out = report.to_json();
         out["model"] = dir.display().to_string().into();
         out["data"] = args.data.display().to_string().into();
+        out["short_answer"] = args.short_answer.into();
+        out["instruction"] = args.short_answer.then_some(SHORT_ANSWER_INSTRUCTION).into();
+        out["max_tokens"] = args.max_tokens.into();
         out["seconds"] = seconds.into();
         outln!("{out}")?;
         return Ok(());
     }
     outln!(
-        "VQA exact match: {} on {} ({} questions, {} images, {seconds:.1} s)",
+        "VQA exact match (normalised answers{}): {} on {} ({} questions, {} images, {seconds:.1} s)",
+        if args.short_answer {
+            ", short-answer instruction"
+        } else {
+            ""
+        },
         dir.display(),
         args.data.display(),
-        report.overall.total,
+        report.normalised.overall.total,
         report.images
     )?;
     let mut rows: Vec<Vec<String>> = KINDS
         .iter()
-        .filter_map(|k| report.by_kind.get(k).map(|a| (k, a)))
+        .filter_map(|k| report.normalised.by_kind.get(k).map(|a| (k, a)))
         .map(|(k, a)| {
             vec![
                 k.to_string(),
@@ -79,13 +106,17 @@ pub fn run(args: VqaArgs) -> Result<()> {
             ]
         })
         .collect();
-    let all = report.overall;
-    rows.push(vec![
-        "overall".into(),
-        pct(all.fraction()),
-        all.correct.to_string(),
-        all.total.to_string(),
-    ]);
+    for (name, all) in [
+        ("overall", report.normalised.overall),
+        ("raw exact match", report.exact),
+    ] {
+        rows.push(vec![
+            name.into(),
+            pct(all.fraction()),
+            all.correct.to_string(),
+            all.total.to_string(),
+        ]);
+    }
     outln!(
         "{}",
         table(&["kind", "accuracy", "correct", "total"], &rows)
@@ -93,16 +124,31 @@ pub fn run(args: VqaArgs) -> Result<()> {
     Ok(())
 }
 
-/// `{"image", "question", "answer", "prediction", "correct"}` per line.
-fn write_predictions(path: &Path, questions: &[VqaQuestion], predictions: &[String]) -> Result<()> {
+/// `{"image", "question", "asked", "answer", "prediction", "correct",
+/// "exact"}` per line: `image` a path (a list for several, null for none),
+/// `asked` the question as put to the model, `correct` the normalised
+/// match, `exact` the raw one.
+fn write_predictions(
+    path: &Path,
+    questions: &[VqaQuestion],
+    predictions: &[String],
+    short_answer: bool,
+) -> Result<()> {
     let mut text = String::new();
     for (q, p) in questions.iter().zip(predictions) {
+        let image = match q.images.as_slice() {
+            [] => serde_json::Value::Null,
+            [one] => one.display().to_string().into(),
+            many => many.iter().map(|i| i.display().to_string()).collect(),
+        };
         let row = serde_json::json!({
-            "image": q.image.as_ref().map(|i| i.display().to_string()),
+            "image": image,
             "question": q.question,
+            "asked": q.asked(short_answer),
             "answer": q.answer,
             "prediction": p.trim(),
-            "correct": normalize_answer(p) == normalize_answer(&q.answer),
+            "correct": answers_match(p, &q.answer),
+            "exact": p.trim() == q.answer.trim(),
         });
         text.push_str(&row.to_string());
         text.push('\n');

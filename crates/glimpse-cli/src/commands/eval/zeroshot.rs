@@ -6,10 +6,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
-use glimpse_cli::eval::zeroshot::load_image_attributes;
-use glimpse_cli::eval::{evaluate_zeroshot, Accuracy};
 use glimpse_engine::device::default_device;
 use glimpse_engine::pipeline::DualPipeline;
+use glimpse_eval::{evaluate_zeroshot, load_image_attributes, Accuracy};
 
 use super::{pct, table, DEFAULT_DUAL};
 

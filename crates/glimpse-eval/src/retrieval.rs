@@ -2,39 +2,31 @@
 //! distinct captions (easy-VQA has many images per caption, so a caption
 //! → image search is a hit when any top-K image carries that caption).
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use glimpse_data::datasets::{
     easy_vqa_to_captions, load_caption_jsonl, load_easy_vqa_split, CaptionRecord,
 };
-use glimpse_data::DataError;
+use glimpse_data::{DataError, Result};
 use serde_json::{json, Value};
-
-use super::progress_bar;
-use glimpse_engine::pipeline::{DualPipeline, Result};
 
 /// The K of recall@K.
 pub const RECALL_KS: [usize; 3] = [1, 5, 10];
-
-/// Images per pass of the image tower.
-const BATCH: usize = 64;
 
 /// Captions of an easy-VQA split directory (one per image, see
 /// [`easy_vqa_to_captions`]) or of an image–caption JSONL file.
 pub fn load_captions(path: &Path) -> Result<Vec<CaptionRecord>> {
     if path.is_dir() {
-        return Ok(easy_vqa_to_captions(&load_easy_vqa_split(path)?)?);
+        return easy_vqa_to_captions(&load_easy_vqa_split(path)?);
     }
     if !path.exists() {
         return Err(DataError::Dataset {
             path: path.to_path_buf(),
             msg: "not found (expected an easy-VQA split directory or an image–caption JSONL file)"
                 .into(),
-        }
-        .into());
+        });
     }
-    Ok(load_caption_jsonl(path)?)
+    load_caption_jsonl(path)
 }
 
 /// Recall at K = 1, 5, 10, each in [0, 1].
@@ -92,8 +84,14 @@ pub fn recall_at_k(sim: &[Vec<f32>], caption_of: &[usize], captions: usize) -> R
     }
     let mut t2i = [0usize; 3];
     for c in 0..captions {
-        let column: Vec<f32> = sim.iter().map(|row| row[c]).collect();
-        let first = ranking(&column).iter().position(|&i| caption_of[i] == c);
+        // a short row or a missing caption index ranks last, never panics
+        let column: Vec<f32> = sim
+            .iter()
+            .map(|row| row.get(c).copied().unwrap_or(f32::NEG_INFINITY))
+            .collect();
+        let first = ranking(&column)
+            .iter()
+            .position(|&i| caption_of.get(i) == Some(&c));
         for (hits, k) in t2i.iter_mut().zip(RECALL_KS) {
             *hits += usize::from(first.is_some_and(|r| r < k));
         }
@@ -111,39 +109,58 @@ pub fn recall_at_k(sim: &[Vec<f32>], caption_of: &[usize], captions: usize) -> R
     }
 }
 
-/// Embeds every image and every distinct caption and scores retrieval both ways.
-pub fn evaluate_retrieval(
-    pipeline: &DualPipeline,
-    records: &[CaptionRecord],
-    progress: bool,
-) -> Result<RetrievalReport> {
-    if records.is_empty() {
-        return Err(DataError::Input("no image–caption pairs in the data".into()).into());
-    }
-    let mut distinct: Vec<&str> = Vec::new();
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    let caption_of: Vec<usize> = records
-        .iter()
-        .map(|r| {
-            *index.entry(r.caption.as_str()).or_insert_with(|| {
-                distinct.push(r.caption.as_str());
-                distinct.len() - 1
+#[cfg(feature = "engine")]
+pub use run::evaluate_retrieval;
+
+#[cfg(feature = "engine")]
+mod run {
+    use std::collections::HashMap;
+    use std::path::PathBuf;
+
+    use glimpse_data::datasets::CaptionRecord;
+    use glimpse_data::DataError;
+    use glimpse_engine::pipeline::{DualPipeline, Result};
+
+    use super::{recall_at_k, RetrievalReport};
+    use crate::progress_bar;
+
+    /// Images per pass of the image tower.
+    const BATCH: usize = 64;
+
+    /// Embeds every image and every distinct caption and scores retrieval both ways.
+    pub fn evaluate_retrieval(
+        pipeline: &DualPipeline,
+        records: &[CaptionRecord],
+        progress: bool,
+    ) -> Result<RetrievalReport> {
+        if records.is_empty() {
+            return Err(DataError::Input("no image–caption pairs in the data".into()).into());
+        }
+        let mut distinct: Vec<&str> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let caption_of: Vec<usize> = records
+            .iter()
+            .map(|r| {
+                *index.entry(r.caption.as_str()).or_insert_with(|| {
+                    distinct.push(r.caption.as_str());
+                    distinct.len() - 1
+                })
             })
-        })
-        .collect();
-    // (C, E) -> (E, C)
-    let texts = pipeline.text_embeds(&distinct)?.t()?.contiguous()?;
-    let bar = progress_bar(records.len(), progress, "images");
-    let mut sim: Vec<Vec<f32>> = Vec::with_capacity(records.len());
-    for chunk in records.chunks(BATCH) {
-        let paths: Vec<PathBuf> = chunk.iter().map(|r| r.image.clone()).collect();
-        // (B, E) x (E, C) -> (B, C)
-        let rows = pipeline.image_embeds(&paths)?.matmul(&texts)?;
-        sim.extend(rows.to_vec2::<f32>()?);
-        bar.inc(chunk.len() as u64);
+            .collect();
+        // (C, E) -> (E, C)
+        let texts = pipeline.text_embeds(&distinct)?.t()?.contiguous()?;
+        let bar = progress_bar(records.len(), progress, "images");
+        let mut sim: Vec<Vec<f32>> = Vec::with_capacity(records.len());
+        for chunk in records.chunks(BATCH) {
+            let paths: Vec<PathBuf> = chunk.iter().map(|r| r.image.clone()).collect();
+            // (B, E) x (E, C) -> (B, C)
+            let rows = pipeline.image_embeds(&paths)?.matmul(&texts)?;
+            sim.extend(rows.to_vec2::<f32>()?);
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        Ok(recall_at_k(&sim, &caption_of, distinct.len()))
     }
-    bar.finish_and_clear();
-    Ok(recall_at_k(&sim, &caption_of, distinct.len()))
 }
 
 #[cfg(test)]

@@ -4,12 +4,9 @@
 //! "yes" the positive class. On easy-VQA the objects are colours and shapes.
 
 use glimpse_data::datasets::{COLORS, SHAPES};
-use glimpse_data::DataError;
 use serde_json::{json, Value};
 
-use super::vqa::{answer_questions, VqaQuestion};
 use super::{normalize_answer, ratio};
-use glimpse_engine::pipeline::{Result, VlmPipeline};
 
 /// An existence question without negation, answered yes or no:
 /// "is there a red shape?", "is there a circle in the image?", "does the
@@ -121,32 +118,44 @@ impl PopeCounts {
     }
 }
 
-/// Runs the existence questions among `questions` (see
-/// [`is_existence_question`]) and counts the model's answers.
-pub fn evaluate_pope(
-    pipeline: &VlmPipeline,
-    questions: &[VqaQuestion],
-    progress: bool,
-) -> Result<PopeCounts> {
-    let selected: Vec<VqaQuestion> = questions
-        .iter()
-        .filter(|q| is_existence_question(&q.question, &q.answer))
-        .cloned()
-        .collect();
-    if selected.is_empty() {
-        return Err(DataError::Input(format!(
-            "none of the {} questions asks whether a colour or shape is present (yes/no, without negation)",
-            questions.len()
-        ))
-        .into());
-    }
-    let answers = answer_questions(pipeline, &selected, progress)?;
-    Ok(PopeCounts::from_answers(
-        answers
+#[cfg(feature = "engine")]
+pub use run::evaluate_pope;
+
+#[cfg(feature = "engine")]
+mod run {
+    use glimpse_data::DataError;
+    use glimpse_engine::pipeline::{Result, VlmPipeline};
+
+    use super::{is_existence_question, PopeCounts};
+    use crate::vqa::{answer_questions, AskOptions, VqaQuestion};
+
+    /// Runs the existence questions among `questions` (see
+    /// [`is_existence_question`]) and counts the model's answers.
+    pub fn evaluate_pope(
+        pipeline: &VlmPipeline,
+        questions: &[VqaQuestion],
+        opts: &AskOptions,
+    ) -> Result<PopeCounts> {
+        let selected: Vec<VqaQuestion> = questions
             .iter()
-            .zip(&selected)
-            .map(|(a, q)| (a.as_str(), q.answer.as_str())),
-    ))
+            .filter(|q| is_existence_question(&q.question, &q.answer))
+            .cloned()
+            .collect();
+        if selected.is_empty() {
+            return Err(DataError::Input(format!(
+                "none of the {} questions asks whether a colour or shape is present (yes/no, without negation)",
+                questions.len()
+            ))
+            .into());
+        }
+        let answers = answer_questions(pipeline, &selected, opts)?;
+        Ok(PopeCounts::from_answers(
+            answers
+                .iter()
+                .zip(&selected)
+                .map(|(a, q)| (a.as_str(), q.answer.as_str())),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -1,26 +1,39 @@
-//! Evaluation of models on datasets: VQA exact match, POPE-style
-//! hallucination, zero-shot colour / shape classification and image–text
-//! retrieval. Library code, so the CLI, the tests and the trainer (periodic
-//! evaluation in-process) share it; the commands only load and print.
+//! Evaluation of models on datasets: VQA exact match after VQA answer
+//! normalisation, POPE-style hallucination, zero-shot colour / shape
+//! classification and image–text retrieval. The CLI (`glimpse eval`), its
+//! tests and the trainer's held-out evaluation share it.
+//!
+//! The scoring (normalisation, tallies, confusion matrix, recall@K) and the
+//! loaders need only `glimpse-data`; running a model over a dataset
+//! (`evaluate_*`, [`vqa::answer_questions`]) goes through `glimpse-engine`'s
+//! pipelines and is behind the `engine` feature, so the trainer does not
+//! pull in the engine.
 
+pub mod normalize;
 pub mod pope;
 pub mod retrieval;
 pub mod vqa;
 pub mod zeroshot;
 
-pub use pope::{evaluate_pope, is_existence_question, PopeCounts};
-pub use retrieval::{
-    evaluate_retrieval, load_captions, recall_at_k, RecallAtK, RetrievalReport, RECALL_KS,
-};
+pub use normalize::{answers_match, normalize_answer};
+pub use pope::{is_existence_question, PopeCounts};
+pub use retrieval::{load_captions, recall_at_k, RecallAtK, RetrievalReport, RECALL_KS};
 pub use vqa::{
-    answer_kind_label, answer_questions, evaluate_vqa, load_vqa_questions, VqaQuestion, VqaReport,
-    VQA_MAX_NEW_TOKENS,
+    answer_kind_label, load_vqa_questions, KindTally, VqaQuestion, VqaReport,
+    SHORT_ANSWER_INSTRUCTION, VQA_MAX_NEW_TOKENS,
 };
-pub use zeroshot::{evaluate_zeroshot, ZeroShotReport};
+pub use zeroshot::{caption_prompts, load_image_attributes, ZeroShotReport};
 
-use indicatif::{ProgressBar, ProgressStyle};
+#[cfg(feature = "engine")]
+pub use pope::evaluate_pope;
+#[cfg(feature = "engine")]
+pub use retrieval::evaluate_retrieval;
+#[cfg(feature = "engine")]
+pub use vqa::{answer_questions, evaluate_vqa, AskOptions};
+#[cfg(feature = "engine")]
+pub use zeroshot::evaluate_zeroshot;
+
 use serde_json::{json, Value};
-use std::io::IsTerminal;
 
 /// Correct out of total.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -54,16 +67,12 @@ pub fn ratio(n: usize, d: usize) -> f64 {
     }
 }
 
-/// The exact-match form of an answer: trimmed, lowercased, one trailing '.'
-/// dropped ("Yes." = "yes").
-pub fn normalize_answer(answer: &str) -> String {
-    let a = answer.trim().to_lowercase();
-    a.strip_suffix('.').unwrap_or(&a).trim_end().to_string()
-}
-
 /// A progress bar on stderr, hidden unless `enabled` and stderr is a
 /// terminal (so redirected logs and `--json` runs stay clean).
-pub fn progress_bar(len: usize, enabled: bool, what: &str) -> ProgressBar {
+#[cfg(feature = "engine")]
+pub fn progress_bar(len: usize, enabled: bool, what: &str) -> indicatif::ProgressBar {
+    use indicatif::{ProgressBar, ProgressStyle};
+    use std::io::IsTerminal;
     if !enabled || !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }
@@ -82,19 +91,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn answers_normalise() {
-        assert_eq!(normalize_answer("  Yes. "), "yes");
-        assert_eq!(normalize_answer("Red"), "red");
-        assert_eq!(normalize_answer("a.b."), "a.b");
-        assert_eq!(normalize_answer(""), "");
-    }
-
-    #[test]
     fn empty_accuracy_is_zero() {
         assert_eq!(Accuracy::default().fraction(), 0.0);
         let mut a = Accuracy::default();
         a.add(true);
         a.add(false);
         assert_eq!(a.fraction(), 0.5);
+        assert_eq!(
+            a.to_json(),
+            json!({"accuracy": 0.5, "correct": 1, "total": 2})
+        );
     }
 }

@@ -1,0 +1,345 @@
+//! VQA exact match: the VLM answers each question greedily; an answer is
+//! right when it equals the reference after [`normalize_answer`] (the VQA
+//! evaluation's answer processing). Raw exact match (trimmed, case
+//! sensitive) is reported beside it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use glimpse_data::datasets::{load_easy_vqa_split, load_llava_json, AnswerKind, IMAGE_PLACEHOLDER};
+use glimpse_data::{DataError, Result};
+use serde_json::{json, Value};
+
+use super::{answers_match, normalize_answer, Accuracy};
+
+/// easy-VQA answers are one word; a few tokens leave room for a trailing
+/// '.' or a two-token word without letting a rambling model run on.
+pub const VQA_MAX_NEW_TOKENS: usize = 8;
+
+/// LLaVA's instruction for short-answer benchmarks (VQAv2, GQA, POPE...),
+/// appended to the question on a line of its own.
+pub use glimpse_data::datasets::SHORT_ANSWER_INSTRUCTION;
+
+/// The answer kinds in report order.
+pub const KINDS: [&str; 4] = ["yes/no", "colour", "shape", "other"];
+
+/// One question about a record's images (none, one or several), with its
+/// reference answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VqaQuestion {
+    pub images: Vec<PathBuf>,
+    pub question: String,
+    pub answer: String,
+}
+
+impl VqaQuestion {
+    /// The text put to the model: the question, with LLaVA's short-answer
+    /// instruction on a new line when `short_answer`.
+    pub fn asked(&self, short_answer: bool) -> String {
+        if short_answer {
+            format!("{}\n{SHORT_ANSWER_INSTRUCTION}", self.question)
+        } else {
+            self.question.clone()
+        }
+    }
+}
+
+/// Loads questions from an easy-VQA split directory (`images/N.png` +
+/// `questions.json`) or a LLaVA conversation JSON file, where each
+/// human → gpt exchange is one question about the record's images (the
+/// `<image>` placeholders removed: the chat template places the images).
+pub fn load_vqa_questions(path: &Path) -> Result<Vec<VqaQuestion>> {
+    if path.is_dir() {
+        return Ok(load_easy_vqa_split(path)?
+            .into_iter()
+            .map(|e| VqaQuestion {
+                images: vec![e.image],
+                question: e.question,
+                answer: e.answer,
+            })
+            .collect());
+    }
+    if !path.exists() {
+        return Err(DataError::Dataset {
+            path: path.to_path_buf(),
+            msg: "not found (expected an easy-VQA split directory or a LLaVA JSON file)".into(),
+        });
+    }
+    let mut questions = Vec::new();
+    for rec in load_llava_json(path)? {
+        for (q, a) in rec.exchanges() {
+            questions.push(VqaQuestion {
+                images: rec.images.clone(),
+                question: q.replace(IMAGE_PLACEHOLDER, "").trim().to_string(),
+                answer: a.to_string(),
+            });
+        }
+    }
+    Ok(questions)
+}
+
+/// "yes/no", "colour", "shape" for easy-VQA's 13 answers, "other" for the
+/// rest (free-form LLaVA answers).
+pub fn answer_kind_label(answer: &str) -> &'static str {
+    match AnswerKind::of(&normalize_answer(answer)) {
+        Some(AnswerKind::YesNo) => "yes/no",
+        Some(AnswerKind::Color) => "colour",
+        Some(AnswerKind::Shape) => "shape",
+        None => "other",
+    }
+}
+
+/// Right answers overall and by answer kind ([`answer_kind_label`] of the
+/// reference). The trainer tallies its teacher-forced matches here too.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KindTally {
+    pub overall: Accuracy,
+    /// Kinds with no question are absent.
+    pub by_kind: BTreeMap<&'static str, Accuracy>,
+}
+
+impl KindTally {
+    pub fn add(&mut self, kind: &'static str, hit: bool) {
+        self.overall.add(hit);
+        self.by_kind.entry(kind).or_default().add(hit);
+    }
+
+    /// `{kind: {"accuracy", "correct", "total"}}`
+    pub fn by_kind_json(&self) -> Value {
+        Value::Object(
+            self.by_kind
+                .iter()
+                .map(|(k, a)| (k.to_string(), a.to_json()))
+                .collect(),
+        )
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct VqaReport {
+    /// The score: exact match after [`normalize_answer`], overall and by kind.
+    pub normalised: KindTally,
+    /// Raw exact match: the trimmed strings equal, case and punctuation
+    /// counted (how much the normalisation forgives).
+    pub exact: Accuracy,
+    /// The model's raw answers, in the questions' order.
+    pub predictions: Vec<String>,
+    /// Distinct images the questions ask about.
+    pub images: usize,
+}
+
+impl VqaReport {
+    /// Scores `predictions` (in the questions' order) against the references.
+    pub fn score(questions: &[VqaQuestion], predictions: Vec<String>) -> Self {
+        let mut report = Self::default();
+        for (q, p) in questions.iter().zip(&predictions) {
+            report
+                .normalised
+                .add(answer_kind_label(&q.answer), answers_match(p, &q.answer));
+            report.exact.add(p.trim() == q.answer.trim());
+        }
+        let mut images: Vec<&Path> = questions
+            .iter()
+            .flat_map(|q| q.images.iter().map(PathBuf::as_path))
+            .collect();
+        images.sort();
+        images.dedup();
+        report.images = images.len();
+        report.predictions = predictions;
+        report
+    }
+
+    /// `{"accuracy", "correct", "total", "images", "by_kind": {kind: {..}},
+    /// "scoring", "exact_match": {"accuracy", "correct", "total"}}`; the
+    /// top-level accuracy is the normalised one.
+    pub fn to_json(&self) -> Value {
+        let all = &self.normalised.overall;
+        json!({
+            "accuracy": all.fraction(),
+            "correct": all.correct,
+            "total": all.total,
+            "images": self.images,
+            "by_kind": self.normalised.by_kind_json(),
+            "scoring": "exact match after VQA answer normalisation",
+            "exact_match": self.exact.to_json(),
+        })
+    }
+}
+
+#[cfg(feature = "engine")]
+pub use run::{answer_questions, evaluate_vqa, AskOptions};
+
+#[cfg(feature = "engine")]
+mod run {
+    use glimpse_engine::pipeline::{PipelineError, Result, VlmPipeline};
+    use glimpse_infer::GenerationConfig;
+
+    use super::{VqaQuestion, VqaReport, VQA_MAX_NEW_TOKENS};
+    use crate::progress_bar;
+
+    /// How the questions are put to the model.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct AskOptions {
+        /// Append [`super::SHORT_ANSWER_INSTRUCTION`] (as LLaVA's
+        /// short-answer evaluations do).
+        pub short_answer: bool,
+        /// The greedy answer's token budget.
+        pub max_new_tokens: usize,
+        /// A progress bar on a terminal's stderr.
+        pub progress: bool,
+    }
+
+    impl Default for AskOptions {
+        fn default() -> Self {
+            Self {
+                short_answer: false,
+                max_new_tokens: VQA_MAX_NEW_TOKENS,
+                progress: false,
+            }
+        }
+    }
+
+    /// The model's raw answers, in the questions' order. Questions are run
+    /// grouped by image, so each image goes through the tower once and the
+    /// pipeline's image cache serves the rest.
+    pub fn answer_questions(
+        pipeline: &VlmPipeline,
+        questions: &[VqaQuestion],
+        opts: &AskOptions,
+    ) -> Result<Vec<String>> {
+        if opts.max_new_tokens == 0 {
+            return Err(PipelineError::Usage(
+                "the answer's token budget (max_new_tokens) must be at least 1".into(),
+            ));
+        }
+        let cfg = GenerationConfig {
+            max_new_tokens: opts.max_new_tokens,
+            sampling: glimpse_infer::SamplingConfig::greedy(),
+            eos_ids: pipeline.eos_ids.clone(),
+            stop_strings: Vec::new(),
+        };
+        let mut order: Vec<usize> = (0..questions.len()).collect();
+        order.sort_by(|&a, &b| questions[a].images.cmp(&questions[b].images));
+        let bar = progress_bar(questions.len(), opts.progress, "questions");
+        let mut answers = vec![String::new(); questions.len()];
+        for i in order {
+            let q = &questions[i];
+            let prompt = pipeline.prompt(&q.asked(opts.short_answer), &q.images, false)?;
+            answers[i] = pipeline.generate(&prompt, &cfg, |_| Ok(()))?.text;
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        Ok(answers)
+    }
+
+    /// Normalised exact-match accuracy of the model's greedy answers,
+    /// overall and by answer kind, with raw exact match beside it.
+    pub fn evaluate_vqa(
+        pipeline: &VlmPipeline,
+        questions: &[VqaQuestion],
+        opts: &AskOptions,
+    ) -> Result<VqaReport> {
+        let predictions = answer_questions(pipeline, questions, opts)?;
+        Ok(VqaReport::score(questions, predictions))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(image: &str, answer: &str) -> VqaQuestion {
+        VqaQuestion {
+            images: vec![PathBuf::from(image)],
+            question: "?".into(),
+            answer: answer.into(),
+        }
+    }
+
+    fn acc(correct: usize, total: usize) -> Accuracy {
+        Accuracy { correct, total }
+    }
+
+    #[test]
+    fn scores_by_kind() {
+        let qs = [
+            q("a", "yes"),
+            q("a", "red"),
+            q("b", "circle"),
+            q("b", "A dog."),
+            q("c", "two"),
+        ];
+        let preds = ["Yes.", "blue", "circle", "the dog", "2"]
+            .map(String::from)
+            .to_vec();
+        let r = VqaReport::score(&qs, preds);
+        assert_eq!(r.normalised.overall, acc(4, 5));
+        assert_eq!(r.normalised.by_kind["yes/no"], acc(1, 1));
+        assert_eq!(r.normalised.by_kind["colour"], acc(0, 1));
+        assert_eq!(r.normalised.by_kind["shape"], acc(1, 1));
+        assert_eq!(r.normalised.by_kind["other"], acc(2, 2));
+        // raw: only "circle" is the same string
+        assert_eq!(r.exact, acc(1, 5));
+        assert_eq!(r.images, 3);
+        let j = r.to_json();
+        assert_eq!(j["accuracy"], 0.8);
+        assert_eq!(j["exact_match"]["correct"], 1);
+        assert_eq!(j["by_kind"]["other"]["total"], 2);
+    }
+
+    #[test]
+    fn raw_exact_match_trims_only() {
+        let qs = [q("a", "red"), q("a", "red"), q("a", "Red")];
+        let r = VqaReport::score(&qs, ["  red\n", "Red", "red"].map(String::from).to_vec());
+        assert_eq!(r.exact, acc(1, 3));
+        assert_eq!(r.normalised.overall, acc(3, 3));
+    }
+
+    #[test]
+    fn images_counted_once_across_questions() {
+        let mut multi = q("a", "yes");
+        multi.images.push(PathBuf::from("b"));
+        let text_only = VqaQuestion {
+            images: Vec::new(),
+            question: "?".into(),
+            answer: "Paris".into(),
+        };
+        let r = VqaReport::score(&[multi, q("b", "no"), text_only], vec![String::new(); 3]);
+        assert_eq!(r.images, 2);
+        assert_eq!(r.normalised.overall, acc(0, 3));
+    }
+
+    #[test]
+    fn short_answer_appends_llava_instruction() {
+        let question = VqaQuestion {
+            images: Vec::new(),
+            question: "What shape is this?".into(),
+            answer: "circle".into(),
+        };
+        assert_eq!(question.asked(false), "What shape is this?");
+        assert_eq!(
+            question.asked(true),
+            "What shape is this?\nAnswer the question using a single word or phrase."
+        );
+    }
+
+    #[test]
+    fn kind_labels_read_normalised_references() {
+        assert_eq!(answer_kind_label("Yes."), "yes/no");
+        assert_eq!(answer_kind_label("the Red"), "colour");
+        assert_eq!(answer_kind_label("(triangle)"), "shape");
+        assert_eq!(answer_kind_label("a red circle"), "other");
+    }
+
+    #[test]
+    fn missing_data_names_the_path() {
+        let err = load_vqa_questions(Path::new("/nonexistent/vqa.json"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("/nonexistent/vqa.json") && err.contains("not found"),
+            "{err}"
+        );
+    }
+}

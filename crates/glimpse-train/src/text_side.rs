@@ -1,0 +1,273 @@
+//! The text side of a run: tokenizer, chat template and special ids, from
+//! the run's own BPE (easy-VQA path) or a pretrained decoder. It turns a
+//! conversation into token segments whose labels are the assistant's
+//! tokens exactly as the chat template renders them.
+
+use std::ops::Range;
+
+use glimpse_data::datasets::SegmentKind;
+use glimpse_data::{ChatTemplate, SpecialTokens};
+use serde_json::json;
+use tokenizers::Tokenizer;
+
+use crate::error::{one_line, Result, TrainError};
+use crate::recipe::SpecialIds;
+
+/// The placeholder a training row and a prompt carry per image.
+pub const IMAGE_TOKEN: &str = "<image>";
+
+pub type Segments = Vec<(SegmentKind, Vec<u32>)>;
+
+/// Who says a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    User,
+    Assistant,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Assistant => "assistant",
+        }
+    }
+}
+
+pub struct TextSide {
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    /// The template's jinja source, written into exported models.
+    pub template_source: String,
+    pub special: SpecialTokens,
+    pub ids: SpecialIds,
+}
+
+/// A jinja prelude that lets a text-only chat template (SmolLM2's, say)
+/// read OpenAI-style content parts: each message whose content is a list
+/// becomes one string, an `<image>` line per image part and then the text,
+/// the form LLaVA's training rows have. Strings pass through unchanged, so
+/// training rows render exactly as the decoder's own template renders them.
+pub fn accept_content_parts(source: &str) -> String {
+    const PRELUDE: &str = concat!(
+        "{%- set glimpse_parts = namespace(messages=[]) -%}",
+        "{%- for m in messages -%}",
+        "{%- if m['content'] is string or m['content'] is none -%}",
+        "{%- set glimpse_parts.messages = glimpse_parts.messages + [m] -%}",
+        "{%- else -%}",
+        "{%- set glimpse_text = namespace(s='') -%}",
+        "{%- for p in m['content'] -%}{%- if p['type'] == 'image' -%}",
+        "{%- set glimpse_text.s = glimpse_text.s + '<image>\\n' -%}",
+        "{%- endif -%}{%- endfor -%}",
+        "{%- for p in m['content'] -%}{%- if p['type'] == 'text' -%}",
+        "{%- set glimpse_text.s = glimpse_text.s + p['text'] -%}",
+        "{%- endif -%}{%- endfor -%}",
+        "{%- set glimpse_parts.messages = glimpse_parts.messages + ",
+        "[{'role': m['role'], 'content': glimpse_text.s}] -%}",
+        "{%- endif -%}",
+        "{%- endfor -%}",
+        "{%- set messages = glimpse_parts.messages -%}",
+    );
+    if source.contains("glimpse_parts") {
+        return source.to_string();
+    }
+    format!("{PRELUDE}{source}")
+}
+
+impl TextSide {
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| TrainError::Config(format!("tokenising {text:?}: {}", one_line(e))))?
+            .get_ids()
+            .to_vec())
+    }
+
+    /// A conversation as token segments: the template renders it; the byte
+    /// ranges an assistant turn adds (its content and whatever the template
+    /// closes it with, `<|im_end|>` or `</s>`) are found by rendering each
+    /// prefix with the generation prompt; tokens starting inside them are
+    /// [`SegmentKind::Assistant`]; each `<image>` becomes `image_tokens`
+    /// copies of the placeholder id ([`SegmentKind::Image`]). `Err` is why
+    /// the row cannot be used (the template refuses it, or renders a prefix
+    /// that the whole conversation does not start with).
+    pub fn conversation_segments(
+        &self,
+        messages: &[(Role, String)],
+        image_tokens: usize,
+    ) -> std::result::Result<Segments, String> {
+        let render = |upto: usize, gen: bool| -> std::result::Result<String, String> {
+            let msgs: Vec<serde_json::Value> = messages[..upto]
+                .iter()
+                .map(|(r, c)| json!({"role": r.as_str(), "content": c}))
+                .collect();
+            self.template
+                .render_with(&msgs, gen)
+                .map_err(|e| format!("chat template: {e}"))
+        };
+        let full = render(messages.len(), false)?;
+        let mut spans: Vec<Range<usize>> = Vec::new();
+        for (k, (role, _)) in messages.iter().enumerate() {
+            if *role != Role::Assistant {
+                continue;
+            }
+            let before = render(k, true)?;
+            let through = render(k + 1, false)?;
+            if !full.starts_with(&through) || !through.starts_with(&before) {
+                return Err(format!(
+                    "the chat template does not render turn {k} as a prefix of the conversation; its assistant tokens cannot be found"
+                ));
+            }
+            spans.push(before.len()..through.len());
+        }
+        let enc = self
+            .tokenizer
+            .encode(full.as_str(), false)
+            .map_err(|e| format!("tokenizer: {}", one_line(e)))?;
+        let mut segments: Segments = Vec::new();
+        let mut push = |kind: SegmentKind, ids: &[u32]| match segments.last_mut() {
+            Some((k, v)) if *k == kind && kind != SegmentKind::Image => v.extend_from_slice(ids),
+            _ => segments.push((kind, ids.to_vec())),
+        };
+        for (&id, &(start, _)) in enc.get_ids().iter().zip(enc.get_offsets()) {
+            if id == self.ids.image {
+                push(SegmentKind::Image, &vec![id; image_tokens]);
+            } else if spans.iter().any(|s| s.contains(&start)) {
+                push(SegmentKind::Assistant, &[id]);
+            } else {
+                push(SegmentKind::User, &[id]);
+            }
+        }
+        if !segments.iter().any(|(k, _)| *k == SegmentKind::Assistant) {
+            return Err("no assistant tokens to learn from".into());
+        }
+        Ok(segments)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn side(template: &str) -> TextSide {
+        let tok = glimpse_data::train_bpe_tokenizer(
+            &[
+                "user: <image>\nwhat is it? assistant: a red circle</s><|im_start|><|im_end|>"
+                    .into(),
+            ],
+            &glimpse_data::TokenizerTrainConfig {
+                vocab_size: 300,
+                min_frequency: 1,
+                special_tokens: [
+                    "<pad>",
+                    "</s>",
+                    "<s>",
+                    IMAGE_TOKEN,
+                    "<|im_start|>",
+                    "<|im_end|>",
+                ]
+                .map(String::from)
+                .to_vec(),
+                bos_token: None,
+                lowercase: false,
+            },
+        )
+        .expect("tokenizer");
+        let special = SpecialTokens {
+            bos_token: Some("<s>".into()),
+            eos_token: Some("</s>".into()),
+            unk_token: None,
+            pad_token: Some("<pad>".into()),
+        };
+        let id = |t: &str| tok.token_to_id(t).expect("special");
+        let ids = SpecialIds {
+            vocab_size: tok.get_vocab_size(true),
+            pad: id("<pad>"),
+            bos: id("<s>"),
+            eos: id("</s>"),
+            image: id(IMAGE_TOKEN),
+        };
+        let source = accept_content_parts(template);
+        TextSide {
+            template: ChatTemplate::new(&source, special.clone()).expect("template"),
+            template_source: source,
+            tokenizer: tok,
+            special,
+            ids,
+        }
+    }
+
+    const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+    fn text(side: &TextSide, ids: &[u32]) -> String {
+        side.tokenizer.decode(ids, false).expect("decode")
+    }
+
+    /// The labels are the assistant's turns as the template closes them
+    /// (`<|im_end|>` and its newline), in every turn; the image placeholder
+    /// is expanded; the user's text and the template's headers are not
+    /// labelled.
+    #[test]
+    fn assistant_tokens_are_what_the_template_renders_for_them() {
+        let s = side(CHATML);
+        let msgs = vec![
+            (Role::User, "<image>\nwhat is it?".to_string()),
+            (Role::Assistant, "a red circle".to_string()),
+            (Role::User, "and?".to_string()),
+            (Role::Assistant, "round".to_string()),
+        ];
+        let segs = s.conversation_segments(&msgs, 3).expect("segments");
+        let assistant: Vec<String> = segs
+            .iter()
+            .filter(|(k, _)| *k == SegmentKind::Assistant)
+            .map(|(_, v)| text(&s, v))
+            .collect();
+        assert_eq!(assistant, ["a red circle<|im_end|>\n", "round<|im_end|>\n"]);
+        let images: Vec<&Vec<u32>> = segs
+            .iter()
+            .filter(|(k, _)| *k == SegmentKind::Image)
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(images, [&vec![s.ids.image; 3]]);
+        let user: String = segs
+            .iter()
+            .filter(|(k, _)| *k == SegmentKind::User)
+            .map(|(_, v)| text(&s, v))
+            .collect();
+        assert!(user.contains("<|im_start|>assistant\n"), "{user}");
+        assert!(!user.contains("circle"), "{user}");
+    }
+
+    /// Content parts render like the LLaVA row's string, so prompts at
+    /// inference read as the rows trained.
+    #[test]
+    fn content_parts_render_as_the_training_rows_do() {
+        let s = side(CHATML);
+        let parts = s
+            .template
+            .render_with(
+                &[json!({"role": "user", "content": [
+                    {"type": "text", "text": "what is it?"}, {"type": "image"}]})],
+                true,
+            )
+            .expect("render");
+        let plain = s
+            .template
+            .render_with(
+                &[json!({"role": "user", "content": "<image>\nwhat is it?"})],
+                true,
+            )
+            .expect("render");
+        assert_eq!(parts, plain);
+    }
+
+    #[test]
+    fn a_conversation_without_an_answer_is_refused() {
+        let s = side(CHATML);
+        let err = s
+            .conversation_segments(&[(Role::User, "hi".into())], 1)
+            .expect_err("no answer");
+        assert!(err.contains("no assistant tokens"), "{err}");
+    }
+}
