@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::Device;
-use common::{expect_error, fixtures, glimpse, glimpse_json};
+use common::{expect_error, fixtures, glimpse, glimpse_json, smollm2};
 use glimpse_engine::pipeline::CausalLm;
 use serde_json::Value;
 
@@ -127,36 +127,6 @@ fn chat_prompt_ids_match_apply_chat_template() -> Result<()> {
         assert!(checked >= 2, "{name}: only {checked} conversations checked");
     }
     Ok(())
-}
-
-/// `SmolLM2-135M-Instruct.Q4_1.gguf`, fetched by `scripts/fetch_smollm2.sh`.
-fn smollm2() -> Option<PathBuf> {
-    let path = match std::env::var_os("GLIMPSE_SMOLLM2") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let cache = std::env::var_os("GLIMPSE_CACHE")
-                .map(PathBuf::from)
-                .or_else(|| {
-                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/glimpse"))
-                })?;
-            cache.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
-        }
-    };
-    if path.is_file() {
-        return Some(path);
-    }
-    // A test that needs fetched data never reports a pass it did not run
-    // under CI, whose test command fetches the data first.
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} is missing under CI: scripts/fetch_test_data.sh should have fetched it",
-        path.display()
-    );
-    eprintln!(
-        "SKIPPED: {} is absent; run scripts/fetch_smollm2.sh",
-        path.display()
-    );
-    None
 }
 
 const QUESTION: &str = "What is the capital of France?";

@@ -187,7 +187,28 @@ impl Vlm {
     ) -> Result<Self> {
         let config_path = dir.join("config.json");
         let cfg = VlmConfig::from_file(&config_path)?;
-        let checkpoint = Checkpoint::open_dir(dir)?;
+        let mut checkpoint = Checkpoint::open_dir(dir)?;
+        // A glimpse-format directory may hold only what was trained and name
+        // the frozen decoder it was trained on, with its LoRA in `adapter/`.
+        let decoder_from = decoder_from(&config_path, dir)?;
+        let own_adapter;
+        let adapter = match (&decoder_from, adapter) {
+            (Some(base), None) => {
+                checkpoint.add_tensors(base_decoder_tensors(base, &cfg, device)?)?;
+                let adapter_dir = dir.join("adapter");
+                if crate::lora::is_adapter_dir(&adapter_dir) {
+                    own_adapter = Adapter::load(&adapter_dir, device)?;
+                    Some(&own_adapter)
+                } else {
+                    None
+                }
+            }
+            (Some(base), Some(a)) => {
+                checkpoint.add_tensors(base_decoder_tensors(base, &cfg, device)?)?;
+                Some(a)
+            }
+            (None, a) => a,
+        };
         let names = VlmNames::detect(checkpoint.shapes());
         // The config's sizes against the header before anything is built.
         let shapes = Shapes::new(checkpoint.shapes(), checkpoint.path());
@@ -493,4 +514,73 @@ impl Vlm {
             .narrow(1, cls, grid * grid)?
             .reshape((n, grid, grid))?)
     }
+}
+
+/// `config.json`'s `decoder_from`: where a glimpse-format VLM's decoder
+/// weights are (an HF decoder folder or a GGUF file; `~/` is the home
+/// folder, a relative path is the model directory's).
+fn decoder_from(config_path: &Path, dir: &Path) -> Result<Option<std::path::PathBuf>> {
+    let text = ModelError::read_config(config_path)?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ModelError::config(config_path, format!("invalid JSON: {e}")))?;
+    let Some(from) = value.get("decoder_from") else {
+        return Ok(None);
+    };
+    let from = from
+        .as_str()
+        .ok_or_else(|| ModelError::config(config_path, "decoder_from: must be a path string"))?;
+    let path = match from.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME")
+            .map(|h| Path::new(&h).join(rest))
+            .unwrap_or_else(|| std::path::PathBuf::from(from)),
+        None => dir.join(from),
+    };
+    if !path.exists() {
+        return Err(ModelError::config(
+            config_path,
+            format!(
+                "decoder_from: {} not found (the base decoder this model was trained on; fetch it first, e.g. scripts/fetch_smollm2.sh)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(Some(path))
+}
+
+/// The base decoder's weights under glimpse's VLM names, dense, the token
+/// table grown to the VLM's vocabulary as the trainer grew it.
+fn base_decoder_tensors(
+    path: &Path,
+    cfg: &VlmConfig,
+    device: &Device,
+) -> Result<std::collections::HashMap<String, Tensor>> {
+    let hf = if path.extension().is_some_and(|e| e == "gguf") {
+        crate::gguf::GgufFile::open(path)?
+            .dense_hf_tensors(device)?
+            .1
+    } else {
+        let file = path.join("model.safetensors");
+        candle_core::safetensors::load(&file, device)
+            .map_err(|e| ModelError::file(&file, crate::error::candle_message(&e)))?
+            .into_iter()
+            .collect()
+    };
+    let names = VlmNames::default();
+    let mut out = std::collections::HashMap::new();
+    for (name, t) in hf {
+        let t = if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
+            crate::weights::grow_rows(&t, cfg.text.vocab_size)?
+        } else {
+            t
+        };
+        let renamed = if let Some(rest) = name.strip_prefix("model.") {
+            format!("{}.{rest}", names.decoder)
+        } else if let Some(rest) = name.strip_prefix("lm_head.") {
+            format!("{}.{rest}", names.lm_head)
+        } else {
+            continue;
+        };
+        out.insert(renamed, t);
+    }
+    Ok(out)
 }

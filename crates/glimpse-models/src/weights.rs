@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use candle_core::safetensors::MmapedSafetensors;
+use std::collections::HashMap;
+
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
@@ -37,9 +39,30 @@ pub struct Checkpoint {
     shapes: BTreeMap<String, Vec<usize>>,
     /// Name -> stored dtype of every tensor that is not a float.
     not_float: BTreeMap<String, String>,
+    /// Tensors that come from elsewhere than the files (a pretrained
+    /// decoder a model directory names), served like the files' own.
+    extra: Arc<HashMap<String, Tensor>>,
 }
 
 impl Checkpoint {
+    /// Adds tensors from outside the files; a name the files already hold
+    /// is an error (one source per tensor).
+    pub fn add_tensors(&mut self, tensors: HashMap<String, Tensor>) -> Result<()> {
+        let mut extra: HashMap<String, Tensor> = (*self.extra).clone();
+        for (name, t) in tensors {
+            if self.shapes.contains_key(&name) {
+                return Err(ModelError::file(
+                    &self.path,
+                    format!("tensor {name} is both in the file and in the model's decoder_from"),
+                ));
+            }
+            self.shapes.insert(name.clone(), t.dims().to_vec());
+            extra.insert(name, t);
+        }
+        self.extra = Arc::new(extra);
+        Ok(())
+    }
+
     /// Opens `model.safetensors` or the shards listed in
     /// `model.safetensors.index.json` of an HF model directory.
     pub fn open_dir(dir: &Path) -> Result<Self> {
@@ -97,6 +120,7 @@ impl Checkpoint {
             tensors: Arc::new(tensors),
             shapes,
             not_float,
+            extra: Arc::default(),
         })
     }
 
@@ -115,6 +139,7 @@ impl Checkpoint {
             path: self.path.clone(),
             backend: StrictBackend {
                 tensors: self.tensors.clone(),
+                extra: self.extra.clone(),
                 shapes: self.shapes.clone(),
                 not_float: self.not_float.clone(),
                 report: Arc::new(Mutex::new(Report::default())),
@@ -136,6 +161,22 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     let dir = index.parent().unwrap_or(Path::new("."));
     let unique: BTreeSet<&String> = parsed.weight_map.values().collect();
     Ok(unique.into_iter().map(|f| dir.join(f)).collect())
+}
+
+/// New embedding rows (a token a trainer added, `<image>`) start at the
+/// mean of the existing ones, as transformers' `resize_token_embeddings`
+/// centres them; a model directory whose decoder comes from elsewhere
+/// grows it the same way at load.
+///
+/// # Shapes
+/// `t`: (V, D) -> (vocab, D), vocab ≥ V
+pub fn grow_rows(t: &Tensor, vocab: usize) -> candle_core::Result<Tensor> {
+    let (v, _) = t.dims2()?;
+    if vocab <= v {
+        return Ok(t.clone());
+    }
+    let extra = t.mean_keepdim(0)?.repeat((vocab - v, 1))?;
+    Tensor::cat(&[t, &extra], 0)
 }
 
 /// Bytes of zero placeholders handed out for missing, misshaped or
@@ -167,12 +208,20 @@ impl Report {
 #[derive(Clone)]
 struct StrictBackend {
     tensors: Arc<MmapedSafetensors>,
+    extra: Arc<HashMap<String, Tensor>>,
     shapes: BTreeMap<String, Vec<usize>>,
     not_float: BTreeMap<String, String>,
     report: Arc<Mutex<Report>>,
 }
 
 impl StrictBackend {
+    fn load(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        match self.extra.get(name) {
+            Some(t) => t.to_device(dev)?.to_dtype(dtype),
+            None => self.tensors.load(name, dev)?.to_dtype(dtype),
+        }
+    }
+
     fn with_report<T>(&self, f: impl FnOnce(&mut Report) -> T) -> T {
         // A poisoned lock only means another builder thread panicked; the
         // bookkeeping inside is still a plain set of names.
@@ -249,7 +298,7 @@ impl SimpleBackend for StrictBackend {
             }
             Some(_) => {
                 self.with_report(|r| r.used.insert(name.to_string()));
-                self.tensors.load(name, dev)?.to_dtype(dtype)
+                self.load(name, dtype, dev)
             }
         }
     }
@@ -266,7 +315,7 @@ impl SimpleBackend for StrictBackend {
             self.with_report(|r| r.not_float.push((name.to_string(), stored.clone())));
             candle_core::bail!("tensor {name} is stored as {stored}, not a float type");
         }
-        self.tensors.load(name, dev)?.to_dtype(dtype)
+        self.load(name, dtype, dev)
     }
 
     fn contains_tensor(&self, name: &str) -> bool {

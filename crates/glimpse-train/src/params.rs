@@ -23,6 +23,9 @@ pub enum Trainable {
     All,
     /// Names starting with any of these prefixes.
     Prefixes(Vec<String>),
+    /// Those prefixes and every LoRA factor (`*.lora_A.weight`,
+    /// `*.lora_B.weight`): a stage that adapts a frozen decoder.
+    PrefixesAndLora(Vec<String>),
 }
 
 impl Trainable {
@@ -30,6 +33,10 @@ impl Trainable {
         match self {
             Self::All => true,
             Self::Prefixes(p) => p.iter().any(|p| name.starts_with(p.as_str())),
+            Self::PrefixesAndLora(p) => {
+                glimpse_models::lora::is_lora_tensor(name)
+                    || p.iter().any(|p| name.starts_with(p.as_str()))
+            }
         }
     }
 }

@@ -289,6 +289,9 @@ pub struct StageSpec {
     /// The held-out rows the stage is scored on (same formats); needed
     /// with `data`.
     pub eval_data: Option<String>,
+    /// VLM stages: LoRA adapters on the decoder's linear layers instead of
+    /// training the decoder itself (the projector still learns).
+    pub lora: Option<LoraSpec>,
     /// Optimiser steps.
     pub steps: usize,
     pub batch_size: usize,
@@ -346,6 +349,44 @@ pub struct StageSpec {
     /// pixels each way, drawn per step (0: not moved).
     #[serde(default)]
     pub shift: usize,
+    /// Contrastive stage: each training image turned by an angle drawn
+    /// from [-rotate, rotate] degrees, per step (0: not turned).
+    #[serde(default)]
+    pub rotate: f64,
+}
+
+/// `[<stage>.lora]`: PEFT's LoRA on the decoder.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoraSpec {
+    pub r: usize,
+    pub alpha: f64,
+    #[serde(default)]
+    pub dropout: f64,
+    /// Decoder module names (PEFT's `target_modules` list: a name matches
+    /// itself or a path ending in `.name`).
+    #[serde(default = "default_lora_targets")]
+    pub targets: Vec<String>,
+    /// rsLoRA's scale, alpha / sqrt(r), instead of alpha / r.
+    #[serde(default)]
+    pub rslora: bool,
+}
+
+fn default_lora_targets() -> Vec<String> {
+    ["q_proj", "k_proj", "v_proj", "o_proj"]
+        .map(String::from)
+        .to_vec()
+}
+
+impl LoraSpec {
+    /// The adapter's PEFT config.
+    pub fn config(&self) -> glimpse_models::LoraConfig {
+        let targets: Vec<&str> = self.targets.iter().map(String::as_str).collect();
+        let mut cfg = glimpse_models::LoraConfig::new(self.r, self.alpha, &targets);
+        cfg.lora_dropout = self.dropout as f32;
+        cfg.use_rslora = self.rslora;
+        cfg
+    }
 }
 
 fn default_augment() -> String {
@@ -561,6 +602,10 @@ impl Recipe {
                     ),
                 ));
             }
+            number(&f("rotate"), s.rotate, 0.0, false, 180.0)?;
+            if s.rotate > 0.0 && name != "contrastive" {
+                return Err((f("rotate"), "applies to [contrastive] only".into()));
+            }
             if s.shift > 0 && name != "contrastive" {
                 return Err((f("shift"), "applies to [contrastive] only".into()));
             }
@@ -597,6 +642,20 @@ impl Recipe {
                     format!("{name}.data"),
                     "applies to the VLM stages (align, instruct, full) only".into(),
                 ));
+            }
+            if let Some(l) = &s.lora {
+                if !vlm {
+                    return Err((
+                        format!("{name}.lora"),
+                        "applies to the VLM stages (align, instruct, full) only".into(),
+                    ));
+                }
+                bounded(&format!("{name}.lora.r"), l.r, 1, 4096)?;
+                number(&format!("{name}.lora.alpha"), l.alpha, 0.0, true, 1e6)?;
+                number(&format!("{name}.lora.dropout"), l.dropout, 0.0, false, 0.99)?;
+                if l.targets.is_empty() {
+                    return Err((format!("{name}.lora.targets"), "is empty".into()));
+                }
             }
             if s.data.is_some() != s.eval_data.is_some() {
                 return Err((

@@ -21,7 +21,10 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use glimpse_models::nn::rope::RopeStyle;
 use glimpse_models::text::DecoderWeights;
-use glimpse_models::{Decoder, DecoderConfig, DualConfig, DualEncoder, Vlm, VlmConfig, VlmNames};
+use glimpse_models::{
+    Decoder, DecoderConfig, DualConfig, DualEncoder, LoraConfig, LoraWeights, Vlm, VlmConfig,
+    VlmNames,
+};
 use serde_json::{json, Value};
 
 use crate::checkpoint::{load_tensors, save_tensors, Checkpoints};
@@ -200,6 +203,9 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
         model: None,
         complete: true,
     };
+    // The pretrained decoder as its files hold it: no stage has trained it
+    // or merged an adapter into it yet (then the VLM can ship without it).
+    let mut base_untouched = decoder.is_some();
     for (stage, spec) in recipe.stages() {
         let dir = out.join(stage);
         let final_path = dir.join("final.safetensors");
@@ -207,6 +213,8 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
         if final_path.is_file() {
             eprintln!("{stage}: done earlier, its weights are carried on");
             carry(&mut carried, stage, load_tensors(&final_path)?);
+            merge_carried_lora(&mut carried, &mut external, spec)?;
+            base_untouched &= stage_keeps_base(stage, spec);
             if stage != "contrastive" && stage != "lm" {
                 report.model = Some(model_dir.clone());
             }
@@ -248,6 +256,7 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
         // runs once below.
         // every stage with a `data` file reports its unusable rows here
         let mut bad_rows: Option<Arc<BadRows>> = None;
+        let lora_cfg = spec.lora.as_ref().map(|l| l.config());
         let (mut task, weights, export): (Box<dyn Task + '_>, StageWeights, Exporter) = match stage
         {
             "contrastive" => {
@@ -329,26 +338,49 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
                 )
             }
             _ => {
-                let trainable = match stage {
-                    "align" => Trainable::Prefixes(vec![
-                        "multi_modal_projector.".into(),
-                        "cross_layers.".into(),
-                    ]),
-                    "instruct" => Trainable::Prefixes(vec![
-                        "multi_modal_projector.".into(),
-                        "cross_layers.".into(),
-                        "language_model.".into(),
-                    ]),
+                const PROJ: [&str; 2] = ["multi_modal_projector.", "cross_layers."];
+                let with = |extra: &[&str]| -> Vec<String> {
+                    PROJ.iter().chain(extra).map(|p| p.to_string()).collect()
+                };
+                // With LoRA the decoder stays frozen and its adapters learn.
+                let trainable = match (stage, &lora_cfg) {
+                    ("align", None) => Trainable::Prefixes(with(&[])),
+                    ("align" | "instruct", Some(_)) => Trainable::PrefixesAndLora(with(&[])),
+                    ("instruct", None) => Trainable::Prefixes(with(&["language_model."])),
+                    (_, Some(_)) => Trainable::PrefixesAndLora(with(&["vision_tower."])),
                     _ => Trainable::All,
                 };
-                let tower_frozen = trainable != Trainable::All;
+                let tower_frozen =
+                    !trainable.contains("vision_tower.embeddings.patch_embedding.weight");
+                let base_frozen = base_untouched
+                    && !trainable.contains("language_model.model.layers.0.self_attn.q_proj.weight");
+                let slim_from = recipe.model.decoder.from.clone().filter(|_| base_frozen);
                 let weights = StageWeights::with_external(
                     carried.clone(),
                     trainable.clone(),
                     seed,
                     external.clone(),
                 );
-                let model = Vlm::new(&vlm_cfg, weights.var_builder(&device), &VlmNames::default())?;
+                let vb = weights.var_builder(&device);
+                let names = VlmNames::default();
+                let lora = match &lora_cfg {
+                    Some(c) => Some(LoraWeights::trainable(
+                        c.clone(),
+                        vb.clone(),
+                        &names.decoder,
+                        "model.language_model",
+                    )?),
+                    None => None,
+                };
+                let model = Vlm::new_with_lora(&vlm_cfg, vb, &names, lora.as_ref())?;
+                let dropout = match &lora {
+                    Some(l) => {
+                        l.finish()?;
+                        l.dropout().set_training(true);
+                        Some(l.dropout().clone())
+                    }
+                    None => None,
+                };
                 let fresh = weights.fresh_names()?;
                 let frozen_fresh: Vec<&String> =
                     fresh.iter().filter(|n| !trainable.contains(n)).collect();
@@ -359,7 +391,7 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
                         );
                 }
                 cfg.architecture = format!("{stage}:{}", fingerprint(&vlm_json.to_string()));
-                let task: Box<dyn Task + '_> = match (&spec.data, &spec.eval_data) {
+                let mut vlm_task = match (&spec.data, &spec.eval_data) {
                     (Some(train), Some(eval)) => {
                         let log = dir.join("bad_rows.jsonl");
                         std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
@@ -375,7 +407,7 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
                         let train_rows = read_rows(&train, folder.as_deref(), prompt, &bad)?;
                         let eval_rows = read_rows(&eval, folder.as_deref(), prompt, &bad)?;
                         bad_rows = Some(bad.clone());
-                        Box::new(VlmTask::from_rows(
+                        VlmTask::from_rows(
                             model,
                             text,
                             (train, train_rows),
@@ -385,7 +417,7 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
                             tower_frozen,
                             recipe.data.eval_questions,
                             &device,
-                        )?)
+                        )?
                     }
                     _ => {
                         let data = if stage == "align" {
@@ -393,36 +425,69 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
                         } else {
                             VlmData::Questions
                         };
-                        Box::new(VlmTask::new(
+                        VlmTask::new(
                             model,
                             need_corpus(&corpus)?,
                             data,
                             tower_frozen,
                             recipe.data.eval_questions,
                             &device,
-                        )?)
+                        )?
                     }
                 };
+                if let Some(d) = dropout {
+                    vlm_task.set_lora_dropout(d);
+                }
+                let task: Box<dyn Task + '_> = Box::new(vlm_task);
                 let json = vlm_json.clone();
                 let processor_json = &processor_json;
+                let lora_cfg = lora_cfg.clone();
+                let decoder_from = decoder.as_ref().map(|d| d.source.clone());
+                let stage_dir = dir.clone();
                 report.model = Some(model_dir.clone());
                 (
                     task,
                     weights,
                     Box::new(move |d: &Path, t: &BTreeMap<String, Tensor>| {
+                        if let Some(cfg) = &lora_cfg {
+                            save_stage_adapter(&stage_dir, cfg, t, decoder_from.as_deref())?;
+                        }
                         let parts = crate::export::VlmParts {
                             config: &json,
                             tensors: t,
                             tokenizer: &text.tokenizer,
                             chat_template: &text.template_source,
                             image_processor: processor_json,
-                            adapter: None,
+                            adapter: lora_cfg.as_ref().map(crate::export::Adapter::Beside),
                         };
-                        crate::export::export_vlm_auto(d, &parts).map(|_| ())
+                        match &slim_from {
+                            // the frozen base stays where it is: the model
+                            // holds what was trained and names it
+                            Some(from) => crate::export::export_glimpse_on_base(d, &parts, from),
+                            None => crate::export::export_vlm_auto(d, &parts).map(|_| ()),
+                        }
                     }),
                 )
             }
         };
+        let trained: usize = weights
+            .trainable_vars()?
+            .iter()
+            .map(|(_, v)| v.elem_count())
+            .sum();
+        let frozen: usize = weights
+            .frozen_tensors()?
+            .values()
+            .map(Tensor::elem_count)
+            .sum();
+        eprintln!(
+            "{stage}: training {trained} parameters{}, {frozen} frozen",
+            if lora_cfg.is_some() {
+                " (LoRA adapters and projector)"
+            } else {
+                ""
+            }
+        );
         let summary = run_stage(
             task.as_mut(),
             &weights,
@@ -477,6 +542,8 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
         save_tensors(&weights.saved_tensors()?, &tmp)?;
         std::fs::rename(&tmp, &final_path).map_err(|e| io(&final_path, e))?;
         carry(&mut carried, stage, tensors.into_iter().collect());
+        merge_carried_lora(&mut carried, &mut external, spec)?;
+        base_untouched &= stage_keeps_base(stage, spec);
         report.stages.push(StageReport {
             stage: stage.into(),
             summary: Some(summary),
@@ -782,4 +849,70 @@ fn vlm_config_json(
         json["text_config"] = d.text_config.clone();
     }
     json
+}
+
+/// A LoRA stage's adapters folded into the weights later stages start
+/// from (W + s·B·A), which then no longer equal the pretrained files.
+fn merge_carried_lora(
+    carried: &mut HashMap<String, Tensor>,
+    external: &mut std::collections::HashSet<String>,
+    spec: &StageSpec,
+) -> Result<()> {
+    let Some(lora) = &spec.lora else {
+        return Ok(());
+    };
+    let factors: Vec<String> = carried
+        .keys()
+        .filter(|n| glimpse_models::lora::is_lora_tensor(n))
+        .cloned()
+        .collect();
+    if factors.is_empty() {
+        return Ok(());
+    }
+    let mut all: BTreeMap<String, Tensor> = carried.drain().collect();
+    glimpse_models::lora::merge_into(&mut all, &lora.config())?;
+    for f in &factors {
+        if let Some(module) = f.strip_suffix(".lora_A.weight") {
+            external.remove(&format!("{module}.weight"));
+        }
+    }
+    carried.extend(all);
+    Ok(())
+}
+
+/// `OUT/<stage>/adapter/`: the stage's LoRA in PEFT's layout, its base the
+/// pretrained decoder (`glimpse generate --model OUT/<stage>/adapter`
+/// runs it on the decoder alone).
+fn save_stage_adapter(
+    dir: &Path,
+    cfg: &LoraConfig,
+    tensors: &BTreeMap<String, Tensor>,
+    base: Option<&Path>,
+) -> Result<()> {
+    let decoder = VlmNames::default().decoder;
+    let factors: BTreeMap<String, Tensor> = tensors
+        .iter()
+        .filter(|(n, _)| glimpse_models::lora::is_lora_tensor(n))
+        .map(|(n, t)| {
+            let name = match n.strip_prefix(&format!("{decoder}.")) {
+                Some(rest) => format!("model.{rest}"),
+                None => n.clone(),
+            };
+            (name, t.clone())
+        })
+        .collect();
+    let mut cfg = cfg.clone();
+    cfg.base_model_name_or_path = base.map(|b| b.display().to_string());
+    cfg.task_type = Some("CAUSAL_LM".into());
+    let out = dir.join("adapter");
+    std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
+    glimpse_models::lora::save_adapter(&out, &cfg, &factors)?;
+    Ok(())
+}
+
+/// Whether a finished VLM stage left the decoder's base weights as they
+/// were: align without LoRA trains only the projector; any LoRA is merged
+/// into the weights later stages start from.
+fn stage_keeps_base(stage: &str, spec: &StageSpec) -> bool {
+    stage == "align" && spec.lora.is_none()
 }

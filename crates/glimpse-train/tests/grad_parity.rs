@@ -5,9 +5,11 @@
 //! after one AdamW step, against `fixtures/train/grad_parity.*`
 //! (written by `scripts/dev/make_train_fixtures.py` with transformers 5.23).
 
+mod parity;
+
+use parity::{fixtures, max_abs, max_diff, rows};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Range;
-use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
@@ -20,45 +22,6 @@ use glimpse_train::{
     ParamGroup,
 };
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-fn max_abs(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(DType::F64)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f64>()?)
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
-    anyhow::ensure!(
-        a.dims() == b.dims(),
-        "shape {:?} vs {:?}",
-        a.dims(),
-        b.dims()
-    );
-    max_abs(&(a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?)
-}
-
-fn rows<T: TryFrom<i64>>(v: &Value) -> Result<Vec<Vec<T>>> {
-    v.as_array()
-        .context("rows")?
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .context("row")?
-                .iter()
-                .map(|x| {
-                    let x = x.as_i64().context("integer")?;
-                    T::try_from(x).map_err(|_| anyhow::anyhow!("{x} out of range"))
-                })
-                .collect()
-        })
-        .collect()
-}
 
 /// The fixture's model with every tensor a Var, its batch and PyTorch's
 /// figures.

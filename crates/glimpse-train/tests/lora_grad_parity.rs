@@ -9,8 +9,10 @@
 //! The factors come from the trainer's own `StageWeights` backend through
 //! `LoraWeights::trainable`, the way a recipe with `[lora]` builds them.
 
+mod parity;
+
+use parity::{fixtures, max_abs, max_diff, rows};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
@@ -22,45 +24,6 @@ use glimpse_models::{Decoder, DecoderConfig, LogitsFor};
 use glimpse_train::params::{StageWeights, Trainable};
 use glimpse_train::{masked_lm_loss, AdamW, AdamWConfig, ParamGroup};
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
-fn max_abs(t: &Tensor) -> Result<f64> {
-    Ok(t.to_dtype(DType::F64)?
-        .abs()?
-        .flatten_all()?
-        .max(0)?
-        .to_scalar::<f64>()?)
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> Result<f64> {
-    anyhow::ensure!(
-        a.dims() == b.dims(),
-        "shape {:?} vs {:?}",
-        a.dims(),
-        b.dims()
-    );
-    max_abs(&(a.to_dtype(DType::F64)? - b.to_dtype(DType::F64)?)?)
-}
-
-fn rows<T: TryFrom<i64>>(v: &Value) -> Result<Vec<Vec<T>>> {
-    v.as_array()
-        .context("rows")?
-        .iter()
-        .map(|r| {
-            r.as_array()
-                .context("row")?
-                .iter()
-                .map(|x| {
-                    let x = x.as_i64().context("integer")?;
-                    T::try_from(x).map_err(|_| anyhow::anyhow!("{x} out of range"))
-                })
-                .collect()
-        })
-        .collect()
-}
 
 #[test]
 fn lora_step_matches_peft() -> Result<()> {

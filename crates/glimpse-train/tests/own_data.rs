@@ -120,6 +120,12 @@ shards = 2
 lr = 1e-3
 log_every = 1
 save_every = 2
+
+[instruct.lora]
+r = 4
+alpha = 8
+dropout = 0.1
+targets = ["q_proj", "v_proj", "down_proj"]
 "#,
         tower = repo("models/glimpse-easy-vqa-clip").display(),
         decoder = repo("fixtures/decoders/qwen2").display(),
@@ -331,6 +337,62 @@ fn pretrained_parts_train_on_llava_json_and_captions_skipping_bad_rows() -> Resu
             .any(|k| k.starts_with("language_model.") || k.starts_with("vision_tower.")),
         "frozen pretrained tensors were saved"
     );
+
+    // instruct trains LoRA factors on the frozen decoder: only they (and
+    // the projector) are saved, and the adapter is written in PEFT's layout
+    let instruct_final = candle_core::safetensors::load(
+        out.join("instruct/final.safetensors"),
+        &candle_core::Device::Cpu,
+    )?;
+    let (factors, base): (Vec<&String>, Vec<&String>) = instruct_final
+        .keys()
+        .filter(|k| k.starts_with("language_model."))
+        .partition(|k| glimpse_models::lora::is_lora_tensor(k));
+    assert!(base.is_empty(), "frozen decoder tensors saved: {base:?}");
+    // 2 layers × (q, v, down) × (A, B)
+    assert_eq!(factors.len(), 12, "{factors:?}");
+    assert!(instruct["parameters_trained"].as_u64().unwrap_or(0) > 0);
+    let adapter = glimpse_models::lora::load_adapter(
+        &out.join("instruct/adapter"),
+        &candle_core::Device::Cpu,
+    )?;
+    assert_eq!(adapter.config.r, 4);
+    assert_eq!(adapter.tensors.len(), 12);
+    assert!(
+        adapter
+            .tensors
+            .keys()
+            .all(|k| k.starts_with("model.layers.")),
+        "decoder-only PEFT names: {:?}",
+        adapter.tensors.keys().collect::<Vec<_>>()
+    );
+
+    // the decoder stayed frozen: the model holds the tower, the projector
+    // and the adapter, names the decoder, and loads whole from them
+    let model_dir = out.join("instruct/model");
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(model_dir.join("config.json"))?)?;
+    assert_eq!(
+        config["decoder_from"].as_str(),
+        Some(
+            repo("fixtures/decoders/qwen2")
+                .display()
+                .to_string()
+                .as_str()
+        )
+    );
+    let own = candle_core::safetensors::load(
+        model_dir.join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )?;
+    assert!(
+        !own.keys().any(|k| k.starts_with("language_model.")),
+        "{:?}",
+        own.keys()
+    );
+    assert!(model_dir
+        .join("adapter/adapter_model.safetensors")
+        .is_file());
 
     // the exported model loads as a VLM with the decoder's chat template and
     // `<image>` in its tokenizer

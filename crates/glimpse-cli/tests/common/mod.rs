@@ -72,3 +72,33 @@ pub fn glimpse_json(args: &[&str]) -> anyhow::Result<serde_json::Value> {
     anyhow::ensure!(out.code == 0, "glimpse {args:?}: {}", out.stderr);
     Ok(serde_json::from_str(&out.stdout)?)
 }
+
+/// `SmolLM2-135M-Instruct.Q4_1.gguf`, fetched by `scripts/fetch_smollm2.sh`.
+pub fn smollm2() -> Option<PathBuf> {
+    let path = match std::env::var_os("GLIMPSE_SMOLLM2") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let cache = std::env::var_os("GLIMPSE_CACHE")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/glimpse"))
+                })?;
+            cache.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+        }
+    };
+    if path.is_file() {
+        return Some(path);
+    }
+    // A test that needs fetched data never reports a pass it did not run
+    // under CI, whose test command fetches the data first.
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is missing under CI: scripts/fetch_test_data.sh should have fetched it",
+        path.display()
+    );
+    eprintln!(
+        "SKIPPED: {} is absent; run scripts/fetch_smollm2.sh",
+        path.display()
+    );
+    None
+}

@@ -71,7 +71,8 @@ impl VlmPipeline {
             return Err(ModelError::file(dir, "model directory not found").into());
         }
         let mut model = Vlm::load_dir_with_lora(dir, DType::F32, device, adapter.as_ref())?;
-        if adapter.is_some() {
+        // `--lora`, or the model's own `adapter/` (a folder on a frozen base)
+        if model.language_model.has_lora() {
             model.language_model = model.language_model.merge_lora()?;
         }
         let tokenizer = load_tokenizer(dir)?;

@@ -265,6 +265,69 @@ pub fn export_glimpse(dir: &Path, parts: &VlmParts) -> Result<()> {
     })
 }
 
+/// A VLM whose decoder stayed frozen (LoRA or projector-only stages) in
+/// glimpse's format without the decoder: `config.json` names it
+/// (`decoder_from`, as the recipe wrote it: `~/…` or a path relative to the
+/// model directory), `model.safetensors` holds what was trained (tower,
+/// projector), the LoRA factors go to `adapter/` in PEFT's decoder-only
+/// layout. A model of a few MB, which `Vlm::load_dir` completes from the
+/// base at load.
+pub fn export_glimpse_on_base(dir: &Path, parts: &VlmParts, decoder_from: &str) -> Result<()> {
+    let cfg = parse_config(parts)?;
+    image_token(parts.tokenizer, cfg.image_token_id)?;
+    let decoder = format!("{}.", VlmNames::default().decoder);
+    let head = format!("{}.", VlmNames::default().lm_head);
+    let mut own = BTreeMap::new();
+    let mut factors = BTreeMap::new();
+    for (name, t) in parts.tensors {
+        if glimpse_models::lora::is_lora_tensor(name) {
+            let peft = match name.strip_prefix(&decoder) {
+                Some(rest) => format!("model.{rest}"),
+                None => name.clone(),
+            };
+            factors.insert(peft, t.clone());
+        } else if !name.starts_with(&decoder) && !name.starts_with(&head) {
+            own.insert(name.clone(), t.clone());
+        }
+    }
+    let adapter_cfg = match (&parts.adapter, factors.is_empty()) {
+        (_, true) => None,
+        (Some(a), false) => {
+            let mut c = a.config().clone();
+            c.base_model_name_or_path = Some(decoder_from.to_string());
+            c.task_type = Some("CAUSAL_LM".into());
+            Some(c)
+        }
+        (None, false) => {
+            return Err(config_err(
+                "LoRA factors without their adapter config cannot be exported",
+            ))
+        }
+    };
+    let mut config = parts.config.clone();
+    config["decoder_from"] = Value::from(decoder_from);
+    let processor = image_processor_json(parts.image_processor, &cfg)?;
+    let tokenizer_config = tokenizer_config_json(parts, &cfg, parts.chat_template, false)?;
+    let generation = generation_config_json(parts.config, &cfg);
+    write_dir(dir, |d| {
+        write_json(&d.join("config.json"), &config)?;
+        save_tensors(&own, &d.join("model.safetensors"))?;
+        if let Some(c) = &adapter_cfg {
+            let a = d.join("adapter");
+            std::fs::create_dir_all(&a).map_err(|e| io(&a, e))?;
+            glimpse_models::lora::save_adapter(&a, c, &factors)?;
+        }
+        write_json(&d.join("generation_config.json"), &generation)?;
+        save_tokenizer(parts.tokenizer, &d.join("tokenizer.json"))?;
+        write_json(&d.join("tokenizer_config.json"), &tokenizer_config)?;
+        write_json(&d.join("preprocessor_config.json"), &processor)?;
+        write_atomic(
+            &d.join("chat_template.jinja"),
+            parts.chat_template.as_bytes(),
+        )
+    })
+}
+
 /// LLaVA when the model fits, glimpse's format otherwise; says which.
 pub fn export_vlm_auto(dir: &Path, parts: &VlmParts) -> Result<VlmExportFormat> {
     let cfg = parse_config(parts)?;

@@ -8,8 +8,11 @@
 //! accuracy: the test triangles are all upright). `shift = N` also moves
 //! each image by up to N pixels each way, the uncovered border repeating
 //! the edge pixels (easy-VQA's plain background): the shapes sit anywhere,
-//! and a moved image puts them across other patch boundaries. Kept out of
-//! evaluation.
+//! and a moved image puts them across other patch boundaries. `rotate = D`
+//! turns each image by an angle drawn from [-D, D] degrees about its centre
+//! (bilinear, the uncovered corners repeating the edge): shapes drawn at
+//! any angle, which easy-VQA never shows and other images do
+//! (docs/generalisation.md). Kept out of evaluation.
 
 use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
@@ -35,18 +38,48 @@ fn source(k: u8, h: usize, w: usize, y: usize, x: usize) -> (usize, usize) {
 }
 
 /// What a contrastive stage does to each training image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Augment {
     /// Orientations drawn from (see [`source`]): 1 none, 2 mirrors
     /// left-right or not, 8 is every symmetry of the square.
     pub orientations: u8,
     /// Largest move each way, in pixels.
     pub shift: usize,
+    /// Largest turn each way, in degrees (0: none).
+    pub rotate: f64,
 }
 
 impl Augment {
     pub fn is_identity(&self) -> bool {
-        self.orientations <= 1 && self.shift == 0
+        self.orientations <= 1 && self.shift == 0 && self.rotate == 0.0
+    }
+}
+
+/// Turns one (H, W) plane by `angle` radians about its centre: output
+/// (y, x) reads the input bilinearly at the point the inverse turn takes
+/// it to, clamped into the frame.
+fn rotate_plane(src: &[f32], h: usize, w: usize, angle: f64, out: &mut [f32]) {
+    let (sin, cos) = angle.sin_cos();
+    let (cy, cx) = ((h as f64 - 1.0) / 2.0, (w as f64 - 1.0) / 2.0);
+    let at = |y: i64, x: i64| {
+        let y = y.clamp(0, h as i64 - 1) as usize;
+        let x = x.clamp(0, w as i64 - 1) as usize;
+        f64::from(src[y * w + x])
+    };
+    for y in 0..h {
+        for x in 0..w {
+            let (dy, dx) = (y as f64 - cy, x as f64 - cx);
+            let sy = cos * dy - sin * dx + cy;
+            let sx = sin * dy + cos * dx + cx;
+            let (y0, x0) = (sy.floor(), sx.floor());
+            let (fy, fx) = (sy - y0, sx - x0);
+            let (y0, x0) = (y0 as i64, x0 as i64);
+            let v = at(y0, x0) * (1.0 - fy) * (1.0 - fx)
+                + at(y0, x0 + 1) * (1.0 - fy) * fx
+                + at(y0 + 1, x0) * fy * (1.0 - fx)
+                + at(y0 + 1, x0 + 1) * fy * fx;
+            out[y * w + x] = v as f32;
+        }
     }
 }
 
@@ -89,6 +122,15 @@ pub fn augment(pixels: &Tensor, aug: Augment, seed: u64) -> Result<Tensor> {
                 }
             }
         }
+        // drawn last, so runs without it see the pixels they always did
+        if aug.rotate > 0.0 {
+            let angle = rng.random_range(-aug.rotate..=aug.rotate).to_radians();
+            for ch in 0..c {
+                let base = (row * c + ch) * plane;
+                let turned = out[base..base + plane].to_vec();
+                rotate_plane(&turned, h, w, angle, &mut out[base..base + plane]);
+            }
+        }
     }
     let device: &Device = pixels.device();
     Ok(Tensor::from_vec(out, (b, c, h, w), device)?)
@@ -111,6 +153,27 @@ mod tests {
         Augment {
             orientations,
             shift,
+            rotate: 0.0,
+        }
+    }
+
+    /// A quarter turn by rotation lands every pixel where the dihedral
+    /// quarter turn does (bilinear at whole pixels), and a turn by 0 keeps
+    /// the image.
+    #[test]
+    fn rotation_by_a_right_angle_is_a_quarter_turn() {
+        let (h, w) = (5, 5);
+        let img: Vec<f32> = (0..25).map(|v| v as f32).collect();
+        let mut out = vec![0f32; 25];
+        rotate_plane(&img, h, w, 0.0, &mut out);
+        assert_eq!(out, img);
+        rotate_plane(&img, h, w, std::f64::consts::FRAC_PI_2, &mut out);
+        // out(y, x) reads in(w - 1 - x, y) after a turn by +90°
+        for y in 0..h {
+            for x in 0..w {
+                let want = img[(w - 1 - x) * w + y];
+                assert!((out[y * w + x] - want).abs() < 1e-4, "({y}, {x})");
+            }
         }
     }
 

@@ -94,6 +94,7 @@ impl<'a> ContrastiveTask<'a> {
             augment: Augment {
                 orientations: orientations(&spec.augment),
                 shift: spec.shift,
+                rotate: spec.rotate,
             },
             eval_images,
             max_len,

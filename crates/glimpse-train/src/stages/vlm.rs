@@ -15,6 +15,7 @@ use candle_core::{Device, Tensor};
 use glimpse_data::datasets::SegmentKind;
 use glimpse_data::{load_rgb, preprocess_batch, ImageLimits, ProcessorConfig};
 use glimpse_eval::{answer_kind_label, KindTally};
+use glimpse_models::lora::LoraDropout;
 use glimpse_models::{FusionConfig, LogitsFor, Vlm, VlmCache};
 
 use super::batch::{exact_matches, labelled_loss, left_padded, scored_tokens};
@@ -164,6 +165,9 @@ pub struct VlmTask<'a> {
     /// is frozen: (N, L, Dv).
     train_features: Option<Tensor>,
     eval_features: Option<Tensor>,
+    /// The LoRA adapters' dropout, when a stage trains them: reseeded per
+    /// micro-step (a resumed run draws the same masks), off to evaluate.
+    lora_dropout: Option<LoraDropout>,
     device: Device,
 }
 
@@ -254,6 +258,7 @@ impl<'a> VlmTask<'a> {
             tower_frozen,
             train_features,
             eval_features,
+            lora_dropout: None,
             device: device.clone(),
         })
     }
@@ -356,8 +361,13 @@ impl<'a> VlmTask<'a> {
             tower_frozen,
             train_features: None,
             eval_features: None,
+            lora_dropout: None,
             device: device.clone(),
         })
+    }
+
+    pub fn set_lora_dropout(&mut self, dropout: LoraDropout) {
+        self.lora_dropout = Some(dropout);
     }
 
     /// Tower features of `images` (flat, in order) from `source`.
@@ -619,7 +629,10 @@ impl Task for VlmTask<'_> {
     }
 
     /// The LM head runs only at the answer positions.
-    fn loss(&self, batch: &[usize], _seed: u64, denominator: Option<usize>) -> Result<Tensor> {
+    fn loss(&self, batch: &[usize], seed: u64, denominator: Option<usize>) -> Result<Tensor> {
+        if let Some(d) = &self.lora_dropout {
+            d.set_seed(seed);
+        }
         let ex = self.usable(batch)?;
         if ex.is_empty() {
             return Ok(Tensor::zeros((), candle_core::DType::F32, &self.device)?);
@@ -640,6 +653,19 @@ impl Task for VlmTask<'_> {
     /// it is right), overall and by answer kind when there are several,
     /// and their loss.
     fn evaluate(&mut self) -> Result<EvalMetrics> {
+        if let Some(d) = &self.lora_dropout {
+            d.set_training(false);
+        }
+        let result = self.evaluate_rows();
+        if let Some(d) = &self.lora_dropout {
+            d.set_training(true);
+        }
+        result
+    }
+}
+
+impl VlmTask<'_> {
+    fn evaluate_rows(&mut self) -> Result<EvalMetrics> {
         let mut tally = KindTally::default();
         let mut loss = 0.0;
         let mut n = 0usize;
