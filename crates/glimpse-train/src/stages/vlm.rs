@@ -669,7 +669,19 @@ impl VlmTask<'_> {
         let mut tally = KindTally::default();
         let mut loss = 0.0;
         let mut n = 0usize;
-        for chunk in self.eval.chunks(128) {
+        // Evaluation takes logits at every position, (B, T, V) f32: rows
+        // per chunk so that they stay near 256 MiB (a 49k vocabulary and
+        // 400-token conversations allow 3 rows; easy-VQA's tiny model 128).
+        let vocab = self.model.config().text.vocab_size.max(1);
+        let longest = self
+            .eval
+            .iter()
+            .map(|e| e.segments.iter().map(|(_, v)| v.len()).sum::<usize>())
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let rows = ((256usize << 20) / (vocab * longest * 4)).clamp(1, 128);
+        for chunk in self.eval.chunks(rows) {
             let mut ex: Vec<&VlmExample> = chunk.iter().collect();
             if let Images::Files(files) = &self.eval_images {
                 let ok = files.prepare(&ex)?;
