@@ -7,8 +7,8 @@
 mod llava;
 
 pub use llava::{
-    export_glimpse, export_glimpse_on_base, export_llava_hf, export_vlm_auto, fits_llava, Adapter,
-    Unfit, VlmExportFormat, VlmParts,
+    decoder_only_factors, export_glimpse, export_glimpse_on_base, export_llava_hf, export_vlm_auto,
+    fits_llava, Adapter, Unfit, VlmExportFormat, VlmParts,
 };
 
 use std::collections::BTreeMap;

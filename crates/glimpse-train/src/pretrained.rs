@@ -181,7 +181,7 @@ fn from_parts(
         let grown = if (name == "model.embed_tokens.weight" || name == "lm_head.weight")
             && t.dim(0)? < vocab
         {
-            grow_rows(&t, vocab)?
+            glimpse_models::weights::grow_rows(&t, vocab)?
         } else {
             t
         };
@@ -227,18 +227,4 @@ fn from_parts(
         },
         base_vocab,
     })
-}
-
-/// New embedding rows start at the mean of the existing ones (what
-/// transformers' `resize_token_embeddings` centres its new rows on): the
-/// `<image>` row is never read as an input (image rows replace it) and its
-/// logit stays an average one.
-///
-/// # Shapes
-/// `t`: (V, D) -> (vocab, D)
-fn grow_rows(t: &Tensor, vocab: usize) -> Result<Tensor> {
-    let (v, _) = t.dims2()?;
-    let mean = t.mean_keepdim(0)?;
-    let extra = mean.repeat((vocab - v, 1))?;
-    Ok(Tensor::cat(&[t, &extra], 0)?)
 }

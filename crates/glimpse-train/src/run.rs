@@ -889,18 +889,7 @@ fn save_stage_adapter(
     tensors: &BTreeMap<String, Tensor>,
     base: Option<&Path>,
 ) -> Result<()> {
-    let decoder = VlmNames::default().decoder;
-    let factors: BTreeMap<String, Tensor> = tensors
-        .iter()
-        .filter(|(n, _)| glimpse_models::lora::is_lora_tensor(n))
-        .map(|(n, t)| {
-            let name = match n.strip_prefix(&format!("{decoder}.")) {
-                Some(rest) => format!("model.{rest}"),
-                None => n.clone(),
-            };
-            (name, t.clone())
-        })
-        .collect();
+    let factors = crate::export::decoder_only_factors(tensors);
     let mut cfg = cfg.clone();
     cfg.base_model_name_or_path = base.map(|b| b.display().to_string());
     cfg.task_type = Some("CAUSAL_LM".into());

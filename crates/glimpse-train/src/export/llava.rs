@@ -265,6 +265,24 @@ pub fn export_glimpse(dir: &Path, parts: &VlmParts) -> Result<()> {
     })
 }
 
+/// The LoRA factors among a VLM's tensors, named as PEFT names them on the
+/// decoder alone (`model.layers.N.…`), the layout `--lora` and a folder on
+/// a frozen base read.
+pub fn decoder_only_factors(tensors: &BTreeMap<String, Tensor>) -> BTreeMap<String, Tensor> {
+    let decoder = format!("{}.", VlmNames::default().decoder);
+    tensors
+        .iter()
+        .filter(|(n, _)| is_lora_tensor(n))
+        .map(|(n, t)| {
+            let name = match n.strip_prefix(&decoder) {
+                Some(rest) => format!("model.{rest}"),
+                None => n.clone(),
+            };
+            (name, t.clone())
+        })
+        .collect()
+}
+
 /// A VLM whose decoder stayed frozen (LoRA or projector-only stages) in
 /// glimpse's format without the decoder: `config.json` names it
 /// (`decoder_from`, as the recipe wrote it: `~/…` or a path relative to the
@@ -277,19 +295,13 @@ pub fn export_glimpse_on_base(dir: &Path, parts: &VlmParts, decoder_from: &str) 
     image_token(parts.tokenizer, cfg.image_token_id)?;
     let decoder = format!("{}.", VlmNames::default().decoder);
     let head = format!("{}.", VlmNames::default().lm_head);
-    let mut own = BTreeMap::new();
-    let mut factors = BTreeMap::new();
-    for (name, t) in parts.tensors {
-        if glimpse_models::lora::is_lora_tensor(name) {
-            let peft = match name.strip_prefix(&decoder) {
-                Some(rest) => format!("model.{rest}"),
-                None => name.clone(),
-            };
-            factors.insert(peft, t.clone());
-        } else if !name.starts_with(&decoder) && !name.starts_with(&head) {
-            own.insert(name.clone(), t.clone());
-        }
-    }
+    let own: BTreeMap<String, Tensor> = parts
+        .tensors
+        .iter()
+        .filter(|(n, _)| !n.starts_with(&decoder) && !n.starts_with(&head))
+        .map(|(n, t)| (n.clone(), t.clone()))
+        .collect();
+    let factors = decoder_only_factors(parts.tensors);
     let adapter_cfg = match (&parts.adapter, factors.is_empty()) {
         (_, true) => None,
         (Some(a), false) => {
