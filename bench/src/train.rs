@@ -119,6 +119,7 @@ fn config() -> VlmConfig {
         select: FeatureSelect::Default,
         image_token_id: IMAGE_TOKEN_ID,
         format: VlmFormat::Glimpse,
+        image_grid_pinpoints: None,
     }
 }
 

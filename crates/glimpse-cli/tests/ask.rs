@@ -89,11 +89,11 @@ fn a_repeated_image_is_encoded_once() -> Result<()> {
     let a = vlm.prompt("What is it?", std::slice::from_ref(&img), false)?;
     let b = vlm.prompt("And now?", &[img.clone(), img.clone()], false)?;
     assert_eq!(vlm.cached_images(), 1);
-    let (a, b) = (a.images.context("rows")?, b.images.context("rows")?);
-    let d = (a.get(0)? - b.get(1)?)?
-        .abs()?
-        .max_all()?
-        .to_scalar::<f32>()?;
+    let (a, b) = (
+        a.images.first().context("rows")?,
+        b.images.get(1).context("rows")?,
+    );
+    let d = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
     assert_eq!(d, 0.0);
     Ok(())
 }

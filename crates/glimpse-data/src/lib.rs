@@ -2,6 +2,7 @@
 //! image decoding, HF image-processor parity, tokenization (tokenizer.json
 //! or GGUF metadata), chat templates.
 
+pub mod anyres;
 pub mod chat_template;
 pub mod datasets;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod synth_shapes;
 pub mod tokenize;
 pub mod tokenizer_train;
 
+pub use anyres::{preprocess_anyres, AnyresGrid, GridPinpoints, Unpadded};
 pub use chat_template::{ChatMessage, ChatTemplate, SpecialTokens, MAX_RENDER_BYTES, RENDER_FUEL};
 pub use error::{DataError, Result};
 pub use files::{

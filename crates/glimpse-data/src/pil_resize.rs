@@ -2,7 +2,8 @@
 //!
 //! Convolution filters follow libImaging/Resample.c: double-precision filter
 //! weights normalised per output pixel, rounded to 22-bit fixed point, a
-//! horizontal pass into an 8-bit intermediate, then a vertical pass, each
+//! horizontal pass into an 8-bit intermediate, then a vertical pass (the
+//! vertical first when the height shrinks much more, as Pillow 13 does), each
 //! clipped to 0..=255. NEAREST follows `_resize` in _imaging.c, which routes
 //! it to `ImagingScaleAffine` (libImaging/Geometry.c) instead.
 //!
@@ -184,63 +185,86 @@ pub fn resize(img: &RgbImage, h: usize, w: usize, filter: Filter) -> Option<RgbI
     }
     let horiz = taps(in_w, w, filter);
     let vert = taps(in_h, h, filter);
-    let mut src: Vec<u8> = img.as_raw().clone();
-    let (mut cur_w, mut cur_h, mut row_offset) = (in_w, in_h, 0usize);
+    let src = img.as_raw();
+    // Pillow 13 (ImagingResampleInner) runs the vertical pass first when the
+    // height shrinks by more than twice as many pixels as the width does;
+    // the 8-bit intermediate makes the order visible in the result.
+    let vertical_first = h < in_h && (in_h - h) as i64 > (in_w as i64 - w as i64) * 2;
+    let out = match (w != in_w, h != in_h) {
+        (true, false) => horizontal_pass(src, in_w, 0..in_h, &horiz),
+        (false, true) => vertical_pass(src, in_w, 0, &vert),
+        (true, true) if vertical_first => {
+            let tmp = vertical_pass(src, in_w, 0, &vert);
+            horizontal_pass(&tmp, in_w, 0..h, &horiz)
+        }
+        (true, true) => {
+            // Only the rows the vertical pass will read.
+            let rows = vert.bounds[0].0..vert.bounds[h - 1].0 + vert.bounds[h - 1].1;
+            let offset = rows.start;
+            let tmp = horizontal_pass(src, in_w, rows, &horiz);
+            vertical_pass(&tmp, w, offset, &vert)
+        }
+        (false, false) => src.clone(),
+    };
+    RgbImage::from_raw(w as u32, h as u32, out)
+}
+
+/// Pillow's `ImagingResampleHorizontal_8bpc` over `rows` of an RGB buffer
+/// `in_w` pixels wide.
+///
+/// # Shapes
+/// HWC u8 (·, in_w, 3) -> (rows.len(), out_w, 3)
+fn horizontal_pass(src: &[u8], in_w: usize, rows: std::ops::Range<usize>, taps: &Taps) -> Vec<u8> {
+    let w = taps.bounds.len();
     let half = 1i32 << (PRECISION_BITS - 1);
-
-    if w != in_w {
-        // Only the rows the vertical pass will read.
-        let first = vert.bounds[0].0;
-        let last = vert.bounds[h - 1].0 + vert.bounds[h - 1].1;
-        let rows = if h != in_h { first..last } else { 0..in_h };
-        let mut tmp = vec![0u8; rows.len() * w * 3];
-        for (ty, y) in rows.clone().enumerate() {
-            let line = &src[y * in_w * 3..(y + 1) * in_w * 3];
-            for xx in 0..w {
-                let (xmin, xmax) = horiz.bounds[xx];
-                let k = &horiz.weights[xx * horiz.ksize..xx * horiz.ksize + xmax];
-                let mut acc = [half; 3];
-                for (x, kx) in k.iter().enumerate() {
-                    let px = &line[(xmin + x) * 3..(xmin + x) * 3 + 3];
-                    for c in 0..3 {
-                        acc[c] += i32::from(px[c]) * kx;
-                    }
-                }
+    let mut out = vec![0u8; rows.len() * w * 3];
+    for (ty, y) in rows.enumerate() {
+        let line = &src[y * in_w * 3..(y + 1) * in_w * 3];
+        for xx in 0..w {
+            let (xmin, xmax) = taps.bounds[xx];
+            let k = &taps.weights[xx * taps.ksize..xx * taps.ksize + xmax];
+            let mut acc = [half; 3];
+            for (x, kx) in k.iter().enumerate() {
+                let px = &line[(xmin + x) * 3..(xmin + x) * 3 + 3];
                 for c in 0..3 {
-                    tmp[(ty * w + xx) * 3 + c] = clip8(acc[c]);
+                    acc[c] += i32::from(px[c]) * kx;
                 }
             }
-        }
-        row_offset = rows.start;
-        src = tmp;
-        cur_w = w;
-        cur_h = rows.len();
-    }
-
-    if h != in_h {
-        let mut out = vec![0u8; h * cur_w * 3];
-        for yy in 0..h {
-            let (ymin, ymax) = vert.bounds[yy];
-            let k = &vert.weights[yy * vert.ksize..yy * vert.ksize + ymax];
-            for xx in 0..cur_w {
-                let mut acc = [half; 3];
-                for (y, ky) in k.iter().enumerate() {
-                    let row = ymin + y - row_offset;
-                    let px = &src[(row * cur_w + xx) * 3..(row * cur_w + xx) * 3 + 3];
-                    for c in 0..3 {
-                        acc[c] += i32::from(px[c]) * ky;
-                    }
-                }
-                for c in 0..3 {
-                    out[(yy * cur_w + xx) * 3 + c] = clip8(acc[c]);
-                }
+            for c in 0..3 {
+                out[(ty * w + xx) * 3 + c] = clip8(acc[c]);
             }
         }
-        src = out;
-        cur_h = h;
     }
-    debug_assert_eq!((cur_h, cur_w), (h, w));
-    RgbImage::from_raw(w as u32, h as u32, src)
+    out
+}
+
+/// Pillow's `ImagingResampleVertical_8bpc` on an RGB buffer `cur_w` pixels
+/// wide whose first row is source row `row_offset`.
+///
+/// # Shapes
+/// HWC u8 (·, cur_w, 3) -> (out_h, cur_w, 3)
+fn vertical_pass(src: &[u8], cur_w: usize, row_offset: usize, taps: &Taps) -> Vec<u8> {
+    let h = taps.bounds.len();
+    let half = 1i32 << (PRECISION_BITS - 1);
+    let mut out = vec![0u8; h * cur_w * 3];
+    for yy in 0..h {
+        let (ymin, ymax) = taps.bounds[yy];
+        let k = &taps.weights[yy * taps.ksize..yy * taps.ksize + ymax];
+        for xx in 0..cur_w {
+            let mut acc = [half; 3];
+            for (y, ky) in k.iter().enumerate() {
+                let row = ymin + y - row_offset;
+                let px = &src[(row * cur_w + xx) * 3..(row * cur_w + xx) * 3 + 3];
+                for c in 0..3 {
+                    acc[c] += i32::from(px[c]) * ky;
+                }
+            }
+            for c in 0..3 {
+                out[(yy * cur_w + xx) * 3 + c] = clip8(acc[c]);
+            }
+        }
+    }
+    out
 }
 
 /// Pillow's `ImagingScaleAffine` with the coefficients `_resize` gives it:

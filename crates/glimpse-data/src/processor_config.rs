@@ -1,12 +1,13 @@
-//! `preprocessor_config.json` as transformers' `CLIPImageProcessor` and
-//! `SiglipImageProcessor` write it, with the defaults of those classes, plus
-//! the output geometry it implies.
+//! `preprocessor_config.json` as transformers' `CLIPImageProcessor`,
+//! `SiglipImageProcessor` and `LlavaNextImageProcessor` write it, with the
+//! defaults of those classes, plus the output geometry it implies.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::anyres::{tile_size, GridPinpoints};
 use crate::error::{one_line, DataError, Result};
 use crate::files::{read_bounded_text, MAX_CONFIG_BYTES};
 use crate::pil_resize::Filter;
@@ -165,6 +166,11 @@ pub struct ProcessorConfig {
     pub image_mean: PerChannel,
     #[serde(default = "clip_std")]
     pub image_std: PerChannel,
+    /// LLaVA-NeXT's tiling resolutions, `(height, width)`: present, images
+    /// are cut into crop-sized tiles plus the whole image
+    /// ([`crate::anyres::preprocess_anyres`]). `LlavaNextImageProcessor`'s
+    /// default when the file names that class and omits them.
+    pub image_grid_pinpoints: Option<GridPinpoints>,
     /// Decoding always yields RGB (`load_rgb` applies `convert_to_rgb`), so
     /// this is kept only to be reported.
     pub do_convert_rgb: Option<bool>,
@@ -206,6 +212,9 @@ impl ProcessorConfig {
         let mut cfg: Self = serde_json::from_value(value.clone())
             .map_err(|e| config_err(path, blame_field(&value, e)))?;
         cfg.source = path.to_path_buf();
+        if cfg.image_grid_pinpoints.is_none() && cfg.is_llava_next() {
+            cfg.image_grid_pinpoints = Some(GridPinpoints::llava_next_default());
+        }
         cfg.validate().map_err(|msg| config_err(path, msg))?;
         Ok(cfg)
     }
@@ -246,6 +255,10 @@ impl ProcessorConfig {
                 ));
             }
         }
+        if let Some(p) = &self.image_grid_pinpoints {
+            p.check(tile_size(self))
+                .map_err(|e| format!("image_grid_pinpoints {e}"))?;
+        }
         if !self.rescale_factor.is_finite() || self.rescale_factor <= 0.0 {
             return Err(format!(
                 "rescale_factor {} must be a finite number > 0",
@@ -273,18 +286,29 @@ impl ProcessorConfig {
             .ok_or_else(|| config_err(&self.source, unsupported_resample(self.resample)))
     }
 
+    /// The processor class the file names (`image_processor_type`, or the
+    /// older `feature_extractor_type`).
+    fn kind(&self) -> &str {
+        self.image_processor_type
+            .as_deref()
+            .or(self.feature_extractor_type.as_deref())
+            .unwrap_or("")
+    }
+
+    fn is_llava_next(&self) -> bool {
+        self.kind().starts_with("LlavaNextImageProcessor")
+    }
+
     /// Whether a center crop runs. An explicit `do_center_crop` decides;
     /// absent, it is the class default: true for CLIPImageProcessor
-    /// (`do_center_crop=True` in its `__init__`), false otherwise (SigLIP's
-    /// processor has no crop at all).
+    /// (`do_center_crop=True` in its `__init__`) and LlavaNextImageProcessor,
+    /// false otherwise (SigLIP's processor has no crop at all).
     pub fn does_center_crop(&self) -> bool {
         self.do_center_crop.unwrap_or_else(|| {
-            let kind = self
-                .image_processor_type
-                .as_deref()
-                .or(self.feature_extractor_type.as_deref())
-                .unwrap_or("");
-            kind.starts_with("CLIPImageProcessor") || kind == "CLIPFeatureExtractor"
+            let kind = self.kind();
+            kind.starts_with("CLIPImageProcessor")
+                || kind == "CLIPFeatureExtractor"
+                || self.is_llava_next()
         })
     }
 

@@ -32,6 +32,10 @@ pub struct VlmNames {
     pub decoder: String,
     pub lm_head: String,
     pub cross_layers: String,
+    /// LLaVA-NeXT's row separator: `image_newline` as llava-hf repositories
+    /// and transformers 5.x `save_pretrained` store it, `model.image_newline`
+    /// in the `model.*` layout (transformers 4.52-4.57, 5.x modules).
+    pub image_newline: String,
 }
 
 impl Default for VlmNames {
@@ -43,6 +47,7 @@ impl Default for VlmNames {
             decoder: "language_model.model".into(),
             lm_head: "language_model.lm_head".into(),
             cross_layers: "cross_layers".into(),
+            image_newline: "image_newline".into(),
         }
     }
 }
@@ -71,6 +76,9 @@ impl VlmNames {
             names.decoder = "model.language_model".into();
             names.lm_head = "lm_head".into();
         }
+        if has("model.image_newline") {
+            names.image_newline = "model.image_newline".into();
+        }
         names
     }
 }
@@ -81,6 +89,9 @@ pub struct Vlm {
     pub language_model: Decoder,
     /// (decoder layer after which it runs, block); empty for early fusion.
     pub cross_layers: Vec<(usize, GatedCrossAttention)>,
+    /// LLaVA-NeXT: the learned row separator (text hidden,), appended after
+    /// every row of an image's tile grid.
+    pub image_newline: Option<Tensor>,
     cfg: VlmConfig,
 }
 
@@ -161,11 +172,17 @@ impl Vlm {
                 })
                 .collect::<Result<Vec<_>>>()?,
         };
+        let image_newline = cfg
+            .image_grid_pinpoints
+            .is_some()
+            .then(|| vb.get(cfg.text.hidden_size, &names.image_newline))
+            .transpose()?;
         Ok(Self {
             vision_tower,
             multi_modal_projector,
             language_model,
             cross_layers,
+            image_newline,
             cfg: cfg.clone(),
         })
     }
@@ -270,12 +287,36 @@ impl Vlm {
         Ok(rows.to_dtype(self.language_model.dtype())?)
     }
 
-    /// Input embeddings of one prompt. Early fusion: the k-th image's rows
-    /// replace the k-th run of placeholder ids, so the prompt must hold
-    /// exactly N·M placeholders. Cross fusion: placeholders stay tokens.
+    /// One image's rows for a tiled model (LLaVA-NeXT): every tile through
+    /// the tower and projector as one batch, then packed
+    /// ([`crate::llava_next::pack_image_features`]). `size`: the image's
+    /// (height, width) before preprocessing, which decides the grid.
     ///
     /// # Shapes
-    /// `ids`: (T,), `images`: (N, M, D) -> (1, T, D)
+    /// `pixels`: (1 + tiles, C, H, W) -> (M, Dt), M as
+    /// [`VlmConfig::image_tokens_for`] counts
+    pub fn encode_tiled_image(&self, pixels: &Tensor, size: (usize, usize)) -> Result<Tensor> {
+        let (Some(grid), Some(newline)) = (
+            self.cfg.anyres_grid(size.0, size.1)?,
+            self.image_newline.as_ref(),
+        ) else {
+            return Err(ModelError::Input(
+                "encode_tiled_image: the model does not tile images (no image_grid_pinpoints)"
+                    .into(),
+            ));
+        };
+        let tiles = self.encode_images(pixels, None)?;
+        crate::llava_next::pack_image_features(&tiles, &grid, self.cfg.vision.grid(), newline)
+    }
+
+    /// Input embeddings of one prompt. Early fusion: the images' rows
+    /// replace the placeholder ids in order, so the prompt must hold exactly
+    /// one placeholder per row (N·M for (N, M, D); R for (R, D), the form
+    /// images of different sizes take). Cross fusion: placeholders stay
+    /// tokens.
+    ///
+    /// # Shapes
+    /// `ids`: (T,), `images`: (N, M, D) or (R, D) -> (1, T, D)
     pub fn prompt_embeds(&self, ids: &[u32], images: Option<&Tensor>) -> Result<Tensor> {
         let dev = self.language_model.device();
         let input = Tensor::from_slice(ids, (1, ids.len()), dev)?;
@@ -290,14 +331,21 @@ impl Vlm {
             .map(|(i, _)| i)
             .collect();
         let (n, m, d) = match images {
+            Some(im) if im.rank() == 2 => {
+                let (r, d) = im.dims2()?;
+                (1, r, d)
+            }
             Some(im) => im.dims3()?,
             None => (0, 0, embeds.dim(2)?),
         };
         if slots.len() != n * m {
+            let need = match images {
+                Some(im) if im.rank() == 2 => format!("the images have {m} rows"),
+                _ => format!("{n} image(s) need {} ({m} each)", n * m),
+            };
             return Err(ModelError::Input(format!(
-                "the prompt holds {} image placeholder tokens, but {n} image(s) need {} ({m} each)",
+                "the prompt holds {} image placeholder tokens, but {need}",
                 slots.len(),
-                n * m
             )));
         }
         let Some(images) = images else {
@@ -459,6 +507,11 @@ impl Vlm {
         images: &Tensor,
         answer: &[u32],
     ) -> Result<Tensor> {
+        if self.cfg.image_grid_pinpoints.is_some() {
+            return Err(ModelError::Input(
+                "attention maps over tiled images (llava_next) are not supported yet".into(),
+            ));
+        }
         let (n, m, d) = images.dims3()?;
         let cls = usize::from(
             self.cfg.vision.flavor == crate::vision::VitFlavor::Clip

@@ -1,10 +1,13 @@
 //! `config.json` of a vision-language model: HF `LlavaForConditionalGeneration`
-//! (`"model_type": "llava"`) or glimpse's own format (`"model_type": "glimpse"`),
-//! which names any tower × projector × fusion × decoder combination.
+//! (`"model_type": "llava"`), `LlavaNextForConditionalGeneration`
+//! (`"llava_next"`: LLaVA plus anyres tiling) or glimpse's own format
+//! (`"model_type": "glimpse"`), which names any tower × projector × fusion ×
+//! decoder combination.
 
 use std::path::Path;
 
 use candle_core::Tensor;
+use glimpse_data::anyres::{AnyresGrid, GridPinpoints};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -78,12 +81,18 @@ pub struct VlmConfig {
     /// [`VlmConfig::image_tokens`] copies per image.
     pub image_token_id: u32,
     pub format: VlmFormat,
+    /// LLaVA-NeXT: the resolutions (height, width) images are tiled into,
+    /// in tower-sized crops; `None` for models that read one fixed-size
+    /// image.
+    pub image_grid_pinpoints: Option<GridPinpoints>,
 }
 
 /// Where the checkpoint came from, which decides tensor names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VlmFormat {
     Llava,
+    /// `LlavaNextForConditionalGeneration`: LLaVA's names plus `image_newline`.
+    LlavaNext,
     Glimpse,
 }
 
@@ -107,11 +116,12 @@ impl VlmConfig {
             .unwrap_or("");
         let format = match model_type {
             "llava" => VlmFormat::Llava,
+            "llava_next" => VlmFormat::LlavaNext,
             "glimpse" => VlmFormat::Glimpse,
             other => {
                 return Err(err(
                     "model_type",
-                    format!("'{other}' is unknown for a vision-language model (glimpse reads llava, glimpse)"),
+                    format!("'{other}' is unknown for a vision-language model (glimpse reads llava, llava_next, glimpse)"),
                 ))
             }
         };
@@ -186,7 +196,7 @@ impl VlmConfig {
             .hidden_size
             .saturating_mul(feature_layers.len());
         let (projector, fusion) = match format {
-            VlmFormat::Llava => {
+            VlmFormat::Llava | VlmFormat::LlavaNext => {
                 let act_name = value
                     .get("projector_hidden_act")
                     .and_then(Value::as_str)
@@ -260,6 +270,10 @@ impl VlmConfig {
             "the tower, projector and decoder together",
             text.num_params() + vision.num_params() + projector_params,
         )?;
+        let image_grid_pinpoints = match format {
+            VlmFormat::LlavaNext => Some(llava_next_pinpoints(value, &vision, select)?),
+            _ => None,
+        };
         let cfg = Self {
             vision,
             text,
@@ -269,6 +283,7 @@ impl VlmConfig {
             select,
             image_token_id,
             format,
+            image_grid_pinpoints,
         };
         if cfg.image_token_id as usize >= cfg.text.vocab_size {
             return Err(err(
@@ -311,9 +326,34 @@ impl VlmConfig {
     }
 
     /// Embedding rows one image becomes (placeholders per image for early
-    /// fusion; key/value rows for cross fusion).
+    /// fusion; key/value rows for cross fusion). For a tiled model
+    /// (LLaVA-NeXT) this is one tile's; an image's count depends on its size
+    /// ([`Self::image_tokens_for`]).
     pub fn image_tokens(&self) -> Result<usize> {
         self.projector.num_output_tokens(self.feature_tokens())
+    }
+
+    /// Where an `h` x `w` image lands in a tiled model's grid (`None` for
+    /// models that read one fixed-size image; an error only for an empty
+    /// pinpoint list).
+    pub fn anyres_grid(&self, h: usize, w: usize) -> Result<Option<AnyresGrid>> {
+        let Some(pinpoints) = &self.image_grid_pinpoints else {
+            return Ok(None);
+        };
+        AnyresGrid::new(h, w, pinpoints, self.vision.image_size)
+            .map(Some)
+            .map_err(ModelError::Input)
+    }
+
+    /// Embedding rows an `h` x `w` image becomes: LLaVA-NeXT's count (the
+    /// unpadded grid, a newline per row, the whole image's tile), as
+    /// `LlavaNextProcessor` expands its placeholder; [`Self::image_tokens`]
+    /// for the others.
+    pub fn image_tokens_for(&self, h: usize, w: usize) -> Result<usize> {
+        match self.anyres_grid(h, w)? {
+            Some(grid) => Ok(grid.image_tokens(self.vision.grid(), self.feature_tokens())),
+            None => self.image_tokens(),
+        }
     }
 
     /// Decoder layers after which a cross-attention block runs.
@@ -336,4 +376,50 @@ impl VlmConfig {
             )),
         }
     }
+}
+
+/// `image_grid_pinpoints` of a `llava_next` config (transformers' default
+/// when absent), each a whole number of tower-sized tiles, and a feature
+/// selection that leaves each tile exactly its patch grid, which
+/// `pack_image_features` reshapes: CLIP's class token dropped ("default"),
+/// SigLIP's patches whole ("full"). transformers fails on the other two
+/// combinations; glimpse refuses them by name.
+fn llava_next_pinpoints(
+    value: &Value,
+    vision: &VitConfig,
+    select: FeatureSelect,
+) -> std::result::Result<GridPinpoints, ConfigError> {
+    let pinpoints = match value.get("image_grid_pinpoints") {
+        None | Some(Value::Null) => GridPinpoints::llava_next_default(),
+        Some(v) => GridPinpoints::try_from(v.clone())
+            .map_err(|e| ConfigError::new("image_grid_pinpoints", e))?,
+    };
+    pinpoints
+        .check(vision.image_size)
+        .map_err(|e| ConfigError::new("image_grid_pinpoints", e))?;
+    let patch_grid = matches!(
+        (vision.flavor, select),
+        (VitFlavor::Clip, FeatureSelect::Default) | (VitFlavor::Siglip, FeatureSelect::Full)
+    );
+    if !patch_grid {
+        let (strategy, tower) = (
+            match select {
+                FeatureSelect::Default => "default",
+                FeatureSelect::Full => "full",
+                FeatureSelect::Cls => "cls",
+            },
+            match vision.flavor {
+                VitFlavor::Clip => "CLIP",
+                VitFlavor::Siglip => "SigLIP",
+            },
+        );
+        return Err(ConfigError::new(
+            "vision_feature_select_strategy",
+            format!(
+                "'{strategy}' with a {tower} tower does not leave each tile its {g}x{g} patch grid, which llava_next lays out (CLIP needs \"default\", SigLIP \"full\")",
+                g = vision.grid()
+            ),
+        ));
+    }
+    Ok(pinpoints)
 }

@@ -65,6 +65,7 @@ fn config(flavor: VitFlavor, projector: &str, fusion: FusionConfig) -> VlmConfig
         },
         image_token_id: IMAGE_TOKEN,
         format: VlmFormat::Glimpse,
+        image_grid_pinpoints: None,
     }
 }
 

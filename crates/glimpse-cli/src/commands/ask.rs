@@ -19,7 +19,7 @@ const DEFAULT_MODEL: &str = "glimpse-easy-vqa";
 
 #[derive(Args)]
 #[command(
-    about = "Ask a vision-language model about images (HF LLaVA or glimpse-format directory)"
+    about = "Ask a vision-language model about images (HF LLaVA, LLaVA-NeXT or glimpse-format directory)"
 )]
 pub struct AskArgs {
     /// Model directory, or a PEFT LoRA adapter directory naming its base (default:
@@ -63,6 +63,13 @@ pub fn run(args: AskArgs) -> Result<()> {
     let dir = super::model_dir(args.model, DEFAULT_MODEL)?;
     let vlm = VlmPipeline::load_with_lora(&dir, args.lora.as_deref(), &default_device())?;
     // Refused before generating, so a refusal prints no answer.
+    if args.attention_map.is_some() && vlm.model.config().image_grid_pinpoints.is_some() {
+        return Err(PipelineError::Usage(format!(
+            "--attention-map does not support tiled images yet; {} is a LLaVA-NeXT (llava_next) model",
+            dir.display()
+        ))
+        .into());
+    }
     if args.attention_map.is_some() && vlm.model.config().select == FeatureSelect::Cls {
         return Err(PipelineError::Usage(format!(
             "--attention-map needs image rows that are patches; {} reads the class token alone (vision_feature_select_strategy \"cls\")",
@@ -84,7 +91,7 @@ pub fn run(args: AskArgs) -> Result<()> {
     let generation = vlm.generate(&prompt, &cfg, |piece| out.piece(piece))?;
     if let Some(map) = &args.attention_map {
         // `prompt` has a placeholder per --image (checked by `prompt`).
-        let images = prompt.images.as_ref().ok_or_else(|| {
+        let images = prompt.image_batch()?.ok_or_else(|| {
             PipelineError::Internal("--attention-map: the prompt holds no image rows".into())
         })?;
         // The eos that ended the answer is not part of what it looked at.
@@ -94,7 +101,7 @@ pub fn run(args: AskArgs) -> Result<()> {
             .copied()
             .filter(|t| !vlm.eos_ids.contains(t))
             .collect();
-        let attention = vlm.model.image_attention(&prompt.ids, images, &answer)?;
+        let attention = vlm.model.image_attention(&prompt.ids, &images, &answer)?;
         let pictures = args
             .images
             .iter()
@@ -106,6 +113,7 @@ pub fn run(args: AskArgs) -> Result<()> {
         "text": generation.text,
         "tokens": generation.tokens,
         "image_tokens": prompt.image_tokens,
+        "tiles": prompt.tiles,
         "prompt_tokens": generation.prompt_tokens,
         "finish_reason": generation.finish_reason,
         "vision_ms": prompt.vision_secs * 1000.0,

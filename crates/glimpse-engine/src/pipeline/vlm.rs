@@ -1,6 +1,7 @@
-//! A vision-language model directory (HF LLaVA or glimpse format) with its
-//! tokenizer, chat template and image processor: question + images →
-//! prompt ids with the image placeholders expanded → generated text.
+//! A vision-language model directory (HF LLaVA, LLaVA-NeXT or glimpse
+//! format) with its tokenizer, chat template and image processor: question +
+//! images → prompt ids with each image's placeholder expanded to its rows →
+//! generated text.
 
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
@@ -11,7 +12,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use glimpse_data::{
-    decode_rgb, preprocess_batch, ChatTemplate, DataError, ImageLimits, ProcessorConfig,
+    decode_rgb, preprocess_anyres, preprocess_batch, ChatTemplate, DataError, ImageLimits,
+    ProcessorConfig,
 };
 use glimpse_infer::{Generation, GenerationConfig, OutputError, SamplingConfig, TokenModel};
 use glimpse_models::{FusionConfig, LogitsFor, ModelError, Vlm, VlmCache};
@@ -35,7 +37,7 @@ pub struct VlmPipeline {
     pub sampling: SamplingConfig,
     /// Encoded images by content hash, most recent last: a repeated image
     /// costs no tower pass.
-    cache: Mutex<VecDeque<(u64, Tensor)>>,
+    cache: Mutex<VecDeque<(u64, EncodedImage)>>,
     /// Images served from `cache` since load (evaluation checks it is hit).
     cache_hits: AtomicUsize,
     path: PathBuf,
@@ -45,11 +47,44 @@ pub struct VlmPipeline {
 /// the projected image rows.
 pub struct VlmPrompt {
     pub ids: Vec<u32>,
-    /// (N, M, D), or `None` without images.
-    pub images: Option<Tensor>,
-    /// Embedding rows the images take (N·M).
+    /// Each image's rows, (M_k, D) in prompt order (M_k differs between a
+    /// tiled model's images); empty without images.
+    pub images: Vec<Tensor>,
+    /// Embedding rows the images take (ΣM_k): every placeholder position
+    /// they fill, as the model's processor counts them.
     pub image_tokens: usize,
+    /// Per image, the crops the tower read besides the whole image
+    /// (LLaVA-NeXT's grid; the whole-image base tile is not counted); 1 for
+    /// a model that reads each image whole.
+    pub tiles: Vec<usize>,
     pub vision_secs: f64,
+}
+
+impl VlmPrompt {
+    /// The images as one (N, M, D) batch, when they all have M rows (the
+    /// form cross fusion and attention maps take).
+    pub fn image_batch(&self) -> Result<Option<Tensor>> {
+        if self.images.is_empty() {
+            return Ok(None);
+        }
+        let m = self.images[0].dim(0)?;
+        if self.images.iter().any(|t| t.dim(0).ok() != Some(m)) {
+            return Err(PipelineError::Usage(
+                "the images have different numbers of rows (tiled images); this needs them equal"
+                    .into(),
+            ));
+        }
+        Ok(Some(Tensor::stack(&self.images, 0)?))
+    }
+}
+
+/// One image through the tower and projector.
+#[derive(Clone)]
+struct EncodedImage {
+    /// (M, D)
+    rows: Tensor,
+    /// Crops besides the whole image (see [`VlmPrompt::tiles`]).
+    tiles: usize,
 }
 
 impl VlmPipeline {
@@ -78,6 +113,7 @@ impl VlmPipeline {
         let tokenizer = load_tokenizer(dir)?;
         let template = ChatTemplate::from_model_dir(dir)?;
         let processor = processor_config(dir)?;
+        check_tiling(&model, &processor, dir)?;
         let (eos, sampling) = generation_defaults(dir)?;
         let eos_ids = eos.unwrap_or_else(|| model.config().text.eos_token_ids.clone());
         let mut pipeline = Self::from_parts(model, tokenizer, template, processor, eos_ids);
@@ -192,24 +228,21 @@ impl VlmPipeline {
                 images.len()
             )));
         }
-        let per_image = cfg.image_tokens()?;
         let early = cfg.fusion == FusionConfig::Early;
-        let mut expanded = Vec::with_capacity(ids.len() + slots * per_image);
-        for &id in ids {
-            let copies = if id == placeholder && early {
-                per_image
-            } else {
-                1
-            };
-            expanded.extend(std::iter::repeat_n(id, copies));
-        }
         let ctx = cfg.text.max_position_embeddings;
-        if expanded.len() >= ctx {
-            return Err(PipelineError::Usage(format!(
-                "the prompt is {} tokens with {} image token(s); the model's context window is {ctx}",
-                expanded.len(),
-                slots * per_image
-            )));
+        let too_long = |len: usize, image_tokens: usize| {
+            PipelineError::Usage(format!(
+                "the prompt is {len} tokens with {image_tokens} image token(s); the model's context window is {ctx}"
+            ))
+        };
+        // A fixed-size model's count is known before any tower pass: refuse
+        // an overlong prompt before paying for its images.
+        if early && cfg.image_grid_pinpoints.is_none() {
+            let image_tokens = slots * cfg.image_tokens()?;
+            let len = ids.len() - slots + image_tokens;
+            if len >= ctx {
+                return Err(too_long(len, image_tokens));
+            }
         }
         let start = Instant::now();
         let instruction = if cfg.projector.reads_instruction() {
@@ -230,22 +263,46 @@ impl VlmPipeline {
             .iter()
             .map(|image| self.encode_image(image, instruction.as_ref()))
             .collect::<Result<Vec<_>>>()?;
-        let images = if encoded.is_empty() {
-            None
-        } else {
-            Some(Tensor::stack(&encoded, 0)?)
-        };
+        // Early fusion: the k-th placeholder becomes the k-th image's rows
+        // (a tiled model's count differs per image, as LlavaNextProcessor
+        // expands each <image> by its own size).
+        let counts = encoded
+            .iter()
+            .map(|e| e.rows.dim(0))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let image_tokens: usize = counts.iter().sum();
+        let mut expanded = Vec::with_capacity(ids.len() + image_tokens);
+        let mut next = counts.iter();
+        for &id in ids {
+            // `slots` equals the number of images (checked above)
+            let copies = if id == placeholder && early {
+                next.next().copied().unwrap_or(1)
+            } else {
+                1
+            };
+            expanded.extend(std::iter::repeat_n(id, copies));
+        }
+        if expanded.len() >= ctx {
+            return Err(too_long(expanded.len(), image_tokens));
+        }
         Ok(VlmPrompt {
             ids: expanded,
-            images,
-            image_tokens: slots * per_image,
+            tiles: encoded.iter().map(|e| e.tiles).collect(),
+            images: encoded.into_iter().map(|e| e.rows).collect(),
+            image_tokens,
             vision_secs: start.elapsed().as_secs_f64(),
         })
     }
 
     /// One image's projected rows (M, D), from the cache when the same bytes
-    /// (and, for a Q-Former, the same question) were seen before.
-    fn encode_image(&self, image: &ImageInput, instruction: Option<&Tensor>) -> Result<Tensor> {
+    /// (and, for a Q-Former, the same question) were seen before. A tiled
+    /// model (LLaVA-NeXT) reads the image as its grid of crops plus the
+    /// whole image, all through the tower as one batch.
+    fn encode_image(
+        &self,
+        image: &ImageInput,
+        instruction: Option<&Tensor>,
+    ) -> Result<EncodedImage> {
         let bytes = &image.bytes;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         bytes.hash(&mut h);
@@ -261,24 +318,38 @@ impl VlmPipeline {
             let entry = cache.remove(i).ok_or_else(|| {
                 PipelineError::Internal("image cache entry vanished under its lock".into())
             })?;
-            let rows = entry.1.clone();
+            let encoded = entry.1.clone();
             cache.push_back(entry);
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(rows);
+            return Ok(encoded);
         }
         drop(cache);
         let name = image.name.as_str();
         let image = decode_rgb(bytes, name, &self.limits)?;
-        let pixels = preprocess_batch(&[(name, image)], &self.processor)?
-            .to_device(self.model.language_model.device())?;
-        // (1, M, D) -> (M, D)
-        let rows = self.model.encode_images(&pixels, instruction)?.squeeze(0)?;
+        let device = self.model.language_model.device();
+        let encoded = if self.model.config().image_grid_pinpoints.is_some() {
+            let size = (image.height() as usize, image.width() as usize);
+            let (pixels, grid) = preprocess_anyres(&image, name, &self.processor)?;
+            EncodedImage {
+                rows: self
+                    .model
+                    .encode_tiled_image(&pixels.to_device(device)?, size)?,
+                tiles: grid.tiles(),
+            }
+        } else {
+            let pixels = preprocess_batch(&[(name, image)], &self.processor)?.to_device(device)?;
+            // (1, M, D) -> (M, D)
+            EncodedImage {
+                rows: self.model.encode_images(&pixels, instruction)?.squeeze(0)?,
+                tiles: 1,
+            }
+        };
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() == IMAGE_CACHE {
             cache.pop_front();
         }
-        cache.push_back((key, rows.clone()));
-        Ok(rows)
+        cache.push_back((key, encoded.clone()));
+        Ok(encoded)
     }
 
     /// Images held in the encoded-image cache.
@@ -322,6 +393,50 @@ impl VlmPipeline {
     }
 }
 
+/// A tiled model (`llava_next`) needs a tiling processor with the same
+/// `image_grid_pinpoints` whose crops are the tower's input size, and a
+/// tiling processor needs a tiled model: otherwise the placeholders and the
+/// rows would not match (transformers fails at the first image).
+fn check_tiling(model: &Vlm, processor: &ProcessorConfig, dir: &Path) -> Result<()> {
+    let cfg = model.config();
+    let err = |msg: String| DataError::Config {
+        path: processor.source.clone(),
+        msg,
+    };
+    let config = dir.join("config.json");
+    match (&cfg.image_grid_pinpoints, &processor.image_grid_pinpoints) {
+        (None, None) => Ok(()),
+        (Some(_), None) => Err(err(format!(
+            "has no image_grid_pinpoints, but {} is a tiled (llava_next) model",
+            config.display()
+        ))
+        .into()),
+        (None, Some(_)) => Err(err(format!(
+            "has image_grid_pinpoints, but {} does not tile images (model_type llava_next does)",
+            config.display()
+        ))
+        .into()),
+        (Some(m), Some(p)) if m != p => Err(err(format!(
+            "image_grid_pinpoints {:?} differ from {}'s {:?}",
+            p.0,
+            config.display(),
+            m.0
+        ))
+        .into()),
+        (Some(_), Some(_)) => {
+            let side = cfg.vision.image_size;
+            match processor.output_size() {
+                Some(hw) if hw == (side, side) => Ok(()),
+                other => Err(err(format!(
+                    "tiles come out {}, but the vision tower reads {side}x{side} (vision_config.image_size)",
+                    other.map_or("at the image's own size".into(), |(h, w)| format!("{w}x{h}"))
+                ))
+                .into()),
+            }
+        }
+    }
+}
+
 /// transformers 5 keeps the image processor inside `processor_config.json`;
 /// older exports write `preprocessor_config.json`.
 fn processor_config(dir: &Path) -> Result<ProcessorConfig> {
@@ -360,13 +475,17 @@ pub(crate) fn prefill(
     prompt: &VlmPrompt,
     cache: &mut VlmCache,
 ) -> std::result::Result<Vec<f32>, ModelError> {
-    let images = prompt.images.as_ref();
-    if let (Some(im), false) = (images, model.config().fusion == FusionConfig::Early) {
-        // (N, M, D) -> (1, N*M, D): every image is a key/value row
-        let (n, m, d) = im.dims3()?;
-        model.attach_images(cache, &im.reshape((1, n * m, d))?, None)?;
+    let images = if prompt.images.is_empty() {
+        None
+    } else {
+        // N x (M_k, D) -> (ΣM_k, D), in prompt order
+        Some(Tensor::cat(&prompt.images, 0)?)
+    };
+    if let (Some(rows), false) = (&images, model.config().fusion == FusionConfig::Early) {
+        // (R, D) -> (1, R, D): every image row is a key/value row
+        model.attach_images(cache, &rows.unsqueeze(0)?, None)?;
     }
-    let embeds = model.prompt_embeds(&prompt.ids, images)?;
+    let embeds = model.prompt_embeds(&prompt.ids, images.as_ref())?;
     let logits = model.forward_embeds(&embeds, None, cache, LogitsFor::Last)?;
     // (1, 1, V) -> (V,)
     Ok(logits.flatten_all()?.to_vec1::<f32>()?)

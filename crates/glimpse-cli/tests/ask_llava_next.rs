@@ -1,0 +1,263 @@
+//! `glimpse ask` on a LLaVA-NeXT directory against transformers 5.23's
+//! `LlavaNextProcessor` + `LlavaNextForConditionalGeneration`
+//! (`fixtures/llava_next/clip-llama`, written by
+//! `scripts/dev/make_llava_next_fixtures.py`): from the PNG files, each
+//! image's placeholder expanded to its own count (ids exact), prompt logits,
+//! greedy tokens through the binary with one, two and three images, the
+//! `--json` counts; bad directories in one line.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use common::{assert_close, expect_error, fixtures, glimpse, glimpse_json};
+use glimpse_engine::pipeline::VlmPipeline;
+use glimpse_models::LogitsFor;
+use serde_json::Value;
+
+fn model_dir() -> PathBuf {
+    fixtures().join("llava_next/clip-llama")
+}
+
+fn reference() -> Result<(Value, HashMap<String, Tensor>)> {
+    let dir = model_dir();
+    let r = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
+    let t = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)?;
+    Ok((r, t))
+}
+
+fn ids(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .map_or_else(Vec::new, |a| a.iter().filter_map(Value::as_u64).collect())
+}
+
+/// Image files and per-image facts by name.
+fn images(r: &Value) -> Result<HashMap<String, Value>> {
+    Ok(r["images"]
+        .as_array()
+        .context("images")?
+        .iter()
+        .filter_map(|im| Some((im["name"].as_str()?.to_string(), im.clone())))
+        .collect())
+}
+
+/// What a case asks: the image paths, the question, whether it is raw.
+/// The CLI's chat message is [images..., question]; the fixture's chat
+/// cases have that shape.
+fn request(case: &Value, images: &HashMap<String, Value>) -> Result<(Vec<PathBuf>, String, bool)> {
+    let paths = case["images"]
+        .as_array()
+        .context("images")?
+        .iter()
+        .map(|n| {
+            let file = images[n.as_str().context("name")?]["file"]
+                .as_str()
+                .context("file")?;
+            Ok(fixtures().join(file))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    match case["messages"][0]["content"].as_array().map(Vec::as_slice) {
+        Some([first, q]) if first["type"] == "image" && q["type"] == "text" => {
+            Ok((paths, q["text"].as_str().context("q")?.into(), false))
+        }
+        _ => Ok((
+            paths,
+            case["prompt"].as_str().context("prompt")?.into(),
+            true,
+        )),
+    }
+}
+
+#[test]
+fn prompts_and_logits_match_transformers() -> Result<()> {
+    let (r, t) = reference()?;
+    let images = images(&r)?;
+    let vlm = VlmPipeline::load(&model_dir(), &Device::Cpu)?;
+    for case in r["cases"].as_array().context("cases")? {
+        let cname = case["name"].as_str().context("name")?;
+        let (paths, text, raw) = request(case, &images)?;
+        let prompt = vlm.prompt(&text, &paths, raw)?;
+        let want_ids: Vec<u32> = ids(&case["input_ids"])
+            .into_iter()
+            .map(|i| i as u32)
+            .collect();
+        assert_eq!(prompt.ids, want_ids, "{cname}: expanded ids");
+        let names: Vec<&str> = case["images"]
+            .as_array()
+            .context("images")?
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let want_tiles: Vec<usize> = names
+            .iter()
+            .map(|n| images[*n]["tiles"].as_u64().unwrap_or(0) as usize)
+            .collect();
+        assert_eq!(prompt.tiles, want_tiles, "{cname}: tiles");
+        let rows = Tensor::cat(&prompt.images, 0)?;
+        let embeds = vlm.model.prompt_embeds(&prompt.ids, Some(&rows))?;
+        let mut cache = vlm.model.new_cache(1);
+        let logits = vlm
+            .model
+            .forward_embeds(&embeds, None, &mut cache, LogitsFor::All)?;
+        if let Some(want) = t.get(&format!("case.{cname}.logits")) {
+            assert_close(&format!("{cname} logits"), &logits, want, 1e-4)?;
+        }
+        let last = logits.get(0)?.get(logits.dim(1)? - 1)?;
+        assert_close(
+            &format!("{cname} last logits"),
+            &last,
+            &t[&format!("case.{cname}.last_logits")],
+            1e-4,
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn ask_answers_match_transformers() -> Result<()> {
+    let (r, _) = reference()?;
+    let images = images(&r)?;
+    let model = model_dir().display().to_string();
+    let mut two_or_more = 0;
+    for case in r["cases"].as_array().context("cases")? {
+        let cname = case["name"].as_str().context("name")?;
+        let (paths, text, raw) = request(case, &images)?;
+        let mut args: Vec<String> = vec!["ask".into(), "--model".into(), model.clone()];
+        for p in &paths {
+            args.extend(["--image".into(), p.display().to_string()]);
+        }
+        if raw {
+            args.push("--raw".into());
+        }
+        args.push(text);
+        let g = &case["greedy"];
+        let max = g["max_new_tokens"].as_u64().context("max")?.to_string();
+        args.extend(["--max-tokens".into(), max, "--json".into()]);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = glimpse_json(&argv)?;
+        assert_eq!(
+            ids(&out["tokens"]),
+            ids(&g["generated_ids"]),
+            "{cname}: tokens"
+        );
+        assert_eq!(
+            out["prompt_tokens"].as_u64(),
+            Some(ids(&case["input_ids"]).len() as u64),
+            "{cname}"
+        );
+        let names: Vec<&str> = case["images"]
+            .as_array()
+            .context("images")?
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        // every placeholder position the images fill, as the processor counts
+        let tokens: u64 = names
+            .iter()
+            .map(|n| images[*n]["tokens"].as_u64().unwrap_or(0))
+            .sum();
+        assert_eq!(out["image_tokens"].as_u64(), Some(tokens), "{cname}");
+        let placeholders = ids(&case["input_ids"])
+            .iter()
+            .filter(|&&i| Some(i) == r["image_token_id"].as_u64())
+            .count() as u64;
+        assert_eq!(placeholders, tokens, "{cname}: the fixture's own count");
+        let tiles: Vec<u64> = names
+            .iter()
+            .map(|n| images[*n]["tiles"].as_u64().unwrap_or(0))
+            .collect();
+        assert_eq!(ids(&out["tiles"]), tiles, "{cname}: tiles (base excluded)");
+        two_or_more += usize::from(names.len() >= 2);
+    }
+    assert!(two_or_more >= 2, "cases with several images");
+    Ok(())
+}
+
+/// The fixture copied, `edit` applied to the file `name` (JSON), or the
+/// weights rewritten without `image_newline` when `name` is the weights.
+fn broken(name: &str, edit: impl FnOnce(&mut Value)) -> Result<tempfile::TempDir> {
+    let tmp = tempfile::tempdir()?;
+    for entry in std::fs::read_dir(model_dir())? {
+        let path = entry?.path();
+        std::fs::copy(&path, tmp.path().join(path.file_name().context("name")?))?;
+    }
+    let path = tmp.path().join(name);
+    if name == "model.safetensors" {
+        let mut w = candle_core::safetensors::load(&path, &Device::Cpu)?;
+        w.remove("image_newline");
+        candle_core::safetensors::save(&w, &path)?;
+    } else {
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        edit(&mut v);
+        std::fs::write(&path, v.to_string())?;
+    }
+    Ok(tmp)
+}
+
+fn ask_on(dir: &Path, image: &str) -> common::Outcome {
+    glimpse(&[
+        "ask",
+        "--model",
+        &dir.display().to_string(),
+        "--image",
+        image,
+        "what?",
+    ])
+}
+
+#[test]
+fn bad_llava_next_directories_fail_in_one_line() -> Result<()> {
+    let (r, _) = reference()?;
+    let image = fixtures()
+        .join(images(&r)?["tiny"]["file"].as_str().context("file")?)
+        .display()
+        .to_string();
+
+    let dir = broken("config.json", |c| {
+        c["image_grid_pinpoints"] = serde_json::json!([[16, 20]])
+    })?;
+    expect_error(
+        &ask_on(dir.path(), &image),
+        1,
+        &["config.json", "image_grid_pinpoints"],
+    );
+
+    let dir = broken("config.json", |c| {
+        c["image_grid_pinpoints"] = serde_json::json!([[32, 32]])
+    })?;
+    expect_error(
+        &ask_on(dir.path(), &image),
+        1,
+        &["processor_config.json", "image_grid_pinpoints", "differ"],
+    );
+
+    let dir = broken("processor_config.json", |c| {
+        c["image_processor"]["image_grid_pinpoints"] = serde_json::json!([[16, 32], [7, 7]]);
+    })?;
+    expect_error(
+        &ask_on(dir.path(), &image),
+        1,
+        &["processor_config.json", "image_grid_pinpoints", "[7, 7]"],
+    );
+
+    let dir = broken("model.safetensors", |_| {})?;
+    expect_error(&ask_on(dir.path(), &image), 1, &["image_newline"]);
+
+    // attention maps over tiled images are refused before anything runs
+    let out = tempfile::Builder::new().suffix(".png").tempfile()?;
+    let res = glimpse(&[
+        "ask",
+        "--model",
+        &model_dir().display().to_string(),
+        "--image",
+        &image,
+        "--attention-map",
+        &out.path().display().to_string(),
+        "what?",
+    ]);
+    expect_error(&res, 2, &["--attention-map", "llava_next"]);
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! LLaVA-NeXT against transformers 5.23 on a tiny random checkpoint
+//! (`fixtures/llava_next/clip-llama`, written by
+//! `scripts/dev/make_llava_next_fixtures.py`): each image's packed rows
+//! (tiles through the tower, the grid unpadded, `image_newline` after every
+//! row) from transformers' own pixel values, their count, and the prompt
+//! logits with the rows in the placeholders; both checkpoint layouts of
+//! `image_newline`; bad configs and weights in one line.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use glimpse_models::{LogitsFor, Vlm};
+use serde_json::Value;
+
+const TOL: f32 = 1e-4;
+
+fn fixture() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/llava_next/clip-llama")
+}
+
+fn reference() -> Result<(Value, HashMap<String, Tensor>)> {
+    let dir = fixture();
+    let r = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
+    let t = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)?;
+    Ok((r, t))
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().map_or_else(Vec::new, |a| {
+        a.iter()
+            .filter_map(|x| x.as_u64().map(|x| x as u32))
+            .collect()
+    })
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    anyhow::ensure!(
+        a.dims() == b.dims(),
+        "shape {:?} vs {:?}",
+        a.dims(),
+        b.dims()
+    );
+    Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+}
+
+/// Each image's packed rows, from transformers' pixel values.
+fn image_rows(
+    model: &Vlm,
+    r: &Value,
+    t: &HashMap<String, Tensor>,
+) -> Result<HashMap<String, Tensor>> {
+    let mut rows = HashMap::new();
+    for im in r["images"].as_array().context("images")? {
+        let name = im["name"].as_str().context("name")?;
+        let size = (
+            im["height"].as_u64().context("h")? as usize,
+            im["width"].as_u64().context("w")? as usize,
+        );
+        let got = model.encode_tiled_image(&t[&format!("image.{name}.pixel_values")], size)?;
+        rows.insert(name.to_string(), got);
+    }
+    Ok(rows)
+}
+
+#[test]
+fn packed_rows_and_logits_match_transformers() -> Result<()> {
+    let model = Vlm::load_dir(&fixture(), DType::F32, &Device::Cpu)?;
+    let (r, t) = reference()?;
+    let rows = image_rows(&model, &r, &t)?;
+    for im in r["images"].as_array().context("images")? {
+        let name = im["name"].as_str().context("name")?;
+        let (h, w) = (
+            im["height"].as_u64().context("h")? as usize,
+            im["width"].as_u64().context("w")? as usize,
+        );
+        let want = &t[&format!("image.{name}.image_features")];
+        let d = max_diff(&rows[name], want)?;
+        eprintln!(
+            "{name} ({h}x{w}): {} rows, max |diff| {d:.2e}",
+            want.dim(0)?
+        );
+        assert!(d < TOL, "{name}: packed rows differ by {d}");
+        assert_eq!(
+            model.config().image_tokens_for(h, w)? as u64,
+            im["tokens"].as_u64().context("tokens")?,
+            "{name}: rows the processor counts"
+        );
+    }
+    let cases = r["cases"].as_array().context("cases")?;
+    assert!(cases.len() >= 4);
+    for case in cases {
+        let cname = case["name"].as_str().context("case")?;
+        let names: Vec<&str> = case["images"]
+            .as_array()
+            .context("images")?
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        // images of different sizes: (ΣM_k, D) in prompt order
+        let images = Tensor::cat(&names.iter().map(|n| &rows[*n]).collect::<Vec<_>>(), 0)?;
+        let embeds = model.prompt_embeds(&ids(&case["input_ids"]), Some(&images))?;
+        let mut cache = model.new_cache(1);
+        let logits = model.forward_embeds(&embeds, None, &mut cache, LogitsFor::All)?;
+        if let Some(want) = t.get(&format!("case.{cname}.logits")) {
+            let d = max_diff(&logits, want)?;
+            eprintln!("{cname}: all logits max |diff| {d:.2e}");
+            assert!(d < TOL, "{cname}: logits differ by {d}");
+        }
+        let last = logits.get(0)?.get(logits.dim(1)? - 1)?;
+        let d = max_diff(&last, &t[&format!("case.{cname}.last_logits")])?;
+        assert!(d < TOL, "{cname}: last logits differ by {d}");
+    }
+    Ok(())
+}
+
+/// The fixture's files in a temporary directory, its weights renamed by
+/// `rename` (`None` drops a tensor) and its config edited by `edit`.
+fn variant(
+    rename: impl Fn(&str) -> Option<String>,
+    reshape: Option<(&str, Tensor)>,
+    edit: impl FnOnce(&mut Value),
+) -> Result<tempfile::TempDir> {
+    let tmp = tempfile::tempdir()?;
+    for entry in std::fs::read_dir(fixture())? {
+        let path = entry?.path();
+        let name = path.file_name().context("name")?;
+        if name != "model.safetensors" && name != "config.json" {
+            std::fs::copy(&path, tmp.path().join(name))?;
+        }
+    }
+    let weights =
+        candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu)?;
+    let mut out: HashMap<String, Tensor> = weights
+        .into_iter()
+        .filter_map(|(k, v)| rename(&k).map(|k| (k, v)))
+        .collect();
+    if let Some((k, v)) = reshape {
+        out.insert(k.to_string(), v);
+    }
+    candle_core::safetensors::save(&out, tmp.path().join("model.safetensors"))?;
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("config.json"))?)?;
+    edit(&mut cfg);
+    std::fs::write(tmp.path().join("config.json"), cfg.to_string())?;
+    Ok(tmp)
+}
+
+/// transformers 4.52-4.57's layout: everything under `model.`, the head at
+/// `lm_head`, the tower with its `vision_model.` level.
+fn layout_4_52(k: &str) -> String {
+    if let Some(rest) = k.strip_prefix("language_model.model.") {
+        format!("model.language_model.{rest}")
+    } else if let Some(rest) = k.strip_prefix("language_model.") {
+        rest.to_string()
+    } else if let Some(rest) = k.strip_prefix("vision_tower.") {
+        format!("model.vision_tower.vision_model.{rest}")
+    } else {
+        format!("model.{k}")
+    }
+}
+
+#[test]
+fn both_image_newline_layouts_load() -> Result<()> {
+    let (r, t) = reference()?;
+    let dir = variant(|k| Some(layout_4_52(k)), None, |_| {})?;
+    assert!(
+        candle_core::safetensors::load(dir.path().join("model.safetensors"), &Device::Cpu)?
+            .contains_key("model.image_newline")
+    );
+    let model = Vlm::load_dir(dir.path(), DType::F32, &Device::Cpu)?;
+    let rows = image_rows(&model, &r, &t)?;
+    let d = max_diff(&rows["test"], &t["image.test.image_features"])?;
+    assert!(d < TOL, "4.52 layout: packed rows differ by {d}");
+    Ok(())
+}
+
+fn load_error(dir: &Path) -> String {
+    match Vlm::load_dir(dir, DType::F32, &Device::Cpu) {
+        Ok(_) => "loaded".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn expect_one_line(e: &str, needles: &[&str]) {
+    assert!(!e.contains('\n'), "{e}");
+    for n in needles {
+        assert!(e.contains(n), "{e:?} should mention {n:?}");
+    }
+}
+
+#[test]
+fn bad_llava_next_inputs_fail_in_one_line() -> Result<()> {
+    let dir = variant(
+        |k| (k != "image_newline").then(|| k.to_string()),
+        None,
+        |_| {},
+    )?;
+    expect_one_line(&load_error(dir.path()), &["image_newline", "missing"]);
+
+    let dir = variant(
+        |k| Some(k.to_string()),
+        Some(("image_newline", Tensor::zeros(7, DType::F32, &Device::Cpu)?)),
+        |_| {},
+    )?;
+    expect_one_line(&load_error(dir.path()), &["image_newline"]);
+
+    for (pinpoints, needle) in [
+        (
+            serde_json::json!([[16, 40]]),
+            "not a whole number of 16x16 tiles",
+        ),
+        (serde_json::json!([]), "image_grid_pinpoints"),
+        (serde_json::json!([[16, 32, 48]]), "[height, width] pairs"),
+        (serde_json::json!("wide"), "[height, width] pairs"),
+    ] {
+        let dir = variant(
+            |k| Some(k.to_string()),
+            None,
+            |c| {
+                c["image_grid_pinpoints"] = pinpoints.clone();
+            },
+        )?;
+        expect_one_line(
+            &load_error(dir.path()),
+            &["config.json", "image_grid_pinpoints", needle],
+        );
+    }
+
+    // CLIP with its class token kept: the tiles are not a patch grid
+    let dir = variant(
+        |k| Some(k.to_string()),
+        None,
+        |c| {
+            c["vision_feature_select_strategy"] = "full".into();
+        },
+    )?;
+    expect_one_line(
+        &load_error(dir.path()),
+        &["vision_feature_select_strategy", "'full' with a CLIP tower"],
+    );
+
+    // pixel values that are not the image's grid
+    let model = Vlm::load_dir(&fixture(), DType::F32, &Device::Cpu)?;
+    let pixels = Tensor::zeros((2, 3, 16, 16), DType::F32, &Device::Cpu)?;
+    let e = model
+        .encode_tiled_image(&pixels, (40, 40))
+        .err()
+        .context("accepted 2 tiles for a 2x2 grid")?
+        .to_string();
+    expect_one_line(&e, &["2 tiles", "expected 5"]);
+    Ok(())
+}
