@@ -4,8 +4,12 @@
 # batch of 32 (64x64 image -> 64 image rows, then 16 text tokens), f32, CPU.
 # glimpse (bench-train) vs transformers' LlavaForConditionalGeneration on
 # PyTorch (bench/train_pytorch.py), same sizes, same threads, alternated in
-# one run. Needs the dev venv (scripts/dev/requirements.txt):
+# one run. With BENCH=lora: LoRA on the frozen SmolLM2-135M-Instruct
+# (scripts/fetch_smollm2.sh's GGUF, dequantized), bench-train-lora vs
+# PyTorch + PEFT (bench/train_lora_pytorch.py), batch 4 x 256 tokens.
+# Needs the dev venv (scripts/dev/requirements.txt):
 #   bash bench/run_train.sh [ROUNDS]
+#   BENCH=lora bash bench/run_train.sh [ROUNDS]
 # Env: PY (~/.venvs/glimpse-dev/bin/python), THREADS (2), STEPS (10 timed
 # steps per run, after WARMUP=2), IDLE_WAIT_S (180: before each run, wait up
 # to this long for the machine to be >= 90% idle over 2 s; 0 disables),
@@ -25,8 +29,13 @@ MAX_OTHERS=${MAX_OTHERS:-0.15}
 RETRIES=${RETRIES:-1}
 GLIMPSE_ARGS=${GLIMPSE_ARGS:-}
 PY_ARGS=${PY_ARGS:-}
-cargo build --release -q -p glimpse-bench --bin bench-train
-BIN=${CARGO_TARGET_DIR:-target}/release/bench-train
+case ${BENCH:-vlm} in
+  vlm) NAME=bench-train PY_SCRIPT=bench/train_pytorch.py ;;
+  lora) NAME=bench-train-lora PY_SCRIPT=bench/train_lora_pytorch.py ;;
+  *) echo "BENCH is vlm or lora, not ${BENCH}" >&2; exit 2 ;;
+esac
+cargo build --release -q -p glimpse-bench --bin "$NAME"
+BIN=${CARGO_TARGET_DIR:-target}/release/$NAME
 out=${KEEP:-$(mktemp)}
 : >"$out"
 
@@ -68,7 +77,7 @@ for round in $(seq "$ROUNDS"); do
   # shellcheck disable=SC2086 # GLIMPSE_ARGS holds several flags
   run env RAYON_NUM_THREADS="$THREADS" "$BIN" --steps "$STEPS" --warmup "$WARMUP" --phases $GLIMPSE_ARGS
   # shellcheck disable=SC2086
-  run "$PY" bench/train_pytorch.py --threads "$THREADS" --steps "$STEPS" --warmup "$WARMUP" --phases $PY_ARGS
+  run "$PY" "$PY_SCRIPT" --threads "$THREADS" --steps "$STEPS" --warmup "$WARMUP" --phases $PY_ARGS
 done
 "$PY" - "$out" "$MAX_OTHERS" <<'PYEOF'
 import json, statistics as st, sys

@@ -36,9 +36,12 @@
 use std::ops::Range;
 use std::time::Instant;
 
+mod common;
+
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
+use common::{median, random_ids};
 use glimpse_models::nn::encoder::EncoderConfig;
 use glimpse_models::nn::rope::{RopeConfig, RopeScaling};
 use glimpse_models::nn::Activation;
@@ -121,25 +124,6 @@ fn config() -> VlmConfig {
         format: VlmFormat::Glimpse,
         image_grid_pinpoints: None,
     }
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
-/// Deterministic ids in `0..below` (a 64-bit LCG; the values only need to be
-/// valid tokens).
-fn random_ids(n: usize, below: u32, seed: u64) -> Vec<u32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 33) % below as u64) as u32
-        })
-        .collect()
 }
 
 /// Seconds of each phase of one step, and the loss.

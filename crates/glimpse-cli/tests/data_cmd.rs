@@ -126,6 +126,86 @@ fn easy_vqa_writes_llava_and_captions_pointing_at_the_originals() -> Result<()> 
     Ok(())
 }
 
+/// `--questions-per-row 2`: image 0's five questions as conversations of
+/// 2, 2 and 1, each opening with the image; together every question once.
+#[test]
+fn easy_vqa_questions_per_row_cuts_conversations() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("easy-vqa");
+    easy_vqa_root(&root)?;
+    let out_dir = tmp.path().join("out");
+    let args = |n: &str| {
+        vec![
+            "data".to_string(),
+            "easy-vqa".into(),
+            "--root".into(),
+            root.to_str().unwrap().into(),
+            "--out".into(),
+            out_dir.to_str().unwrap().into(),
+            "--split".into(),
+            "train".into(),
+            "--questions-per-row".into(),
+            n.into(),
+        ]
+    };
+    let argv = args("2");
+    let out = glimpse(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    ok(&out);
+    assert!(
+        out.stdout.starts_with("wrote 5 records (8 questions) to "),
+        "{}",
+        out.stdout
+    );
+    let records = load_llava_json(&out_dir.join("train/llava.json"))?;
+    let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "easy-vqa-0-0",
+            "easy-vqa-0-1",
+            "easy-vqa-0-2",
+            "easy-vqa-1",
+            "easy-vqa-2"
+        ]
+    );
+    let pairs: Vec<usize> = records.iter().map(|r| r.conversations.len() / 2).collect();
+    assert_eq!(pairs, [2, 2, 1, 2, 1]);
+    let mut got = Vec::new();
+    for rec in &records[..3] {
+        assert!(
+            rec.conversations[0].value.starts_with("<image>\n"),
+            "{}",
+            rec.id
+        );
+        let placeholders: usize = rec
+            .conversations
+            .iter()
+            .map(|t| t.value.matches(IMAGE_PLACEHOLDER).count())
+            .sum();
+        assert_eq!(placeholders, 1, "{}", rec.id);
+        got.extend(exchanges(rec));
+    }
+    got.sort();
+    let mut want: Vec<(String, String)> = TRAIN
+        .iter()
+        .filter(|r| r.2 == 0)
+        .map(|r| (r.0.to_string(), r.1.to_string()))
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+
+    // clap's usage error: its first line names the flag and the range
+    let argv = args("0");
+    let out = glimpse(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    let first = out.stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("--questions-per-row") && first.contains("1..=10000"),
+        "{first}"
+    );
+    Ok(())
+}
+
 #[test]
 fn easy_vqa_seed_orders_questions_and_limit_takes_the_first_images() -> Result<()> {
     let tmp = tempfile::tempdir()?;

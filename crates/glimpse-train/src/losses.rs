@@ -4,6 +4,7 @@ mod hard_negatives;
 mod infonce;
 mod masked_lm;
 mod siglip;
+mod token_ce;
 
 pub use hard_negatives::{hard_negative_clip_loss, hard_negative_mask, HardNegativeConfig};
 pub use infonce::{clip_logits, clip_loss, CLIP_INIT_LOGIT_SCALE, MAX_LOGIT_SCALE};

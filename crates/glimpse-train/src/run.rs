@@ -480,13 +480,34 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
             .values()
             .map(Tensor::elem_count)
             .sum();
+        // Every tensor the run holds now, by buffer: the pretrained parts,
+        // what the stages carry, and this stage's model. A frozen base held
+        // once shares one buffer among all of them.
+        let frozen_map = weights.frozen_tensors()?;
+        let trainables = weights.trainable_vars()?;
+        let held = distinct_buffer_bytes(
+            vision
+                .iter()
+                .flat_map(|v| v.tensors.values())
+                .chain(decoder.iter().flat_map(|d| d.tensors.values()))
+                .chain(carried.values())
+                .chain(frozen_map.values())
+                .chain(trainables.iter().map(|(_, v)| v.as_tensor())),
+        );
+        let model_bytes = distinct_buffer_bytes(
+            frozen_map
+                .values()
+                .chain(trainables.iter().map(|(_, v)| v.as_tensor())),
+        );
         eprintln!(
-            "{stage}: training {trained} parameters{}, {frozen} frozen",
+            "{stage}: training {trained} parameters{}, {frozen} frozen; weights {:.0} MB held, the model's own {:.0} MB",
             if lora_cfg.is_some() {
                 " (LoRA adapters and projector)"
             } else {
                 ""
-            }
+            },
+            held as f64 / 1e6,
+            model_bytes as f64 / 1e6,
         );
         let summary = run_stage(
             task.as_mut(),
@@ -520,6 +541,12 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
             "eval_accuracy": summary.eval.accuracy,
             "parameters_trained": weights.trainable_vars()?.iter().map(|(_, v)| v.elem_count()).sum::<usize>(),
             "bad_rows": bad_rows.as_ref().map(|b| b.counts()),
+            // the process's peak so far (earlier stages' included)
+            "peak_rss_bytes": peak_rss_bytes(),
+            // weight buffers the run held as the stage began, against the
+            // stage model's own: equal when nothing is held twice
+            "weights_held_bytes": held,
+            "model_weight_bytes": model_bytes,
         });
         if let Some(b) = &bad_rows {
             if b.total() > 0 {
@@ -551,6 +578,28 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
         });
     }
     Ok(report)
+}
+
+/// Bytes of the distinct buffers under `tensors`: clones and views of one
+/// buffer count once (its largest view, the whole buffer for a weight).
+fn distinct_buffer_bytes<'a>(tensors: impl Iterator<Item = &'a Tensor>) -> usize {
+    let mut by_buffer: HashMap<usize, usize> = HashMap::new();
+    for t in tensors {
+        let (storage, _) = t.storage_and_layout();
+        let key = &*storage as *const candle_core::Storage as usize;
+        let bytes = t.elem_count() * t.dtype().size_in_bytes();
+        let e = by_buffer.entry(key).or_default();
+        *e = (*e).max(bytes);
+    }
+    by_buffer.values().sum()
+}
+
+/// The process's peak resident set (`VmHWM`), where the OS reports it.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// The run's copy of its recipe, `out/recipe.toml`, written through a

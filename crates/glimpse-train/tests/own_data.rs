@@ -352,6 +352,30 @@ fn pretrained_parts_train_on_llava_json_and_captions_skipping_bad_rows() -> Resu
     // 2 layers × (q, v, down) × (A, B)
     assert_eq!(factors.len(), 12, "{factors:?}");
     assert!(instruct["parameters_trained"].as_u64().unwrap_or(0) > 0);
+
+    // The frozen base is held once: as align starts, the run's weight
+    // buffers are exactly the stage model's; in instruct the only extra
+    // buffers are align's projector, which the instruct Vars copied.
+    let bytes = |v: &Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k}: {v}"));
+    assert_eq!(
+        bytes(&align, "weights_held_bytes"),
+        bytes(&align, "model_weight_bytes"),
+        "{align}"
+    );
+    let projector: u64 = align_final
+        .iter()
+        .filter(|(k, _)| k.starts_with("multi_modal_projector."))
+        .map(|(_, t)| (t.elem_count() * t.dtype().size_in_bytes()) as u64)
+        .sum();
+    assert!(projector > 0);
+    assert_eq!(
+        bytes(&instruct, "weights_held_bytes"),
+        bytes(&instruct, "model_weight_bytes") + projector,
+        "{instruct}"
+    );
+    if cfg!(target_os = "linux") {
+        assert!(bytes(&instruct, "peak_rss_bytes") >= bytes(&instruct, "weights_held_bytes"));
+    }
     let adapter = glimpse_models::lora::load_adapter(
         &out.join("instruct/adapter"),
         &candle_core::Device::Cpu,

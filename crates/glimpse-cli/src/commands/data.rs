@@ -12,8 +12,8 @@ use std::path::{Component, Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use glimpse_data::datasets::{
-    easy_vqa_to_captions, easy_vqa_to_llava_styled, load_easy_vqa_split, write_caption_jsonl,
-    write_llava_json, AnswerStyle, COLORS, SHAPES,
+    balance_yes_no, easy_vqa_to_captions, easy_vqa_to_llava_styled, load_easy_vqa_split,
+    write_caption_jsonl, write_llava_json, AnswerStyle, COLORS, SHAPES,
 };
 use glimpse_data::synth_shapes::{write_synth_split, DEFAULT_SIZE, MAX_IMAGES};
 use glimpse_engine::pipeline::PipelineError;
@@ -41,7 +41,7 @@ enum Split {
 
 #[derive(Args)]
 #[command(
-    about = "easy-VQA splits as OUT/<split>/llava.json (one multi-turn record per image) and OUT/<split>/captions.jsonl"
+    about = "easy-VQA splits as OUT/<split>/llava.json (one multi-turn record per image, or --questions-per-row) and OUT/<split>/captions.jsonl"
 )]
 pub struct EasyVqaArgs {
     /// easy-VQA root holding train/ and test/, as scripts/fetch_easy_vqa.sh
@@ -65,6 +65,17 @@ pub struct EasyVqaArgs {
     /// the sentence after the bare question)
     #[arg(long, value_enum, default_value = "word")]
     answers: Answers,
+    /// At most N questions per conversation (default: all of an image's in
+    /// one multi-turn conversation); 1 trains on questions asked alone, as
+    /// `glimpse eval vqa` asks them
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    questions_per_row: Option<u64>,
+    /// In the train split, cut the yes/no questions so the colour or shape
+    /// they name is there as often as not (easy-VQA's are 82.5% about
+    /// something absent: a model can score that without looking). The test
+    /// split keeps all its questions
+    #[arg(long)]
+    balance_yes_no: bool,
     /// Copy the images (and a questions.json) under OUT/<split>/, making it a
     /// self-contained easy-VQA split; otherwise the files point at the
     /// originals by paths relative to them
@@ -155,7 +166,7 @@ fn easy_vqa(args: EasyVqaArgs) -> Result<()> {
     if args.limit_images == Some(0) {
         return Err(usage("--limit-images must be at least 1".into()));
     }
-    let root = easy_vqa_root(args.root)?;
+    let root = easy_vqa_root(args.root.clone())?;
     let splits: &[&str] = match args.split {
         Split::Train => &["train"],
         Split::Test => &["test"],
@@ -172,30 +183,14 @@ fn easy_vqa(args: EasyVqaArgs) -> Result<()> {
         }
     }
     for split in splits {
-        convert_split(
-            &root.join(split),
-            &args.out.join(split),
-            split,
-            args.limit_images,
-            args.seed,
-            args.answers,
-            args.copy_images,
-        )?;
+        convert_split(&root.join(split), &args.out.join(split), split, &args)?;
     }
     Ok(())
 }
 
-fn convert_split(
-    src: &Path,
-    out: &Path,
-    split: &str,
-    limit: Option<usize>,
-    seed: u64,
-    answers: Answers,
-    copy_images: bool,
-) -> Result<()> {
+fn convert_split(src: &Path, out: &Path, split: &str, args: &EasyVqaArgs) -> Result<()> {
     let mut examples = load_easy_vqa_split(src)?;
-    if let Some(n) = limit {
+    if let Some(n) = args.limit_images {
         let mut ids: Vec<u32> = examples.iter().map(|e| e.image_id).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -203,13 +198,16 @@ fn convert_split(
             examples.retain(|e| e.image_id <= last);
         }
     }
+    if args.balance_yes_no && split == "train" {
+        examples = balance_yes_no(&examples, args.seed);
+    }
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let mut ids: Vec<u32> = examples.iter().map(|e| e.image_id).collect();
     ids.sort_unstable();
     ids.dedup();
 
     let bar = progress_bar(ids.len(), &format!("{split}: images"));
-    if copy_images {
+    if args.copy_images {
         // A copy onto itself would truncate the originals.
         if std::fs::canonicalize(out)? == std::fs::canonicalize(src)? {
             anyhow::bail!(
@@ -249,7 +247,12 @@ fn convert_split(
     }
     bar.finish_and_clear();
 
-    let records = easy_vqa_to_llava_styled(&examples, seed, answers.into());
+    let records = easy_vqa_to_llava_styled(
+        &examples,
+        args.seed,
+        args.answers.into(),
+        args.questions_per_row.map(|n| n as usize),
+    );
     let llava = out.join("llava.json");
     write_llava_json(&llava, &records)?;
     outln!(

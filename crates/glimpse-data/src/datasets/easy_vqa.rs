@@ -257,13 +257,92 @@ pub enum AnswerStyle {
     Mixed,
 }
 
-/// [`easy_vqa_to_llava_shuffled`] with the answers in `style`.
+/// [`easy_vqa_to_llava_shuffled`] with the answers in `style`, and each
+/// image's questions cut into conversations of at most `per_row` (all in
+/// one when `None`). One question a row is how `glimpse eval vqa` and most
+/// users then ask; a long conversation lets later answers lean on earlier
+/// ones.
 pub fn easy_vqa_to_llava_styled(
     examples: &[VqaExample],
     seed: u64,
     style: AnswerStyle,
+    per_row: Option<usize>,
 ) -> Vec<LlavaRecord> {
-    to_llava(examples, Some(seed), style)
+    let records = to_llava(examples, Some(seed), style);
+    match per_row {
+        Some(n) => records
+            .into_iter()
+            .flat_map(|r| split_record(r, n.max(1)))
+            .collect(),
+        None => records,
+    }
+}
+
+/// `record`'s turns as conversations of at most `n` question–answer pairs,
+/// each opening with the image placeholder; ids `<id>-<k>` when cut.
+fn split_record(record: LlavaRecord, n: usize) -> Vec<LlavaRecord> {
+    let pairs = record.conversations.len() / 2;
+    if pairs <= n {
+        return vec![record];
+    }
+    record
+        .conversations
+        .chunks(2 * n)
+        .enumerate()
+        .map(|(k, turns)| {
+            let mut turns = turns.to_vec();
+            let first = &mut turns[0].value;
+            if !first.starts_with(IMAGE_PLACEHOLDER) {
+                *first = format!("{IMAGE_PLACEHOLDER}\n{first}");
+            }
+            LlavaRecord {
+                id: format!("{}-{k}", record.id),
+                images: record.images.clone(),
+                conversations: turns,
+            }
+        })
+        .collect()
+}
+
+/// `examples` with their yes/no questions cut so that the shape or colour
+/// they ask about is there as often as not (seeded choice of which to
+/// keep); the other questions all kept, the order unchanged.
+///
+/// easy-VQA asks mostly about what is not in the image: of its yes/no
+/// questions, answering as if the named colour or shape were absent is
+/// right 82.5% of the time, and a model can score that without looking
+/// (`models/smollm2-easy-vqa` does: 97.6% of its yes/no answers are the
+/// prior's). Balanced, the question cannot be answered without the image.
+pub fn balance_yes_no(examples: &[VqaExample], seed: u64) -> Vec<VqaExample> {
+    // (index, named thing present?) of every yes/no question
+    let presence: Vec<(usize, bool)> = examples
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.answer == "yes" || e.answer == "no")
+        .map(|(i, e)| (i, (e.answer == "yes") != is_negated(&e.question)))
+        .collect();
+    let (mut present, mut absent): (Vec<_>, Vec<_>) = presence.iter().partition(|(_, p)| *p);
+    let keep = present.len().min(absent.len());
+    let mut rng = StdRng::seed_from_u64(seed ^ 0xBA1A_9CE5);
+    present.shuffle(&mut rng);
+    absent.shuffle(&mut rng);
+    let mut dropped = vec![false; examples.len()];
+    for &(i, _) in present.iter().skip(keep).chain(absent.iter().skip(keep)) {
+        dropped[i] = true;
+    }
+    examples
+        .iter()
+        .zip(dropped)
+        .filter(|(_, d)| !d)
+        .map(|(e, _)| e.clone())
+        .collect()
+}
+
+/// Whether an easy-VQA yes/no question is asked in the negative ("is there
+/// not a …", "does the image not contain …", "is no … present").
+fn is_negated(question: &str) -> bool {
+    let q = question.trim().to_lowercase();
+    q.contains(" not ") || q.starts_with("is no ")
 }
 
 /// The answer to `question` as a short sentence.
@@ -271,7 +350,7 @@ pub fn sentence_answer(question: &str, answer: &str) -> String {
     let q = question.trim().to_lowercase();
     let yes = answer == "yes";
     match answer {
-        "yes" | "no" if q.contains(" not ") => if yes {
+        "yes" | "no" if is_negated(&q) => if yes {
             "Yes, that is right."
         } else {
             "No, that is not right."
@@ -347,4 +426,67 @@ fn to_llava(examples: &[VqaExample], seed: Option<u64>, style: AnswerStyle) -> V
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(question: &str, answer: &str, image_id: u32) -> VqaExample {
+        VqaExample {
+            image: PathBuf::from(format!("{image_id}.png")),
+            question: question.into(),
+            answer: answer.into(),
+            image_id,
+        }
+    }
+
+    #[test]
+    fn negated_questions_get_negated_sentences() {
+        assert_eq!(
+            sentence_answer("is no red shape present?", "yes"),
+            "Yes, that is right."
+        );
+        assert_eq!(
+            sentence_answer("is there not a circle?", "no"),
+            "No, that is not right."
+        );
+        assert_eq!(
+            sentence_answer("is a circle present?", "no"),
+            "No, there is not."
+        );
+        assert_eq!(
+            sentence_answer("does the image contain a circle?", "yes"),
+            "Yes, it does."
+        );
+    }
+
+    /// Five yes/no questions about something absent (two of them negated)
+    /// and one about something present: one absent one is kept beside the
+    /// present one, the open questions all, in their order.
+    #[test]
+    fn balance_keeps_as_many_absent_as_present() {
+        let all = vec![
+            ex("what shape is this?", "circle", 0),
+            ex("is there a red shape?", "no", 0),
+            ex("is there a circle?", "yes", 0),
+            ex("is there not a triangle?", "yes", 0),
+            ex("is no blue shape present?", "yes", 0),
+            ex("does the image contain a rectangle?", "no", 0),
+            ex("what color is the shape?", "green", 0),
+            ex("does the image not contain a yellow shape?", "yes", 0),
+        ];
+        for seed in 0..4 {
+            let kept = balance_yes_no(&all, seed);
+            let questions: Vec<&str> = kept.iter().map(|e| e.question.as_str()).collect();
+            assert_eq!(kept.len(), 4, "{questions:?}");
+            assert_eq!(questions[0], "what shape is this?");
+            assert_eq!(questions[3], "what color is the shape?");
+            assert!(questions.contains(&"is there a circle?"));
+        }
+        let kinds: std::collections::BTreeSet<String> = (0..16)
+            .map(|seed| balance_yes_no(&all, seed)[1].question.clone())
+            .collect();
+        assert!(kinds.len() > 1, "the seed picks which absent one stays");
+    }
 }

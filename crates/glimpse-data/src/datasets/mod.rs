@@ -15,9 +15,9 @@ pub use caption_jsonl::{
     load_caption_jsonl, read_caption_jsonl, write_caption_jsonl, CaptionRecord,
 };
 pub use easy_vqa::{
-    easy_vqa_to_captions, easy_vqa_to_llava, easy_vqa_to_llava_shuffled, easy_vqa_to_llava_styled,
-    image_attributes, load_easy_vqa_split, sentence_answer, AnswerKind, AnswerStyle,
-    ImageAttributes, VqaExample, COLORS, SHAPES, SHORT_ANSWER_INSTRUCTION,
+    balance_yes_no, easy_vqa_to_captions, easy_vqa_to_llava, easy_vqa_to_llava_shuffled,
+    easy_vqa_to_llava_styled, image_attributes, load_easy_vqa_split, sentence_answer, AnswerKind,
+    AnswerStyle, ImageAttributes, VqaExample, COLORS, SHAPES, SHORT_ANSWER_INSTRUCTION,
 };
 pub use llava_json::{
     load_llava_json, read_llava_json, write_llava_json, LlavaRecord, Speaker, Turn,

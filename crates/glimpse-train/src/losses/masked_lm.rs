@@ -112,6 +112,24 @@ pub fn token_cross_entropy(logits: &Tensor, targets: &[u32], denominator: usize)
             targets.len()
         )));
     }
+    if super::token_ce::applies(logits) {
+        return Ok(super::token_ce::token_cross_entropy(
+            logits,
+            targets,
+            denominator,
+        )?);
+    }
+    composed_cross_entropy(logits, targets, denominator)
+}
+
+/// [`token_cross_entropy`] from candle ops, for any device and dtype (the
+/// fused op's reference in its tests).
+pub(super) fn composed_cross_entropy(
+    logits: &Tensor,
+    targets: &[u32],
+    denominator: usize,
+) -> Result<Tensor> {
+    let n = targets.len();
     let logp = log_softmax_last_dim(logits)?;
     // (n, v) gather (n, 1) -> (n, 1)
     let target_logp = logp.gather(
