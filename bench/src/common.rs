@@ -1,4 +1,4 @@
-//! What the training benchmarks share: medians and reproducible token ids.
+//! What the training benchmarks share: step timings, medians and reproducible token ids.
 
 /// The median of `xs` (upper middle for an even count).
 pub fn median(mut xs: Vec<f64>) -> f64 {
@@ -18,4 +18,17 @@ pub fn random_ids(n: usize, below: u32, seed: u64) -> Vec<u32> {
             ((s >> 33) % below as u64) as u32
         })
         .collect()
+}
+
+/// Seconds of each phase of one step, and the loss.
+pub struct StepTimes {
+    pub forward_backward: f64,
+    pub optimizer: f64,
+    pub loss_value: f32,
+}
+
+impl StepTimes {
+    pub fn total(&self) -> f64 {
+        self.forward_backward + self.optimizer
+    }
 }

@@ -41,7 +41,7 @@ mod common;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use common::{median, random_ids};
+use common::{median, random_ids, StepTimes};
 use glimpse_models::nn::encoder::EncoderConfig;
 use glimpse_models::nn::rope::{RopeConfig, RopeScaling};
 use glimpse_models::nn::Activation;
@@ -123,19 +123,6 @@ fn config() -> VlmConfig {
         image_token_id: IMAGE_TOKEN_ID,
         format: VlmFormat::Glimpse,
         image_grid_pinpoints: None,
-    }
-}
-
-/// Seconds of each phase of one step, and the loss.
-struct StepTimes {
-    forward_backward: f64,
-    optimizer: f64,
-    loss_value: f32,
-}
-
-impl StepTimes {
-    fn total(&self) -> f64 {
-        self.forward_backward + self.optimizer
     }
 }
 

@@ -33,7 +33,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarBuilder;
-use common::{median, random_ids};
+use common::{median, random_ids, StepTimes};
 use glimpse_models::gguf::GgufFile;
 use glimpse_models::lora::LoraWeights;
 use glimpse_models::nn::rope::RopeStyle;
@@ -48,19 +48,6 @@ use glimpse_train::{
 const LR: f64 = 1e-4;
 const WEIGHT_DECAY: f64 = 0.01;
 const TARGETS: [&str; 4] = ["q_proj", "k_proj", "v_proj", "o_proj"];
-
-/// Seconds of each phase of one step, and the loss.
-struct StepTimes {
-    forward_backward: f64,
-    optimizer: f64,
-    loss_value: f32,
-}
-
-impl StepTimes {
-    fn total(&self) -> f64 {
-        self.forward_backward + self.optimizer
-    }
-}
 
 /// The shard's loss: its rows' next-token terms over the whole batch's count.
 ///
