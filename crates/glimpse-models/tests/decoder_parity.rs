@@ -5,8 +5,11 @@
 
 use std::path::PathBuf;
 
+mod common;
+
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
+use common::ids;
 use glimpse_models::{Decoder, LogitsFor};
 use serde_json::Value;
 
@@ -35,14 +38,6 @@ fn load(name: &str) -> Result<Case> {
         model,
         reference,
         tensors,
-    })
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().map_or_else(Vec::new, |a| {
-        a.iter()
-            .filter_map(|x| x.as_u64().map(|x| x as u32))
-            .collect()
     })
 }
 

@@ -9,8 +9,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
+use common::{ids, max_diff};
 use glimpse_models::{LogitsFor, Vlm};
 use serde_json::Value;
 
@@ -25,24 +28,6 @@ fn reference() -> Result<(Value, HashMap<String, Tensor>)> {
     let r = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
     let t = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)?;
     Ok((r, t))
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().map_or_else(Vec::new, |a| {
-        a.iter()
-            .filter_map(|x| x.as_u64().map(|x| x as u32))
-            .collect()
-    })
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-    anyhow::ensure!(
-        a.dims() == b.dims(),
-        "shape {:?} vs {:?}",
-        a.dims(),
-        b.dims()
-    );
-    Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
 }
 
 /// Each image's packed rows, from transformers' pixel values.

@@ -9,11 +9,14 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+mod common;
+
 use anyhow::{Context, Result};
 use candle_core::quantized::gguf_file::{self, Value as GgufValue};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use common::max_diff;
 use glimpse_models::gguf::gguf_name;
 use glimpse_models::lora::{self, save_adapter, Adapter, LoraConfig, LoraWeights};
 use glimpse_models::nn::causal_attention::QkvProjection;
@@ -32,16 +35,6 @@ fn lora_dir(name: &str) -> PathBuf {
 
 fn base_dir() -> PathBuf {
     fixtures().join("decoders/llama-gqa-tied")
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-    anyhow::ensure!(
-        a.dims() == b.dims(),
-        "shape {:?} vs {:?}",
-        a.dims(),
-        b.dims()
-    );
-    Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
 }
 
 fn reference() -> Result<(Value, std::collections::HashMap<String, Tensor>)> {

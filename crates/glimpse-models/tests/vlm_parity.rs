@@ -5,8 +5,11 @@
 
 use std::path::PathBuf;
 
+mod common;
+
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
+use common::{ids, max_diff};
 use glimpse_models::{LogitsFor, Vlm};
 use serde_json::Value;
 
@@ -23,24 +26,6 @@ fn fixtures() -> Vec<PathBuf> {
         .unwrap_or_default();
     dirs.sort();
     dirs
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().map_or_else(Vec::new, |a| {
-        a.iter()
-            .filter_map(|x| x.as_u64().map(|x| x as u32))
-            .collect()
-    })
-}
-
-fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
-    anyhow::ensure!(
-        a.dims() == b.dims(),
-        "shape {:?} vs {:?}",
-        a.dims(),
-        b.dims()
-    );
-    Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
 }
 
 fn argmax(row: &[f32]) -> u32 {
