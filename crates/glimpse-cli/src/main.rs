@@ -46,6 +46,7 @@ enum Command {
 
 fn main() -> ExitCode {
     glimpse_cli::alloc::keep_freed_memory();
+    glimpse_cli::alloc::report_to_mem_budget();
     glimpse_engine::device::count_threads_once();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

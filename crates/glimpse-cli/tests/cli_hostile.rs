@@ -1,8 +1,9 @@
 //! Issue 23's CLI cases through the real binary: a checkpoint that loads
 //! but computes NaN or infinity is refused wherever its numbers would be
 //! printed (classify, embed, the evals, the server's embeddings), an empty
-//! evaluation set is refused, and a map that cannot be written is exit 1,
-//! not a usage error.
+//! evaluation set is refused, a map that cannot be written is exit 1,
+//! not a usage error, and a chat template that doubles a string is refused
+//! at its memory budget instead of aborting the process.
 
 mod common;
 
@@ -168,6 +169,36 @@ fn empty_eval_sets_are_refused() -> Result<()> {
         expect_error(&out, 1, &[&format!("no examples in {data}")]);
         assert!(out.stdout.is_empty(), "{kind}: {}", out.stdout);
     }
+    Ok(())
+}
+
+#[test]
+fn a_doubling_chat_template_is_refused_not_an_abort() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let src = repo_root().join("models/glimpse-easy-vqa");
+    for entry in std::fs::read_dir(&src)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name()))?;
+    }
+    // 2^41 bytes at the end: minijinja bounds neither `~` nor the fuel
+    // such a loop takes, only the render's memory budget stops it
+    std::fs::write(
+        dir.path().join("chat_template.jinja"),
+        "{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+    )?;
+    let out = glimpse(&[
+        "ask",
+        "--model",
+        &s(dir.path()),
+        "--image",
+        &s(&example()),
+        "what shape is in the image?",
+    ]);
+    expect_error(
+        &out,
+        1,
+        &["chat_template.jinja", "more than 128 MiB of memory"],
+    );
     Ok(())
 }
 

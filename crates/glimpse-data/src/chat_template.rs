@@ -6,6 +6,8 @@
 //! of `tokenizer_config.json` as variables.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, Value};
 use serde::{Deserialize, Serialize};
@@ -13,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{one_line, DataError, Result};
 use crate::files::{exists, read_bounded_text, MAX_CONFIG_BYTES};
 use crate::jinja_compat;
+use crate::mem_budget::{run_bounded, BoundedError};
 
 /// Template operations one render may take (minijinja's fuel: about one
 /// per instruction). The templates of the fixtures and the shipped model
@@ -25,6 +28,11 @@ pub const RENDER_FUEL: u64 = 10_000_000;
 /// Most bytes one render may write: a prompt past any context window
 /// glimpse serves (a million tokens is about 4 MiB of text).
 pub const MAX_RENDER_BYTES: usize = 16 << 20;
+
+/// Most heap one render may hold (`mem_budget`): the output cap four times
+/// over and more. minijinja bounds neither `~` nor `+`, so without it a
+/// template that doubles a string forty times asks for a terabyte.
+pub const MAX_RENDER_MEMORY: usize = 128 << 20;
 
 /// One turn of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,10 +76,15 @@ const TEMPLATE: &str = "chat_template";
 
 /// A compiled chat template with the special tokens it renders with.
 pub struct ChatTemplate {
-    env: Environment<'static>,
+    /// Shared with the thread each render runs on.
+    env: Arc<Environment<'static>>,
     /// The file it came from, or `chat_template` (for errors).
     name: String,
     special: SpecialTokens,
+    /// Set once a render passed [`MAX_RENDER_MEMORY`]: its thread stays
+    /// parked holding that memory, so later renders are refused at once
+    /// rather than park another.
+    poisoned: AtomicBool,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -138,16 +151,17 @@ impl ChatTemplate {
                 msg: one_line(format!("cannot compile: {e}")),
             })?;
         Ok(Self {
-            env,
+            env: Arc::new(env),
             name: name.to_string(),
             special,
+            poisoned: AtomicBool::new(false),
         })
     }
 
     /// The same template under another operation budget than
     /// [`RENDER_FUEL`] (a server may want a tighter one).
     pub fn with_fuel(mut self, fuel: u64) -> Self {
-        self.env.set_fuel(Some(fuel));
+        Arc::make_mut(&mut self.env).set_fuel(Some(fuel));
         self
     }
 
@@ -176,7 +190,9 @@ impl ChatTemplate {
         messages: &M,
         add_generation_prompt: bool,
     ) -> Result<String> {
-        let template = self.env.get_template(TEMPLATE).map_err(|e| self.err(e))?;
+        if self.poisoned.load(Ordering::Relaxed) {
+            return Err(self.over_memory());
+        }
         // transformers passes `tools` and `documents` as None when absent.
         let mut ctx: Vec<(&str, Value)> = vec![
             ("messages", Value::from_serialize(messages)),
@@ -190,9 +206,25 @@ impl ChatTemplate {
             }
         }
         let ctx: Value = ctx.into_iter().collect();
-        let mut out = CappedWriter::default();
-        match template.render_captured_to(ctx, &mut out) {
-            Ok(_) => {}
+        // On a thread of its own under the memory budget (`mem_budget`).
+        let env = Arc::clone(&self.env);
+        let rendered = run_bounded(MAX_RENDER_MEMORY, move || {
+            let mut out = CappedWriter::default();
+            let result = env
+                .get_template(TEMPLATE)
+                .and_then(|t| t.render_captured_to(ctx, &mut out).map(|_| ()));
+            (result, out)
+        });
+        let (result, out) = match rendered {
+            Ok(done) => done,
+            Err(BoundedError::OverBudget { .. }) => {
+                self.poisoned.store(true, Ordering::Relaxed);
+                return Err(self.over_memory());
+            }
+            Err(e) => return Err(self.msg(e)),
+        };
+        match result {
+            Ok(()) => {}
             Err(_) if out.over => {
                 return Err(self.msg(format!(
                     "output exceeds {} MiB (a loop without bound?)",
@@ -202,6 +234,13 @@ impl ChatTemplate {
             Err(e) => return Err(self.err(e)),
         }
         String::from_utf8(out.buf).map_err(|_| self.msg("output is not UTF-8"))
+    }
+
+    fn over_memory(&self) -> DataError {
+        self.msg(format!(
+            "rendering needs more than {} MiB of memory (a string doubled in a loop?)",
+            MAX_RENDER_MEMORY >> 20
+        ))
     }
 
     fn msg(&self, msg: impl std::fmt::Display) -> DataError {

@@ -10,6 +10,7 @@ pub mod files;
 pub mod gguf_tokenizer;
 pub mod image_io;
 mod jinja_compat;
+pub mod mem_budget;
 pub mod pil_resize;
 pub mod preprocess;
 pub mod processor_config;

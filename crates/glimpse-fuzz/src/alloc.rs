@@ -11,6 +11,10 @@
 //! why cases run in a child process (see [`crate::harness`]): the parent
 //! sees the abort and reads the backtrace. Refusing at the budget also
 //! means a case asking for 10¹² bytes never touches the machine's memory.
+//!
+//! Sizes are also reported to `glimpse_data::mem_budget`, as the glimpse
+//! binary's allocator does, so bounded work (chat-template renders) meets
+//! its own budget here as it does there.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -87,10 +91,12 @@ fn grew(size: usize) {
 
 // SAFETY: every method forwards to `System` with the caller's layout and
 // pointer unchanged; the bookkeeping only reads and writes atomics and a
-// const-initialised thread-local without destructor, so it neither
+// const-initialised thread-local without destructor (here and in
+// `mem_budget`), so it neither
 // allocates (except in the refusal report, guarded by REPORTING) nor unwinds.
 unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        glimpse_data::mem_budget::charge(layout.size());
         if !admit(layout.size()) {
             return std::ptr::null_mut();
         }
@@ -102,6 +108,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        glimpse_data::mem_budget::charge(layout.size());
         if !admit(layout.size()) {
             return std::ptr::null_mut();
         }
@@ -115,10 +122,14 @@ unsafe impl GlobalAlloc for CountingAlloc {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         unsafe { System.dealloc(ptr, layout) };
         LIVE.fetch_sub(layout.size(), Relaxed);
+        glimpse_data::mem_budget::refund(layout.size());
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let old = layout.size();
+        if new_size > old {
+            glimpse_data::mem_budget::charge(new_size - old);
+        }
         if new_size > old && !admit(new_size - old) {
             return std::ptr::null_mut();
         }
@@ -128,6 +139,7 @@ unsafe impl GlobalAlloc for CountingAlloc {
                 grew(new_size - old);
             } else {
                 LIVE.fetch_sub(old - new_size, Relaxed);
+                glimpse_data::mem_budget::refund(old - new_size);
             }
         }
         p

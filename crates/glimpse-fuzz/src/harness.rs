@@ -261,6 +261,8 @@ fn worker(target: &Target) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(512 << 20);
     let cases = read_cases(Path::new(&path)).expect("read cases file");
+    // as the glimpse binary does: bounded work meets its memory budget
+    glimpse_data::mem_budget::install();
     std::panic::set_hook(Box::new(panic_hook));
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
