@@ -21,6 +21,11 @@ pub enum DataError {
     #[error("chat template {name}: {msg}")]
     ChatTemplate { name: String, msg: String },
 
+    /// A video (file or frame folder) that cannot be read, decoded or
+    /// sampled as asked.
+    #[error("video {name}: {msg}")]
+    Video { name: String, msg: String },
+
     /// GGUF tokenizer metadata that is missing or unusable, by its key.
     #[error("gguf {key}: {msg}")]
     Gguf { key: String, msg: String },
@@ -52,6 +57,13 @@ pub(crate) fn one_line(msg: impl std::fmt::Display) -> String {
 impl DataError {
     pub(crate) fn image(name: impl Into<String>, msg: impl std::fmt::Display) -> Self {
         DataError::Image {
+            name: name.into(),
+            msg: one_line(msg),
+        }
+    }
+
+    pub(crate) fn video(name: impl Into<String>, msg: impl std::fmt::Display) -> Self {
+        DataError::Video {
             name: name.into(),
             msg: one_line(msg),
         }

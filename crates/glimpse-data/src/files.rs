@@ -118,10 +118,7 @@ fn check(meta: &std::fs::Metadata, cap: u64, what: &'static str) -> Result<(), R
 /// the read itself stops past `cap`: a file swapped or grown meanwhile is
 /// still refused or bounded.
 pub fn read_bounded(path: &Path, cap: u64, what: &'static str) -> Result<Vec<u8>, ReadError> {
-    check(&std::fs::metadata(path)?, cap, what)?;
-    let file = open_no_block(path)?;
-    let meta = file.metadata()?;
-    check(&meta, cap, what)?;
+    let (file, meta) = open_checked(path, cap, what)?;
     // the length fits: it is at most `cap`, itself far below usize::MAX
     let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
     file.take(cap.saturating_add(1)).read_to_end(&mut bytes)?;
@@ -130,6 +127,27 @@ pub fn read_bounded(path: &Path, cap: u64, what: &'static str) -> Result<Vec<u8>
         return Err(ReadError::TooLarge { len, cap, what });
     }
     Ok(bytes)
+}
+
+/// A regular file of at most `cap` bytes, opened for reading with the
+/// checks of [`read_bounded`] (path, then handle), for readers that stream
+/// it rather than read it whole (video decoders, ffmpeg's stdin). The
+/// file's length was at most `cap` when checked; a reader that must not
+/// follow a file growing meanwhile bounds its own reads.
+pub fn open_bounded(path: &Path, cap: u64, what: &'static str) -> Result<File, ReadError> {
+    open_checked(path, cap, what).map(|(file, _)| file)
+}
+
+fn open_checked(
+    path: &Path,
+    cap: u64,
+    what: &'static str,
+) -> Result<(File, std::fs::Metadata), ReadError> {
+    check(&std::fs::metadata(path)?, cap, what)?;
+    let file = open_no_block(path)?;
+    let meta = file.metadata()?;
+    check(&meta, cap, what)?;
+    Ok((file, meta))
 }
 
 /// Opens for reading without waiting for a FIFO's writer; on a regular

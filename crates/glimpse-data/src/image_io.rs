@@ -32,6 +32,31 @@ impl Default for ImageLimits {
     }
 }
 
+impl ImageLimits {
+    /// Whether a `w`×`h` picture is within the limits, checked from its
+    /// header before any pixel is decoded; the error is the reason, for
+    /// the caller to put after the name (an image's, a video's).
+    pub fn check(&self, w: u32, h: u32) -> std::result::Result<(), String> {
+        let pixels = u64::from(w) * u64::from(h);
+        if pixels > self.max_pixels {
+            return Err(format!(
+                "{w}x{h} = {pixels} pixels exceeds the limit of {} (decompression bomb?)",
+                self.max_pixels
+            ));
+        }
+        if pixels == 0 {
+            return Err(format!("{w}x{h} image has no pixels"));
+        }
+        if w.max(h) > self.max_side {
+            return Err(format!(
+                "{w}x{h}: a side over {} pixels is refused",
+                self.max_side
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What the decoder may allocate for metadata while it reads the header
 /// (PNG text and EXIF chunks, ICC profiles); pixels get their own budget
 /// once the size is known to be within [`ImageLimits`]. The png crate keeps
@@ -101,28 +126,9 @@ pub fn decode_rgb(bytes: &[u8], name: &str, limits: &ImageLimits) -> Result<RgbI
         .into_decoder()
         .map_err(|e| DataError::image(name, format!("cannot read header: {e}")))?;
     let (w, h) = decoder.dimensions();
-    let pixels = u64::from(w) * u64::from(h);
-    if pixels > limits.max_pixels {
-        return Err(DataError::image(
-            name,
-            format!(
-                "{w}x{h} = {pixels} pixels exceeds the limit of {} (decompression bomb?)",
-                limits.max_pixels
-            ),
-        ));
-    }
-    if pixels == 0 {
-        return Err(DataError::image(
-            name,
-            format!("{w}x{h} image has no pixels"),
-        ));
-    }
-    if w.max(h) > limits.max_side {
-        return Err(DataError::image(
-            name,
-            format!("{w}x{h}: a side over {} pixels is refused", limits.max_side),
-        ));
-    }
+    limits
+        .check(w, h)
+        .map_err(|msg| DataError::image(name, msg))?;
     // Bound what the decoder may allocate too: 16-bit RGBA at the limit, plus
     // slack for the decoders' own buffers; and the sides, so a decoder that
     // reads more of the header later cannot grow past them.
@@ -248,7 +254,7 @@ fn map_pixels<P: Pixel<Subpixel = u16>>(
 /// `coef2 = 255 * 128 - coef1`, and per colour channel `c`
 /// `tmp = c * coef1 + 255 * coef2`, `out = DIV255(tmp + (0x80 << 7)) >> 7`
 /// where `DIV255(x) = ((x >> 8) + x) >> 8`. Alpha 0 gives dst (white).
-fn composite_on_white(src: &RgbaImage) -> RgbImage {
+pub(crate) fn composite_on_white(src: &RgbaImage) -> RgbImage {
     const PRECISION_BITS: u32 = 7;
     let shift_div_255 = |a: u32| ((a >> 8) + a) >> 8;
     let mut out = RgbImage::new(src.width(), src.height());

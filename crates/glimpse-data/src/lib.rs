@@ -1,6 +1,6 @@
 //! glimpse-data: everything between files on disk and model-ready tensors:
 //! image decoding, HF image-processor parity, tokenization (tokenizer.json
-//! or GGUF metadata), chat templates.
+//! or GGUF metadata), chat templates, video frames.
 
 pub mod anyres;
 pub mod chat_template;
@@ -17,6 +17,7 @@ pub mod processor_config;
 pub mod synth_shapes;
 pub mod tokenize;
 pub mod tokenizer_train;
+pub mod video;
 
 pub use anyres::{preprocess_anyres, AnyresGrid, GridPinpoints, Unpadded};
 pub use chat_template::{ChatMessage, ChatTemplate, SpecialTokens, MAX_RENDER_BYTES, RENDER_FUEL};
@@ -32,3 +33,6 @@ pub use preprocess::{center_crop, preprocess, preprocess_batch};
 pub use processor_config::{CropSize, PerChannel, ProcessorConfig, SizeSpec, MAX_PROCESSOR_SIDE};
 pub use tokenize::{read_tokenizer_json, EncodedBatch, Padding, TextTokenizer};
 pub use tokenizer_train::{save_tokenizer, train_bpe_tokenizer, TokenizerTrainConfig};
+pub use video::{
+    load_video, FrameSampling, Video, VideoFrame, VideoLimits, VideoOptions, VideoSource,
+};
