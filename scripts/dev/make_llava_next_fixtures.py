@@ -10,6 +10,12 @@ against it without Python. Everything is built locally from configs; nothing is 
 fixtures/llava_next/images/*.png: generated test pictures whose sizes hit the anyres edge cases
 (see IMAGES below); the cases also use fixtures/images/test.png and gray.png.
 
+fixtures/llava_next/siglip-qwen2/ and clip-mistral/ (VARIANTS) are the other towers and decoders
+LLaVA-NeXT checkpoints come with: a SigLIP tower read whole ("full": no class token, every patch)
+with a tied Qwen2 decoder and a bias-free projector, and CLIP with a Mistral decoder (sliding
+window). Their reference.json/.safetensors hold the same fields for a subset of the images and the
+raw cases (last logits, greedy ids).
+
 fixtures/llava_next/clip-llama/ is an HF directory as LlavaNextForConditionalGeneration and
 LlavaNextProcessor.save_pretrained (transformers 5.23, native layout: top-level `image_newline`,
 `vision_tower.*`, `language_model.model.*`; processor_config.json with the image processor nested
@@ -66,8 +72,8 @@ from transformers.image_processing_utils import select_best_resolution
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_decoder_fixtures import llama_tokenizer, top2  # noqa: E402
-from make_llava_fixtures import LLAMA_TEMPLATE, random_init  # noqa: E402
+from make_decoder_fixtures import llama_tokenizer, qwen2_tokenizer, top2  # noqa: E402
+from make_llava_fixtures import LLAMA_TEMPLATE, QWEN2_TEMPLATE, random_init  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures"
@@ -319,6 +325,144 @@ def main(seed=SEED):
         f"wrote {OUT.relative_to(ROOT)}: {size / 1024:.0f} KiB, vocab {len(tok)}, tokens per image "
         f"{per_image}, prompt lengths {[len(c['input_ids']) for c in cases]}, min margin {ref['min_greedy_margin']:.4f}"
     )
+    for name in VARIANTS:
+        build_variant(name, files)
+
+
+# name -> (tower, decoder, strategy, seed): the other shapes of released LLaVA-NeXT checkpoints.
+VARIANTS = {
+    "siglip-qwen2": ("siglip", "qwen2", "full", 3),
+    "clip-mistral": ("clip", "mistral", "default", 4),
+}
+VARIANT_IMAGES = ["tiny", "round", "test", "square"]
+VARIANT_CASES = [
+    ("raw_two", ["tiny", "round"], "First: <image> second: <image> Which is larger?"),
+    ("raw_square", ["square", "test"], "<image><image> Compare them."),
+]
+
+
+def build_variant(name, files):
+    from transformers import MistralConfig, Qwen2Config, SiglipVisionConfig
+
+    vision, text, strategy, seed = VARIANTS[name]
+    model_dir = OUT / name
+    model_dir.mkdir(exist_ok=True)
+    for stale in model_dir.iterdir():
+        stale.unlink()
+    if text == "qwen2":
+        raw_tok = qwen2_tokenizer(300)
+        tok_kwargs = dict(eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None, unk_token=None)
+        template = QWEN2_TEMPLATE
+    else:
+        raw_tok = llama_tokenizer(300)
+        tok_kwargs = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>")
+        template = LLAMA_TEMPLATE
+    raw_tok.add_special_tokens([IMAGE_TOKEN])
+    fast = PreTrainedTokenizerFast(tokenizer_object=raw_tok, **tok_kwargs)
+    image_token_id = fast.convert_tokens_to_ids(IMAGE_TOKEN)
+    if vision == "siglip":
+        vision_config = SiglipVisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            image_size=TILE, patch_size=PATCH,
+        )
+        image_processor = LlavaNextImageProcessorPil(
+            size={"shortest_edge": TILE}, crop_size={"height": TILE, "width": TILE}, image_grid_pinpoints=PINPOINTS,
+            image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+        )
+        additional = 0
+    else:
+        vision_config = CLIPVisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            image_size=TILE, patch_size=PATCH, hidden_act="quick_gelu", projection_dim=32,
+        )
+        image_processor = LlavaNextImageProcessorPil(
+            size={"shortest_edge": TILE}, crop_size={"height": TILE, "width": TILE}, image_grid_pinpoints=PINPOINTS
+        )
+        additional = 1
+    common = dict(
+        vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, initializer_range=0.35, bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
+    )
+    if text == "qwen2":
+        text_config = Qwen2Config(max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                                  rope_parameters=dict(rope_type="default", rope_theta=1000000.0), **common)
+    else:
+        # a window shorter than the prompts, so the sliding mask matters
+        text_config = MistralConfig(max_position_embeddings=512, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                                    sliding_window=24, **common)
+    processor = LlavaNextProcessor(
+        image_processor=image_processor, tokenizer=fast, patch_size=PATCH,
+        vision_feature_select_strategy=strategy, num_additional_image_tokens=additional,
+        chat_template=template, image_token=IMAGE_TOKEN,
+    )
+    cfg = LlavaNextConfig(
+        vision_config=vision_config, text_config=text_config, image_token_index=image_token_id,
+        image_grid_pinpoints=PINPOINTS, vision_feature_layer=-1 if vision == "siglip" else -2,
+        vision_feature_select_strategy=strategy, projector_hidden_act="gelu",
+        multimodal_projector_bias=vision != "siglip", tie_word_embeddings=text == "qwen2",
+        image_seq_length=(TILE // PATCH) ** 2,
+    )
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(cfg).eval()
+    random_init(model, seed)
+    model.generation_config.eos_token_id = fast.eos_token_id
+    model.generation_config.pad_token_id = fast.pad_token_id
+    model.generation_config.do_sample = False
+    model.generation_config._from_model_config = False
+    model.save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = LlavaNextForConditionalGeneration.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+
+    tensors, images, per_image = {}, [], {}
+    for iname in VARIANT_IMAGES:
+        path = files[iname][0]
+        img = open_image(path)
+        w, h = img.size
+        out = processor(images=[img], text=IMAGE_TOKEN, return_tensors="pt")
+        tokens = out["input_ids"][0].tolist().count(image_token_id)
+        with torch.no_grad():
+            feats = model.model.get_image_features(
+                pixel_values=out["pixel_values"], image_sizes=out["image_sizes"]
+            ).pooler_output[0]
+        assert feats.shape[0] == tokens, (name, iname, feats.shape, tokens)
+        tensors[f"image.{iname}.pixel_values"] = out["pixel_values"][0]
+        tensors[f"image.{iname}.image_features"] = feats
+        per_image[iname] = tokens
+        images.append({"name": iname, "file": str(path.relative_to(FIXTURES)), "height": h, "width": w,
+                       "tokens": tokens})
+    cases, margins = [], []
+    for case_name, names, prompt in VARIANT_CASES:
+        imgs = [open_image(files[n][0]) for n in names]
+        inputs = processor(images=imgs, text=prompt, return_tensors="pt")
+        ids = inputs["input_ids"][0].tolist()
+        with torch.no_grad():
+            logits = model(**inputs).logits
+            out = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+                                 return_dict_in_generate=True, output_logits=True)
+        gen = [int(x) for x in out.sequences[0, len(ids):]]
+        m = [top2(out.logits[k][0])[0] for k in range(len(gen))]
+        assert image_token_id not in gen, f"{name}: greedy emitted <image>: pick another seed"
+        tensors[f"case.{case_name}.last_logits"] = logits[0, -1]
+        cases.append({"name": case_name, "images": names, "prompt": prompt, "input_ids": ids,
+                      "logits": "last", "greedy": {"max_new_tokens": MAX_NEW_TOKENS, "generated_ids": gen,
+                                                   "margins": m, "min_margin": min(m)}})
+        margins += m
+    ref = {
+        "model": name, "tower": vision, "decoder": text, "strategy": strategy,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "image_token": IMAGE_TOKEN, "image_token_id": image_token_id, "vocab_size": len(fast),
+        "image_grid_pinpoints": PINPOINTS, "tile": TILE, "patch": PATCH,
+        "images": images, "cases": cases, "min_greedy_margin": min(margins),
+    }
+    save_file({k: v.detach().contiguous().float().clone() for k, v in tensors.items()},
+              str(model_dir / "reference.safetensors"))
+    write_json(model_dir / "reference.json", ref)
+    print(f"wrote {model_dir.relative_to(ROOT)}: tokens per image {per_image}, min margin {min(margins):.4f}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 //! `scripts/dev/make_llava_next_fixtures.py`): from the PNG files, each
 //! image's placeholder expanded to its own count (ids exact), prompt logits,
 //! greedy tokens through the binary with one, two and three images, the
-//! `--json` counts; bad directories in one line.
+//! `--json` counts; the same from the PNGs for a SigLIP tower with a Qwen2
+//! decoder and CLIP with a Mistral one; bad directories in one line.
 
 mod common;
 
@@ -174,6 +175,68 @@ fn ask_answers_match_transformers() -> Result<()> {
     }
     assert!(two_or_more >= 2, "cases with several images");
     Ok(())
+}
+
+#[test]
+fn siglip_qwen2_and_clip_mistral_answer_as_transformers() -> Result<()> {
+    for name in ["siglip-qwen2", "clip-mistral"] {
+        let dir = fixtures().join("llava_next").join(name);
+        let r: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
+        let t = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)?;
+        let images = images(&r)?;
+        let vlm = VlmPipeline::load(&dir, &Device::Cpu)?;
+        for case in r["cases"].as_array().context("cases")? {
+            let cname = format!("{name} {}", case["name"].as_str().context("name")?);
+            let (paths, text, raw) = request(case, &images)?;
+            assert!(raw, "{cname}: the variants' cases are raw prompts");
+            // from the PNGs: ids, then the prompt's last logits
+            let prompt = vlm.prompt(&text, &paths, true)?;
+            let want: Vec<u32> = ids(&case["input_ids"])
+                .into_iter()
+                .map(|i| i as u32)
+                .collect();
+            assert_eq!(prompt.ids, want, "{cname}: expanded ids");
+            let rows = Tensor::cat(&prompt.images, 0)?;
+            let embeds = vlm.model.prompt_embeds(&prompt.ids, Some(&rows))?;
+            let mut cache = vlm.model.new_cache(1);
+            let logits = vlm
+                .model
+                .forward_embeds(&embeds, None, &mut cache, LogitsFor::Last)?;
+            let short = case["name"].as_str().context("name")?;
+            assert_close(
+                &format!("{cname} last logits"),
+                &logits.flatten_all()?,
+                &t[&format!("case.{short}.last_logits")],
+                1e-4,
+            )?;
+            // greedy through the binary
+            let mut args: Vec<String> = vec!["ask".into(), "--model".into(), s(&dir)];
+            for p in &paths {
+                args.extend(["--image".into(), s(p)]);
+            }
+            let g = &case["greedy"];
+            let max = g["max_new_tokens"].as_u64().context("max")?.to_string();
+            args.extend([
+                "--raw".into(),
+                text,
+                "--max-tokens".into(),
+                max,
+                "--json".into(),
+            ]);
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = glimpse_json(&argv)?;
+            assert_eq!(
+                ids(&out["tokens"]),
+                ids(&g["generated_ids"]),
+                "{cname}: tokens"
+            );
+        }
+    }
+    Ok(())
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
 }
 
 /// The fixture copied, `edit` applied to the file `name` (JSON), or the

@@ -3,7 +3,9 @@
 //! `scripts/dev/make_llava_next_fixtures.py`): each image's packed rows
 //! (tiles through the tower, the grid unpadded, `image_newline` after every
 //! row) from transformers' own pixel values, their count, and the prompt
-//! logits with the rows in the placeholders; both checkpoint layouts of
+//! logits with the rows in the placeholders; the same for a SigLIP tower
+//! read whole with a tied Qwen2 decoder (`siglip-qwen2`) and CLIP with a
+//! sliding-window Mistral (`clip-mistral`); both checkpoint layouts of
 //! `image_newline`; bad configs and weights in one line.
 
 use std::collections::HashMap;
@@ -20,11 +22,20 @@ use serde_json::Value;
 const TOL: f32 = 1e-4;
 
 fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/llava_next/clip-llama")
+    fixture_named("clip-llama")
+}
+
+fn fixture_named(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/llava_next")
+        .join(name)
 }
 
 fn reference() -> Result<(Value, HashMap<String, Tensor>)> {
-    let dir = fixture();
+    reference_of(&fixture())
+}
+
+fn reference_of(dir: &Path) -> Result<(Value, HashMap<String, Tensor>)> {
     let r = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
     let t = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)?;
     Ok((r, t))
@@ -51,8 +62,23 @@ fn image_rows(
 
 #[test]
 fn packed_rows_and_logits_match_transformers() -> Result<()> {
-    let model = Vlm::load_dir(&fixture(), DType::F32, &Device::Cpu)?;
-    let (r, t) = reference()?;
+    rows_and_logits_match(&fixture(), 4)
+}
+
+#[test]
+fn siglip_qwen2_and_clip_mistral_match_transformers() -> Result<()> {
+    for name in ["siglip-qwen2", "clip-mistral"] {
+        eprintln!("{name}:");
+        rows_and_logits_match(&fixture_named(name), 2)?;
+    }
+    Ok(())
+}
+
+/// Each image's packed rows and count, then every case's logits, against
+/// the fixture in `dir` (at least `min_cases` cases).
+fn rows_and_logits_match(dir: &Path, min_cases: usize) -> Result<()> {
+    let model = Vlm::load_dir(dir, DType::F32, &Device::Cpu)?;
+    let (r, t) = reference_of(dir)?;
     let rows = image_rows(&model, &r, &t)?;
     for im in r["images"].as_array().context("images")? {
         let name = im["name"].as_str().context("name")?;
@@ -74,7 +100,7 @@ fn packed_rows_and_logits_match_transformers() -> Result<()> {
         );
     }
     let cases = r["cases"].as_array().context("cases")?;
-    assert!(cases.len() >= 4);
+    assert!(cases.len() >= min_cases);
     for case in cases {
         let cname = case["name"].as_str().context("case")?;
         let names: Vec<&str> = case["images"]
