@@ -42,6 +42,7 @@ enum Command {
     Data(commands::data::DataArgs),
     Train(commands::train::TrainArgs),
     Serve(commands::serve::ServeArgs),
+    TokenizeImage(commands::tokenize_image::TokenizeImageArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +66,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => commands::eval::run(args),
         Command::Data(args) => commands::data::run(args),
         Command::Serve(args) => commands::serve::run(args),
+        Command::TokenizeImage(args) => commands::tokenize_image::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

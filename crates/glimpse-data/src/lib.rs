@@ -18,6 +18,7 @@ pub mod synth_shapes;
 pub mod tokenize;
 pub mod tokenizer_train;
 pub mod video;
+pub mod vq_processor;
 
 pub use anyres::{preprocess_anyres, AnyresGrid, GridPinpoints, Unpadded};
 pub use chat_template::{ChatMessage, ChatTemplate, SpecialTokens, MAX_RENDER_BYTES, RENDER_FUEL};

@@ -17,6 +17,7 @@ pub mod text;
 pub mod vision;
 pub mod vlm;
 pub mod vlm_config;
+pub mod vq;
 pub mod weights;
 
 pub use dual::{DualConfig, DualEncoder, DualKind};

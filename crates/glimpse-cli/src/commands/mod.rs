@@ -6,6 +6,7 @@ pub mod eval;
 pub mod generate;
 pub mod sampling;
 pub mod serve;
+pub mod tokenize_image;
 pub mod train;
 
 use std::path::{Path, PathBuf};
