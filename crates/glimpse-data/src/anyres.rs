@@ -252,7 +252,7 @@ pub fn tile_size(cfg: &ProcessorConfig) -> usize {
     match (cfg.crop_size, cfg.size) {
         (Some(c), _) => c.height,
         (None, Some(SizeSpec::HeightWidth { height, .. })) => height,
-        (None, Some(SizeSpec::ShortestEdge(s))) => s,
+        (None, Some(SizeSpec::ShortestEdge(s) | SizeSpec::LongestEdge(s))) => s,
         (None, None) => 0,
     }
 }
@@ -290,7 +290,7 @@ pub fn preprocess_anyres(
     // the whole image, squashed to the base size (the aspect is not kept)
     let (bh, bw) = match cfg.size {
         Some(SizeSpec::HeightWidth { height, width }) => (height, width),
-        Some(SizeSpec::ShortestEdge(s)) => (s, s),
+        Some(SizeSpec::ShortestEdge(s) | SizeSpec::LongestEdge(s)) => (s, s),
         None => (tile, tile),
     };
     let mut parts = vec![resize(img, bh, bw, filter).ok_or_else(|| cannot(bh, bw))?];

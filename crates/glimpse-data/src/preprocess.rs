@@ -70,6 +70,7 @@ fn plan(
             Some(SizeSpec::HeightWidth { height, width }) => {
                 format!("size height {height} width {width}")
             }
+            Some(SizeSpec::LongestEdge(s)) => format!("size longest_edge {s}"),
             None => "size".into(),
         };
         // a config built in memory has no file to name

@@ -23,8 +23,9 @@ const OPENAI_CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 #[allow(clippy::excessive_precision)]
 const OPENAI_CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
-/// `size`: `{"shortest_edge": N}`, `{"height": H, "width": W}`, or a bare
-/// integer (legacy CLIP configs), which means the shortest edge.
+/// `size`: `{"shortest_edge": N}`, `{"height": H, "width": W}`,
+/// `{"longest_edge": N}` (Idefics3 / SmolVLM), or a bare integer (legacy CLIP
+/// configs), which means the shortest edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "Value")]
 pub enum SizeSpec {
@@ -32,6 +33,9 @@ pub enum SizeSpec {
     ShortestEdge(usize),
     /// Exactly this size, aspect not kept (SigLIP).
     HeightWidth { height: usize, width: usize },
+    /// Long side to N, aspect kept, the short side made even (Idefics3's
+    /// rule, [`crate::image_split::longest_edge_hw`]).
+    LongestEdge(usize),
 }
 
 impl TryFrom<Value> for SizeSpec {
@@ -49,8 +53,11 @@ impl TryFrom<Value> for SizeSpec {
         if let Some((height, width)) = height_width(&v) {
             return Ok(SizeSpec::HeightWidth { height, width });
         }
+        if let Some(n) = v.get("longest_edge").and_then(Value::as_u64) {
+            return Ok(SizeSpec::LongestEdge(to_usize(n)));
+        }
         Err(format!(
-            "expected {{\"shortest_edge\": N}}, {{\"height\": H, \"width\": W}} or an integer, got {v}"
+            "expected {{\"shortest_edge\": N}}, {{\"height\": H, \"width\": W}}, {{\"longest_edge\": N}} or an integer, got {v}"
         ))
     }
 }
@@ -171,6 +178,15 @@ pub struct ProcessorConfig {
     /// ([`crate::anyres::preprocess_anyres`]). `LlavaNextImageProcessor`'s
     /// default when the file names that class and omits them.
     pub image_grid_pinpoints: Option<GridPinpoints>,
+    /// Llama 3.2 Vision (`MllamaImageProcessor`): most tiles an image is
+    /// cut into ([`crate::mllama_tiles`]).
+    pub max_image_tiles: Option<usize>,
+    /// Idefics3 / SmolVLM: the tile side, `{"longest_edge": M}`; present,
+    /// images go through [`crate::image_split::preprocess_split`].
+    pub max_image_size: Option<SizeSpec>,
+    /// Idefics3 / SmolVLM: cut images into tiles plus the global image
+    /// (absent: true, the classes' default), or read the global image alone.
+    pub do_image_splitting: Option<bool>,
     /// Decoding always yields RGB (`load_rgb` applies `convert_to_rgb`), so
     /// this is kept only to be reported.
     pub do_convert_rgb: Option<bool>,
@@ -215,6 +231,10 @@ impl ProcessorConfig {
         if cfg.image_grid_pinpoints.is_none() && cfg.is_llava_next() {
             cfg.image_grid_pinpoints = Some(GridPinpoints::llava_next_default());
         }
+        if cfg.max_image_size.is_none() && cfg.is_idefics3() {
+            // Idefics3ImageProcessor / SmolVLMImageProcessor's default
+            cfg.max_image_size = Some(SizeSpec::LongestEdge(364));
+        }
         cfg.validate().map_err(|msg| config_err(path, msg))?;
         Ok(cfg)
     }
@@ -245,7 +265,22 @@ impl ProcessorConfig {
                     "size height {height} width {width} is out of range: each side must be 1..={MAX_PROCESSOR_SIDE}"
                 ));
             }
+            Some(SizeSpec::LongestEdge(s)) if !side_ok(s) => {
+                return Err(format!(
+                    "size longest_edge {s} is out of range 1..={MAX_PROCESSOR_SIDE}"
+                ));
+            }
             _ => {}
+        }
+        match self.max_image_size {
+            None => {}
+            Some(SizeSpec::LongestEdge(s)) if side_ok(s) => {}
+            Some(SizeSpec::LongestEdge(s)) => {
+                return Err(format!(
+                    "max_image_size longest_edge {s} is out of range 1..={MAX_PROCESSOR_SIDE}"
+                ));
+            }
+            Some(_) => return Err("max_image_size must be {\"longest_edge\": N}".into()),
         }
         if let Some(c) = self.crop_size {
             if !side_ok(c.height) || !side_ok(c.width) {
@@ -295,6 +330,17 @@ impl ProcessorConfig {
             .unwrap_or("")
     }
 
+    fn is_idefics3(&self) -> bool {
+        let kind = self.kind();
+        kind.starts_with("Idefics3ImageProcessor") || kind.starts_with("SmolVLMImageProcessor")
+    }
+
+    /// Whether images are cut into tiles plus the global image (a processor
+    /// with `max_image_size` and `do_image_splitting` not false).
+    pub fn splits_images(&self) -> bool {
+        self.max_image_size.is_some() && self.do_image_splitting.unwrap_or(true)
+    }
+
     fn is_llava_next(&self) -> bool {
         self.kind().starts_with("LlavaNextImageProcessor")
     }
@@ -319,6 +365,7 @@ impl ProcessorConfig {
             _ if !self.do_resize => return (h, w),
             None => return (h, w),
             Some(SizeSpec::HeightWidth { height, width }) => return (height, width),
+            Some(SizeSpec::LongestEdge(s)) => return crate::image_split::longest_edge_hw(h, w, s),
             Some(SizeSpec::ShortestEdge(s)) => s,
         };
         let (short, long) = if w <= h { (w, h) } else { (h, w) };

@@ -114,7 +114,8 @@ fn bad_configs_name_the_file_and_field() -> Result<()> {
         err.starts_with("image processor config P: field do_resize: invalid type"),
         "{err}"
     );
-    let err = config_err(r#"{"size": {"longest_edge": 32}}"#)?;
+    // (longest_edge is Idefics3's; a key no processor uses is refused)
+    let err = config_err(r#"{"size": {"longest": 32}}"#)?;
     assert!(
         err.starts_with("image processor config P: field size: expected"),
         "{err}"

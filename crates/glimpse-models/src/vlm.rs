@@ -11,14 +11,17 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
 use crate::error::{ModelError, Result};
-use crate::fusion::cross_attention::{CrossKv, GatedCrossAttention};
+use crate::fusion::cross_attention::{
+    CrossKv, EmptyRows, GatedCrossAttention, GatedCrossAttentionConfig,
+};
 use crate::lora::{Adapter, LoraWeights};
+use crate::mllama::{MllamaConfig, MllamaParts, MllamaVisionModel};
 use crate::nn::rope::RopeStyle;
 use crate::projector::Projector;
 use crate::shape_check::{self, Shapes};
-use crate::text::{Decoder, DecoderCache, DecoderWeights, LayerHook, LogitsFor};
+use crate::text::{Decoder, DecoderCache, DecoderLayout, DecoderWeights, LayerHook, LogitsFor};
 use crate::vision::VisionTransformer;
-use crate::vlm_config::{FeatureSelect, FusionConfig, VlmConfig};
+use crate::vlm_config::{FeatureSelect, FusionConfig, VlmConfig, VlmFormat};
 use crate::weights::Checkpoint;
 
 /// Where each part's tensors live in a checkpoint. transformers 5 saves
@@ -53,6 +56,23 @@ impl Default for VlmNames {
 }
 
 impl VlmNames {
+    /// The projector's tensors. Idefics3 / SmolVLM's connector is a one-layer
+    /// MLP projector whose `linear_1` the checkpoint calls
+    /// `modality_projection.proj`.
+    pub fn projector_builder<'a>(&self, vb: &VarBuilder<'a>, format: VlmFormat) -> VarBuilder<'a> {
+        if !format.splits_images() {
+            return vb.pp(&self.projector);
+        }
+        let (from, to) = (
+            format!("{}.linear_1.", self.projector),
+            format!("{}.proj.", self.projector),
+        );
+        // renamed from the root, whose names are whole
+        vb.clone()
+            .rename_f(move |name| name.replacen(&from, &to, 1))
+            .pp(&self.projector)
+    }
+
     pub fn detect(shapes: &BTreeMap<String, Vec<usize>>) -> Self {
         let has = |k: &str| shapes.contains_key(k);
         let mut names = Self::default();
@@ -61,6 +81,7 @@ impl VlmNames {
             "vision_tower.vision_model",
             "model.vision_tower",
             "model.vision_tower.vision_model",
+            "model.vision_model",
         ] {
             if has(&format!("{tower}.embeddings.patch_embedding.weight")) {
                 names.vision_tower = tower.into();
@@ -74,6 +95,17 @@ impl VlmNames {
         }
         if has("model.language_model.embed_tokens.weight") {
             names.decoder = "model.language_model".into();
+            names.lm_head = "lm_head".into();
+        }
+        // Idefics3 / SmolVLM: model.{vision_model, connector, text_model}
+        if shapes
+            .keys()
+            .any(|k| k.starts_with("model.connector.modality_projection."))
+        {
+            names.projector = "model.connector.modality_projection".into();
+        }
+        if has("model.text_model.embed_tokens.weight") {
+            names.decoder = "model.text_model".into();
             names.lm_head = "lm_head".into();
         }
         if has("model.image_newline") {
@@ -92,6 +124,9 @@ pub struct Vlm {
     /// LLaVA-NeXT: the learned row separator (text hidden,), appended after
     /// every row of an image's tile grid.
     pub image_newline: Option<Tensor>,
+    /// Llama 3.2 Vision: its own tower (`vision_tower` is then an unused
+    /// zero-weight stand-in) and config.
+    pub mllama: Option<MllamaParts>,
     cfg: VlmConfig,
 }
 
@@ -115,19 +150,24 @@ struct CrossHook<'a> {
 }
 
 impl LayerHook for CrossHook<'_> {
+    /// Every block placed after layer `index`, in order (Mllama may place
+    /// consecutive cross layers after one self layer).
     fn after_layer(&self, index: usize, xs: Tensor) -> Result<Tensor> {
-        let Some(i) = self.blocks.iter().position(|(at, _)| *at == index) else {
-            return Ok(xs);
-        };
-        let block = &self.blocks[i].1;
-        match &self.attention {
-            None => block.forward(&xs, &self.kv[i], self.mask),
-            Some(kept) => {
-                let (out, probs) = block.forward_with_attention(&xs, &self.kv[i], self.mask)?;
-                kept.borrow_mut().push(probs);
-                Ok(out)
+        let mut xs = xs;
+        for (i, (at, block)) in self.blocks.iter().enumerate() {
+            if *at != index {
+                continue;
             }
+            xs = match &self.attention {
+                None => block.forward(&xs, &self.kv[i], self.mask)?,
+                Some(kept) => {
+                    let (out, probs) = block.forward_with_attention(&xs, &self.kv[i], self.mask)?;
+                    kept.borrow_mut().push(probs);
+                    out
+                }
+            };
         }
+        Ok(xs)
     }
 }
 
@@ -146,7 +186,8 @@ impl Vlm {
         lora: Option<&LoraWeights>,
     ) -> Result<Self> {
         let vision_tower = VisionTransformer::new(&cfg.vision, vb.pp(&names.vision_tower))?;
-        let multi_modal_projector = Projector::new(&cfg.projector, vb.pp(&names.projector))?;
+        let multi_modal_projector =
+            Projector::new(&cfg.projector, names.projector_builder(&vb, cfg.format))?;
         let language_model = Decoder::new_with_lora(
             &cfg.text,
             &DecoderWeights::Hf(vb.clone()),
@@ -183,8 +224,103 @@ impl Vlm {
             language_model,
             cross_layers,
             image_newline,
+            mllama: None,
             cfg: cfg.clone(),
         })
+    }
+
+    /// Llama 3.2 Vision from tensors under `names` ([`crate::mllama::names`]):
+    /// the self-attention layers as the decoder, each cross-attention layer
+    /// (`{decoder}.layers.{i}`) a block run after the self layer before it,
+    /// with transformers' rule for text rows that see no image.
+    pub fn new_mllama(mcfg: &MllamaConfig, vb: VarBuilder, names: &VlmNames) -> Result<Self> {
+        let cfg = mcfg.vlm_config();
+        // stand-in so the fields every family has keep their types
+        let zeros = VarBuilder::zeros(vb.dtype(), vb.device());
+        let vision_tower = VisionTransformer::new(&cfg.vision, zeros)?;
+        let multi_modal_projector = Projector::new(&cfg.projector, vb.pp(&names.projector))?;
+        let layout = DecoderLayout {
+            layer_ids: mcfg.self_layer_ids(),
+            embed_rows: cfg.text.vocab_size + crate::mllama::config::EXTRA_EMBED_ROWS,
+        };
+        let language_model = Decoder::new_with_layout(
+            &cfg.text,
+            &DecoderWeights::Hf(vb.clone()),
+            &names.decoder,
+            &names.lm_head,
+            RopeStyle::HalfSplit,
+            None,
+            &layout,
+        )?;
+        let block = GatedCrossAttentionConfig::for_decoder(&cfg.text, cfg.text.hidden_size, true);
+        let cross_layers = mcfg
+            .cross_after()
+            .into_iter()
+            .map(|(at, index)| {
+                let vb = vb.pp(format!("{}.layers.{index}", names.decoder));
+                Ok((
+                    at,
+                    GatedCrossAttention::new(&block, vb)?.with_empty_rows(EmptyRows::AttendAll),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let vision_model = MllamaVisionModel::new(&mcfg.vision, vb.pp(&names.vision_tower))?;
+        Ok(Self {
+            vision_tower,
+            multi_modal_projector,
+            language_model,
+            cross_layers,
+            image_newline: None,
+            mllama: Some(MllamaParts {
+                vision_model,
+                config: mcfg.clone(),
+            }),
+            cfg,
+        })
+    }
+
+    /// Loads an `MllamaForConditionalGeneration` directory strictly.
+    fn load_mllama(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let config_path = dir.join("config.json");
+        let text = ModelError::read_config(&config_path)?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| ModelError::config(&config_path, format!("invalid JSON: {e}")))?;
+        let mcfg = MllamaConfig::from_json(&value).map_err(|e| e.at(&config_path))?;
+        let checkpoint = Checkpoint::open_dir(dir)?;
+        let names = crate::mllama::names(checkpoint.shapes());
+        let strict = checkpoint.strict(dtype, device);
+        let model = Self::new_mllama(&mcfg, strict.var_builder(), &names);
+        strict.conclude(model, |name| name.ends_with("rotary_emb.inv_freq"))
+    }
+
+    /// One image's cross-attention rows (Mllama): its tiles through the
+    /// tower and the projector.
+    ///
+    /// # Shapes
+    /// `pixels`: (T, C, S, S), T = max_num_tiles -> (T·P, Dt), P = patches + 1
+    pub fn encode_mllama_image(
+        &self,
+        pixels: &Tensor,
+        aspect_ratio_id: u32,
+        aspect_ratio_mask: &[u32],
+    ) -> Result<Tensor> {
+        let Some(m) = &self.mllama else {
+            return Err(ModelError::Input(
+                "encode_mllama_image: the model is not Llama 3.2 Vision (mllama)".into(),
+            ));
+        };
+        // (T, C, S, S) -> (1, T, C, S, S)
+        let states = m.vision_model.forward(
+            &pixels.unsqueeze(0)?,
+            &[aspect_ratio_id],
+            &[aspect_ratio_mask.to_vec()],
+        )?;
+        let (_, t, p, dv) = states.dims4()?;
+        // (1, T, P, Dv) -> (1, T·P, Dv) -> (1, T·P, Dt) -> (T·P, Dt)
+        let rows = self
+            .multi_modal_projector
+            .forward(&states.reshape((1, t * p, dv))?)?;
+        Ok(rows.squeeze(0)?.to_dtype(self.language_model.dtype())?)
     }
 
     /// Loads a LLaVA or glimpse-format directory strictly.
@@ -204,6 +340,15 @@ impl Vlm {
     ) -> Result<Self> {
         let config_path = dir.join("config.json");
         let cfg = VlmConfig::from_file(&config_path)?;
+        if cfg.format == VlmFormat::Mllama {
+            if adapter.is_some() {
+                return Err(ModelError::config(
+                    &config_path,
+                    "LoRA adapters are not supported for mllama models yet",
+                ));
+            }
+            return Self::load_mllama(dir, dtype, device);
+        }
         let mut checkpoint = Checkpoint::open_dir(dir)?;
         // A glimpse-format directory may hold only what was trained and name
         // the frozen decoder it was trained on, with its LoRA in `adapter/`.
@@ -259,6 +404,18 @@ impl Vlm {
     /// # Shapes
     /// `pixels`: (N, C, H, W) -> (N, M, Dt)
     pub fn encode_images(&self, pixels: &Tensor, instruction: Option<&Tensor>) -> Result<Tensor> {
+        if self.cfg.format.splits_images() {
+            // Idefics3 / SmolVLM: every frame whole (tiles carry no padding),
+            // post_layernorm, pixel shuffle + modality projection
+            let states = self.vision_tower.forward_patch_masked(pixels, None)?;
+            let rows = self.multi_modal_projector.forward(&states)?;
+            return Ok(rows.to_dtype(self.language_model.dtype())?);
+        }
+        if self.mllama.is_some() {
+            return Err(ModelError::Input(
+                "an mllama model encodes images by tiles (encode_mllama_image)".into(),
+            ));
+        }
         let layers = &self.cfg.feature_layers;
         let states = if let [one] = layers.as_slice() {
             vec![self.vision_tower.hidden_state(pixels, *one)?]
@@ -285,6 +442,26 @@ impl Vlm {
             None,
         )?;
         Ok(rows.to_dtype(self.language_model.dtype())?)
+    }
+
+    /// One image's rows for an Idefics3 / SmolVLM model: its frames (the
+    /// crops row by row, then the global image, as
+    /// `glimpse_data::preprocess_split` makes them) through the tower and
+    /// connector as one batch, flattened in that order, which is the order
+    /// the expanded prompt's `<image>` positions take them in.
+    ///
+    /// # Shapes
+    /// `pixels`: (F, C, S, S) -> (F·image_seq_len, Dt)
+    pub fn encode_split_image(&self, pixels: &Tensor) -> Result<Tensor> {
+        if !self.cfg.format.splits_images() {
+            return Err(ModelError::Input(
+                "encode_split_image: the model does not split images (idefics3, smolvlm do)".into(),
+            ));
+        }
+        let rows = self.encode_images(pixels, None)?;
+        // (F, m, Dt) -> (F·m, Dt)
+        let (f, m, d) = rows.dims3()?;
+        Ok(rows.reshape((f * m, d))?)
     }
 
     /// One image's rows for a tiled model (LLaVA-NeXT): every tile through
@@ -380,7 +557,10 @@ impl Vlm {
 
     /// Cross fusion: every block projects the request's image rows to its
     /// keys and values once. `mask` (B, S): real image rows, for batches
-    /// whose rows hold different numbers of images. No-op for early fusion.
+    /// whose rows hold different numbers of images; or (B, T, S) per
+    /// position of the next forward's T positions (Mllama's
+    /// `cross_attention_mask`), after which the last row serves every
+    /// further position. No-op for early fusion.
     ///
     /// # Shapes
     /// `images`: (B, S, D)
@@ -490,6 +670,15 @@ impl Vlm {
             .and_then(|h| h.attention)
             .map(RefCell::into_inner)
             .unwrap_or_default();
+        // A per-position mask (B, T, S) served this forward's T positions;
+        // later positions see what the last one saw (transformers' generate
+        // repeats the mask's last row).
+        if let Some(m) = &cache.cross_mask {
+            if m.rank() == 3 && m.dim(1)? > 1 {
+                let t = m.dim(1)?;
+                cache.cross_mask = Some(m.narrow(1, t - 1, 1)?);
+            }
+        }
         Ok(out)
     }
 
@@ -507,9 +696,15 @@ impl Vlm {
         images: &Tensor,
         answer: &[u32],
     ) -> Result<Tensor> {
-        if self.cfg.image_grid_pinpoints.is_some() {
+        if self.cfg.format.splits_images() {
             return Err(ModelError::Input(
-                "attention maps over tiled images (llava_next) are not supported yet".into(),
+                "attention maps over split images (idefics3, smolvlm) are not supported yet".into(),
+            ));
+        }
+        if self.cfg.image_grid_pinpoints.is_some() || self.mllama.is_some() {
+            return Err(ModelError::Input(
+                "attention maps over tiled images (llava_next, mllama) are not supported yet"
+                    .into(),
             ));
         }
         let (n, m, d) = images.dims3()?;

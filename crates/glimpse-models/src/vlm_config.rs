@@ -94,6 +94,22 @@ pub enum VlmFormat {
     /// `LlavaNextForConditionalGeneration`: LLaVA's names plus `image_newline`.
     LlavaNext,
     Glimpse,
+    /// `MllamaForConditionalGeneration` (Llama 3.2 Vision): its own tower
+    /// and cross-attention layers ([`crate::mllama`]).
+    Mllama,
+    /// `Idefics3ForConditionalGeneration` ([`crate::idefics3`]): images split
+    /// into tiles plus the global image, pixel-shuffle connector.
+    Idefics3,
+    /// `SmolVLMForConditionalGeneration`: Idefics3's model under other names.
+    SmolVlm,
+}
+
+impl VlmFormat {
+    /// Idefics3 or SmolVLM: images are split into tiles by the processor
+    /// and each `<image>` expands to the processor's text for its layout.
+    pub fn splits_images(self) -> bool {
+        matches!(self, Self::Idefics3 | Self::SmolVlm)
+    }
 }
 
 impl VlmConfig {
@@ -115,13 +131,18 @@ impl VlmConfig {
             .and_then(Value::as_str)
             .unwrap_or("");
         let format = match model_type {
+            "mllama" => {
+                return crate::mllama::MllamaConfig::from_json(value).map(|m| m.vlm_config())
+            }
             "llava" => VlmFormat::Llava,
             "llava_next" => VlmFormat::LlavaNext,
+            "idefics3" => VlmFormat::Idefics3,
+            "smolvlm" => VlmFormat::SmolVlm,
             "glimpse" => VlmFormat::Glimpse,
             other => {
                 return Err(err(
                     "model_type",
-                    format!("'{other}' is unknown for a vision-language model (glimpse reads llava, llava_next, glimpse)"),
+                    format!("'{other}' is unknown for a vision-language model (glimpse reads llava, llava_next, mllama, idefics3, smolvlm, glimpse)"),
                 ))
             }
         };
@@ -131,7 +152,11 @@ impl VlmConfig {
                 .filter(|v| v.is_object())
                 .ok_or_else(|| err(key, "is missing (or not an object)"))
         };
-        let vision = vision_config_from_json(section("vision_config")?)?;
+        let vision = if format.splits_images() {
+            crate::idefics3::vision_config(section("vision_config")?)?
+        } else {
+            vision_config_from_json(section("vision_config")?)?
+        };
         let text = DecoderConfig::from_json(section("text_config")?)
             .map_err(|e| e.within("text_config"))?;
         let not_integers = || {
@@ -191,6 +216,13 @@ impl VlmConfig {
                 .and_then(|i| u32::try_from(i).ok())
                 .ok_or_else(|| err("image_token_id", format!("{v} is not a token id")))?,
         };
+        // Idefics3 / SmolVLM read the tower's last state after post_layernorm,
+        // every patch (`Vlm::encode_images` takes that path for them).
+        let (feature_layers, select) = if format.splits_images() {
+            (vec![-1], FeatureSelect::Full)
+        } else {
+            (feature_layers, select)
+        };
         let feature_width = vision
             .encoder
             .hidden_size
@@ -221,7 +253,12 @@ impl VlmConfig {
                 });
                 (projector, FusionConfig::Early)
             }
-            VlmFormat::Glimpse => {
+            VlmFormat::Idefics3 | VlmFormat::SmolVlm => (
+                crate::idefics3::connector(value, &vision, text.hidden_size)?,
+                FusionConfig::Early,
+            ),
+            // (mllama configs returned above)
+            VlmFormat::Glimpse | VlmFormat::Mllama => {
                 let projector: ProjectorConfig = serde_json::from_value(
                     value
                         .get("projector")

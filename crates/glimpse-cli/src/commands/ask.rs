@@ -19,7 +19,7 @@ const DEFAULT_MODEL: &str = "glimpse-easy-vqa";
 
 #[derive(Args)]
 #[command(
-    about = "Ask a vision-language model about images (HF LLaVA, LLaVA-NeXT or glimpse-format directory)"
+    about = "Ask a vision-language model about images (HF LLaVA, LLaVA-NeXT, Idefics3, SmolVLM or glimpse-format directory)"
 )]
 pub struct AskArgs {
     /// Model directory, or a PEFT LoRA adapter directory naming its base (default:
@@ -43,6 +43,17 @@ pub struct AskArgs {
     /// Print one JSON object at the end instead of streaming text
     #[arg(long)]
     json: bool,
+    /// Llama 3.2 Vision (mllama): cut each image into at most N tiles (1 to the
+    /// model's max_num_tiles; default: the processor's max_image_tiles)
+    #[arg(long, value_name = "N")]
+    max_tiles: Option<usize>,
+    /// Idefics3 / SmolVLM: resize each image's longest edge to N pixels before
+    /// splitting it into tiles (default: the processor's size.longest_edge)
+    #[arg(long, value_name = "N")]
+    longest_edge: Option<usize>,
+    /// Idefics3 / SmolVLM: read each image as one tile-sized global image, unsplit
+    #[arg(long)]
+    no_split: bool,
     /// Write the images with the answer's attention over their patches to this PNG
     #[arg(long, value_name = "OUT.png")]
     attention_map: Option<PathBuf>,
@@ -61,11 +72,24 @@ pub fn run(args: AskArgs) -> Result<()> {
         check_target(map)?;
     }
     let dir = super::model_dir(args.model, DEFAULT_MODEL)?;
-    let vlm = VlmPipeline::load_with_lora(&dir, args.lora.as_deref(), &default_device())?;
+    let mut vlm = VlmPipeline::load_with_lora(&dir, args.lora.as_deref(), &default_device())?;
+    if let Some(n) = args.max_tiles {
+        vlm.set_max_tiles(n)?;
+    }
+    if args.longest_edge.is_some() || args.no_split {
+        vlm.set_image_split(args.longest_edge, !args.no_split)?;
+    }
     // Refused before generating, so a refusal prints no answer.
     if args.attention_map.is_some() && vlm.model.config().image_grid_pinpoints.is_some() {
         return Err(PipelineError::Usage(format!(
             "--attention-map does not support tiled images yet; {} is a LLaVA-NeXT (llava_next) model",
+            dir.display()
+        ))
+        .into());
+    }
+    if args.attention_map.is_some() && vlm.model.config().format.splits_images() {
+        return Err(PipelineError::Usage(format!(
+            "--attention-map does not support split images yet; {} is an Idefics3 / SmolVLM model",
             dir.display()
         ))
         .into());

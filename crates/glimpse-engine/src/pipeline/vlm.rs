@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use glimpse_data::{
-    decode_rgb, preprocess_anyres, preprocess_batch, ChatTemplate, DataError, ImageLimits,
-    ProcessorConfig,
+    decode_rgb, preprocess_anyres, preprocess_batch, preprocess_split, ChatTemplate, DataError,
+    ImageLimits, ProcessorConfig, SizeSpec, SplitLayout,
 };
 use glimpse_infer::{Generation, GenerationConfig, OutputError, SamplingConfig, TokenModel};
 use glimpse_models::{FusionConfig, LogitsFor, ModelError, Vlm, VlmCache};
@@ -41,6 +41,9 @@ pub struct VlmPipeline {
     /// Images served from `cache` since load (evaluation checks it is hit).
     cache_hits: AtomicUsize,
     path: PathBuf,
+    /// Mllama: most tiles per image (`--max-tiles`), the processor's
+    /// `max_image_tiles` when unset.
+    max_tiles: Option<usize>,
 }
 
 /// A prompt ready to run: ids (placeholders expanded for early fusion) and
@@ -54,8 +57,8 @@ pub struct VlmPrompt {
     /// they fill, as the model's processor counts them.
     pub image_tokens: usize,
     /// Per image, the crops the tower read besides the whole image
-    /// (LLaVA-NeXT's grid; the whole-image base tile is not counted); 1 for
-    /// a model that reads each image whole.
+    /// (LLaVA-NeXT's grid; the whole-image base tile is not counted; Llama
+    /// 3.2 Vision's real tiles); 1 for a model that reads each image whole.
     pub tiles: Vec<usize>,
     pub vision_secs: f64,
 }
@@ -85,6 +88,9 @@ struct EncodedImage {
     rows: Tensor,
     /// Crops besides the whole image (see [`VlmPrompt::tiles`]).
     tiles: usize,
+    /// Idefics3 / SmolVLM: where the rows came from, which decides the
+    /// placeholder's expansion ([`VlmPipeline::placeholder_ids`]).
+    layout: Option<SplitLayout>,
 }
 
 impl VlmPipeline {
@@ -114,6 +120,8 @@ impl VlmPipeline {
         let template = ChatTemplate::from_model_dir(dir)?;
         let processor = processor_config(dir)?;
         check_tiling(&model, &processor, dir)?;
+        check_mllama(&model, &processor, dir)?;
+        check_split(&model, &processor, dir)?;
         let (eos, sampling) = generation_defaults(dir)?;
         let eos_ids = eos.unwrap_or_else(|| model.config().text.eos_token_ids.clone());
         let mut pipeline = Self::from_parts(model, tokenizer, template, processor, eos_ids);
@@ -144,7 +152,90 @@ impl VlmPipeline {
             cache: Mutex::new(VecDeque::new()),
             cache_hits: AtomicUsize::new(0),
             path: PathBuf::from("(in-memory model)"),
+            max_tiles: None,
         }
+    }
+
+    /// Llama 3.2 Vision: cut each image into at most `n` tiles (1 to the
+    /// model's `max_num_tiles`) instead of the processor's `max_image_tiles`.
+    /// A usage error for a model that does not tile this way.
+    pub fn set_max_tiles(&mut self, n: usize) -> Result<()> {
+        let Some(m) = &self.model.mllama else {
+            return Err(PipelineError::Usage(format!(
+                "--max-tiles applies to Llama 3.2 Vision (mllama) models; {} is not one",
+                self.path.display()
+            )));
+        };
+        let most = m.config.vision.max_num_tiles;
+        if n == 0 || n > most {
+            return Err(PipelineError::Usage(format!(
+                "--max-tiles {n}: the model takes 1 to {most} tiles per image (max_num_tiles)"
+            )));
+        }
+        self.max_tiles = Some(n);
+        self.clear_image_cache();
+        Ok(())
+    }
+
+    /// Idefics3 / SmolVLM: resize images so their longest edge is
+    /// `longest_edge` before splitting (`--longest-edge`), and/or read each
+    /// image as the global image alone (`--no-split`). A usage error for a
+    /// model whose processor does not split images.
+    pub fn set_image_split(&mut self, longest_edge: Option<usize>, split: bool) -> Result<()> {
+        if !self.model.config().format.splits_images() {
+            return Err(PipelineError::Usage(format!(
+                "--longest-edge and --no-split apply to Idefics3 / SmolVLM models; {} is not one",
+                self.path.display()
+            )));
+        }
+        if let Some(n) = longest_edge {
+            if n == 0 || n > glimpse_data::MAX_PROCESSOR_SIDE {
+                return Err(PipelineError::Usage(format!(
+                    "--longest-edge {n}: must be 1 to {}",
+                    glimpse_data::MAX_PROCESSOR_SIDE
+                )));
+            }
+            self.processor.size = Some(SizeSpec::LongestEdge(n));
+        }
+        if !split {
+            self.processor.do_image_splitting = Some(false);
+        }
+        self.clear_image_cache();
+        Ok(())
+    }
+
+    /// What an image's placeholder becomes in the prompt ids (early
+    /// fusion): the family's expansion. LLaVA and LLaVA-NeXT repeat the
+    /// placeholder once per image row (the simple case). Idefics3 / SmolVLM
+    /// put the processor's text for the image's tile layout in its place
+    /// (`<fake_token_around_image><row_1_col_1><image>…<global-img>…`),
+    /// tokenised alone: it starts and ends with special tokens, so its ids
+    /// are those the processor's whole-prompt tokenisation gives it.
+    fn placeholder_ids(&self, image: &EncodedImage) -> Result<Vec<u32>> {
+        let cfg = self.model.config();
+        let placeholder = cfg.image_token_id;
+        let rows = image.rows.dim(0)?;
+        let Some(layout) = image.layout else {
+            return Ok(vec![placeholder; rows]);
+        };
+        let token = self.tokenizer.id_to_token(placeholder).ok_or_else(|| {
+            PipelineError::Usage(format!(
+                "image_token_id {placeholder} is not in the tokenizer's vocabulary"
+            ))
+        })?;
+        let text = layout.prompt(&token, cfg.image_tokens()?);
+        let encoding = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| PipelineError::Tokenize(format!("image prompt: {}", one_line(e))))?;
+        let ids = encoding.get_ids().to_vec();
+        let slots = ids.iter().filter(|&&id| id == placeholder).count();
+        if slots != rows {
+            return Err(PipelineError::Internal(format!(
+                "an image's prompt text holds {slots} {token} tokens for its {rows} rows"
+            )));
+        }
+        Ok(ids)
     }
 
     /// Builds the prompt of one question (the CLI's `ask`). `raw`: `text`
@@ -176,7 +267,15 @@ impl VlmPipeline {
     /// template (each image part becomes the model's placeholder), or raw
     /// text with `<image>` placeholders.
     pub fn prepare(&self, prompt: &Prompt) -> Result<VlmPrompt> {
+        let mllama = self.model.mllama.is_some();
         let (rendered, images, question) = match prompt {
+            // MllamaProcessor puts BOS after the leading images of a raw
+            // prompt that lacks it, then tokenises with the specials
+            Prompt::Raw { text, images } if mllama => (
+                self.mllama_raw_prompt(text),
+                images.iter().collect::<Vec<_>>(),
+                text.clone(),
+            ),
             Prompt::Raw { text, images } => (
                 text.clone(),
                 images.iter().collect::<Vec<_>>(),
@@ -210,9 +309,10 @@ impl VlmPipeline {
             .bos_token_id
             .and_then(|id| self.tokenizer.id_to_token(id))
             .is_some_and(|b| rendered.starts_with(&b));
+        let raw_mllama = mllama && matches!(prompt, Prompt::Raw { .. });
         let encoding = self
             .tokenizer
-            .encode(rendered, !template_wrote_bos)
+            .encode(rendered, !template_wrote_bos || raw_mllama)
             .map_err(|e| PipelineError::Tokenize(format!("prompt: {}", one_line(e))))?;
         let cfg = self.model.config();
         let placeholder = cfg.image_token_id;
@@ -237,7 +337,7 @@ impl VlmPipeline {
         };
         // A fixed-size model's count is known before any tower pass: refuse
         // an overlong prompt before paying for its images.
-        if early && cfg.image_grid_pinpoints.is_none() {
+        if early && cfg.image_grid_pinpoints.is_none() && !cfg.format.splits_images() {
             let image_tokens = slots * cfg.image_tokens()?;
             let len = ids.len() - slots + image_tokens;
             if len >= ctx {
@@ -270,17 +370,23 @@ impl VlmPipeline {
             .iter()
             .map(|e| e.rows.dim(0))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let image_tokens: usize = counts.iter().sum();
+        // Mllama: the positions the cross-attention may read, i.e. each
+        // image's real tiles x (patches + class token); its padding tiles'
+        // rows are held but masked. The others: the rows placed in the prompt.
+        let image_tokens: usize = match &self.model.mllama {
+            Some(m) => {
+                encoded.iter().map(|e| e.tiles).sum::<usize>() * m.config.vision.num_patches()
+            }
+            None => counts.iter().sum(),
+        };
         let mut expanded = Vec::with_capacity(ids.len() + image_tokens);
-        let mut next = counts.iter();
+        let mut next = encoded.iter();
         for &id in ids {
             // `slots` equals the number of images (checked above)
-            let copies = if id == placeholder && early {
-                next.next().copied().unwrap_or(1)
-            } else {
-                1
-            };
-            expanded.extend(std::iter::repeat_n(id, copies));
+            match (id == placeholder && early).then(|| next.next()).flatten() {
+                Some(image) => expanded.extend(self.placeholder_ids(image)?),
+                None => expanded.push(id),
+            }
         }
         if expanded.len() >= ctx {
             return Err(too_long(expanded.len(), image_tokens));
@@ -327,7 +433,30 @@ impl VlmPipeline {
         let name = image.name.as_str();
         let image = decode_rgb(bytes, name, &self.limits)?;
         let device = self.model.language_model.device();
-        let encoded = if self.model.config().image_grid_pinpoints.is_some() {
+        let encoded = if let Some(m) = &self.model.mllama {
+            let v = &m.config.vision;
+            let most = self
+                .max_tiles
+                .or(self.processor.max_image_tiles)
+                .unwrap_or(v.max_num_tiles);
+            let tiles = glimpse_data::mllama_tiles::preprocess_mllama(
+                &image,
+                name,
+                &self.processor,
+                most,
+                v.max_num_tiles,
+                &v.supported_aspect_ratios,
+            )?;
+            EncodedImage {
+                rows: self.model.encode_mllama_image(
+                    &tiles.pixels.to_device(device)?,
+                    tiles.aspect_ratio_id as u32,
+                    &tiles.aspect_ratio_mask,
+                )?,
+                tiles: tiles.num_tiles,
+                layout: None,
+            }
+        } else if self.model.config().image_grid_pinpoints.is_some() {
             let size = (image.height() as usize, image.width() as usize);
             let (pixels, grid) = preprocess_anyres(&image, name, &self.processor)?;
             EncodedImage {
@@ -335,6 +464,14 @@ impl VlmPipeline {
                     .model
                     .encode_tiled_image(&pixels.to_device(device)?, size)?,
                 tiles: grid.tiles(),
+                layout: None,
+            }
+        } else if self.model.config().format.splits_images() {
+            let (pixels, layout) = preprocess_split(&image, name, &self.processor)?;
+            EncodedImage {
+                rows: self.model.encode_split_image(&pixels.to_device(device)?)?,
+                tiles: layout.tiles(),
+                layout: Some(layout),
             }
         } else {
             let pixels = preprocess_batch(&[(name, image)], &self.processor)?.to_device(device)?;
@@ -342,6 +479,7 @@ impl VlmPipeline {
             EncodedImage {
                 rows: self.model.encode_images(&pixels, instruction)?.squeeze(0)?,
                 tiles: 1,
+                layout: None,
             }
         };
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -390,6 +528,131 @@ impl VlmPipeline {
             &cfg,
             on_text,
         )?)
+    }
+}
+
+impl VlmPipeline {
+    /// A raw prompt as `MllamaProcessor` rewrites it: BOS after the
+    /// leading `<|image|>`s unless the prompt holds it.
+    fn mllama_raw_prompt(&self, text: &str) -> String {
+        let cfg = self.model.config();
+        let token = |id: Option<u32>| id.and_then(|i| self.tokenizer.id_to_token(i));
+        match (
+            token(cfg.text.bos_token_id),
+            token(Some(cfg.image_token_id)),
+        ) {
+            (Some(bos), Some(image)) => {
+                glimpse_data::mllama_tiles::prompt_with_bos(text, &bos, &image)
+            }
+            _ => text.to_string(),
+        }
+    }
+}
+
+/// An Mllama model's processor cuts tiles of the tower's size, at most as
+/// many as the model takes (transformers fails at the first image
+/// otherwise).
+fn check_mllama(model: &Vlm, processor: &ProcessorConfig, dir: &Path) -> Result<()> {
+    let Some(m) = &model.mllama else {
+        return Ok(());
+    };
+    let v = &m.config.vision;
+    let err = |msg: String| -> PipelineError {
+        DataError::Config {
+            path: processor.source.clone(),
+            msg,
+        }
+        .into()
+    };
+    let config = dir.join("config.json");
+    let side = glimpse_data::mllama_tiles::tile_side(processor)?;
+    if side != v.image_size {
+        return Err(err(format!(
+            "tiles are {side}x{side}, but {} reads {}x{} (vision_config.image_size)",
+            config.display(),
+            v.image_size,
+            v.image_size
+        )));
+    }
+    match processor.max_image_tiles {
+        Some(n) if n == 0 || n > v.max_num_tiles => Err(err(format!(
+            "max_image_tiles {n} is more tiles than {} takes (vision_config.max_num_tiles {})",
+            config.display(),
+            v.max_num_tiles
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// An Idefics3 / SmolVLM model needs a splitting processor (with
+/// `max_image_size`) whose tiles are the tower's input size, and whose
+/// `image_seq_len` (processor_config.json, when written) is the model's rows
+/// per tile; a splitting processor needs such a model. transformers fails at
+/// the first image otherwise.
+fn check_split(model: &Vlm, processor: &ProcessorConfig, dir: &Path) -> Result<()> {
+    let cfg = model.config();
+    let err = |path: &Path, msg: String| -> PipelineError {
+        DataError::Config {
+            path: path.to_path_buf(),
+            msg,
+        }
+        .into()
+    };
+    let config = dir.join("config.json");
+    let tile = glimpse_data::image_split::tile_side(processor);
+    if !cfg.format.splits_images() {
+        return match tile {
+            Some(_) => Err(err(
+                &processor.source,
+                format!(
+                    "has max_image_size (it splits images), but {} does not read split images (model_type idefics3, smolvlm do)",
+                    config.display()
+                ),
+            )),
+            None => Ok(()),
+        };
+    }
+    let side = cfg.vision.image_size;
+    match tile {
+        None => {
+            return Err(err(
+                &processor.source,
+                format!(
+                    "has no max_image_size, but {} reads split images (model_type idefics3 / smolvlm)",
+                    config.display()
+                ),
+            ))
+        }
+        Some(t) if t != side => {
+            return Err(err(
+                &processor.source,
+                format!(
+                    "tiles are {t}x{t} (max_image_size), but the vision tower reads {side}x{side} (vision_config.image_size)"
+                ),
+            ))
+        }
+        Some(_) => {}
+    }
+    // image_seq_len sits beside the nested image processor
+    let path = dir.join("processor_config.json");
+    if !path.is_file() {
+        return Ok(());
+    }
+    let text = glimpse_data::read_bounded_text(&path, glimpse_data::MAX_CONFIG_BYTES, "config")
+        .map_err(|e| err(&path, e.to_string()))?;
+    let value: Value =
+        serde_json::from_str(&text).map_err(|e| err(&path, format!("invalid JSON: {e}")))?;
+    let rows = cfg.image_tokens()?;
+    match value.get("image_seq_len") {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) if v.as_u64() == Some(rows as u64) => Ok(()),
+        Some(v) => Err(err(
+            &path,
+            format!(
+                "image_seq_len {v} differs from the {rows} rows per tile of {} ((image_size / patch_size)² / scale_factor²)",
+                config.display()
+            ),
+        )),
     }
 }
 
@@ -482,8 +745,20 @@ pub(crate) fn prefill(
         Some(Tensor::cat(&prompt.images, 0)?)
     };
     if let (Some(rows), false) = (&images, model.config().fusion == FusionConfig::Early) {
+        // Mllama: which positions see which image's real tiles, per position
+        let mask = match &model.mllama {
+            Some(m) => Some(glimpse_models::mllama::cross_key_mask(
+                &prompt.ids,
+                model.config().image_token_id,
+                &prompt.tiles,
+                m.config.vision.max_num_tiles,
+                m.config.vision.num_patches(),
+                rows.device(),
+            )?),
+            None => None,
+        };
         // (R, D) -> (1, R, D): every image row is a key/value row
-        model.attach_images(cache, &rows.unsqueeze(0)?, None)?;
+        model.attach_images(cache, &rows.unsqueeze(0)?, mask)?;
     }
     let embeds = model.prompt_embeds(&prompt.ids, images.as_ref())?;
     let logits = model.forward_embeds(&embeds, None, cache, LogitsFor::Last)?;

@@ -6,10 +6,13 @@
 //!
 //! No rotary positions (image features carry their own) and no causal mask
 //! (every text position sees every image token); an optional key mask
-//! removes padding image tokens, and a text row that sees no image token at
-//! all leaves the block unchanged, as Mllama's `full_text_row_masked_out_mask`
-//! does.
+//! removes padding image tokens. A text row that sees no image token at
+//! all leaves the block unchanged, or, as transformers' Mllama computes it,
+//! attends to every image token and skips only the MLP ([`EmptyRows`]).
+//! The attention itself is the decoder's core,
+//! [`crate::nn::causal_attention::grouped_attention`].
 
+use crate::nn::causal_attention::grouped_attention;
 use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 use serde::Deserialize;
@@ -88,6 +91,20 @@ impl GatedCrossAttentionConfig {
         }
         Ok(())
     }
+}
+
+/// What a text row that sees no image token gets from the block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EmptyRows {
+    /// Both branches zeroed: the row leaves the block unchanged (glimpse's
+    /// own cross-fusion models).
+    #[default]
+    Unchanged,
+    /// transformers' Mllama (`_prepare_cross_attention_mask`): the row's
+    /// mask is lifted, so it attends to every image token (padding
+    /// tiles included) as its scores say, and keeps that attention branch; only the MLP branch
+    /// is zeroed (`full_text_row_masked_out_mask`).
+    AttendAll,
 }
 
 /// Projected keys and values of one request's images: computed once by
@@ -201,8 +218,7 @@ impl CrossAttention {
         want_probs: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, _) = xs.dims3()?;
-        let (h, hkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let (group, s) = (h / hkv, kv.num_tokens());
+        let (h, hd) = (self.num_heads, self.head_dim);
         // (B, T, H*hd) -> (B, T, H, hd) -> (B, H, T, hd)
         let q = self
             .q_proj
@@ -214,35 +230,10 @@ impl CrossAttention {
             Some(n) => n.forward(&q)?.contiguous()?,
             None => q,
         };
-        let dtype = kv.v.dtype();
-        // Grouped-query attention without copying K/V per query head, as in
-        // `nn::causal_attention`: (B, H, T, hd) -> (B, Hkv, G*T, hd)
-        let q = q.to_dtype(dtype)?.reshape((b, hkv, group * t, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        // (B, Hkv, G*T, hd) x (B, Hkv, hd, S) -> (B, Hkv, G*T, S), f32 softmax
-        let scores = (q.matmul(&kv.k.t()?)? * scale)?.to_dtype(DType::F32)?;
-        let scores = match mask {
-            // (B, Hkv, G*T, S) -> (B, Hkv, G, T, S) + (B, 1, 1, T', S)
-            Some(m) => scores
-                .reshape((b, hkv, group, t, s))?
-                .broadcast_add(&m.bias)?
-                .reshape((b, hkv, group * t, s))?,
-            None => scores,
-        };
-        let probs = crate::nn::attention::softmax_last_dim(&scores)?;
-        let mean_probs = if want_probs {
-            // (B, Hkv, G*T, S) = (B, H, T, S) -> mean over H -> (B, T, S)
-            Some(probs.reshape((b, h, t, s))?.mean(1)?)
-        } else {
-            None
-        };
-        // (B, Hkv, G*T, S) x (B, Hkv, S, hd) -> (B, Hkv, G*T, hd)
-        let out = probs.to_dtype(dtype)?.matmul(&kv.v)?;
-        // (B, Hkv, G*T, hd) = (B, H, T, hd) -> (B, T, H, hd) -> (B, T, H*hd)
-        let out = out
-            .reshape((b, h, t, hd))?
-            .transpose(1, 2)?
-            .reshape((b, t, h * hd))?;
+        // the decoder's attention core: (B, H, T, hd) over (B, Hkv, S, hd)
+        // -> (B, T, H*hd)
+        let (out, mean_probs) =
+            grouped_attention(&q, &kv.k, &kv.v, mask.map(|m| &m.bias), want_probs)?;
         Ok((self.o_proj.forward(&out)?, mean_probs))
     }
 }
@@ -258,6 +249,7 @@ pub struct GatedCrossAttention {
     /// (1,), zero at init.
     pub cross_attn_mlp_gate: Tensor,
     cfg: GatedCrossAttentionConfig,
+    empty_rows: EmptyRows,
 }
 
 impl GatedCrossAttention {
@@ -293,7 +285,14 @@ impl GatedCrossAttention {
                 Init::Const(0.0),
             )?,
             cfg: cfg.clone(),
+            empty_rows: EmptyRows::Unchanged,
         })
+    }
+
+    /// The block with `rule` for text rows that see no image token.
+    pub fn with_empty_rows(mut self, rule: EmptyRows) -> Self {
+        self.empty_rows = rule;
+        self
     }
 
     pub fn config(&self) -> &GatedCrossAttentionConfig {
@@ -372,7 +371,7 @@ impl GatedCrossAttention {
             )));
         }
         let mask = key_mask
-            .map(|m| resolve_mask(m, b, t, kv.num_tokens()))
+            .map(|m| resolve_mask(m, b, t, kv.num_tokens(), self.empty_rows))
             .transpose()?;
         let dtype = xs.dtype();
         // Zeroes a branch on text rows that see no image token.
@@ -382,13 +381,19 @@ impl GatedCrossAttention {
                 None => Ok(branch),
             }
         };
+        let keep_attention_rows = |branch: Tensor| -> Result<Tensor> {
+            match self.empty_rows {
+                EmptyRows::Unchanged => keep_rows(branch),
+                EmptyRows::AttendAll => Ok(branch),
+            }
+        };
         let (attn, probs) = self.cross_attn.forward(
             &self.input_layernorm.forward(xs)?,
             kv,
             mask.as_ref(),
             want_probs,
         )?;
-        let attn = keep_rows(attn)?.broadcast_mul(&self.cross_attn_attn_gate.tanh()?)?;
+        let attn = keep_attention_rows(attn)?.broadcast_mul(&self.cross_attn_attn_gate.tanh()?)?;
         let xs = (xs + attn)?;
         let mlp = self
             .mlp
@@ -406,7 +411,13 @@ impl GatedCrossAttention {
 /// # Shapes
 /// `mask`: (B, S) or (B, T, S), nonzero = visible -> bias (B, 1, 1, T', S),
 /// rows (B, T', 1), T' = 1 or T
-fn resolve_mask(mask: &Tensor, b: usize, t: usize, s: usize) -> Result<ResolvedMask> {
+fn resolve_mask(
+    mask: &Tensor,
+    b: usize,
+    t: usize,
+    s: usize,
+    empty_rows: EmptyRows,
+) -> Result<ResolvedMask> {
     let mask = match mask.rank() {
         // (B, S) -> (B, 1, S)
         2 => mask.unsqueeze(1)?,
@@ -433,6 +444,12 @@ fn resolve_mask(mask: &Tensor, b: usize, t: usize, s: usize) -> Result<ResolvedM
         .unsqueeze(1)?;
     // (B, T', S) -> (B, T', 1)
     let rows = valid.max_keepdim(D::Minus1)?;
+    let bias = match empty_rows {
+        EmptyRows::Unchanged => bias,
+        // a row with no visible key sees every key: its bias row becomes 0
+        // (B, 1, 1, T', S) * (B, T', 1) -> (B, 1, 1, T', 1)
+        EmptyRows::AttendAll => bias.broadcast_mul(&rows.unsqueeze(1)?.unsqueeze(1)?)?,
+    };
     Ok(ResolvedMask { bias, rows })
 }
 

@@ -34,15 +34,35 @@ pub struct SelfAttention {
 
 impl SelfAttention {
     pub fn new(hidden: usize, num_heads: usize, vb: VarBuilder) -> Result<Self> {
+        Self::new_with(hidden, num_heads, "out_proj", true, vb)
+    }
+
+    /// [`Self::new`] with the output projection named `out_name` and, when
+    /// `bias` is false, no biases (Mllama's vision encoder: `o_proj`, all
+    /// four unbiased).
+    pub fn new_with(
+        hidden: usize,
+        num_heads: usize,
+        out_name: &str,
+        bias: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         if num_heads == 0 || !hidden.is_multiple_of(num_heads) {
             candle_core::bail!(
                 "hidden_size {hidden} is not divisible by num_attention_heads {num_heads}"
             );
         }
         let head_dim = hidden / num_heads;
-        let q_proj = crate::nn::linear::linear(hidden, hidden, vb.pp("q_proj"))?;
-        let k_proj = crate::nn::linear::linear(hidden, hidden, vb.pp("k_proj"))?;
-        let v_proj = crate::nn::linear::linear(hidden, hidden, vb.pp("v_proj"))?;
+        let lin = |name: &str| {
+            if bias {
+                crate::nn::linear::linear(hidden, hidden, vb.pp(name))
+            } else {
+                crate::nn::linear::linear_no_bias(hidden, hidden, vb.pp(name))
+            }
+        };
+        let q_proj = lin("q_proj")?;
+        let k_proj = lin("k_proj")?;
+        let v_proj = lin("v_proj")?;
         let scale = (head_dim as f64).powf(-0.5);
         let qkv = if q_proj.weight().track_op() {
             QkvProjection::Separate {
@@ -67,7 +87,7 @@ impl SelfAttention {
         };
         Ok(Self {
             qkv,
-            out_proj: crate::nn::linear::linear(hidden, hidden, vb.pp("out_proj"))?,
+            out_proj: lin(out_name)?,
             num_heads,
             head_dim,
             scale,

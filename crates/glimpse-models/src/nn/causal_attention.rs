@@ -151,8 +151,7 @@ impl CausalSelfAttention {
         Ok((q.to_dtype(dtype)?, k.to_dtype(dtype)?, v))
     }
 
-    /// The attention core over the cached keys: scaled scores, mask,
-    /// softmax, weighted values, heads merged.
+    /// The attention core over the cached keys ([`grouped_attention`]).
     ///
     /// # Shapes
     /// `q`: (B, H, T, hd), `k`, `v`: (B, Hkv, S, hd), `mask`: (B, 1, 1, T, S)
@@ -165,46 +164,67 @@ impl CausalSelfAttention {
         mask: Option<&Tensor>,
         want_probs: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let (b, _, t, _) = q.dims4()?;
-        let (h, hkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let s = k.dim(2)?;
-        let dtype = v.dtype();
-        let group = h / hkv;
-
-        // Grouped-query attention without copying K/V per query head: the G
-        // query heads sharing one K/V head become G*T rows of one matmul.
-        // (B, H, T, hd) -> (B, Hkv, G*T, hd)
-        let q = q.reshape((b, hkv, group * t, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        // (B, Hkv, G*T, hd) x (B, Hkv, hd, S) -> (B, Hkv, G*T, S)
-        let scores = (q.matmul(&k.t()?)? * scale)?;
-        // Softmax in f32 as transformers does, whatever the activation dtype.
-        let scores = scores.to_dtype(DType::F32)?;
-        let scores = match mask {
-            // (B, Hkv, G*T, S) -> (B, Hkv, G, T, S) + (B, 1, 1, T, S)
-            Some(mask) => scores
-                .reshape((b, hkv, group, t, s))?
-                .broadcast_add(mask)?
-                .reshape((b, hkv, group * t, s))?,
-            None => scores,
-        };
-        let probs = crate::nn::attention::softmax_last_dim(&scores)?;
-        let mean_probs = if want_probs {
-            // (B, Hkv, G*T, S) = (B, H, T, S) -> (B, T, S)
-            Some(probs.reshape((b, h, t, s))?.mean(1)?)
-        } else {
-            None
-        };
-        let probs = probs.to_dtype(dtype)?;
-        // (B, Hkv, G*T, S) x (B, Hkv, S, hd) -> (B, Hkv, G*T, hd)
-        let out = probs.matmul(&v.contiguous()?)?;
-        // (B, Hkv, G*T, hd) = (B, H, T, hd) -> (B, T, H, hd) -> (B, T, H*hd)
-        let out = out
-            .reshape((b, h, t, hd))?
-            .transpose(1, 2)?
-            .reshape((b, t, h * hd))?;
-        Ok((out, mean_probs))
+        grouped_attention(q, k, v, mask, want_probs)
     }
+}
+
+/// The attention core every decoder-side attention shares (causal
+/// self-attention here, the gated cross-attention of
+/// `fusion::cross_attention`): scaled scores, an additive mask, softmax in
+/// f32, weighted values, heads merged. Grouped-query heads without copying
+/// K/V: the G query heads that share one K/V head are G·T rows of one
+/// matmul. The scale is 1/sqrt(hd).
+///
+/// # Shapes
+/// `q`: (B, H, T, hd), `k`, `v`: (B, Hkv, S, hd), H a multiple of Hkv,
+/// `mask`: additive f32 (B, 1, 1, T', S) with T' = T or 1
+/// -> (B, T, H*hd), and with `want_probs` the probabilities averaged over
+/// heads, f32 (B, T, S)
+pub fn grouped_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    want_probs: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let (b, h, t, hd) = q.dims4()?;
+    let (_, hkv, s, _) = k.dims4()?;
+    if hkv == 0 || !h.is_multiple_of(hkv) {
+        candle_core::bail!("{h} query heads are not a multiple of {hkv} key/value heads");
+    }
+    let dtype = v.dtype();
+    let group = h / hkv;
+    // (B, H, T, hd) -> (B, Hkv, G*T, hd)
+    let q = q.to_dtype(dtype)?.reshape((b, hkv, group * t, hd))?;
+    let scale = 1.0 / (hd as f64).sqrt();
+    // (B, Hkv, G*T, hd) x (B, Hkv, hd, S) -> (B, Hkv, G*T, S)
+    let scores = (q.matmul(&k.t()?)? * scale)?;
+    // Softmax in f32 as transformers does, whatever the activation dtype.
+    let scores = scores.to_dtype(DType::F32)?;
+    let scores = match mask {
+        // (B, Hkv, G*T, S) -> (B, Hkv, G, T, S) + (B, 1, 1, T', S)
+        Some(mask) => scores
+            .reshape((b, hkv, group, t, s))?
+            .broadcast_add(mask)?
+            .reshape((b, hkv, group * t, s))?,
+        None => scores,
+    };
+    let probs = crate::nn::attention::softmax_last_dim(&scores)?;
+    let mean_probs = if want_probs {
+        // (B, Hkv, G*T, S) = (B, H, T, S) -> (B, T, S)
+        Some(probs.reshape((b, h, t, s))?.mean(1)?)
+    } else {
+        None
+    };
+    let probs = probs.to_dtype(dtype)?;
+    // (B, Hkv, G*T, S) x (B, Hkv, S, hd) -> (B, Hkv, G*T, hd)
+    let out = probs.matmul(&v.contiguous()?)?;
+    // (B, Hkv, G*T, hd) = (B, H, T, hd) -> (B, T, H, hd) -> (B, T, H*hd)
+    let out = out
+        .reshape((b, h, t, hd))?
+        .transpose(1, 2)?
+        .reshape((b, t, h * hd))?;
+    Ok((out, mean_probs))
 }
 
 /// Builds the additive mask for new tokens against all keys.

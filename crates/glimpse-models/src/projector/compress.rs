@@ -1,6 +1,7 @@
 //! Visual-token compression on a square patch grid, before projection:
-//! 2×2 average pooling, or 2×2 pixel shuffle (space-to-depth) in the layout
-//! of Idefics3's `pixel_shuffle` and InternVL's (`ps_version` v2).
+//! 2×2 average pooling, or s×s pixel shuffle (space-to-depth) in the layout
+//! of Idefics3's / SmolVLM's `pixel_shuffle` (their `scale_factor`) and
+//! InternVL's (`ps_version` v2, s = 2).
 //!
 //! With `vision_feature_select_strategy = "full"` a CLIP tower hands over
 //! its class token ahead of the grid (g² + 1 tokens; g² + 1 is never a
@@ -28,14 +29,37 @@ pub enum TokenCompression {
     /// block (r, c) is feature `d` of patch (2r + i, 2c + j).
     #[serde(rename = "pixel_shuffle2x2")]
     PixelShuffle2x2,
+    /// Each s×s block stacked along the width (Idefics3's connector with
+    /// `scale_factor` s): (B, g², D) -> (B, (g/s)², s²D), output channel
+    /// `(s·i + j)·D + d` of block (r, c) = feature `d` of patch
+    /// (s·r + i, s·c + j). `PixelShuffle2x2` is the s = 2 case.
+    #[serde(rename = "pixel_shuffle")]
+    PixelShuffle { scale_factor: usize },
 }
 
 impl TokenCompression {
-    /// Feature width after compression: ×4 for pixel shuffle.
-    pub fn out_width(self, width: usize) -> usize {
+    /// The pixel shuffle's block side, `None` for the other kinds.
+    fn shuffle(self) -> Option<usize> {
         match self {
-            Self::PixelShuffle2x2 => 4 * width,
-            Self::None | Self::AvgPool2x2 => width,
+            Self::PixelShuffle2x2 => Some(2),
+            Self::PixelShuffle { scale_factor } => Some(scale_factor),
+            Self::None | Self::AvgPool2x2 => None,
+        }
+    }
+
+    /// Side of the blocks the grid is cut into (1 when uncompressed).
+    fn block(self) -> usize {
+        self.shuffle().unwrap_or(match self {
+            Self::AvgPool2x2 => 2,
+            _ => 1,
+        })
+    }
+
+    /// Feature width after compression: ×s² for pixel shuffle.
+    pub fn out_width(self, width: usize) -> usize {
+        match self.shuffle() {
+            Some(s) => s.saturating_mul(s).saturating_mul(width),
+            None => width,
         }
     }
 
@@ -44,9 +68,10 @@ impl TokenCompression {
     pub fn out_tokens(self, num_patches: usize) -> Result<usize> {
         match self {
             Self::None => Ok(num_patches),
-            Self::AvgPool2x2 | Self::PixelShuffle2x2 => {
+            _ => {
                 let (cls, g) = self.layout(num_patches)?;
-                Ok(cls + (g / 2) * (g / 2))
+                let s = self.block();
+                Ok(cls + (g / s) * (g / s))
             }
         }
     }
@@ -56,22 +81,23 @@ impl TokenCompression {
     fn layout(self, n: usize) -> Result<(usize, usize)> {
         let square = |k: usize| k.isqrt() * k.isqrt() == k;
         if n > 1 && !square(n) && square(n - 1) {
-            if self == Self::PixelShuffle2x2 {
+            if self.shuffle().is_some() {
                 return Err(ModelError::Input(format!(
                     "pixel shuffle needs patches only, got {n} tokens (a class token and a {0}x{0} grid); use vision_feature_select_strategy \"default\"",
                     (n - 1).isqrt()
                 )));
             }
-            return Ok((1, even_grid(n - 1)?));
+            return Ok((1, block_grid(n - 1, self.block())?));
         }
-        Ok((0, even_grid(n)?))
+        Ok((0, block_grid(n, self.block())?))
     }
 
     /// # Shapes
     /// `xs`: (B, N = g², D) -> (B, N, D) for `None`, (B, (g/2)², D) for
-    /// `AvgPool2x2`, (B, (g/2)², 4D) for `PixelShuffle2x2`. Patches are in
-    /// row-major grid order, as ViTs emit them. `AvgPool2x2` also takes
-    /// (B, 1 + g², D), a class token first: -> (B, 1 + (g/2)², D).
+    /// `AvgPool2x2`, (B, (g/s)², s²D) for pixel shuffle (s = 2 for
+    /// `PixelShuffle2x2`). Patches are in row-major grid order, as ViTs emit
+    /// them. `AvgPool2x2` also takes (B, 1 + g², D), a class token first:
+    /// -> (B, 1 + (g/2)², D).
     pub fn forward(self, xs: &Tensor) -> Result<Tensor> {
         if self == Self::None {
             return Ok(xs.clone());
@@ -85,37 +111,43 @@ impl TokenCompression {
             let pooled = self.forward(&xs.narrow(1, 1, n - 1)?)?;
             return Ok(Tensor::cat(&[&xs.narrow(1, 0, 1)?, &pooled], 1)?);
         }
-        let h = g / 2;
-        // (B, g², D) -> (B, g/2, 2, g/2, 2, D): [row block, row in block, col block, col in block]
-        let blocks = xs.reshape((b, h, 2, h, 2, d))?;
-        Ok(match self {
-            Self::None => xs.clone(),
-            Self::AvgPool2x2 => {
-                // mean over the two in-block axes: (B, g/2, g/2, D) -> (B, (g/2)², D)
+        let s = self.block();
+        let h = g / s;
+        // (B, g², D) -> (B, g/s, s, g/s, s, D): [row block, row in block, col block, col in block]
+        let blocks = xs.reshape((b, h, s, h, s, d))?;
+        Ok(match self.shuffle() {
+            None => {
+                // AvgPool2x2, mean over the two in-block axes: (B, g/2, g/2, D) -> (B, (g/2)², D)
                 blocks.mean(4)?.mean(2)?.reshape((b, h * h, d))?
             }
-            Self::PixelShuffle2x2 => {
-                // (B, g/2, 2, g/2, 2, D) -> (B, g/2, g/2, 2, 2, D) -> (B, (g/2)², 4D)
+            Some(_) => {
+                // (B, g/s, s, g/s, s, D) -> (B, g/s, g/s, s, s, D) -> (B, (g/s)², s²D)
                 blocks
                     .permute((0, 1, 3, 2, 4, 5))?
                     .contiguous()?
-                    .reshape((b, h * h, 4 * d))?
+                    .reshape((b, h * h, s * s * d))?
             }
         })
     }
 }
 
-/// Side of the square grid of `n` patches, which must be even.
-fn even_grid(n: usize) -> Result<usize> {
+/// Side of the square grid of `n` patches, which must be a multiple of the
+/// block side `s` (even, for 2x2).
+fn block_grid(n: usize, s: usize) -> Result<usize> {
     let g = n.isqrt();
     if g * g != n {
         return Err(ModelError::Input(format!(
-            "2x2 token compression needs a square grid of patches, got {n} patches"
+            "{s}x{s} token compression needs a square grid of patches, got {n} patches"
         )));
     }
-    if g == 0 || !g.is_multiple_of(2) {
+    if s == 0 || g == 0 || !g.is_multiple_of(s) {
+        let what = if s == 2 {
+            "an even grid side".to_string()
+        } else {
+            format!("a grid side divisible by {s}")
+        };
         return Err(ModelError::Input(format!(
-            "2x2 token compression needs an even grid side, got {g}x{g} patches"
+            "{s}x{s} token compression needs {what}, got {g}x{g} patches"
         )));
     }
     Ok(g)

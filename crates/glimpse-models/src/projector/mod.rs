@@ -102,6 +102,9 @@ impl ProjectorConfig {
         use limits::{elems, positive, size, MAX_HEADS, MAX_HEAD_DIM, MAX_HIDDEN, MAX_LAYERS};
         let dv = size("vision_hidden_size", self.vision_hidden_size(), MAX_HIDDEN)?;
         let dt = size("text_hidden_size", self.text_hidden_size(), MAX_HIDDEN)?;
+        if let TokenCompression::PixelShuffle { scale_factor } = self.compression() {
+            size("compression.scale_factor", scale_factor, 16)?;
+        }
         let input = self.compression().out_width(dv);
         match self {
             Self::Linear(_) => {

@@ -260,8 +260,30 @@ pub struct Decoder {
     pub lm_head: QLinear,
     rope: Rope,
     cfg: DecoderConfig,
+    /// Rows of the token table (`vocab_size` but for Mllama's).
+    embed_rows: usize,
     dtype: DType,
     device: Device,
+}
+
+/// Where a decoder's layers and token table sit in its checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecoderLayout {
+    /// Checkpoint index of each layer, in order (`{prefix}.layers.{i}`).
+    pub layer_ids: Vec<usize>,
+    /// Rows of `embed_tokens`: `vocab_size`, or more when ids past the LM
+    /// head's outputs are embedded too (Mllama's `<|image|>`: 8 more).
+    pub embed_rows: usize,
+}
+
+impl DecoderLayout {
+    /// Layers 0..n, one token row per LM-head output.
+    pub fn plain(cfg: &DecoderConfig) -> Self {
+        Self {
+            layer_ids: (0..cfg.num_hidden_layers).collect(),
+            embed_rows: cfg.vocab_size,
+        }
+    }
 }
 
 impl Decoder {
@@ -288,12 +310,39 @@ impl Decoder {
         rope_style: RopeStyle,
         lora: Option<&LoraWeights>,
     ) -> Result<Self> {
+        let layout = DecoderLayout::plain(cfg);
+        Self::new_with_layout(cfg, w, prefix, head, rope_style, lora, &layout)
+    }
+
+    /// [`Self::new_with_lora`] with the layers and token table where
+    /// `layout` puts them (Mllama: self-attention layers between
+    /// cross-attention ones, a table with extra rows).
+    pub fn new_with_layout(
+        cfg: &DecoderConfig,
+        w: &DecoderWeights,
+        prefix: &str,
+        head: &str,
+        rope_style: RopeStyle,
+        lora: Option<&LoraWeights>,
+        layout: &DecoderLayout,
+    ) -> Result<Self> {
+        if layout.layer_ids.len() != cfg.num_hidden_layers || layout.embed_rows < cfg.vocab_size {
+            return Err(ModelError::Input(format!(
+                "decoder layout names {} layers and {} token rows for {} layers and a vocabulary of {}",
+                layout.layer_ids.len(),
+                layout.embed_rows,
+                cfg.num_hidden_layers,
+                cfg.vocab_size
+            )));
+        }
         let embed_tokens = w.embedding(
             &format!("{prefix}.embed_tokens.weight"),
-            cfg.vocab_size,
+            layout.embed_rows,
             cfg.hidden_size,
         )?;
-        let layers = (0..cfg.num_hidden_layers)
+        let layers = layout
+            .layer_ids
+            .iter()
             .map(|i| DecoderLayer::new(cfg, w, &format!("{prefix}.layers.{i}"), lora, rope_style))
             .collect::<Result<Vec<_>>>()?;
         let norm = norm(cfg, w, &format!("{prefix}.norm"))?;
@@ -318,6 +367,7 @@ impl Decoder {
             lm_head,
             rope,
             cfg: cfg.clone(),
+            embed_rows: layout.embed_rows,
             dtype: w.compute_dtype(),
             device: w.device(),
         })
@@ -447,7 +497,7 @@ impl Decoder {
     /// # Shapes
     /// `ids`: (B, T) u32 -> (B, T, D) in the compute dtype
     pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
-        crate::text::check_token_ids(ids, self.cfg.vocab_size)?;
+        crate::text::check_token_ids(ids, self.embed_rows)?;
         Ok(self.embed_tokens.forward(ids)?.to_dtype(self.dtype)?)
     }
 

@@ -6,7 +6,7 @@ pub mod decoder_config;
 pub mod decoder_weights;
 pub mod encoder;
 
-pub use decoder::{Decoder, DecoderCache, DecoderLayer, LayerHook, LogitsFor};
+pub use decoder::{Decoder, DecoderCache, DecoderLayer, DecoderLayout, LayerHook, LogitsFor};
 pub use decoder_config::{DecoderConfig, DecoderKind};
 pub use decoder_weights::{DecoderWeights, TokenEmbedding};
 pub use encoder::{TextConfig, TextFlavor, TextOutput, TextTransformer};

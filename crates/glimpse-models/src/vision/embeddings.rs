@@ -89,6 +89,39 @@ impl VisionEmbeddings {
     /// `pixels`: (B, C, H, W) -> (B, [1 +] (H/p)·(W/p), D); trailing pixels
     /// that do not fill a patch are dropped, as the strided conv does.
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (xs, gh, gw) = self.patch_embeds(pixels)?;
+        let (b, _, d) = xs.dims3()?;
+        let mut xs = xs;
+        if let Some(cls) = &self.class_embedding {
+            // (D) -> (B, 1, D), prepended to the patch sequence
+            let cls = cls.reshape((1, 1, d))?.broadcast_as((b, 1, d))?;
+            xs = Tensor::cat(&[&cls.to_dtype(xs.dtype())?, &xs], 1)?;
+        }
+        xs.broadcast_add(&self.positions(gh, gw)?)
+    }
+
+    /// Patches plus the position rows `position_ids` name (Idefics3's
+    /// bucketed ids, [`super::patch_positions`]); towers without a class
+    /// token only.
+    ///
+    /// # Shapes
+    /// `pixels`: (B, C, H, W), `position_ids`: (B, (H/p)·(W/p)) u32 ->
+    /// (B, (H/p)·(W/p), D)
+    pub fn forward_at(&self, pixels: &Tensor, position_ids: &Tensor) -> Result<Tensor> {
+        if self.class_embedding.is_some() {
+            candle_core::bail!("position ids by patch need a tower without a class token (SigLIP)");
+        }
+        let (xs, _, _) = self.patch_embeds(pixels)?;
+        let positions = self.position_embedding.forward(position_ids)?;
+        let dtype = xs.dtype();
+        xs + positions.to_dtype(dtype)?
+    }
+
+    /// The patch convolution as a matmul.
+    ///
+    /// # Shapes
+    /// `pixels`: (B, C, H, W) -> ((B, gh·gw, D), gh, gw)
+    fn patch_embeds(&self, pixels: &Tensor) -> Result<(Tensor, usize, usize)> {
         let (b, c, h, w) = pixels.dims4()?;
         if c != self.num_channels {
             candle_core::bail!(
@@ -113,12 +146,11 @@ impl VisionEmbeddings {
         // training takes its one-node path (and computes no pixel gradient)
         let xs = crate::nn::Linear::new(self.patch_weight.clone(), self.patch_bias.clone())
             .forward(&patches)?;
-        let mut xs = xs.reshape((b, gh * gw, d))?;
-        if let Some(cls) = &self.class_embedding {
-            // (D) -> (B, 1, D), prepended to the patch sequence
-            let cls = cls.reshape((1, 1, d))?.broadcast_as((b, 1, d))?;
-            xs = Tensor::cat(&[&cls.to_dtype(xs.dtype())?, &xs], 1)?;
-        }
-        xs.broadcast_add(&self.positions(gh, gw)?)
+        Ok((xs.reshape((b, gh * gw, d))?, gh, gw))
+    }
+
+    /// Patch size and the trained grid's side.
+    pub fn patch_grid(&self) -> (usize, usize) {
+        (self.patch_size, self.grid)
     }
 }

@@ -3,6 +3,7 @@
 pub mod attention_pool;
 pub mod config;
 pub mod embeddings;
+pub mod patch_positions;
 pub mod vit;
 
 pub use config::{VitConfig, VitFlavor};

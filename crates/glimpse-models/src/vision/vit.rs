@@ -5,6 +5,7 @@ use candle_nn::VarBuilder;
 
 use super::attention_pool::AttentionPoolHead;
 use super::embeddings::VisionEmbeddings;
+use super::patch_positions;
 use super::{VitConfig, VitFlavor};
 use crate::nn::layer_norm::layer_norm;
 use crate::nn::{Encoder, LayerNorm};
@@ -118,6 +119,54 @@ impl VisionTransformer {
                 "this SigLIP vision tower has no pooling head (vision_use_head = false)".into(),
             )
         })
+    }
+
+    /// Idefics3 / SmolVLM (HF `Idefics3VisionTransformer`): each image's
+    /// patches placed by bucketed position ids over its valid patch grid,
+    /// padding patches (outside `valid`, per image (rows, cols) of patches;
+    /// all valid when `None`) masked out of attention, the final sequence
+    /// through `post_layernorm`. SigLIP flavour only.
+    ///
+    /// # Shapes
+    /// `pixels`: (B, C, H, W) -> (B, (H/p)·(W/p), D)
+    pub fn forward_patch_masked(
+        &self,
+        pixels: &Tensor,
+        valid: Option<&[(usize, usize)]>,
+    ) -> Result<Tensor> {
+        if self.flavor != VitFlavor::Siglip {
+            candle_core::bail!("patch-masked forward needs a SigLIP-style tower");
+        }
+        let (b, _, h, w) = pixels.dims4()?;
+        let (p, n) = self.embeddings.patch_grid();
+        let (gh, gw) = (h / p, w / p);
+        let valid: Vec<(usize, usize)> = match valid {
+            Some(v) if v.len() == b => v.iter().map(|&(r, c)| (r.min(gh), c.min(gw))).collect(),
+            Some(v) => candle_core::bail!("{} valid grids for {b} images", v.len()),
+            None => vec![(gh, gw); b],
+        };
+        let ids: Vec<u32> = valid
+            .iter()
+            .flat_map(|&v| patch_positions::bucketed_position_ids(v, (gh, gw), n))
+            .collect();
+        let ids = Tensor::from_vec(ids, (b, gh * gw), pixels.device())?;
+        let xs = self.embeddings.forward_at(pixels, &ids)?;
+        // An additive (B, 1, 1, L) mask only when some patch is padding, as
+        // transformers drops an all-ones mask.
+        let mask = if valid.iter().all(|&v| v == (gh, gw)) {
+            None
+        } else {
+            let keep: Vec<f32> = valid
+                .iter()
+                .flat_map(|&(r, c)| {
+                    (0..gh * gw).map(move |i| f32::from(u8::from(i / gw < r && i % gw < c)))
+                })
+                .collect();
+            let keep = Tensor::from_vec(keep, (b, gh * gw), pixels.device())?;
+            Some(crate::nn::attention::padding_mask(&keep)?.to_dtype(xs.dtype())?)
+        };
+        let encoded = self.encoder.forward(&xs, mask.as_ref())?;
+        self.post_layernorm.forward(&encoded)
     }
 
     /// `hidden_states[index]` with Python's negative indexing (-2 is the
