@@ -19,7 +19,7 @@ const DEFAULT_MODEL: &str = "glimpse-easy-vqa";
 
 #[derive(Args)]
 #[command(
-    about = "Ask a vision-language model about images (HF LLaVA, LLaVA-NeXT, Idefics3, SmolVLM or glimpse-format directory)"
+    about = "Ask a vision-language model about images (HF LLaVA, LLaVA-NeXT, Idefics3, SmolVLM, Llama 3.2 Vision or glimpse-format directory)"
 )]
 pub struct AskArgs {
     /// Model directory, or a PEFT LoRA adapter directory naming its base (default:
