@@ -90,8 +90,8 @@ def write_llava_next(path):
 
 
 def write_idefics3(path):
-    from transformers import (Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor,
-                              Idefics3Processor)
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
     tile, patch, scale = 384, 16, 2
     rows = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
     tok = tokenizer(["<fake_token_around_image>", "<image>", "<global-img>", "<end_of_utterance>"] + rows)
@@ -103,7 +103,7 @@ def write_idefics3(path):
     model = Idefics3ForConditionalGeneration(cfg).eval()
     seq = (tile // patch) ** 2 // scale**2
     processor = Idefics3Processor(
-        image_processor=Idefics3ImageProcessor(size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile}),
+        image_processor=Idefics3ImageProcessorPil(size={"longest_edge": 2 * tile}, max_image_size={"longest_edge": tile}),
         tokenizer=tok, image_seq_len=seq)
     return model, processor
 
