@@ -397,6 +397,22 @@ impl Vlm {
         &self.cfg
     }
 
+    /// LLaVA-NeXT: the grid resolutions images may take, narrowed to a
+    /// subset of the checkpoint's (the cost knob `--max-image-tokens`; the
+    /// processor must be given the same list, as both choose the grid).
+    pub fn narrow_grid_pinpoints(&mut self, keep: glimpse_data::GridPinpoints) -> Result<()> {
+        match &self.cfg.image_grid_pinpoints {
+            Some(all) if !keep.0.is_empty() && keep.0.iter().all(|p| all.0.contains(p)) => {
+                self.cfg.image_grid_pinpoints = Some(keep);
+                Ok(())
+            }
+            _ => Err(ModelError::Input(format!(
+                "image_grid_pinpoints {:?} are not a non-empty subset of the model's",
+                keep.0
+            ))),
+        }
+    }
+
     /// Projected image rows, one block of [`VlmConfig::image_tokens`] rows
     /// per image. `instruction`: the question's token embeddings, read by a
     /// Q-Former projector (ignored by the others).

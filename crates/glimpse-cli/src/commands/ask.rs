@@ -54,6 +54,10 @@ pub struct AskArgs {
     /// Idefics3 / SmolVLM: read each image as one tile-sized global image, unsplit
     #[arg(long)]
     no_split: bool,
+    /// At most N prompt positions per image, whatever its size: sets the
+    /// family's own knobs (tiles, longest edge, grid resolutions) to fit
+    #[arg(long, value_name = "N", conflicts_with_all = ["max_tiles", "longest_edge", "no_split"])]
+    max_image_tokens: Option<usize>,
     /// Write the images with the answer's attention over their patches to this PNG
     #[arg(long, value_name = "OUT.png")]
     attention_map: Option<PathBuf>,
@@ -79,6 +83,11 @@ pub fn run(args: AskArgs) -> Result<()> {
     if args.longest_edge.is_some() || args.no_split {
         vlm.set_image_split(args.longest_edge, !args.no_split)?;
     }
+    // what --max-image-tokens chose, for --json
+    let image_budget = args
+        .max_image_tokens
+        .map(|n| vlm.set_max_image_tokens(n))
+        .transpose()?;
     // Refused before generating, so a refusal prints no answer.
     if args.attention_map.is_some() && vlm.model.config().image_grid_pinpoints.is_some() {
         return Err(PipelineError::Usage(format!(
@@ -138,6 +147,7 @@ pub fn run(args: AskArgs) -> Result<()> {
         "tokens": generation.tokens,
         "image_tokens": prompt.image_tokens,
         "tiles": prompt.tiles,
+        "image_budget": image_budget,
         "prompt_tokens": generation.prompt_tokens,
         "finish_reason": generation.finish_reason,
         "vision_ms": prompt.vision_secs * 1000.0,

@@ -204,6 +204,96 @@ impl VlmPipeline {
         Ok(())
     }
 
+    /// One knob for every family: pick the family's own cost knobs so that
+    /// no image takes more than `n` prompt positions (`--max-image-tokens`),
+    /// whatever its size. Returns what was chosen, in words.
+    /// - Llama 3.2 Vision: at most ⌊n / (patches + 1)⌋ tiles (`--max-tiles`);
+    /// - Idefics3 / SmolVLM: the longest edge of k tiles with (k² + 1)
+    ///   tiles' rows within `n` (a k × k grid plus the global image is the
+    ///   most an image of that edge splits into), or the global image alone
+    ///   (`--no-split`) when even k = 1 is over; never above the processor's
+    ///   own edge;
+    /// - LLaVA-NeXT: the grid resolutions whose largest count (base tile +
+    ///   the whole grid + a newline per row, before unpadding trims it) is
+    ///   within `n`, for the processor and the model alike;
+    /// - models that read an image whole: accepted when their fixed count
+    ///   is within `n`.
+    ///
+    /// A usage error when `n` is below the least any image can take.
+    pub fn set_max_image_tokens(&mut self, n: usize) -> Result<String> {
+        let too_few = |least: usize, what: &str| {
+            PipelineError::Usage(format!(
+                "--max-image-tokens {n}: {} needs at least {least} per image ({what})",
+                self.path.display()
+            ))
+        };
+        if let Some(m) = &self.model.mllama {
+            let per_tile = m.config.vision.num_patches();
+            let tiles = (n / per_tile).min(m.config.vision.max_num_tiles);
+            if tiles == 0 {
+                return Err(too_few(per_tile, "one tile"));
+            }
+            self.set_max_tiles(tiles)?;
+            return Ok(format!("at most {tiles} tile(s) of {per_tile} rows"));
+        }
+        let cfg = self.model.config().clone();
+        if cfg.format.splits_images() {
+            let per_tile = cfg.image_tokens()?;
+            let tile = glimpse_data::image_split::tile_side(&self.processor).unwrap_or(0);
+            if n < per_tile || tile == 0 {
+                return Err(too_few(per_tile, "the global image"));
+            }
+            // the largest k with (k² + 1) tiles within n
+            let k = (1..=64)
+                .take_while(|k| (k * k + 1) * per_tile <= n)
+                .last()
+                .unwrap_or(0);
+            let own = match self.processor.size {
+                Some(SizeSpec::LongestEdge(e)) => e,
+                _ => usize::MAX,
+            };
+            if k == 0 {
+                self.set_image_split(None, false)?;
+                return Ok(format!("the global image alone ({per_tile} rows)"));
+            }
+            let edge = (k * tile).min(own);
+            self.set_image_split(Some(edge), true)?;
+            return Ok(format!(
+                "longest edge {edge} (at most {k}x{k} tiles + the global image, {} rows)",
+                (k * k + 1) * per_tile
+            ));
+        }
+        if let Some(pinpoints) = cfg.image_grid_pinpoints.clone() {
+            let s = cfg.vision.image_size;
+            let g = cfg.vision.grid();
+            let base = cfg.feature_tokens();
+            let most = |&(h, w): &(usize, usize)| {
+                let (rows, cols) = (h / s * g, w / s * g);
+                rows * cols + rows + base
+            };
+            let keep: Vec<(usize, usize)> = pinpoints
+                .0
+                .iter()
+                .copied()
+                .filter(|p| most(p) <= n)
+                .collect();
+            if keep.is_empty() {
+                let least = pinpoints.0.iter().map(most).min().unwrap_or(base);
+                return Err(too_few(least, "its smallest grid resolution"));
+            }
+            let keep = glimpse_data::GridPinpoints(keep);
+            self.model.narrow_grid_pinpoints(keep.clone())?;
+            self.processor.image_grid_pinpoints = Some(keep.clone());
+            self.clear_image_cache();
+            return Ok(format!("grid resolutions {:?}", keep.0));
+        }
+        let fixed = cfg.image_tokens()?;
+        if n < fixed {
+            return Err(too_few(fixed, "it reads every image as that many rows"));
+        }
+        Ok(format!("{fixed} rows per image (fixed)"))
+    }
+
     /// What an image's placeholder becomes in the prompt ids (early
     /// fusion): the family's expansion. LLaVA and LLaVA-NeXT repeat the
     /// placeholder once per image row (the simple case). Idefics3 / SmolVLM
