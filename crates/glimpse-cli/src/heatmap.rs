@@ -1,10 +1,10 @@
-//! Attention maps as pictures: each image shown 224 px tall with the
-//! model's patch attention upsampled over it in a blue→red ramp, images
-//! side by side in prompt order.
+//! Attention maps as pictures: each image shown in a 224 px square with the
+//! model's attention grid (its patches, or a tiled image's crops
+//! reassembled: `Vlm::image_attention_maps`) stretched over it in a
+//! blue→red ramp, images side by side in prompt order.
 
 use std::path::{Path, PathBuf};
 
-use candle_core::Tensor;
 use image::imageops::{self, FilterType};
 use image::{ImageBuffer, ImageFormat, Luma, Rgb, RgbImage};
 
@@ -17,8 +17,10 @@ pub enum HeatmapError {
     /// The PNG could not be written (no such directory, no permission, a full disk).
     #[error("{}: cannot write the attention map: {msg}", path.display())]
     Write { path: PathBuf, msg: String },
-    /// The model's attention for one image is not a g x g grid of patches.
-    #[error("attention map: image {image}'s grid is not square ({cells} values over {rows} rows)")]
+    /// The model's attention for one image is not a rows x cols grid.
+    #[error(
+        "attention map: image {image}'s grid is not rectangular ({cells} values over {rows} rows)"
+    )]
     Grid {
         image: usize,
         cells: usize,
@@ -49,29 +51,33 @@ pub fn check_target(out: &Path) -> Result<(), HeatmapError> {
     Ok(())
 }
 
-/// Writes `images` (as decoded, RGB) with `attention` (N, g, g) over them,
-/// as a PNG whatever `out`'s extension.
+/// Writes `images` (as decoded, RGB) with `maps` (per image a rows x cols
+/// grid of attention over the whole picture) over them, as a PNG whatever
+/// `out`'s extension.
 pub fn write_attention_map(
     out: &Path,
     images: &[RgbImage],
-    attention: &Tensor,
+    maps: &[Vec<Vec<f32>>],
 ) -> Result<(), HeatmapError> {
-    let maps = attention.to_vec3::<f32>()?;
     let mut canvas = RgbImage::new(SIDE * images.len() as u32, SIDE);
-    for (k, (img, grid)) in images.iter().zip(&maps).enumerate() {
-        let g = grid.len() as u32;
+    for (k, (img, grid)) in images.iter().zip(maps).enumerate() {
+        let (rows, cols) = (grid.len() as u32, grid.first().map_or(0, Vec::len) as u32);
         let flat: Vec<f32> = grid.iter().flatten().copied().collect();
+        let ragged = HeatmapError::Grid {
+            image: k + 1,
+            cells: grid.iter().map(Vec::len).sum(),
+            rows: grid.len(),
+        };
+        if rows == 0 || flat.len() != (rows * cols) as usize {
+            return Err(ragged);
+        }
         let (lo, hi) = flat
             .iter()
             .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         let span = (hi - lo).max(f32::EPSILON);
         let norm: Vec<f32> = flat.iter().map(|v| (v - lo) / span).collect();
         let heat: ImageBuffer<Luma<f32>, Vec<f32>> =
-            ImageBuffer::from_raw(g, g, norm).ok_or(HeatmapError::Grid {
-                image: k + 1,
-                cells: flat.len(),
-                rows: grid.len(),
-            })?;
+            ImageBuffer::from_raw(cols, rows, norm).ok_or(ragged)?;
         let heat = imageops::resize(&heat, SIDE, SIDE, FilterType::Triangle);
         let shown = imageops::resize(img, SIDE, SIDE, FilterType::Triangle);
         for (x, y, px) in shown.enumerate_pixels() {

@@ -309,18 +309,33 @@ fn bad_llava_next_directories_fail_in_one_line() -> Result<()> {
     let dir = broken("model.safetensors", |_| {})?;
     expect_error(&ask_on(dir.path(), &image), 1, &["image_newline"]);
 
-    // attention maps over tiled images are refused before anything runs
+    Ok(())
+}
+
+#[test]
+fn attention_maps_over_tiled_images_cover_the_whole_picture() -> Result<()> {
+    // two images of different grids: the maps are laid side by side
     let out = tempfile::Builder::new().suffix(".png").tempfile()?;
     let res = glimpse(&[
         "ask",
         "--model",
         &model_dir().display().to_string(),
         "--image",
-        &image,
+        &fixtures()
+            .join("llava_next/images/round.png")
+            .display()
+            .to_string(),
+        "--image",
+        &fixtures().join("images/test.png").display().to_string(),
+        "--raw",
+        "<image><image> Compare them.",
+        "--max-tokens",
+        "3",
         "--attention-map",
         &out.path().display().to_string(),
-        "what?",
     ]);
-    expect_error(&res, 2, &["--attention-map", "llava_next"]);
+    assert_eq!(res.code, 0, "{}", res.stderr);
+    let map = image::open(out.path())?;
+    assert_eq!((map.width(), map.height()), (448, 224));
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! glimpse-models: vision-language model architectures on candle.
 //! Pure model code: tensors in, tensors out; no I/O beyond checkpoints.
 
+pub mod attention_map;
 pub mod dual;
 pub mod dual_config;
 pub mod error;
@@ -27,5 +28,6 @@ pub use error::{ConfigError, ModelError, Result};
 pub use gguf::GgufFile;
 pub use lora::{Adapter, LoraConfig, LoraWeights};
 pub use text::{Decoder, DecoderCache, DecoderConfig, LogitsFor};
+pub use attention_map::RowLayout;
 pub use vlm::{Vlm, VlmCache, VlmNames};
 pub use vlm_config::{FeatureSelect, FusionConfig, VlmConfig, VlmFormat};

@@ -10,6 +10,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
 
+use crate::attention_map::{self, RowLayout};
 use crate::error::{ModelError, Result};
 use crate::fusion::cross_attention::{
     CrossKv, EmptyRows, GatedCrossAttention, GatedCrossAttentionConfig,
@@ -777,6 +778,111 @@ impl Vlm {
         Ok(per_image
             .narrow(1, cls, grid * grid)?
             .reshape((n, grid, grid))?)
+    }
+}
+
+impl Vlm {
+    /// [`Self::image_attention`] for images of any layout, each map laid
+    /// over the whole picture: a tiled or split image's crops reassembled
+    /// into one grid (LLaVA-NeXT: the unpadded grid without its newline
+    /// rows; Idefics3: the crops side by side), and its whole-image tile's
+    /// attention spread evenly over the grid cells each of its cells
+    /// covers and added, so the map is attention per area from both views.
+    /// Early fusion only (the tiled families are).
+    ///
+    /// # Shapes
+    /// `images`: per image (M_k, D) in prompt order -> per image a
+    /// (rows, cols) grid of attention, row-major
+    pub fn image_attention_maps(
+        &self,
+        prompt: &[u32],
+        images: &[Tensor],
+        layouts: &[RowLayout],
+        answer: &[u32],
+    ) -> Result<Vec<Vec<Vec<f32>>>> {
+        if images.len() != layouts.len() {
+            return Err(ModelError::Input(format!(
+                "{} images but {} row layouts",
+                images.len(),
+                layouts.len()
+            )));
+        }
+        if layouts.iter().all(|l| *l == RowLayout::Whole) {
+            if images.is_empty() {
+                return Ok(Vec::new());
+            }
+            // (N, M, D) -> (N, g, g)
+            return Ok(self
+                .image_attention(prompt, &Tensor::stack(images, 0)?, answer)?
+                .to_vec3::<f32>()?);
+        }
+        if self.cfg.fusion != FusionConfig::Early || self.mllama.is_some() || answer.is_empty() {
+            return Err(ModelError::Input(
+                "attention maps over tiled images need an early-fusion model and an answer".into(),
+            ));
+        }
+        let mut ids = prompt.to_vec();
+        ids.extend_from_slice(answer);
+        let mut cache = self.new_cache(1);
+        cache.decoder.capture_attention = true;
+        // N x (M_k, D) -> (ΣM_k, D)
+        let rows = Tensor::cat(images, 0)?;
+        let embeds = self.prompt_embeds(&ids, Some(&rows))?;
+        self.forward_embeds(&embeds, None, &mut cache, LogitsFor::Last)?;
+        // L x (1, T, S) -> (T, S), averaged over layers
+        let mean = Tensor::stack(&cache.decoder.attention, 0)?
+            .mean(0)?
+            .squeeze(0)?;
+        let t = ids.len();
+        // the answer's rows, averaged: (A, S) -> (S,)
+        let seen = mean
+            .narrow(0, t - answer.len(), answer.len())?
+            .mean(0)?
+            .to_vec1::<f32>()?;
+        let mut at = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, &id)| id == self.cfg.image_token_id)
+            .map(|(i, _)| seen[i]);
+        let mut maps = Vec::with_capacity(images.len());
+        for (image, layout) in images.iter().zip(layouts) {
+            let m = image.dim(0)?;
+            let mass: Vec<f32> = at.by_ref().take(m).collect();
+            if mass.len() != m {
+                return Err(ModelError::Input(
+                    "the prompt has fewer image positions than image rows".into(),
+                ));
+            }
+            maps.push(self.lay_out(&mass, *layout)?);
+        }
+        Ok(maps)
+    }
+
+    /// One image's attention per row, laid out over the picture (see
+    /// [`Self::image_attention_maps`]).
+    fn lay_out(&self, mass: &[f32], layout: RowLayout) -> Result<Vec<Vec<f32>>> {
+        let laid = match layout {
+            RowLayout::Whole => Err("a whole image goes through image_attention".to_string()),
+            RowLayout::Anyres { height, width } => {
+                let g = self.cfg.vision.grid();
+                if self.cfg.feature_tokens() != g * g {
+                    return Err(ModelError::Input(
+                        "attention map: the whole-image tile's rows are not its patch grid".into(),
+                    ));
+                }
+                let grid = self
+                    .cfg
+                    .anyres_grid(height, width)?
+                    .ok_or_else(|| ModelError::Input("attention map: not a tiled model".into()))?;
+                let u = grid.unpadded(g);
+                attention_map::anyres(mass, g, u.rows, u.cols)
+            }
+            RowLayout::Split { rows, cols } => {
+                let per = self.cfg.image_tokens()?;
+                attention_map::split(mass, rows, cols, per)
+            }
+        };
+        laid.map_err(|msg| ModelError::Input(format!("attention map: {msg}")))
     }
 }
 

@@ -263,3 +263,54 @@ fn bad_llava_next_inputs_fail_in_one_line() -> Result<()> {
     expect_one_line(&e, &["2 tiles", "expected 5"]);
     Ok(())
 }
+
+#[test]
+fn attention_maps_lay_each_image_over_its_unpadded_grid() -> Result<()> {
+    let model = Vlm::load_dir(&fixture(), DType::F32, &Device::Cpu)?;
+    let (r, t) = reference()?;
+    let rows = image_rows(&model, &r, &t)?;
+    let case = r["cases"]
+        .as_array()
+        .context("cases")?
+        .iter()
+        .find(|c| c["name"] == "raw_two")
+        .context("raw_two")?;
+    let facts: HashMap<&str, &Value> = r["images"]
+        .as_array()
+        .context("images")?
+        .iter()
+        .filter_map(|im| Some((im["name"].as_str()?, im)))
+        .collect();
+    let names: Vec<&str> = case["images"]
+        .as_array()
+        .context("images")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let images: Vec<Tensor> = names.iter().map(|n| rows[*n].clone()).collect();
+    let layouts: Vec<glimpse_models::RowLayout> = names
+        .iter()
+        .map(|n| glimpse_models::RowLayout::Anyres {
+            height: facts[n]["height"].as_u64().unwrap_or(0) as usize,
+            width: facts[n]["width"].as_u64().unwrap_or(0) as usize,
+        })
+        .collect();
+    let maps = model.image_attention_maps(&ids(&case["input_ids"]), &images, &layouts, &[5, 6])?;
+    let mut total = 0f32;
+    for (n, map) in names.iter().zip(&maps) {
+        let unpadded = &facts[n]["unpadded"];
+        assert_eq!(
+            (map.len() as u64, map[0].len() as u64),
+            (
+                unpadded[0].as_u64().context("rows")?,
+                unpadded[1].as_u64().context("cols")?
+            ),
+            "{n}: the map is the unpadded grid"
+        );
+        assert!(map.iter().flatten().all(|v| v.is_finite() && *v >= 0.0));
+        total += map.iter().flatten().sum::<f32>();
+    }
+    // attention mass over the images (newlines left out): a share of the rows' 1
+    assert!(total > 0.0 && total <= 1.0 + 1e-5, "{total}");
+    Ok(())
+}

@@ -89,16 +89,9 @@ pub fn run(args: AskArgs) -> Result<()> {
         .map(|n| vlm.set_max_image_tokens(n))
         .transpose()?;
     // Refused before generating, so a refusal prints no answer.
-    if args.attention_map.is_some() && vlm.model.config().image_grid_pinpoints.is_some() {
+    if args.attention_map.is_some() && vlm.model.mllama.is_some() {
         return Err(PipelineError::Usage(format!(
-            "--attention-map does not support tiled images yet; {} is a LLaVA-NeXT (llava_next) model",
-            dir.display()
-        ))
-        .into());
-    }
-    if args.attention_map.is_some() && vlm.model.config().format.splits_images() {
-        return Err(PipelineError::Usage(format!(
-            "--attention-map does not support split images yet; {} is an Idefics3 / SmolVLM model",
+            "--attention-map does not support Llama 3.2 Vision (mllama) yet; {} is one",
             dir.display()
         ))
         .into());
@@ -123,10 +116,6 @@ pub fn run(args: AskArgs) -> Result<()> {
     let mut out = TextOut::new(args.json).trimming_start();
     let generation = vlm.generate(&prompt, &cfg, |piece| out.piece(piece))?;
     if let Some(map) = &args.attention_map {
-        // `prompt` has a placeholder per --image (checked by `prompt`).
-        let images = prompt.image_batch()?.ok_or_else(|| {
-            PipelineError::Internal("--attention-map: the prompt holds no image rows".into())
-        })?;
         // The eos that ended the answer is not part of what it looked at.
         let answer: Vec<u32> = generation
             .tokens
@@ -134,7 +123,14 @@ pub fn run(args: AskArgs) -> Result<()> {
             .copied()
             .filter(|t| !vlm.eos_ids.contains(t))
             .collect();
-        let attention = vlm.model.image_attention(&prompt.ids, &images, &answer)?;
+        // `prompt` has a placeholder per --image (checked by `prompt`);
+        // tiled and split images come back reassembled over the picture
+        let attention = vlm.model.image_attention_maps(
+            &prompt.ids,
+            &prompt.images,
+            &prompt.row_layouts,
+            &answer,
+        )?;
         let pictures = args
             .images
             .iter()

@@ -16,7 +16,7 @@ use glimpse_data::{
     ImageLimits, ProcessorConfig, SizeSpec, SplitLayout,
 };
 use glimpse_infer::{Generation, GenerationConfig, OutputError, SamplingConfig, TokenModel};
-use glimpse_models::{FusionConfig, LogitsFor, ModelError, Vlm, VlmCache};
+use glimpse_models::{FusionConfig, LogitsFor, ModelError, RowLayout, Vlm, VlmCache};
 use serde_json::{json, Value};
 use tokenizers::Tokenizer;
 
@@ -60,6 +60,8 @@ pub struct VlmPrompt {
     /// (LLaVA-NeXT's grid; the whole-image base tile is not counted; Llama
     /// 3.2 Vision's real tiles); 1 for a model that reads each image whole.
     pub tiles: Vec<usize>,
+    /// Per image, how its rows lie over the picture (attention maps).
+    pub row_layouts: Vec<RowLayout>,
     pub vision_secs: f64,
 }
 
@@ -91,6 +93,8 @@ struct EncodedImage {
     /// Idefics3 / SmolVLM: where the rows came from, which decides the
     /// placeholder's expansion ([`VlmPipeline::placeholder_ids`]).
     layout: Option<SplitLayout>,
+    /// How the rows lie over the picture (see [`VlmPrompt::row_layouts`]).
+    row_layout: RowLayout,
 }
 
 impl VlmPipeline {
@@ -484,6 +488,7 @@ impl VlmPipeline {
         Ok(VlmPrompt {
             ids: expanded,
             tiles: encoded.iter().map(|e| e.tiles).collect(),
+            row_layouts: encoded.iter().map(|e| e.row_layout).collect(),
             images: encoded.into_iter().map(|e| e.rows).collect(),
             image_tokens,
             vision_secs: start.elapsed().as_secs_f64(),
@@ -545,6 +550,7 @@ impl VlmPipeline {
                 )?,
                 tiles: tiles.num_tiles,
                 layout: None,
+                row_layout: RowLayout::Whole,
             }
         } else if self.model.config().image_grid_pinpoints.is_some() {
             let size = (image.height() as usize, image.width() as usize);
@@ -555,12 +561,20 @@ impl VlmPipeline {
                     .encode_tiled_image(&pixels.to_device(device)?, size)?,
                 tiles: grid.tiles(),
                 layout: None,
+                row_layout: RowLayout::Anyres {
+                    height: size.0,
+                    width: size.1,
+                },
             }
         } else if self.model.config().format.splits_images() {
             let (pixels, layout) = preprocess_split(&image, name, &self.processor)?;
             EncodedImage {
                 rows: self.model.encode_split_image(&pixels.to_device(device)?)?,
                 tiles: layout.tiles(),
+                row_layout: RowLayout::Split {
+                    rows: layout.rows,
+                    cols: layout.cols,
+                },
                 layout: Some(layout),
             }
         } else {
@@ -570,6 +584,7 @@ impl VlmPipeline {
                 rows: self.model.encode_images(&pixels, instruction)?.squeeze(0)?,
                 tiles: 1,
                 layout: None,
+                row_layout: RowLayout::Whole,
             }
         };
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
