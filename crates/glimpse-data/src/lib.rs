@@ -11,8 +11,8 @@ pub mod gguf_tokenizer;
 pub mod image_io;
 pub mod image_split;
 mod jinja_compat;
-pub mod mllama_tiles;
 pub mod mem_budget;
+pub mod mllama_tiles;
 pub mod pil_resize;
 pub mod preprocess;
 pub mod processor_config;
@@ -30,8 +30,8 @@ pub use files::{
     MAX_TOKENIZER_BYTES,
 };
 pub use gguf_tokenizer::{tokenizer_from_gguf, GgufTokenizer};
-pub use image_split::{preprocess_split, split_layout, SplitLayout};
 pub use image_io::{decode_rgb, load_rgb, read_image_file, ImageLimits, MAX_IMAGE_FILE_BYTES};
+pub use image_split::{preprocess_split, split_layout, SplitLayout};
 pub use pil_resize::Filter;
 pub use preprocess::{center_crop, preprocess, preprocess_batch};
 pub use processor_config::{CropSize, PerChannel, ProcessorConfig, SizeSpec, MAX_PROCESSOR_SIDE};
