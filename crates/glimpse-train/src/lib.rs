@@ -21,7 +21,7 @@ pub use optim::{
     clip_grad_norm, param_groups_by_dim, AdamW, AdamWConfig, GradAccumulator, ParamGroup,
     WarmupCosine,
 };
-pub use plot::plot_stage;
+pub use plot::{plot_stage, plot_stage_with};
 pub mod checkpoint;
 pub mod export;
 pub mod init;

@@ -27,6 +27,18 @@ const ACCURACY_COLOR: RGBColor = RGBColor(44, 160, 44);
 /// Draws `stage`'s curves from `records` (other stages are ignored) into
 /// the PNG `out`, creating its directory. Non-finite values are left out.
 pub fn plot_stage(records: &[MetricRecord], stage: &str, out: &Path) -> Result<()> {
+    plot_stage_with(records, stage, out, &[])
+}
+
+/// [`plot_stage`] with one more panel per name in `extras`: that figure of
+/// the stage's eval records (`MetricRecord::extra`, e.g. the VQ stage's
+/// codebook usage and perplexity), where it has any.
+pub fn plot_stage_with(
+    records: &[MetricRecord],
+    stage: &str,
+    out: &Path,
+    extras: &[&str],
+) -> Result<()> {
     let err = |msg: String| plot_error(out, msg);
     register_font().map_err(err)?;
 
@@ -47,8 +59,24 @@ pub fn plot_stage(records: &[MetricRecord], stage: &str, out: &Path) -> Result<(
     let eval_loss = series(EVAL, |r| r.loss);
     let accuracy = series(EVAL, |r| r.accuracy);
 
+    let extra_series: Vec<(&str, Vec<(f64, f64)>)> = extras
+        .iter()
+        .map(|name| {
+            let mut points: Vec<(f64, f64)> = records
+                .iter()
+                .filter(|r| r.stage == stage && r.split == EVAL)
+                .filter_map(|r| {
+                    let v = r.extra.get(*name)?.as_f64()?;
+                    v.is_finite().then_some((r.step as f64, v))
+                })
+                .collect();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            (*name, points)
+        })
+        .filter(|(_, p)| !p.is_empty())
+        .collect();
     let has_loss = !train_loss.is_empty() || !eval_loss.is_empty();
-    let panels = usize::from(has_loss) + usize::from(!accuracy.is_empty());
+    let panels = usize::from(has_loss) + usize::from(!accuracy.is_empty()) + extra_series.len();
     if panels == 0 {
         return Err(err(format!(
             "stage {stage:?} has no finite loss or accuracy to plot"
@@ -61,6 +89,7 @@ pub fn plot_stage(records: &[MetricRecord], stage: &str, out: &Path) -> Result<(
             .iter()
             .chain(&eval_loss)
             .chain(&accuracy)
+            .chain(extra_series.iter().flat_map(|(_, p)| p))
             .map(|p| p.0),
     );
 
@@ -107,12 +136,24 @@ pub fn plot_stage(records: &[MetricRecord], stage: &str, out: &Path) -> Result<(
                 area,
                 &title,
                 "accuracy",
-                steps,
+                steps.clone(),
                 0.0..top * 1.02,
                 &curves,
                 legend,
             )
             .map_err(err)?;
+        }
+        for (name, points) in &extra_series {
+            let area = areas.next().expect("one area per panel");
+            let curves = [Curve {
+                name,
+                color: EVAL_COLOR,
+                points,
+            }];
+            let title = format!("{stage}: {name}");
+            let ys = span(points.iter().map(|p| p.1));
+            let legend = SeriesLabelPosition::LowerRight;
+            draw_panel(area, &title, name, steps.clone(), ys, &curves, legend).map_err(err)?;
         }
         root.present().map_err(|e| err(e.to_string()))?;
     }

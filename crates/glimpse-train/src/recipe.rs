@@ -450,7 +450,7 @@ pub const MAX_PARAMETERS: u128 = 1 << 30;
 /// A field at fault and what is wrong with it.
 type Check = std::result::Result<(), (String, String)>;
 
-fn bounded(field: &str, v: usize, lo: usize, hi: usize) -> Check {
+pub(crate) fn bounded(field: &str, v: usize, lo: usize, hi: usize) -> Check {
     if v < lo || v > hi {
         return Err((
             field.into(),
@@ -461,7 +461,7 @@ fn bounded(field: &str, v: usize, lo: usize, hi: usize) -> Check {
 }
 
 /// A finite number in `lo..=hi` (`lo_open`: strictly above `lo`).
-fn number(field: &str, v: f64, lo: f64, lo_open: bool, hi: f64) -> Check {
+pub(crate) fn number(field: &str, v: f64, lo: f64, lo_open: bool, hi: f64) -> Check {
     let above = if lo_open { v > lo } else { v >= lo };
     if !(v.is_finite() && above && v <= hi) {
         let low = if lo_open { "above" } else { "at least" };
@@ -1146,7 +1146,7 @@ pub struct SpecialIds {
 }
 
 /// toml's messages span several lines (a source excerpt); keep one.
-fn toml_message(e: &toml::de::Error, text: &str) -> String {
+pub(crate) fn toml_message(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message().trim().replace('\n', " ");
     match e.span() {
         Some(span) => {
@@ -1163,7 +1163,7 @@ fn toml_message(e: &toml::de::Error, text: &str) -> String {
 /// The dotted name of the TOML key at byte `offset` of `text`
 /// (`instruct.lr`): the table header above it and the key on its line, so
 /// a parse error names the field as the recipe's author wrote it.
-fn field_at(text: &str, offset: usize) -> Option<String> {
+pub(crate) fn field_at(text: &str, offset: usize) -> Option<String> {
     let offset = offset.min(text.len());
     let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
     let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);

@@ -90,6 +90,10 @@ fn fingerprint(text: &str) -> String {
 }
 
 pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
+    // a `[vq]` recipe trains a VQ-VAE on its own (crate::stages::vq)
+    if crate::stages::vq::recipe::file_is_vq_recipe(&opts.recipe) {
+        return crate::stages::vq::run::run_vq_recipe(opts);
+    }
     let recipe = Recipe::from_file(&opts.recipe)?;
     if opts.force && !opts.resume {
         return Err(TrainError::Recipe(

@@ -44,6 +44,13 @@ pub trait Task: Sync {
     fn loss(&self, batch: &[usize], seed: u64, denominator: Option<usize>) -> Result<Tensor>;
     /// Held-out metrics with the current weights.
     fn evaluate(&mut self) -> Result<EvalMetrics>;
+    /// Runs after every optimiser step (`step`: steps done), before that
+    /// step's evaluation and checkpoint: where a stage updates state kept
+    /// outside the gradient (the VQ stage's EMA codebook), which must live
+    /// in its weights' `Var`s to be checkpointed.
+    fn after_step(&mut self, _step: usize) -> Result<()> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -213,6 +220,7 @@ pub fn train_loop(
         }
         opt.step(&grads)?;
         state.step += 1;
+        task.after_step(state.step)?;
         ran += 1;
         state.data = sampler.position();
         last_loss = step_loss / cfg.accumulate.max(1) as f64;

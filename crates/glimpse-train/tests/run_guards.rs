@@ -453,6 +453,12 @@ fn shipped_recipes_are_within_the_bounds() -> Result<()> {
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "toml") {
+                // a `[vq]` recipe has a reader (and bounds) of its own
+                if glimpse_train::stages::vq::recipe::file_is_vq_recipe(&path) {
+                    glimpse_train::stages::vq::recipe::VqRecipe::from_file(&path)?;
+                    seen += 1;
+                    continue;
+                }
                 let recipe = glimpse_train::recipe::Recipe::from_file(&path)?;
                 assert!(
                     recipe.parameter_estimate() < glimpse_train::recipe::MAX_PARAMETERS / 100,

@@ -39,6 +39,11 @@ pub enum VqFamily {
     /// multi-head attention, a decoder normalised by the codes
     /// (`SpatialNorm`); codes map to `<|visual token N|>` ids.
     Emu3,
+    /// glimpse's own (`glimpse_vq`, what `glimpse train`'s `[vq]` stage
+    /// exports): the 2D VQGAN with a decoder, attention at the level
+    /// indices `attn_resolutions` lists and in the middle, plain codebook
+    /// rows, no token ids.
+    Glimpse,
 }
 
 impl VqFamily {
@@ -47,6 +52,7 @@ impl VqFamily {
             VqFamily::Chameleon => "chameleon",
             VqFamily::Janus => "janus",
             VqFamily::Emu3 => "emu3",
+            VqFamily::Glimpse => "glimpse",
         }
     }
 }
@@ -188,9 +194,10 @@ impl VqConfig {
             "chameleon_vqgan" => (VqFamily::Chameleon, Some(value), ""),
             "janus_vqgan" => (VqFamily::Janus, Some(value), ""),
             "emu3_vqgan" => (VqFamily::Emu3, Some(value), ""),
+            "glimpse_vq" => (VqFamily::Glimpse, Some(value), ""),
             other => {
                 return Err(format!(
-                    "model_type {other:?} is not a VQ image tokenizer (glimpse reads chameleon, janus, emu3 and their *_vqgan models)"
+                    "model_type {other:?} is not a VQ image tokenizer (glimpse reads chameleon, janus, emu3, their *_vqgan models and glimpse_vq)"
                 ))
             }
         };
@@ -220,6 +227,7 @@ impl VqConfig {
             VqFamily::Chameleon => (256, 8192),
             VqFamily::Janus => (8, 16384),
             VqFamily::Emu3 => (4, hf.codebook_size.unwrap_or(32768)),
+            VqFamily::Glimpse => (8, 1024),
         };
         let levels = hf.channel_multiplier.len();
         let attn_levels = match family {
@@ -236,8 +244,8 @@ impl VqConfig {
                     .collect()
             }
             VqFamily::Janus => (0..levels).map(|i| i + 1 == levels).collect(),
-            // Emu3 lists level indices
-            VqFamily::Emu3 => {
+            // Emu3 and glimpse list level indices
+            VqFamily::Emu3 | VqFamily::Glimpse => {
                 let listed = hf.attn_resolutions.clone().unwrap_or_default();
                 (0..levels).map(|i| listed.contains(&i)).collect()
             }

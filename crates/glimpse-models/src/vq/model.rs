@@ -43,7 +43,7 @@ impl VqVae {
     pub fn new(cfg: &VqConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         let net = match cfg.family {
             VqFamily::Emu3 => Net::Emu3(Emu3Vq::new(cfg, vb.clone())?),
-            VqFamily::Chameleon | VqFamily::Janus => Net::Vqgan {
+            VqFamily::Chameleon | VqFamily::Janus | VqFamily::Glimpse => Net::Vqgan {
                 encoder: Encoder::new(cfg, vb.pp("encoder"))?,
                 quant_conv: conv(
                     cfg.latent_channels,
@@ -209,7 +209,7 @@ impl VqTokenizer {
         let standalone = value
             .get("model_type")
             .and_then(Value::as_str)
-            .is_some_and(|t| t.ends_with("_vqgan"));
+            .is_some_and(|t| t.ends_with("_vqgan") || t == "glimpse_vq");
         let vocabulary = match (cfg.family, value.get("vocabulary_map")) {
             // Janus's image tokens are not in the text vocabulary
             (VqFamily::Janus, _) => None,

@@ -7,3 +7,4 @@ pub mod corpus;
 pub mod lm;
 pub mod rows;
 pub mod vlm;
+pub mod vq;
