@@ -16,6 +16,7 @@ pub mod mllama_tiles;
 pub mod pil_resize;
 pub mod preprocess;
 pub mod processor_config;
+pub mod qwen2_vl_patches;
 pub mod synth_shapes;
 pub mod tokenize;
 pub mod tokenizer_train;
@@ -35,6 +36,7 @@ pub use image_split::{preprocess_split, split_layout, SplitLayout};
 pub use pil_resize::Filter;
 pub use preprocess::{center_crop, preprocess, preprocess_batch};
 pub use processor_config::{CropSize, PerChannel, ProcessorConfig, SizeSpec, MAX_PROCESSOR_SIDE};
+pub use qwen2_vl_patches::{smart_resize, Qwen2VlPatches, Qwen2VlProcessor};
 pub use tokenize::{read_tokenizer_json, EncodedBatch, Padding, TextTokenizer};
 pub use tokenizer_train::{save_tokenizer, train_bpe_tokenizer, TokenizerTrainConfig};
 pub use video::{

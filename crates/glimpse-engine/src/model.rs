@@ -75,7 +75,7 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     /// Loads a model directory or GGUF file, finding its family from
-    /// `config.json`'s `model_type`: `llava` / `llava_next` / `mllama` / `idefics3` / `smolvlm` / `glimpse` are vision-language
+    /// `config.json`'s `model_type`: `llava` / `llava_next` / `mllama` / `idefics3` / `smolvlm` / `qwen2_vl` / `glimpse` are vision-language
     /// models, `clip` / `siglip` dual encoders, anything else (and a
     /// `.gguf` file) a language model.
     pub fn load(
@@ -100,7 +100,9 @@ impl LoadedModel {
         let id = id.unwrap_or_else(|| default_id(path));
         let (base, adapter) = causal_lm::split_adapter(path, lora)?;
         let family = match model_type(&base)?.as_deref() {
-            Some("llava" | "llava_next" | "mllama" | "idefics3" | "smolvlm" | "glimpse") => {
+            Some(
+                "llava" | "llava_next" | "mllama" | "idefics3" | "smolvlm" | "qwen2_vl" | "glimpse",
+            ) => {
                 let pipeline = Arc::new(VlmPipeline::load_with_lora(
                     &base,
                     adapter.as_deref(),

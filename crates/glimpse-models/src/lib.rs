@@ -15,6 +15,7 @@ pub mod lora;
 pub mod mllama;
 pub mod nn;
 pub mod projector;
+pub mod qwen2_vl;
 mod shape_check;
 pub mod text;
 pub mod vision;

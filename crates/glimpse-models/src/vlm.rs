@@ -19,6 +19,7 @@ use crate::lora::{Adapter, LoraWeights};
 use crate::mllama::{MllamaConfig, MllamaParts, MllamaVisionModel};
 use crate::nn::rope::RopeStyle;
 use crate::projector::Projector;
+use crate::qwen2_vl::{Qwen2Vl, Qwen2VlParts};
 use crate::shape_check::{self, Shapes};
 use crate::text::{Decoder, DecoderCache, DecoderLayout, DecoderWeights, LayerHook, LogitsFor};
 use crate::vision::VisionTransformer;
@@ -128,6 +129,9 @@ pub struct Vlm {
     /// Llama 3.2 Vision: its own tower (`vision_tower` is then an unused
     /// zero-weight stand-in) and config.
     pub mllama: Option<MllamaParts>,
+    /// Qwen2-VL: its own tower and config (`vision_tower` and the
+    /// projector are then unused zero-weight stand-ins).
+    pub qwen2_vl: Option<Qwen2VlParts>,
     cfg: VlmConfig,
 }
 
@@ -226,7 +230,28 @@ impl Vlm {
             cross_layers,
             image_newline,
             mllama: None,
+            qwen2_vl: None,
             cfg: cfg.clone(),
+        })
+    }
+
+    /// A loaded Qwen2-VL ([`Qwen2Vl::load_dir`]) as a `Vlm`: its decoder the
+    /// language model, its tower and config kept beside.
+    pub fn from_qwen2_vl(model: Qwen2Vl) -> Result<Self> {
+        let cfg = model.config.vlm_config();
+        let zeros = VarBuilder::zeros(DType::F32, model.language_model.device());
+        Ok(Self {
+            vision_tower: VisionTransformer::new(&cfg.vision, zeros.clone())?,
+            multi_modal_projector: Projector::new(&cfg.projector, zeros)?,
+            language_model: model.language_model,
+            cross_layers: Vec::new(),
+            image_newline: None,
+            mllama: None,
+            qwen2_vl: Some(Qwen2VlParts {
+                visual: model.visual,
+                config: model.config,
+            }),
+            cfg,
         })
     }
 
@@ -276,6 +301,7 @@ impl Vlm {
                 vision_model,
                 config: mcfg.clone(),
             }),
+            qwen2_vl: None,
             cfg,
         })
     }
@@ -349,6 +375,15 @@ impl Vlm {
                 ));
             }
             return Self::load_mllama(dir, dtype, device);
+        }
+        if cfg.format == VlmFormat::Qwen2Vl {
+            if adapter.is_some() {
+                return Err(ModelError::config(
+                    &config_path,
+                    "LoRA adapters are not supported for qwen2_vl models yet",
+                ));
+            }
+            return Self::from_qwen2_vl(Qwen2Vl::load_dir(dir, dtype, device)?);
         }
         let mut checkpoint = Checkpoint::open_dir(dir)?;
         // A glimpse-format directory may hold only what was trained and name
@@ -545,22 +580,8 @@ impl Vlm {
         let Some(images) = images else {
             return Ok(embeds);
         };
-        let t = ids.len();
-        // Rows of [text rows (T, D); image rows (N*M, D)] gathered in prompt order.
-        let table = Tensor::cat(
-            &[
-                embeds.squeeze(0)?,
-                images.reshape((n * m, d))?.to_dtype(embeds.dtype())?,
-            ],
-            0,
-        )?;
-        let mut index: Vec<u32> = (0..t as u32).collect();
-        for (k, &slot) in slots.iter().enumerate() {
-            index[slot] = (t + k) as u32;
-        }
-        let index = Tensor::from_vec(index, t, dev)?;
-        // (T, D) -> (1, T, D)
-        Ok(table.index_select(&index, 0)?.unsqueeze(0)?)
+        // (N, M, D) -> (N·M, D)
+        splice_rows(&embeds, &slots, &images.reshape((n * m, d))?)
     }
 
     pub fn new_cache(&self, batch: usize) -> VlmCache {
@@ -718,9 +739,12 @@ impl Vlm {
                 "attention maps over split images (idefics3, smolvlm) are not supported yet".into(),
             ));
         }
-        if self.cfg.image_grid_pinpoints.is_some() || self.mllama.is_some() {
+        if self.cfg.image_grid_pinpoints.is_some()
+            || self.mllama.is_some()
+            || self.qwen2_vl.is_some()
+        {
             return Err(ModelError::Input(
-                "attention maps over tiled images (llava_next, mllama) are not supported yet"
+                "attention maps over tiled or merged images (llava_next, mllama, qwen2_vl) are not supported yet"
                     .into(),
             ));
         }
@@ -884,6 +908,25 @@ impl Vlm {
         };
         laid.map_err(|msg| ModelError::Input(format!("attention map: {msg}")))
     }
+}
+
+/// `embeds` with row `slots[k]` replaced by `rows[k]`, as one gather over
+/// [prompt rows; new rows] (differentiable through both), the one splice of
+/// image rows into a prompt for every family.
+///
+/// # Shapes
+/// `embeds`: (1, T, D), `rows`: (slots.len(), D) -> (1, T, D)
+pub(crate) fn splice_rows(embeds: &Tensor, slots: &[usize], rows: &Tensor) -> Result<Tensor> {
+    let t = embeds.dim(1)?;
+    // [prompt rows (T, D); new rows (R, D)] gathered in prompt order
+    let table = Tensor::cat(&[embeds.squeeze(0)?, rows.to_dtype(embeds.dtype())?], 0)?;
+    let mut index: Vec<u32> = (0..t as u32).collect();
+    for (k, &slot) in slots.iter().enumerate() {
+        index[slot] = (t + k) as u32;
+    }
+    let index = Tensor::from_vec(index, t, embeds.device())?;
+    // (T, D) -> (1, T, D)
+    Ok(table.index_select(&index, 0)?.unsqueeze(0)?)
 }
 
 /// `config.json`'s `decoder_from`: where a glimpse-format VLM's decoder

@@ -102,6 +102,9 @@ pub enum VlmFormat {
     Idefics3,
     /// `SmolVLMForConditionalGeneration`: Idefics3's model under other names.
     SmolVlm,
+    /// `Qwen2VLForConditionalGeneration` ([`crate::qwen2_vl`]): its own
+    /// tower and 2×2 merger, images at their own size, an M-RoPE decoder.
+    Qwen2Vl,
 }
 
 impl VlmFormat {
@@ -134,6 +137,9 @@ impl VlmConfig {
             "mllama" => {
                 return crate::mllama::MllamaConfig::from_json(value).map(|m| m.vlm_config())
             }
+            "qwen2_vl" => {
+                return crate::qwen2_vl::Qwen2VlConfig::from_json(value).map(|q| q.vlm_config())
+            }
             "llava" => VlmFormat::Llava,
             "llava_next" => VlmFormat::LlavaNext,
             "idefics3" => VlmFormat::Idefics3,
@@ -142,7 +148,7 @@ impl VlmConfig {
             other => {
                 return Err(err(
                     "model_type",
-                    format!("'{other}' is unknown for a vision-language model (glimpse reads llava, llava_next, mllama, idefics3, smolvlm, glimpse)"),
+                    format!("'{other}' is unknown for a vision-language model (glimpse reads llava, llava_next, mllama, idefics3, smolvlm, qwen2_vl, glimpse)"),
                 ))
             }
         };
@@ -258,7 +264,7 @@ impl VlmConfig {
                 FusionConfig::Early,
             ),
             // (mllama configs returned above)
-            VlmFormat::Glimpse | VlmFormat::Mllama => {
+            VlmFormat::Glimpse | VlmFormat::Mllama | VlmFormat::Qwen2Vl => {
                 let projector: ProjectorConfig = serde_json::from_value(
                     value
                         .get("projector")

@@ -19,7 +19,7 @@ const DEFAULT_MODEL: &str = "glimpse-easy-vqa";
 
 #[derive(Args)]
 #[command(
-    about = "Ask a vision-language model about images (HF LLaVA, LLaVA-NeXT, Idefics3, SmolVLM, Llama 3.2 Vision or glimpse-format directory)"
+    about = "Ask a vision-language model about images (HF LLaVA, LLaVA-NeXT, Idefics3, SmolVLM, Llama 3.2 Vision, Qwen2-VL or glimpse-format directory)"
 )]
 pub struct AskArgs {
     /// Model directory, or a PEFT LoRA adapter directory naming its base (default:
@@ -92,6 +92,13 @@ pub fn run(args: AskArgs) -> Result<()> {
     if args.attention_map.is_some() && vlm.model.mllama.is_some() {
         return Err(PipelineError::Usage(format!(
             "--attention-map does not support Llama 3.2 Vision (mllama) yet; {} is one",
+            dir.display()
+        ))
+        .into());
+    }
+    if args.attention_map.is_some() && vlm.model.qwen2_vl.is_some() {
+        return Err(PipelineError::Usage(format!(
+            "--attention-map does not support Qwen2-VL (qwen2_vl) yet; {} is one",
             dir.display()
         ))
         .into());

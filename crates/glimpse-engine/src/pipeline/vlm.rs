@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
+use glimpse_data::Qwen2VlProcessor;
 use glimpse_data::{
     decode_rgb, preprocess_anyres, preprocess_batch, preprocess_split, ChatTemplate, DataError,
     ImageLimits, ProcessorConfig, SizeSpec, SplitLayout,
@@ -44,6 +45,9 @@ pub struct VlmPipeline {
     /// Mllama: most tiles per image (`--max-tiles`), the processor's
     /// `max_image_tiles` when unset.
     max_tiles: Option<usize>,
+    /// Qwen2-VL: its image processor (smart_resize, patch rows);
+    /// `processor` then holds its rescale / normalize settings.
+    qwen2_vl: Option<Qwen2VlProcessor>,
 }
 
 /// A prompt ready to run: ids (placeholders expanded for early fusion) and
@@ -62,6 +66,9 @@ pub struct VlmPrompt {
     pub tiles: Vec<usize>,
     /// Per image, how its rows lie over the picture (attention maps).
     pub row_layouts: Vec<RowLayout>,
+    /// Qwen2-VL: each image's patch grid `[t, h, w]`, which its M-RoPE
+    /// positions follow; empty for the other families.
+    pub grids: Vec<[usize; 3]>,
     pub vision_secs: f64,
 }
 
@@ -93,6 +100,8 @@ struct EncodedImage {
     /// Idefics3 / SmolVLM: where the rows came from, which decides the
     /// placeholder's expansion ([`VlmPipeline::placeholder_ids`]).
     layout: Option<SplitLayout>,
+    /// Qwen2-VL: the image's patch grid `[t, h, w]`.
+    grid: Option<[usize; 3]>,
     /// How the rows lie over the picture (see [`VlmPrompt::row_layouts`]).
     row_layout: RowLayout,
 }
@@ -122,13 +131,23 @@ impl VlmPipeline {
         }
         let tokenizer = load_tokenizer(dir)?;
         let template = ChatTemplate::from_model_dir(dir)?;
-        let processor = processor_config(dir)?;
+        // Qwen2-VL's processor has fields of its own (min / max pixels,
+        // patch and merge sizes); its rescale / normalize part is the shared one
+        let qwen2_vl = match &model.qwen2_vl {
+            Some(q) => Some(qwen2_vl_processor(dir, &q.config)?),
+            None => None,
+        };
+        let processor = match &qwen2_vl {
+            Some(q) => q.base.clone(),
+            None => processor_config(dir)?,
+        };
         check_tiling(&model, &processor, dir)?;
         check_mllama(&model, &processor, dir)?;
         check_split(&model, &processor, dir)?;
         let (eos, sampling) = generation_defaults(dir)?;
         let eos_ids = eos.unwrap_or_else(|| model.config().text.eos_token_ids.clone());
         let mut pipeline = Self::from_parts(model, tokenizer, template, processor, eos_ids);
+        pipeline.qwen2_vl = qwen2_vl;
         pipeline.sampling = sampling;
         pipeline.path = dir.to_path_buf();
         Ok(pipeline)
@@ -157,6 +176,7 @@ impl VlmPipeline {
             cache_hits: AtomicUsize::new(0),
             path: PathBuf::from("(in-memory model)"),
             max_tiles: None,
+            qwen2_vl: None,
         }
     }
 
@@ -431,7 +451,11 @@ impl VlmPipeline {
         };
         // A fixed-size model's count is known before any tower pass: refuse
         // an overlong prompt before paying for its images.
-        if early && cfg.image_grid_pinpoints.is_none() && !cfg.format.splits_images() {
+        if early
+            && cfg.image_grid_pinpoints.is_none()
+            && !cfg.format.splits_images()
+            && self.model.qwen2_vl.is_none()
+        {
             let image_tokens = slots * cfg.image_tokens()?;
             let len = ids.len() - slots + image_tokens;
             if len >= ctx {
@@ -488,6 +512,7 @@ impl VlmPipeline {
         Ok(VlmPrompt {
             ids: expanded,
             tiles: encoded.iter().map(|e| e.tiles).collect(),
+            grids: encoded.iter().filter_map(|e| e.grid).collect(),
             row_layouts: encoded.iter().map(|e| e.row_layout).collect(),
             images: encoded.into_iter().map(|e| e.rows).collect(),
             image_tokens,
@@ -528,7 +553,19 @@ impl VlmPipeline {
         let name = image.name.as_str();
         let image = decode_rgb(bytes, name, &self.limits)?;
         let device = self.model.language_model.device();
-        let encoded = if let Some(m) = &self.model.mllama {
+        let encoded = if let Some(q) = &self.qwen2_vl {
+            let patches = q.preprocess(&image, name)?;
+            let (rows, grid) = (patches.rows(), patches.grid_thw);
+            // (t·h·w, C·T·p·p) patch rows, block-major
+            let pixels = Tensor::from_vec(patches.values, (rows, patches.row_len), device)?;
+            EncodedImage {
+                rows: self.model.encode_qwen2_vl_image(&pixels, grid)?,
+                tiles: 1,
+                layout: None,
+                grid: Some(grid),
+                row_layout: RowLayout::Whole,
+            }
+        } else if let Some(m) = &self.model.mllama {
             let v = &m.config.vision;
             let most = self
                 .max_tiles
@@ -550,6 +587,7 @@ impl VlmPipeline {
                 )?,
                 tiles: tiles.num_tiles,
                 layout: None,
+                grid: None,
                 row_layout: RowLayout::Whole,
             }
         } else if self.model.config().image_grid_pinpoints.is_some() {
@@ -561,6 +599,7 @@ impl VlmPipeline {
                     .encode_tiled_image(&pixels.to_device(device)?, size)?,
                 tiles: grid.tiles(),
                 layout: None,
+                grid: None,
                 row_layout: RowLayout::Anyres {
                     height: size.0,
                     width: size.1,
@@ -576,6 +615,7 @@ impl VlmPipeline {
                     cols: layout.cols,
                 },
                 layout: Some(layout),
+                grid: None,
             }
         } else {
             let pixels = preprocess_batch(&[(name, image)], &self.processor)?.to_device(device)?;
@@ -584,6 +624,7 @@ impl VlmPipeline {
                 rows: self.model.encode_images(&pixels, instruction)?.squeeze(0)?,
                 tiles: 1,
                 layout: None,
+                grid: None,
                 row_layout: RowLayout::Whole,
             }
         };
@@ -805,6 +846,32 @@ fn check_tiling(model: &Vlm, processor: &ProcessorConfig, dir: &Path) -> Result<
     }
 }
 
+/// Qwen2-VL's image processor (`preprocessor_config.json`, or
+/// `processor_config.json`'s `image_processor`), its patch geometry checked
+/// against the model's.
+fn qwen2_vl_processor(
+    dir: &Path,
+    cfg: &glimpse_models::qwen2_vl::Qwen2VlConfig,
+) -> Result<Qwen2VlProcessor> {
+    let legacy = dir.join("preprocessor_config.json");
+    let path = if legacy.exists() {
+        legacy
+    } else {
+        dir.join("processor_config.json")
+    };
+    let processor = Qwen2VlProcessor::from_file(&path)?;
+    cfg.check_processor(
+        processor.patch_size,
+        processor.temporal_patch_size,
+        processor.merge_size,
+    )
+    .map_err(|msg| DataError::Config {
+        path: path.clone(),
+        msg,
+    })?;
+    Ok(processor)
+}
+
 /// transformers 5 keeps the image processor inside `processor_config.json`;
 /// older exports write `preprocessor_config.json`.
 fn processor_config(dir: &Path) -> Result<ProcessorConfig> {
@@ -866,7 +933,12 @@ pub(crate) fn prefill(
         model.attach_images(cache, &rows.unsqueeze(0)?, mask)?;
     }
     let embeds = model.prompt_embeds(&prompt.ids, images.as_ref())?;
-    let logits = model.forward_embeds(&embeds, None, cache, LogitsFor::Last)?;
+    let logits = if model.qwen2_vl.is_some() {
+        // M-RoPE: positions from the images' grids
+        model.forward_prompt_mrope(&prompt.ids, &embeds, &prompt.grids, cache)?
+    } else {
+        model.forward_embeds(&embeds, None, cache, LogitsFor::Last)?
+    };
     // (1, 1, V) -> (V,)
     Ok(logits.flatten_all()?.to_vec1::<f32>()?)
 }

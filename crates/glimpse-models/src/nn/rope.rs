@@ -5,6 +5,14 @@
 //! cos/sin are computed for exactly the positions of each forward (a few
 //! thousand `sin_cos` calls) instead of a table for the whole context, which
 //! for 128k-context models would cost tens of MB to save microseconds.
+//!
+//! Multi-axis positions (Qwen2-VL) are one more mode of the same rope:
+//! `sections` cut the frequencies into consecutive runs and run k turns by
+//! position axis k. M-RoPE (`mrope_section`, axes temporal / height / width)
+//! sections the decoder's frequencies; the vision tower's 2-D rope is the
+//! frequencies of half the head repeated twice, the first copy turned by
+//! the patch row, the second by its column. Text positions (every axis
+//! equal) give the plain rope's angles.
 
 use candle_core::{Device, Result, Tensor};
 
@@ -46,6 +54,9 @@ pub struct Rope {
     /// (head_dim / 2) angular frequencies, f32 as transformers keeps them.
     inv_freq: Vec<f32>,
     style: RopeStyle,
+    /// Multi-axis mode: run k of `inv_freq` (these lengths, in order)
+    /// turns by position axis k ([`Self::cos_sin_axes`]).
+    sections: Option<Vec<usize>>,
 }
 
 impl Rope {
@@ -87,7 +98,80 @@ impl Rope {
                 }
             }
         }
-        Self { inv_freq, style }
+        Self {
+            inv_freq,
+            style,
+            sections: None,
+        }
+    }
+
+    /// Qwen2-VL's M-RoPE: `section[k]` consecutive frequencies turn by
+    /// position axis k (transformers' `mrope_section`, which must cover
+    /// the head_dim / 2 frequencies exactly).
+    pub fn with_sections(mut self, section: &[usize]) -> std::result::Result<Self, String> {
+        let total: usize = section.iter().sum();
+        if total != self.inv_freq.len() || section.is_empty() {
+            return Err(format!(
+                "mrope_section {section:?} sums to {total}, the rope has {} frequencies (head_dim / 2)",
+                self.inv_freq.len()
+            ));
+        }
+        self.sections = Some(section.to_vec());
+        Ok(self)
+    }
+
+    /// The 2-D rope of Qwen2-VL's vision tower (transformers' "axial"
+    /// rope): the frequencies of a head_dim / 2 rope, once for the patch
+    /// row and once for its column, half-split over the whole head.
+    pub fn axial_2d(theta: f64, head_dim: usize) -> Self {
+        let cfg = RopeConfig {
+            theta,
+            scaling: RopeScaling::Default,
+        };
+        let half = Self::new(&cfg, head_dim / 2, RopeStyle::HalfSplit);
+        let n = half.inv_freq.len();
+        Self {
+            inv_freq: [half.inv_freq.as_slice(), half.inv_freq.as_slice()].concat(),
+            style: RopeStyle::HalfSplit,
+            sections: Some(vec![n, n]),
+        }
+    }
+
+    /// cos and sin for positions given per axis, for one sequence: a
+    /// frequency in section k is turned by `axes[k]`'s position.
+    ///
+    /// # Shapes
+    /// `axes`: one row of T positions per section -> cos, sin: (T, head_dim/2)
+    pub fn cos_sin_axes(&self, axes: &[Vec<usize>], device: &Device) -> Result<(Tensor, Tensor)> {
+        let sections = self.sections.as_deref().unwrap_or(&[]);
+        let t = axes.first().map_or(0, Vec::len);
+        if axes.len() != sections.len() || axes.iter().any(|a| a.len() != t) {
+            candle_core::bail!(
+                "rope: {} position rows for {} sections (each row as long as the first)",
+                axes.len(),
+                sections.len()
+            );
+        }
+        // the position row each frequency reads
+        let rows: Vec<&Vec<usize>> = sections
+            .iter()
+            .zip(axes)
+            .flat_map(|(&n, row)| std::iter::repeat_n(row, n))
+            .collect();
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        for i in 0..t {
+            for (f, row) in self.inv_freq.iter().zip(&rows) {
+                let (s, c) = (row[i] as f32 * f).sin_cos();
+                cos.push(c);
+                sin.push(s);
+            }
+        }
+        Ok((
+            Tensor::from_vec(cos, (t, half), device)?,
+            Tensor::from_vec(sin, (t, half), device)?,
+        ))
     }
 
     /// Divides each frequency by a per-frequency factor, as GGUF llama3
@@ -308,6 +392,43 @@ mod tests {
             n(&ys.get(0)?.get(0)?.get(1)?)?,
         );
         assert!((nx - ny).abs() < 1e-3, "{nx} vs {ny}");
+        Ok(())
+    }
+
+    /// M-RoPE over text positions (every axis equal) is the plain rope;
+    /// axes that differ turn their own sections only.
+    #[test]
+    fn sections_read_their_own_axis() -> Result<()> {
+        let cfg = RopeConfig {
+            theta: 10000.0,
+            scaling: RopeScaling::Default,
+        };
+        let dev = Device::Cpu;
+        let plain = Rope::new(&cfg, 16, RopeStyle::HalfSplit);
+        let m = plain.clone().with_sections(&[2, 3, 3]).unwrap();
+        assert!(plain.clone().with_sections(&[2, 3, 2]).is_err());
+        let pos = vec![0, 3, 7, 8];
+        let (c0, s0) = plain.cos_sin(std::slice::from_ref(&pos), &dev)?;
+        let (c1, s1) = m.cos_sin_axes(&[pos.clone(), pos.clone(), pos.clone()], &dev)?;
+        assert_eq!(c0.to_vec2::<f32>()?, c1.to_vec2::<f32>()?);
+        assert_eq!(s0.to_vec2::<f32>()?, s1.to_vec2::<f32>()?);
+        // only the height section moves when the height axis does
+        let (c2, _) = m.cos_sin_axes(&[pos.clone(), vec![1, 1, 1, 1], pos.clone()], &dev)?;
+        let (a, b) = (c1.to_vec2::<f32>()?, c2.to_vec2::<f32>()?);
+        for (ra, rb) in a.iter().zip(&b).skip(2) {
+            assert_eq!(ra[..2], rb[..2]);
+            assert_eq!(ra[5..], rb[5..]);
+        }
+        // the vision rope: half the head's frequencies, twice
+        let v = Rope::axial_2d(10000.0, 8);
+        let (c, _) = v.cos_sin_axes(&[vec![2], vec![5]], &dev)?;
+        let f = Rope::new(&cfg, 4, RopeStyle::HalfSplit).inv_freq;
+        let want: Vec<f32> = [2f32, 2., 5., 5.]
+            .iter()
+            .zip(f.iter().chain(&f))
+            .map(|(p, f)| (p * f).cos())
+            .collect();
+        assert_eq!(c.to_vec2::<f32>()?[0], want);
         Ok(())
     }
 }

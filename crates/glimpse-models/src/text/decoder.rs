@@ -235,6 +235,12 @@ pub struct DecoderCache {
     /// probabilities, averaged over heads, in `attention` ((B, T, S) each).
     pub capture_attention: bool,
     pub attention: Vec<Tensor>,
+    /// Added to the rotary position of every token that follows
+    /// (transformers' `rope_deltas`): M-RoPE gives an image fewer positions
+    /// than rows, so tokens after a prefill with explicit positions
+    /// ([`Decoder::forward_embeds_mrope`]) continue from its largest
+    /// position + 1, not from the count of cached tokens. 0 otherwise.
+    pub rope_delta: i64,
 }
 
 impl DecoderCache {
@@ -540,7 +546,7 @@ impl Decoder {
         logits: LogitsFor,
         hook: Option<&dyn LayerHook>,
     ) -> Result<Tensor> {
-        let mut xs = self.hidden_states(embeds, valid, cache, hook)?;
+        let mut xs = self.hidden_states(embeds, valid, cache, hook, None)?;
         if logits == LogitsFor::Last {
             let t = xs.dim(1)?;
             // (B, T, D) -> (B, 1, D)
@@ -565,7 +571,7 @@ impl Decoder {
         rows: &Tensor,
         hook: Option<&dyn LayerHook>,
     ) -> Result<Tensor> {
-        let xs = self.hidden_states(embeds, valid, cache, hook)?;
+        let xs = self.hidden_states(embeds, valid, cache, hook, None)?;
         let (b, t, d) = xs.dims3()?;
         // (B, T, D) -> (B·T, D) -> (n, D)
         let picked = xs.reshape((b * t, d))?.index_select(rows, 0)?;
@@ -629,6 +635,9 @@ impl Decoder {
             )?);
         }
         // (B, 1, hd/2) each; (1, hd/2) when B = 1
+        for (p, cache) in positions.iter_mut().zip(caches.iter()) {
+            p[0] = shift(p[0], cache.rope_delta)?;
+        }
         let (cos, sin) = self.rope.cos_sin(&positions, &self.device)?;
         let mut xs = embeds.to_dtype(self.dtype)?;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -648,8 +657,47 @@ impl Decoder {
         Ok(candle_core::Module::forward(&self.lm_head, &xs)?.to_dtype(DType::F32)?)
     }
 
+    /// Qwen2-VL: the rope turned by M-RoPE sections over (temporal, height,
+    /// width) positions ([`Rope::with_sections`]); see
+    /// [`Self::forward_embeds_mrope`].
+    pub fn with_mrope_section(mut self, section: &[usize]) -> Result<Self> {
+        self.rope = self
+            .rope
+            .with_sections(section)
+            .map_err(ModelError::Input)?;
+        Ok(self)
+    }
+
+    /// [`Self::forward_embeds`] for one sequence whose rotary positions are
+    /// given per M-RoPE axis (transformers' `get_rope_index`), and which
+    /// sets `cache.rope_delta` so later tokens continue after the largest
+    /// position (as transformers' `rope_deltas`).
+    ///
+    /// # Shapes
+    /// `embeds`: (1, T, D), `axes`: one row of T positions per section ->
+    /// logits as [`Self::forward_embeds`]
+    pub fn forward_embeds_mrope(
+        &self,
+        embeds: &Tensor,
+        axes: &[Vec<usize>],
+        cache: &mut DecoderCache,
+        logits: LogitsFor,
+    ) -> Result<Tensor> {
+        let mut xs = self.hidden_states(embeds, None, cache, None, Some(axes))?;
+        let next = axes.iter().flatten().max().map_or(0, |&m| m as i64 + 1);
+        cache.rope_delta = next - cache.key_valid[0].iter().filter(|&&v| v).count() as i64;
+        if logits == LogitsFor::Last {
+            let t = xs.dim(1)?;
+            // (1, T, D) -> (1, 1, D)
+            xs = xs.narrow(1, t - 1, 1)?;
+        }
+        self.head(&xs)
+    }
+
     /// The last layer's output (before the final norm) for T new
-    /// positions after what `cache` holds, appended to it.
+    /// positions after what `cache` holds, appended to it. `axes`: rotary
+    /// positions per M-RoPE section for one sequence (else they count the
+    /// real tokens, plus `cache.rope_delta`).
     ///
     /// # Shapes
     /// `embeds`: (B, T, D) -> (B, T, D)
@@ -659,6 +707,7 @@ impl Decoder {
         valid: Option<&[Vec<bool>]>,
         cache: &mut DecoderCache,
         hook: Option<&dyn LayerHook>,
+        axes: Option<&[Vec<usize>]>,
     ) -> Result<Tensor> {
         let (b, t, d) = embeds.dims3()?;
         if d != self.cfg.hidden_size {
@@ -699,7 +748,7 @@ impl Decoder {
             let mut pos = Vec::with_capacity(t);
             for i in 0..t {
                 let real = valid.is_none_or(|v| v[row][i]);
-                pos.push(next);
+                pos.push(shift(next, cache.rope_delta)?);
                 next += usize::from(real);
                 cache.key_valid[row].push(real);
             }
@@ -709,7 +758,18 @@ impl Decoder {
         if positions.iter().all(|p| p == &positions[0]) {
             positions.truncate(1);
         }
-        let (cos, sin) = self.rope.cos_sin(&positions, &self.device)?;
+        let (cos, sin) = match axes {
+            Some(axes) if b == 1 && axes.iter().all(|a| a.len() == t) => {
+                self.rope.cos_sin_axes(axes, &self.device)?
+            }
+            Some(axes) => {
+                return Err(ModelError::Input(format!(
+                    "M-RoPE positions are {} rows for a ({b}, {t}) input: one sequence, one row of {t} per axis",
+                    axes.len()
+                )))
+            }
+            None => self.rope.cos_sin(&positions, &self.device)?,
+        };
         let window = self.cfg.sliding_window;
         let mask = mask_if_needed(&cache.key_valid, offset, t, window, &self.device)?;
         let inputs = AttentionInputs {
@@ -732,4 +792,10 @@ impl Decoder {
         }
         Ok(xs)
     }
+}
+
+/// `position + delta` (the M-RoPE offset), refused below zero.
+fn shift(position: usize, delta: i64) -> Result<usize> {
+    usize::try_from(position as i64 + delta)
+        .map_err(|_| ModelError::Input(format!("rotary position {position} + {delta} is negative")))
 }
