@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use candle_core::Device;
-use common::{expect_error, fixtures, glimpse, glimpse_json};
+use common::{expect_error, fixtures, glimpse, glimpse_json, json_ids as ids};
 use glimpse_engine::pipeline::VlmPipeline;
 use serde_json::Value;
 
@@ -21,11 +21,6 @@ fn llava(name: &str) -> PathBuf {
 
 fn image(name: &str) -> String {
     fixtures().join("images").join(name).display().to_string()
-}
-
-fn ids(v: &Value) -> Vec<u64> {
-    v.as_array()
-        .map_or_else(Vec::new, |a| a.iter().filter_map(Value::as_u64).collect())
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
-use common::{assert_close, expect_error, fixtures, glimpse, glimpse_json};
+use common::{assert_close, expect_error, fixtures, glimpse, glimpse_json, json_ids as ids};
 use glimpse_engine::pipeline::VlmPipeline;
 use glimpse_models::LogitsFor;
 use serde_json::Value;
@@ -26,15 +26,7 @@ fn model_dir(kind: &str) -> PathBuf {
 }
 
 fn reference(kind: &str) -> Result<(Value, HashMap<String, Tensor>)> {
-    let dir = model_dir(kind);
-    let r = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
-    let t = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)?;
-    Ok((r, t))
-}
-
-fn ids(v: &Value) -> Vec<u64> {
-    v.as_array()
-        .map_or_else(Vec::new, |a| a.iter().filter_map(Value::as_u64).collect())
+    common::fixture_reference(&model_dir(kind))
 }
 
 /// Per-image facts by "name.variant".

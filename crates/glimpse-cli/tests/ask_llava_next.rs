@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
-use common::{assert_close, expect_error, fixtures, glimpse, glimpse_json};
+use common::{
+    assert_close, case_image_paths, expect_error, fixture_images as images, fixtures, glimpse,
+    glimpse_json, json_ids as ids,
+};
 use glimpse_engine::pipeline::VlmPipeline;
 use glimpse_models::LogitsFor;
 use serde_json::Value;
@@ -24,42 +27,14 @@ fn model_dir() -> PathBuf {
 }
 
 fn reference() -> Result<(Value, HashMap<String, Tensor>)> {
-    let dir = model_dir();
-    let r = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
-    let t = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)?;
-    Ok((r, t))
-}
-
-fn ids(v: &Value) -> Vec<u64> {
-    v.as_array()
-        .map_or_else(Vec::new, |a| a.iter().filter_map(Value::as_u64).collect())
-}
-
-/// Image files and per-image facts by name.
-fn images(r: &Value) -> Result<HashMap<String, Value>> {
-    Ok(r["images"]
-        .as_array()
-        .context("images")?
-        .iter()
-        .filter_map(|im| Some((im["name"].as_str()?.to_string(), im.clone())))
-        .collect())
+    common::fixture_reference(&model_dir())
 }
 
 /// What a case asks: the image paths, the question, whether it is raw.
 /// The CLI's chat message is [images..., question]; the fixture's chat
 /// cases have that shape.
 fn request(case: &Value, images: &HashMap<String, Value>) -> Result<(Vec<PathBuf>, String, bool)> {
-    let paths = case["images"]
-        .as_array()
-        .context("images")?
-        .iter()
-        .map(|n| {
-            let file = images[n.as_str().context("name")?]["file"]
-                .as_str()
-                .context("file")?;
-            Ok(fixtures().join(file))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let paths = case_image_paths(case, images)?;
     match case["messages"][0]["content"].as_array().map(Vec::as_slice) {
         Some([first, q]) if first["type"] == "image" && q["type"] == "text" => {
             Ok((paths, q["text"].as_str().context("q")?.into(), false))
@@ -181,8 +156,7 @@ fn ask_answers_match_transformers() -> Result<()> {
 fn siglip_qwen2_and_clip_mistral_answer_as_transformers() -> Result<()> {
     for name in ["siglip-qwen2", "clip-mistral"] {
         let dir = fixtures().join("llava_next").join(name);
-        let r: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
-        let t = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)?;
+        let (r, t) = common::fixture_reference(&dir)?;
         let images = images(&r)?;
         let vlm = VlmPipeline::load(&dir, &Device::Cpu)?;
         for case in r["cases"].as_array().context("cases")? {

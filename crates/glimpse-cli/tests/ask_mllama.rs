@@ -13,7 +13,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
-use common::{assert_close, expect_error, fixtures, glimpse, glimpse_json};
+use common::{
+    assert_close, case_image_paths, expect_error, fixture_images as images, fixtures, glimpse,
+    glimpse_json, json_ids as ids,
+};
 use glimpse_engine::pipeline::VlmPipeline;
 use glimpse_models::LogitsFor;
 use serde_json::Value;
@@ -23,40 +26,13 @@ fn model_dir() -> PathBuf {
 }
 
 fn reference() -> Result<(Value, HashMap<String, Tensor>)> {
-    let dir = model_dir();
-    let r = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
-    let t = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)?;
-    Ok((r, t))
-}
-
-fn ids(v: &Value) -> Vec<u64> {
-    v.as_array()
-        .map_or_else(Vec::new, |a| a.iter().filter_map(Value::as_u64).collect())
-}
-
-fn images(r: &Value) -> Result<HashMap<String, Value>> {
-    Ok(r["images"]
-        .as_array()
-        .context("images")?
-        .iter()
-        .filter_map(|im| Some((im["name"].as_str()?.to_string(), im.clone())))
-        .collect())
+    common::fixture_reference(&model_dir())
 }
 
 /// The image paths, the question, and whether it is raw. The CLI's chat
 /// message is [images..., question]; the fixture's chat cases have that shape.
 fn request(case: &Value, images: &HashMap<String, Value>) -> Result<(Vec<PathBuf>, String, bool)> {
-    let paths = case["images"]
-        .as_array()
-        .context("images")?
-        .iter()
-        .map(|n| {
-            let file = images[n.as_str().context("name")?]["file"]
-                .as_str()
-                .context("file")?;
-            Ok(fixtures().join(file))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let paths = case_image_paths(case, images)?;
     let content = case["messages"][0]["content"].as_array();
     match content.and_then(|c| c.last()) {
         Some(q) if q["type"] == "text" => {

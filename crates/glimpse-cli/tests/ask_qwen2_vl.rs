@@ -13,7 +13,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use common::{expect_error, fixtures, glimpse, glimpse_json};
+use common::{
+    case_image_paths, expect_error, fixture_images as images, fixtures, glimpse, glimpse_json,
+    json_ids as ids,
+};
 use glimpse_engine::pipeline::VlmPipeline;
 use serde_json::Value;
 
@@ -27,35 +30,11 @@ fn reference() -> Result<Value> {
     )?)?)
 }
 
-fn ids(v: &Value) -> Vec<u64> {
-    v.as_array()
-        .map_or_else(Vec::new, |a| a.iter().filter_map(Value::as_u64).collect())
-}
-
-fn images(r: &Value) -> Result<HashMap<String, Value>> {
-    Ok(r["images"]
-        .as_array()
-        .context("images")?
-        .iter()
-        .filter_map(|im| Some((im["name"].as_str()?.to_string(), im.clone())))
-        .collect())
-}
-
 /// The image paths, the question, and whether it is raw: the CLI's chat
 /// message is [images..., question]; other cases go as their rendered
 /// prompt with `--raw`.
 fn request(case: &Value, images: &HashMap<String, Value>) -> Result<(Vec<PathBuf>, String, bool)> {
-    let paths = case["images"]
-        .as_array()
-        .context("images")?
-        .iter()
-        .map(|n| {
-            let file = images[n.as_str().context("name")?]["file"]
-                .as_str()
-                .context("file")?;
-            Ok(fixtures().join(file))
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let paths = case_image_paths(case, images)?;
     let content = case["messages"][0]["content"].as_array();
     let n = paths.len();
     match content.map(Vec::as_slice) {

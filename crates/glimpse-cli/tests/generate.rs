@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::Device;
-use common::{expect_error, fixtures, glimpse, glimpse_json, smollm2};
+use common::{expect_error, fixtures, glimpse, glimpse_json, json_ids as ids, smollm2};
 use glimpse_engine::pipeline::CausalLm;
 use serde_json::Value;
 
@@ -21,11 +21,6 @@ fn reference(dir: &Path) -> Result<Value> {
     Ok(serde_json::from_str(&std::fs::read_to_string(
         dir.join("reference.json"),
     )?)?)
-}
-
-fn ids(v: &Value) -> Vec<u64> {
-    v.as_array()
-        .map_or_else(Vec::new, |a| a.iter().filter_map(Value::as_u64).collect())
 }
 
 #[test]

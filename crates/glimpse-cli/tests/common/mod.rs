@@ -1,8 +1,12 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use anyhow::Context;
+use serde_json::Value;
 
 use candle_core::{DType, Tensor};
 
@@ -101,4 +105,48 @@ pub fn smollm2() -> Option<PathBuf> {
         path.display()
     );
     None
+}
+
+/// A parity fixture's `reference.json` and `reference.safetensors` in `dir`.
+pub fn fixture_reference(dir: &Path) -> anyhow::Result<(Value, HashMap<String, Tensor>)> {
+    let r = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
+    let t = candle_core::safetensors::load(
+        dir.join("reference.safetensors"),
+        &candle_core::Device::Cpu,
+    )?;
+    Ok((r, t))
+}
+
+/// A JSON array of token ids (empty when it is not one).
+pub fn json_ids(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .map_or_else(Vec::new, |a| a.iter().filter_map(Value::as_u64).collect())
+}
+
+/// A parity fixture's `images` entries by name.
+pub fn fixture_images(r: &Value) -> anyhow::Result<HashMap<String, Value>> {
+    Ok(r["images"]
+        .as_array()
+        .context("images")?
+        .iter()
+        .filter_map(|im| Some((im["name"].as_str()?.to_string(), im.clone())))
+        .collect())
+}
+
+/// The files (under fixtures/) of a case's `images`, in order.
+pub fn case_image_paths(
+    case: &Value,
+    images: &HashMap<String, Value>,
+) -> anyhow::Result<Vec<PathBuf>> {
+    case["images"]
+        .as_array()
+        .context("images")?
+        .iter()
+        .map(|n| {
+            let file = images[n.as_str().context("name")?]["file"]
+                .as_str()
+                .context("file")?;
+            Ok(fixtures().join(file))
+        })
+        .collect()
 }
