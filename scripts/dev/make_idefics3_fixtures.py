@@ -80,6 +80,7 @@ from transformers.processing_utils import ProcessorMixin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_decoder_fixtures import llama_tokenizer, top2  # noqa: E402
+from make_llava_next_fixtures import make_image as make_picture, open_image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures"
@@ -126,23 +127,7 @@ VARIANTS = {"split": {}, "nosplit": {"do_image_splitting": False}, "le16": {"siz
 
 
 def make_image(name, h, w, seed):
-    rng = np.random.RandomState(seed)
-    y, x = np.mgrid[0:h, 0:w]
-    base = np.stack([255 * x / max(w - 1, 1), 255 * y / max(h - 1, 1), 128 + 100 * np.sin((x + y) / 5)], -1)
-    for _ in range(6):
-        y0, x0 = rng.randint(0, h), rng.randint(0, w)
-        base[y0 : y0 + rng.randint(2, 12), x0 : x0 + rng.randint(2, 12)] = rng.randint(0, 256, 3)
-    base += rng.randint(-3, 4, base.shape)
-    img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")
-    path = OUT / "images" / f"{name}.png"
-    img.save(path, optimize=True)
-    return path
-
-
-def open_image(path):
-    img = Image.open(path)
-    assert img.mode in ("RGB", "L"), (path, img.mode)
-    return img.convert("RGB")
+    return make_picture(name, h, w, seed, out=OUT)
 
 
 def random_init(model, seed):

@@ -101,9 +101,10 @@ IMAGES = {
 SHARED = {"test": ("images/test.png", "odd padding: (8 - 5) // 2 cuts one row each side, 6 rows stay"), "gray": ("images/gray.png", "mode L; columns unpadded")}
 
 
-def make_image(name, h, w, seed):
+def make_image(name, h, w, seed, out=None):
     """A smooth gradient with random blocks and a little noise: detail for the resampler, and
-    small as a PNG."""
+    small as a PNG; written to `out` (a fixture folder, this script's by default)/images. The
+    other VLM fixture scripts make their pictures with it too."""
     rng = np.random.RandomState(seed)
     y, x = np.mgrid[0:h, 0:w]
     base = np.stack([255 * x / max(w - 1, 1), 255 * y / max(h - 1, 1), 128 + 100 * np.sin((x + y) / 5)], -1)
@@ -112,7 +113,7 @@ def make_image(name, h, w, seed):
         base[y0 : y0 + rng.randint(2, 12), x0 : x0 + rng.randint(2, 12)] = rng.randint(0, 256, 3)
     base += rng.randint(-3, 4, base.shape)
     img = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8), "RGB")
-    path = OUT / "images" / f"{name}.png"
+    path = (out or OUT) / "images" / f"{name}.png"
     img.save(path, optimize=True)
     return path
 
