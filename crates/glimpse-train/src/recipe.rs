@@ -483,19 +483,20 @@ fn divides(field: &str, heads: usize, what: &str, width: usize) -> Check {
     Ok(())
 }
 
-impl Recipe {
-    pub fn from_file(path: &Path) -> Result<Self> {
-        let text = glimpse_data::files::read_bounded_text(
-            path,
-            glimpse_data::files::MAX_CONFIG_BYTES,
-            "recipe",
-        )
+/// A recipe file's text, read bounded (any recipe kind: `Recipe`, the vq
+/// stage's `VqRecipe`); a failure names the file.
+pub(crate) fn read_recipe_text(path: &Path) -> Result<String> {
+    glimpse_data::files::read_bounded_text(path, glimpse_data::files::MAX_CONFIG_BYTES, "recipe")
         .map_err(|e| TrainError::RecipeField {
             path: path.to_path_buf(),
             field: None,
             msg: e.to_string(),
-        })?;
-        Self::from_toml(&text, path)
+        })
+}
+
+impl Recipe {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        Self::from_toml(&read_recipe_text(path)?, path)
     }
 
     /// Parses and checks a recipe; `path` names it in errors, which are one

@@ -180,17 +180,7 @@ pub fn file_is_vq_recipe(path: &Path) -> bool {
 
 impl VqRecipe {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = glimpse_data::files::read_bounded_text(
-            path,
-            glimpse_data::files::MAX_CONFIG_BYTES,
-            "recipe",
-        )
-        .map_err(|e| TrainError::RecipeField {
-            path: path.to_path_buf(),
-            field: None,
-            msg: e.to_string(),
-        })?;
-        Self::from_toml(&text, path)
+        Self::from_toml(&crate::recipe::read_recipe_text(path)?, path)
     }
 
     /// Parses and checks; errors are one line naming the field.
