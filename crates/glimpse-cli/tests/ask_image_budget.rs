@@ -41,6 +41,23 @@ fn ask(model: &str, image: &str, raw: &str, extra: &[&str]) -> Result<(u64, u64,
     ))
 }
 
+/// `ask` with `--max-image-tokens n` alone (for the refusals).
+fn over_budget(model: &str, image: &str, n: &str) -> common::Outcome {
+    let model = s(&fixtures().join(model));
+    let image = s(&fixtures().join(image));
+    let args = [
+        "ask",
+        "--model",
+        &model,
+        "--image",
+        &image,
+        "--max-image-tokens",
+        n,
+        "what?",
+    ];
+    glimpse(&args)
+}
+
 #[test]
 fn llava_next_keeps_the_grid_resolutions_that_fit() -> Result<()> {
     let (model, image, raw) = (
@@ -58,16 +75,7 @@ fn llava_next_keeps_the_grid_resolutions_that_fit() -> Result<()> {
         chosen.as_str(),
         Some("grid resolutions [(16, 32), (32, 16)]")
     );
-    let out = glimpse(&[
-        "ask",
-        "--model",
-        &s(&fixtures().join(model)),
-        "--image",
-        &s(&fixtures().join(image)),
-        "--max-image-tokens",
-        "51",
-        "what?",
-    ]);
+    let out = over_budget(model, image, "51");
     expect_error(&out, 2, &["--max-image-tokens 51", "at least 52"]);
     Ok(())
 }
@@ -88,16 +96,7 @@ fn idefics3_picks_the_longest_edge_or_the_global_image() -> Result<()> {
     // below two tiles' rows: the global image alone
     let (tokens, tiles, _) = ask(model, image, raw, &["--max-image-tokens", "7"])?;
     assert_eq!((tokens, tiles), (4, 0));
-    let out = glimpse(&[
-        "ask",
-        "--model",
-        &s(&fixtures().join(model)),
-        "--image",
-        &s(&fixtures().join(image)),
-        "--max-image-tokens",
-        "3",
-        "what?",
-    ]);
+    let out = over_budget(model, image, "3");
     expect_error(&out, 2, &["--max-image-tokens 3", "at least 4"]);
     Ok(())
 }
@@ -120,16 +119,7 @@ fn mllama_takes_as_many_tiles_as_fit() -> Result<()> {
         tiles <= 2 && tokens <= 40 && tokens < full,
         "{tokens} {tiles}"
     );
-    let out = glimpse(&[
-        "ask",
-        "--model",
-        &s(&fixtures().join(model)),
-        "--image",
-        &s(&fixtures().join(image)),
-        "--max-image-tokens",
-        "16",
-        "what?",
-    ]);
+    let out = over_budget(model, image, "16");
     expect_error(&out, 2, &["--max-image-tokens 16", "at least 17"]);
     Ok(())
 }
@@ -139,16 +129,7 @@ fn fixed_size_models_accept_a_budget_their_count_fits() -> Result<()> {
     let (model, image, raw) = ("llava/clip-llama", "images/test.png", "<image> What is it?");
     let (tokens, _, chosen) = ask(model, image, raw, &["--max-image-tokens", "16"])?;
     assert_eq!(tokens, 16, "{chosen}");
-    let out = glimpse(&[
-        "ask",
-        "--model",
-        &s(&fixtures().join(model)),
-        "--image",
-        &s(&fixtures().join(image)),
-        "--max-image-tokens",
-        "15",
-        "what?",
-    ]);
+    let out = over_budget(model, image, "15");
     expect_error(&out, 2, &["--max-image-tokens 15", "at least 16"]);
     // the family knobs and the budget are one choice, not both
     let out = glimpse(&[
