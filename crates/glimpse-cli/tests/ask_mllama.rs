@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
 use common::{
-    assert_close, case_image_paths, expect_error, fixture_images as images, fixtures, glimpse,
-    glimpse_json, json_ids as ids,
+    ask_fixture_case, assert_close, case_image_paths, expect_error, fixture_images as images,
+    fixtures, glimpse, glimpse_json, json_ids as ids,
 };
 use glimpse_engine::pipeline::VlmPipeline;
 use glimpse_models::LogitsFor;
@@ -106,29 +106,7 @@ fn ask_answers_match_transformers() -> Result<()> {
     for case in r["cases"].as_array().context("cases")? {
         let cname = case["name"].as_str().context("name")?;
         let (paths, text, raw) = request(case, &images)?;
-        let mut args: Vec<String> = vec!["ask".into(), "--model".into(), model.clone()];
-        for p in &paths {
-            args.extend(["--image".into(), p.display().to_string()]);
-        }
-        if raw {
-            args.push("--raw".into());
-        }
-        args.push(text);
-        let g = &case["greedy"];
-        let max = g["max_new_tokens"].as_u64().context("max")?.to_string();
-        args.extend(["--max-tokens".into(), max, "--json".into()]);
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let out = glimpse_json(&argv)?;
-        assert_eq!(
-            ids(&out["tokens"]),
-            ids(&g["generated_ids"]),
-            "{cname}: tokens"
-        );
-        assert_eq!(
-            out["prompt_tokens"].as_u64(),
-            Some(ids(&case["input_ids"]).len() as u64),
-            "{cname}"
-        );
+        let out = ask_fixture_case(&model, &paths, text, raw, case, cname)?;
         let names: Vec<&str> = case["images"]
             .as_array()
             .context("images")?

@@ -150,3 +150,41 @@ pub fn case_image_paths(
         })
         .collect()
 }
+
+/// `glimpse ask --json` on a parity fixture's case: `paths` as `--image`s,
+/// `text` (raw or as the question), the case's greedy length; asserts the
+/// greedy tokens and the prompt length equal transformers' and returns the
+/// JSON for the family's own checks.
+pub fn ask_fixture_case(
+    model: &str,
+    paths: &[PathBuf],
+    text: String,
+    raw: bool,
+    case: &Value,
+    cname: &str,
+) -> anyhow::Result<Value> {
+    let mut args: Vec<String> = vec!["ask".into(), "--model".into(), model.into()];
+    for p in paths {
+        args.extend(["--image".into(), p.display().to_string()]);
+    }
+    if raw {
+        args.push("--raw".into());
+    }
+    args.push(text);
+    let g = &case["greedy"];
+    let max = g["max_new_tokens"].as_u64().context("max")?.to_string();
+    args.extend(["--max-tokens".into(), max, "--json".into()]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = glimpse_json(&argv)?;
+    assert_eq!(
+        json_ids(&out["tokens"]),
+        json_ids(&g["generated_ids"]),
+        "{cname}: tokens"
+    );
+    assert_eq!(
+        out["prompt_tokens"].as_u64(),
+        Some(json_ids(&case["input_ids"]).len() as u64),
+        "{cname}"
+    );
+    Ok(out)
+}
