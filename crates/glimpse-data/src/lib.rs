@@ -5,6 +5,7 @@
 pub mod anyres;
 pub mod chat_template;
 pub mod datasets;
+pub mod dynamic_tiles;
 pub mod error;
 pub mod files;
 pub mod gguf_tokenizer;
@@ -25,6 +26,7 @@ pub mod vq_processor;
 
 pub use anyres::{preprocess_anyres, AnyresGrid, GridPinpoints, Unpadded};
 pub use chat_template::{ChatMessage, ChatTemplate, SpecialTokens, MAX_RENDER_BYTES, RENDER_FUEL};
+pub use dynamic_tiles::{preprocess_tiles, TileGrid, TilingConfig};
 pub use error::{DataError, Result};
 pub use files::{
     read_bounded, read_bounded_text, ReadError, MAX_CONFIG_BYTES, MAX_DATASET_BYTES,
