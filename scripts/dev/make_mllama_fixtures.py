@@ -144,6 +144,40 @@ def init_weights(model, seed):
                 p.copy_(0.35 * torch.randn(p.shape, generator=g))
 
 
+# cases whose answer's cross-attention is recorded for `--attention-map`
+ATTENTION_CASES = ("chat_test", "chat_two", "raw_two")
+
+
+def answer_cross_attention(model, inputs, gen, eos_id):
+    """The greedy answer's attention over the image rows in the cross-attention layers,
+    averaged over heads, layers and answer tokens (eos dropped): (N·max_tiles·(patches + 1),).
+    One forward over prompt + answer, the processor's cross-attention mask's last row
+    repeated for the answer as generate does."""
+    answer = [t for t in gen if t != eos_id]
+    ids = torch.cat([inputs["input_ids"], torch.tensor([answer])], dim=1)
+    cam = inputs["cross_attention_mask"]
+    cam = torch.cat([cam, cam[:, -1:].expand(-1, len(answer), -1, -1)], dim=1)
+    captured = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: captured.append(out[1].detach()))
+        for m in model.modules()
+        if type(m).__name__ == "MllamaTextCrossAttention"
+    ]
+    try:
+        with torch.no_grad():
+            model(
+                input_ids=ids, pixel_values=inputs["pixel_values"], aspect_ratio_ids=inputs["aspect_ratio_ids"],
+                aspect_ratio_mask=inputs["aspect_ratio_mask"], cross_attention_mask=cam,
+            )
+    finally:
+        for h in hooks:
+            h.remove()
+    assert captured, "no cross-attention weights captured"
+    # L x (1, H, T, S) -> (L, T, S) over heads -> (T, S) over layers -> the answer's rows
+    per_layer = torch.stack([w[0].mean(0) for w in captured])
+    return per_layer.mean(0)[-len(answer):].mean(0)
+
+
 def write_json(path, obj):
     path.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
@@ -290,6 +324,10 @@ def main(seed=SEED):
         gen = [int(x) for x in out.sequences[0, len(ids):]]
         margins = [top2(out.logits[s][0])[0] for s in range(len(gen))]
         assert (out.logits[0][0] - logits[0, -1]).abs().max().item() < 1e-4
+        if case_name in ATTENTION_CASES:
+            tensors[f"case.{case_name}.answer_cross_attention"] = answer_cross_attention(
+                model, inputs, gen, fast.eos_token_id
+            )
         if case_name in ("chat_test", "raw_two", "text_only"):
             tensors[f"case.{case_name}.logits"] = logits
         tensors[f"case.{case_name}.last_logits"] = logits[0, -1]

@@ -273,3 +273,36 @@ fn bad_mllama_directories_fail_in_one_line() -> Result<()> {
     expect_error(&ask(dir.path()), 1, &["supported_aspect_ratios"]);
     Ok(())
 }
+
+/// `--attention-map` on Llama 3.2 Vision: the cross-attention layers'
+/// attention, each image's tiles laid back on its canvas (the numbers are
+/// checked against transformers in glimpse-models' mllama_parity); here the
+/// binary writes one 224 px panel per image.
+#[test]
+fn attention_maps_cover_each_picture() -> Result<()> {
+    let out = tempfile::Builder::new().suffix(".png").tempfile()?;
+    let image = |name: &str| {
+        fixtures()
+            .join(format!("mllama/images/{name}.png"))
+            .display()
+            .to_string()
+    };
+    let res = glimpse(&[
+        "ask",
+        "--model",
+        &model_dir().display().to_string(),
+        "--image",
+        &image("wide"),
+        "--image",
+        &image("tall"),
+        "Which is wider?",
+        "--max-tokens",
+        "3",
+        "--attention-map",
+        &out.path().display().to_string(),
+    ]);
+    assert_eq!(res.code, 0, "{}", res.stderr);
+    let map = image::open(out.path())?;
+    assert_eq!((map.width(), map.height()), (448, 224));
+    Ok(())
+}

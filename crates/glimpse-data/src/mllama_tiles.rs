@@ -103,6 +103,8 @@ pub struct MllamaTiles {
     pub num_tiles: usize,
     /// The arrangement, (rows, cols).
     pub grid: (usize, usize),
+    /// The image's (height, width) on the canvas, at its top left.
+    pub resized: (usize, usize),
     /// Position of `grid` in [`supported_aspect_ratios`]`(model_tiles)`, + 1.
     pub aspect_ratio_id: usize,
     /// 1 for the image's tiles, 0 for padding; length model_tiles.
@@ -211,6 +213,7 @@ pub fn preprocess_mllama(
         pixels,
         num_tiles,
         grid,
+        resized: (nh, nw),
         aspect_ratio_id,
         aspect_ratio_mask,
     })

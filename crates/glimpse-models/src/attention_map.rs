@@ -16,6 +16,15 @@ pub enum RowLayout {
     /// Idefics3 / SmolVLM: `rows` × `cols` crops row by row, then the
     /// global image (no crops when the image was read whole).
     Split { rows: usize, cols: usize },
+    /// Llama 3.2 Vision: a canvas of `rows` × `cols` tiles (row by row,
+    /// then padding tiles up to the model's `max_num_tiles`) on which the
+    /// image, resized to `height` × `width` pixels, sits at the top left.
+    Canvas {
+        rows: usize,
+        cols: usize,
+        height: usize,
+        width: usize,
+    },
 }
 
 /// `q` × `q` rows of `mass` from `start`, row-major.
@@ -101,9 +110,69 @@ pub fn split(mass: &[f32], rows: usize, cols: usize, per: usize) -> Result<Vec<V
     Ok(add_coarse(fine, &global))
 }
 
+/// Llama 3.2 Vision: `mass` is `max_tiles` tiles of `1 + g²` rows each
+/// (the class token, then the tile's `g` × `g` patches), the first `rows` ×
+/// `cols` of them the image's canvas row by row, the rest padding tiles.
+/// The map is the canvas's patch grid cut to the `content` (rows, cols) of
+/// patches the resized image covers (the processor pads bottom and right
+/// with black). Class tokens and padding tiles have no place on the picture
+/// and are left out.
+///
+/// # Shapes
+/// `mass`: (max_tiles·(1 + g²),) -> content
+pub fn canvas(
+    mass: &[f32],
+    (rows, cols): (usize, usize),
+    g: usize,
+    max_tiles: usize,
+    content: (usize, usize),
+) -> Result<Vec<Vec<f32>>, String> {
+    let per = 1 + g * g;
+    if g == 0 || rows * cols == 0 || rows * cols > max_tiles || mass.len() != max_tiles * per {
+        return Err(format!(
+            "{} rows for {max_tiles} tiles of 1 + {g}x{g} rows with a {rows}x{cols} canvas",
+            mass.len()
+        ));
+    }
+    let (ch, cw) = content;
+    if ch == 0 || cw == 0 || ch > rows * g || cw > cols * g {
+        return Err(format!(
+            "an image of {ch}x{cw} patches does not fit a {rows}x{cols} canvas of {g}x{g} tiles"
+        ));
+    }
+    Ok((0..ch)
+        .map(|y| {
+            (0..cw)
+                .map(|x| {
+                    let tile = (y / g) * cols + x / g;
+                    mass[tile * per + 1 + (y % g) * g + x % g]
+                })
+                .collect()
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canvas_joins_the_tiles_and_cuts_the_padding() {
+        // 1x2 canvas of 2x2 tiles, max 3 tiles: [cls, 4 patches] x 3
+        let mass = [
+            100., 1., 2., 3., 4., //
+            100., 5., 6., 7., 8., //
+            100., 9., 9., 9., 9.,
+        ];
+        let full = canvas(&mass, (1, 2), 2, 3, (2, 4)).unwrap();
+        assert_eq!(full, vec![vec![1., 2., 5., 6.], vec![3., 4., 7., 8.]]);
+        // the image covers 1 patch row and 3 patch columns
+        let cut = canvas(&mass, (1, 2), 2, 3, (1, 3)).unwrap();
+        assert_eq!(cut, vec![vec![1., 2., 5.]]);
+        assert!(canvas(&mass, (2, 2), 2, 3, (1, 1)).is_err());
+        assert!(canvas(&mass, (1, 2), 2, 3, (3, 1)).is_err());
+        assert!(canvas(&mass[1..], (1, 2), 2, 3, (1, 1)).is_err());
+    }
 
     #[test]
     fn split_crops_side_by_side_with_the_global_image_spread() {

@@ -840,7 +840,10 @@ impl Vlm {
                 .image_attention(prompt, &Tensor::stack(images, 0)?, answer)?
                 .to_vec3::<f32>()?);
         }
-        if self.cfg.fusion != FusionConfig::Early || self.mllama.is_some() || answer.is_empty() {
+        if let Some(m) = &self.mllama {
+            return self.mllama_attention_maps(m, prompt, images, layouts, answer);
+        }
+        if self.cfg.fusion != FusionConfig::Early || answer.is_empty() {
             return Err(ModelError::Input(
                 "attention maps over tiled images need an early-fusion model and an answer".into(),
             ));
@@ -884,6 +887,83 @@ impl Vlm {
 
     /// One image's attention per row, laid out over the picture (see
     /// [`Self::image_attention_maps`]).
+    /// [`Self::image_attention_maps`] for Llama 3.2 Vision: the answer's
+    /// attention in the cross-attention layers (averaged over heads, layers
+    /// and answer tokens) under the processor's cross-attention mask, each
+    /// image's tiles laid back on its canvas ([`RowLayout::Canvas`]).
+    ///
+    /// # Shapes
+    /// `images`: per image (max_tiles·P, D), P = patches + 1 -> per image
+    /// the (rows, cols) patches its resized picture covers
+    fn mllama_attention_maps(
+        &self,
+        m: &MllamaParts,
+        prompt: &[u32],
+        images: &[Tensor],
+        layouts: &[RowLayout],
+        answer: &[u32],
+    ) -> Result<Vec<Vec<Vec<f32>>>> {
+        let tiles = layouts
+            .iter()
+            .map(|l| match l {
+                RowLayout::Canvas { rows, cols, .. } => Ok(rows * cols),
+                _ => Err(ModelError::Input(
+                    "attention map: an mllama image needs its tile canvas layout".into(),
+                )),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if images.is_empty() || answer.is_empty() {
+            return Err(ModelError::Input(
+                "attention maps need an image and an answer".into(),
+            ));
+        }
+        let mut ids = prompt.to_vec();
+        ids.extend_from_slice(answer);
+        let v = &m.config.vision;
+        // N x (max_tiles·P, D) -> (1, N·max_tiles·P, D)
+        let rows = Tensor::cat(images, 0)?.unsqueeze(0)?;
+        let mask = crate::mllama::cross_key_mask(
+            &ids,
+            self.cfg.image_token_id,
+            &tiles,
+            v.max_num_tiles,
+            v.num_patches(),
+            rows.device(),
+        )?;
+        let mut cache = self.new_cache(1);
+        cache.decoder.capture_attention = true;
+        self.attach_images(&mut cache, &rows, Some(mask))?;
+        let embeds = self.prompt_embeds(&ids, None)?;
+        self.forward_embeds(&embeds, None, &mut cache, LogitsFor::Last)?;
+        if cache.cross_attention.is_empty() {
+            return Err(ModelError::Input(
+                "attention map: the cross-attention layers captured nothing".into(),
+            ));
+        }
+        // L x (1, T, S) -> (T, S), averaged over layers
+        let mean = Tensor::stack(&cache.cross_attention, 0)?
+            .mean(0)?
+            .squeeze(0)?;
+        let t = ids.len();
+        // the answer's rows, averaged: (A, S) -> (S,)
+        let seen = mean
+            .narrow(0, t - answer.len(), answer.len())?
+            .mean(0)?
+            .to_vec1::<f32>()?;
+        let per_image = v.max_num_tiles * v.num_patches();
+        if seen.len() != per_image * images.len() {
+            return Err(ModelError::Input(format!(
+                "attention map: {} image rows for {} images of {per_image}",
+                seen.len(),
+                images.len()
+            )));
+        }
+        seen.chunks_exact(per_image)
+            .zip(layouts)
+            .map(|(mass, layout)| self.lay_out(mass, *layout))
+            .collect()
+    }
+
     fn lay_out(&self, mass: &[f32], layout: RowLayout) -> Result<Vec<Vec<f32>>> {
         let laid = match layout {
             RowLayout::Whole => Err("a whole image goes through image_attention".to_string()),
@@ -904,6 +984,23 @@ impl Vlm {
             RowLayout::Split { rows, cols } => {
                 let per = self.cfg.image_tokens()?;
                 attention_map::split(mass, rows, cols, per)
+            }
+            RowLayout::Canvas {
+                rows,
+                cols,
+                height,
+                width,
+            } => {
+                let Some(m) = &self.mllama else {
+                    return Err(ModelError::Input(
+                        "attention map: a tile canvas layout on a model that is not mllama".into(),
+                    ));
+                };
+                let v = &m.config.vision;
+                let g = v.image_size / v.patch_size;
+                // the patches the resized image covers, partly or wholly
+                let content = (height.div_ceil(v.patch_size), width.div_ceil(v.patch_size));
+                attention_map::canvas(mass, (rows, cols), g, v.max_num_tiles, content)
             }
         };
         laid.map_err(|msg| ModelError::Input(format!("attention map: {msg}")))

@@ -134,6 +134,117 @@ fn logits_match_transformers() -> Result<()> {
     Ok(())
 }
 
+/// `--attention-map` on Llama 3.2 Vision: the greedy answer's attention in
+/// the cross-attention layers (heads, layers and answer tokens averaged,
+/// under the processor's mask: in `raw_two` the answer sees the second
+/// image only) equals transformers' captured weights, laid on each image's
+/// canvas and cut to the resized picture.
+#[test]
+fn attention_maps_match_transformers() -> Result<()> {
+    use glimpse_models::attention_map::{canvas, RowLayout};
+    let (r, t) = reference()?;
+    let images = images(&r)?;
+    let model = Vlm::load_dir(&model_dir(), DType::F32, &Device::Cpu)?;
+    let v = &model.mllama.as_ref().context("mllama")?.config.vision;
+    let (tile, patch, max_tiles) = (v.image_size, v.patch_size, v.max_num_tiles);
+    let per_image = max_tiles * v.num_patches();
+    let eos = 2; // generation_config.json
+    let mut checked = 0;
+    for case in r["cases"].as_array().context("cases")? {
+        let cname = case["name"].as_str().context("name")?;
+        let Some(want) = t.get(&format!("case.{cname}.answer_cross_attention")) else {
+            continue;
+        };
+        let want = want.to_vec1::<f32>()?;
+        let nums = |v: &Value| -> Vec<u32> {
+            v.as_array().map_or_else(Vec::new, |a| {
+                a.iter()
+                    .filter_map(|x| x.as_u64().map(|i| i as u32))
+                    .collect()
+            })
+        };
+        let ids = nums(&case["input_ids"]);
+        let answer: Vec<u32> = nums(&case["greedy"]["generated_ids"])
+            .into_iter()
+            .filter(|&id| id != eos)
+            .collect();
+        let (mut rows, mut layouts) = (Vec::new(), Vec::new());
+        for n in case["images"]
+            .as_array()
+            .context("images")?
+            .iter()
+            .filter_map(Value::as_str)
+        {
+            let im = &images[n];
+            let id = im["aspect_ratio_id"].as_u64().context("id")? as u32;
+            let pixels = &t[&format!("image.{n}.pixel_values")];
+            rows.push(model.encode_mllama_image(pixels, id, &tile_mask(im))?);
+            let at = |k: &str, i: usize| im[k][i].as_u64().map(|x| x as usize).context("size");
+            layouts.push(RowLayout::Canvas {
+                rows: at("canvas", 0)? / tile,
+                cols: at("canvas", 1)? / tile,
+                height: at("resized", 0)?,
+                width: at("resized", 1)?,
+            });
+        }
+        let maps = model.image_attention_maps(&ids, &rows, &layouts, &answer)?;
+        assert_eq!(maps.len(), layouts.len(), "{cname}");
+        assert_eq!(
+            want.len(),
+            per_image * layouts.len(),
+            "{cname}: reference length"
+        );
+        for (k, (map, layout)) in maps.iter().zip(&layouts).enumerate() {
+            let RowLayout::Canvas {
+                rows,
+                cols,
+                height,
+                width,
+            } = *layout
+            else {
+                unreachable!()
+            };
+            let content = (height.div_ceil(patch), width.div_ceil(patch));
+            let mass = &want[k * per_image..(k + 1) * per_image];
+            let expect = canvas(mass, (rows, cols), tile / patch, max_tiles, content)
+                .map_err(anyhow::Error::msg)?;
+            assert_eq!(
+                (map.len(), map[0].len()),
+                content,
+                "{cname} image {k}: map size"
+            );
+            let diff = map
+                .iter()
+                .flatten()
+                .zip(expect.iter().flatten())
+                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(
+                diff < 1e-5,
+                "{cname} image {k}: attention differs by {diff}"
+            );
+            let total: f32 = map.iter().flatten().sum();
+            // raw_two's answer sees the second image only
+            if cname == "raw_two" && k == 0 {
+                assert_eq!(
+                    total, 0.0,
+                    "{cname}: the first image is masked for the answer"
+                );
+            } else {
+                assert!(
+                    total > 0.1,
+                    "{cname} image {k}: attention on the picture {total}"
+                );
+            }
+        }
+        checked += 1;
+    }
+    assert_eq!(
+        checked, 3,
+        "chat_test, chat_two and raw_two carry reference attention"
+    );
+    Ok(())
+}
+
 fn argmax(row: &Tensor) -> Result<u32> {
     Ok(row.argmax(0)?.to_scalar::<u32>()?)
 }

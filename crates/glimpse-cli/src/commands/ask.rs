@@ -89,13 +89,6 @@ pub fn run(args: AskArgs) -> Result<()> {
         .map(|n| vlm.set_max_image_tokens(n))
         .transpose()?;
     // Refused before generating, so a refusal prints no answer.
-    if args.attention_map.is_some() && vlm.model.mllama.is_some() {
-        return Err(PipelineError::Usage(format!(
-            "--attention-map does not support Llama 3.2 Vision (mllama) yet; {} is one",
-            dir.display()
-        ))
-        .into());
-    }
     if args.attention_map.is_some() && vlm.model.qwen2_vl.is_some() {
         return Err(PipelineError::Usage(format!(
             "--attention-map does not support Qwen2-VL (qwen2_vl) yet; {} is one",

@@ -588,7 +588,12 @@ impl VlmPipeline {
                 tiles: tiles.num_tiles,
                 layout: None,
                 grid: None,
-                row_layout: RowLayout::Whole,
+                row_layout: RowLayout::Canvas {
+                    rows: tiles.grid.0,
+                    cols: tiles.grid.1,
+                    height: tiles.resized.0,
+                    width: tiles.resized.1,
+                },
             }
         } else if self.model.config().image_grid_pinpoints.is_some() {
             let size = (image.height() as usize, image.width() as usize);
