@@ -11,28 +11,14 @@
 # machine to be >= 90% idle over 2 s; 0 disables), KEEP (a file for the raw JSON).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-$HOME/.venvs/glimpse-dev/bin/python}
 RUNS=${1:-3}
-THREADS=${THREADS:-2}
 MODEL=${MODEL:-/tmp/glimpse-bench-llava}
 NEW=${NEW:-64}
-IDLE_WAIT_S=${IDLE_WAIT_S:-180}
+. bench/vlm_rounds.sh
 cargo build --release -q -p glimpse-bench --bin bench-vlm
 [ -f "$MODEL/model.safetensors" ] || "$PY" bench/vlm_pytorch.py --write "$MODEL" 2>/dev/null
-out=${KEEP:-$(mktemp)}
-: >"$out"
 
-. bench/quiet.sh
-
-# Interleave the two sides so slow phases of a noisy machine hit both.
-for round in 1 2; do
-  wait_idle
-  RAYON_NUM_THREADS=$THREADS target/release/bench-vlm --model "$MODEL" --runs "$RUNS" \
-    --new-tokens "$NEW" | tee -a "$out"
-  wait_idle
-  "$PY" bench/vlm_pytorch.py --run "$MODEL" --threads "$THREADS" --runs "$RUNS" \
-    --new-tokens "$NEW" --generate 2>/dev/null | tee -a "$out"
-done
+two_rounds bench-vlm bench/vlm_pytorch.py --new-tokens "$NEW"
 "$PY" - "$out" <<'PYEOF'
 import json, statistics as st, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]

@@ -12,49 +12,19 @@
 # be >= 90% idle over 2 s; 0 disables), KEEP (a file for the raw JSON).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-$HOME/.venvs/glimpse-dev/bin/python}
 RUNS=${1:-3}
-THREADS=${THREADS:-2}
 FAMILY=${FAMILY:-llava_next}
 MODEL=${MODEL:-/tmp/glimpse-bench-$FAMILY}
-IDLE_WAIT_S=${IDLE_WAIT_S:-180}
+. bench/vlm_rounds.sh
 cargo build --release -q -p glimpse-bench --bin bench-vlm-tiled
 [ -f "$MODEL/bench.png" ] || "$PY" bench/vlm_tiled_pytorch.py --write "$MODEL" --family "$FAMILY" 2>/dev/null
-out=${KEEP:-$(mktemp)}
-: >"$out"
 
-. bench/quiet.sh
-
-# Interleave the two sides so slow phases of a noisy machine hit both.
-for round in 1 2; do
-  wait_idle
-  RAYON_NUM_THREADS=$THREADS target/release/bench-vlm-tiled --model "$MODEL" --runs "$RUNS" | tee -a "$out"
-  wait_idle
-  "$PY" bench/vlm_tiled_pytorch.py --run "$MODEL" --threads "$THREADS" --runs "$RUNS" --generate 2>/dev/null \
-    | tee -a "$out"
-done
+two_rounds bench-vlm-tiled bench/vlm_tiled_pytorch.py
 "$PY" - "$out" <<'PYEOF'
-import json, statistics as st, sys
+import json, sys
+sys.path.insert(0, "bench")
+from ttft_table import print_table
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-def name(r):
-    return "glimpse" if r["impl"] == "glimpse" else f"transformers {r['mode']}"
-names = ["glimpse", "transformers forward", "transformers generate"]
-med, vis = {}, {}
-for n in names:
-    rs = [r for r in rows if name(r) == n]
-    if not rs:
-        continue
-    med[n] = st.median([x for r in rs for x in r["ttft_ms_all"]])
-    v = [r["vision_ms_median"] for r in rs if r.get("vision_ms_median") is not None]
-    vis[n] = f"{st.median(v):.0f}" if v else "-"
 g = next(r for r in rows if r["impl"] == "glimpse")
-t = next(r for r in rows if r["impl"] != "glimpse")
-print(f"\n{g['family']}: {g['prompt_tokens']} prompt positions (transformers: {t['prompt_tokens']}), "
-      f"tiles {g['tiles']}, {g['runs']} runs x 2 rounds, {g['threads']} threads")
-print("\n| engine | TTFT ms (PNG -> first token) | of which vision ms | TTFT ratio (theirs / ours) |")
-print("|---|---|---|---|")
-for n in med:
-    print(f"| {n} | {med[n]:.0f} | {vis[n]} | {med[n] / med['glimpse']:.2f}x |")
-firsts = {r["first_token"] for r in rows if r.get("first_token") is not None}
-print(f"\ngreedy first token {'agrees' if len(firsts) == 1 else 'differs'} across engines: {sorted(firsts)}")
+print_table(rows, g["family"], "PNG", note=f"tiles {g['tiles']}, ")
 PYEOF

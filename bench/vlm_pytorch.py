@@ -27,7 +27,6 @@ TTFT; here get_image_features, timed separately after each request).
 its TTFT is generate(max_new_tokens=1), its decode rate new_tokens / (time of
 generate(max_new_tokens=1 + new_tokens) - that TTFT).
 """
-import argparse
 import json
 import resource
 import statistics
@@ -41,6 +40,8 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
 )
+
+from ttft_pytorch import parse_args  # bench/, beside this file
 
 IMAGE_TOKEN_ID = 32000
 IMAGE_TOKENS = 196
@@ -75,15 +76,7 @@ def argmax_last(logits):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--write")
-    p.add_argument("--run")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--generate", action="store_true", help="also time model.generate")
-    a = p.parse_args()
-    torch.set_num_threads(a.threads)
+    a = parse_args(lambda p: p.add_argument("--new-tokens", type=int, default=64), "also time model.generate")
     if a.write:
         write(a.write)
         return

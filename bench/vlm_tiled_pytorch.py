@@ -23,20 +23,18 @@ projector alone (get_image_features on the processor's output), timed
 separately. --generate also times model.generate(max_new_tokens=1) from the
 processor's output, the path most users call.
 """
-import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor, DynamicCache, PreTrainedTokenizerFast
+from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts" / "dev"))
 from make_decoder_fixtures import llama_tokenizer  # noqa: E402
+from ttft_pytorch import colour_field, forward_ttft, parse_args, report, seconds  # noqa: E402  (bench/, beside this file)
 
 SEED = 0
 # The same text as bench/src/vlm_tiled.rs.
@@ -45,8 +43,7 @@ QUESTION = "Describe the picture in detail."
 
 def bench_image(path):
     """672x672: smooth colour fields and a few shapes, deterministic."""
-    y, x = np.mgrid[0:672, 0:672].astype(np.float32)
-    rgb = np.stack([(x / 671) * 255, (y / 671) * 255, ((x + y) % 97) / 96 * 255], -1)
+    rgb = colour_field(672, 672)
     rgb[200:420, 150:500] = [220, 40, 40]
     Image.fromarray(rgb.astype(np.uint8)).save(path)
 
@@ -119,15 +116,7 @@ def write(path, family):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--write")
-    p.add_argument("--family", default="llava_next")
-    p.add_argument("--run")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--generate", action="store_true", help="also time model.generate(max_new_tokens=1)")
-    a = p.parse_args()
-    torch.set_num_threads(a.threads)
+    a = parse_args(lambda p: p.add_argument("--family", default="llava_next"))
     if a.write:
         write(a.write, a.family)
         return
@@ -139,44 +128,17 @@ def main():
     def inputs():
         return processor(images=[Image.open(png).convert("RGB")], text=text, return_tensors="pt")
 
-    def once():
-        """(ttft seconds, prompt positions, first id)"""
-        t = time.perf_counter()
-        x = inputs()
-        cache = DynamicCache(config=model.config.get_text_config())
-        out = model(**x, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        tok = out.logits[:, -1].argmax(-1).item()
-        return time.perf_counter() - t, x["input_ids"].shape[1], tok
-
     def vision():
         x = inputs()
         kw = {k: v for k, v in x.items() if k not in ("input_ids", "attention_mask")}
-        t = time.perf_counter()
-        model.model.get_image_features(**kw)
-        return time.perf_counter() - t
+        return seconds(lambda: model.model.get_image_features(**kw))
 
     def generate():
-        t = time.perf_counter()
-        model.generate(**inputs(), do_sample=False, max_new_tokens=1, pad_token_id=0)
-        return time.perf_counter() - t
+        return seconds(lambda: model.generate(**inputs(), do_sample=False, max_new_tokens=1, pad_token_id=0))
 
-    impl = f"transformers {__import__('transformers').__version__} / torch {torch.__version__}"
     with torch.inference_mode():
-        _, positions, first = once()  # warm-up
-        ttfts, visions = [], []
-        for _ in range(a.runs):
-            ttft, _, _ = once()
-            ttfts.append(ttft * 1e3)
-            visions.append(vision() * 1e3)
-        row = {"impl": impl, "mode": "forward", "family": type(model).__name__, "prompt_tokens": positions,
-               "runs": a.runs, "threads": a.threads, "ttft_ms_median": statistics.median(ttfts),
-               "ttft_ms_all": ttfts, "vision_ms_median": statistics.median(visions), "first_token": first}
-        print(json.dumps(row), flush=True)
-        if a.generate:
-            generate()
-            gt = [generate() * 1e3 for _ in range(a.runs)]
-            print(json.dumps({**row, "mode": "generate", "ttft_ms_median": statistics.median(gt), "ttft_ms_all": gt,
-                              "vision_ms_median": None}), flush=True)
+        report({"family": type(model).__name__}, a.runs, a.threads, lambda: forward_ttft(model, inputs), vision,
+               generate if a.generate else None)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,13 @@
 //! Usage: bench-membw [--threads 2] [--mib 1024] [--passes 10]
 //!                    [--gguf FILE --kv-positions 192 --kv-bytes 2]
 
+mod common;
+
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::quantized::gguf_file;
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
+use common::{flag_value, median};
 
 /// Sum of a slice with 8 independent accumulators (vectorises to SIMD adds,
 /// so the loop is bound by loads, not by one long add chain).
@@ -99,30 +97,23 @@ fn model_bytes(path: &str) -> Result<ModelBytes> {
 }
 
 fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let threads: usize = value("--threads")
+    let threads: usize = flag_value("--threads")
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(2);
-    let mib: usize = value("--mib")
+    let mib: usize = flag_value("--mib")
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(1024);
-    let passes: usize = value("--passes")
+    let passes: usize = flag_value("--passes")
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(10);
-    let kv_positions: u64 = value("--kv-positions")
+    let kv_positions: u64 = flag_value("--kv-positions")
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(192);
-    let kv_bytes: u64 = value("--kv-bytes")
+    let kv_bytes: u64 = flag_value("--kv-bytes")
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(2);
@@ -149,7 +140,7 @@ fn main() -> Result<()> {
         "read_gb_per_s_all": rates,
         "checksum": check,
     });
-    if let Some(path) = value("--gguf") {
+    if let Some(path) = flag_value("--gguf") {
         let m = model_bytes(&path)?;
         // K and V, every layer, every cached position.
         let kv = 2 * m.n_layer * m.kv_width * kv_positions * kv_bytes;

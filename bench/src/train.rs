@@ -123,6 +123,9 @@ fn config() -> VlmConfig {
         image_token_id: IMAGE_TOKEN_ID,
         format: VlmFormat::Glimpse,
         image_grid_pinpoints: None,
+        video: None,
+        llava_next_video: None,
+        tiling: None,
     }
 }
 

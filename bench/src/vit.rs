@@ -4,17 +4,15 @@
 //!
 //! Usage: bench-vit [--batch 1,8] [--runs N] [--cuda]
 
+mod common;
+
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use common::{flag_value, median};
 use glimpse_models::vision::{VisionTransformer, VitConfig};
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
 
 /// Peak resident memory of this process, from /proc (Linux).
 fn peak_rss_mib() -> Option<f64> {
@@ -29,18 +27,15 @@ fn main() -> Result<()> {
     // As `glimpse` does: without it candle reads /proc/cpuinfo before every matmul.
     glimpse_engine::device::count_threads_once();
     let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let batches: Vec<usize> = value("--batch")
+    let batches: Vec<usize> = flag_value("--batch")
         .unwrap_or_else(|| "1,8".into())
         .split(',')
         .map(|s| s.parse().context("--batch takes comma-separated integers"))
         .collect::<Result<_>>()?;
-    let runs: usize = value("--runs").map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let runs: usize = flag_value("--runs")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(5);
     let device = if args.iter().any(|a| a == "--cuda") {
         Device::new_cuda(0)?
     } else {

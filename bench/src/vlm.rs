@@ -12,11 +12,14 @@
 //!
 //! Usage: bench-vlm --model DIR [--runs N] [--new-tokens 64] [--cuda]
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor, D};
+use common::{flag_value, median};
 use glimpse_models::{LogitsFor, Vlm};
 
 /// `<image>` in the benchmark's checkpoint; 196 copies for one image.
@@ -30,11 +33,6 @@ fn prompt_ids(image_tokens: usize) -> Vec<u32> {
     ids.extend(std::iter::repeat_n(IMAGE_TOKEN_ID, image_tokens));
     ids.extend_from_slice(&text[16..]);
     ids
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
 }
 
 /// A memory line of this process's /proc status (Linux), in MiB: "VmHWM"
@@ -96,16 +94,14 @@ fn main() -> Result<()> {
     // As `glimpse` does: without it candle reads /proc/cpuinfo before every matmul.
     glimpse_engine::device::count_threads_once();
     let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let dir =
-        PathBuf::from(value("--model").context("--model DIR (see bench/vlm_pytorch.py --write)")?);
-    let runs: usize = value("--runs").map(|s| s.parse()).transpose()?.unwrap_or(3);
-    let new_tokens: usize = value("--new-tokens")
+    let dir = PathBuf::from(
+        flag_value("--model").context("--model DIR (see bench/vlm_pytorch.py --write)")?,
+    );
+    let runs: usize = flag_value("--runs")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(3);
+    let new_tokens: usize = flag_value("--new-tokens")
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(64);

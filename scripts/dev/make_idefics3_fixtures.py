@@ -80,6 +80,7 @@ from transformers.processing_utils import ProcessorMixin
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_decoder_fixtures import llama_tokenizer, top2  # noqa: E402
+from make_llava_fixtures import greedy_generation_config  # noqa: E402
 from make_llava_next_fixtures import make_image as make_picture, open_image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -191,10 +192,7 @@ def build(kind, spec, fast, files, seed):
     torch.manual_seed(seed)
     model = model_cls(cfg).eval()
     random_init(model, seed)
-    gc = model.generation_config
-    gc.eos_token_id, gc.pad_token_id, gc.bos_token_id = fast.eos_token_id, fast.pad_token_id, fast.bos_token_id
-    gc.do_sample = False
-    gc._from_model_config = False
+    greedy_generation_config(model, fast.eos_token_id, fast.pad_token_id, fast.bos_token_id)
     expected = {k: v.clone() for k, v in model.state_dict().items()}
     model.save_pretrained(model_dir)
     image_processor = image_processor_cls(

@@ -206,6 +206,24 @@ def random_init(model, seed):
                 p.copy_((VISION_STD if vision else TEXT_STD) * torch.randn(p.shape, generator=g))
 
 
+def case_prompt(entry, conv, processor):
+    """A case's prompt: `conv` as is when it is a string (raw), else its messages through the
+    processor's chat template, recorded in `entry`."""
+    if isinstance(conv, str):
+        return conv
+    entry["messages"] = conv
+    return processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+
+
+def greedy_generation_config(model, eos_token_id, pad_token_id, bos_token_id):
+    """The generation_config.json a fixture saves: greedy, with the tokenizer's special ids (not
+    the model config's defaults)."""
+    gc = model.generation_config
+    gc.eos_token_id, gc.pad_token_id, gc.bos_token_id = eos_token_id, pad_token_id, bos_token_id
+    gc.do_sample = False
+    gc._from_model_config = False
+
+
 def greedy(model, inputs, eos_ids, image_token_id):
     out = model.generate(
         **inputs,
@@ -445,11 +463,7 @@ def build(spec, out_root=OUT, seed=None, verbose=True):
     for case_name, image_names, conv in CASES:
         images = [open_image(n) for n in image_names]
         entry = {"name": case_name, "images": image_names}
-        if isinstance(conv, str):
-            prompt = conv
-        else:
-            entry["messages"] = conv
-            prompt = processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+        prompt = case_prompt(entry, conv, processor)
         entry["prompt"] = prompt
         entry["add_special_tokens"] = True
         inputs = processor(images=images, text=prompt, return_tensors="pt")

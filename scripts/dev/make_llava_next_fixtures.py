@@ -73,7 +73,7 @@ from transformers.models.llava_next.image_processing_pil_llava_next import Llava
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_decoder_fixtures import llama_tokenizer, qwen2_tokenizer, top2  # noqa: E402
-from make_llava_fixtures import LLAMA_TEMPLATE, QWEN2_TEMPLATE, random_init  # noqa: E402
+from make_llava_fixtures import LLAMA_TEMPLATE, QWEN2_TEMPLATE, case_prompt, random_init  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures"
@@ -150,6 +150,46 @@ def unpadded_grid(h, w, rows, cols):
     return rows, cols - 2 * pad, Fraction(w * rows, h)
 
 
+def fresh_dir(path):
+    """`path` as an empty directory (a fixture's files are all rewritten)."""
+    path.mkdir(exist_ok=True)
+    for stale in path.iterdir():
+        stale.unlink()
+    return path
+
+
+def tiny_tokenizer(decoder, specials):
+    """(raw, fast): the 300-merge BPE of `decoder`'s family ("qwen2", else Llama) with `specials`
+    added, and it as a PreTrainedTokenizerFast with that family's special tokens."""
+    if decoder == "qwen2":
+        raw = qwen2_tokenizer(300)
+        kwargs = dict(eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None, unk_token=None)
+    else:
+        raw = llama_tokenizer(300)
+        kwargs = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>")
+    raw.add_special_tokens(specials)
+    return raw, PreTrainedTokenizerFast(tokenizer_object=raw, **kwargs)
+
+
+def tiny_tower(tower, tile, patch):
+    """(vision_config, image mean/std kwargs, num_additional_image_tokens) of a 2-layer 32-wide
+    tower: SigLIP (read whole, mean and std 0.5, no class token) or CLIP (quick_gelu, one class
+    token, CLIP's mean and std: the processors' default)."""
+    if tower == "siglip":
+        from transformers import SiglipVisionConfig
+
+        config = SiglipVisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            image_size=tile, patch_size=patch,
+        )
+        return config, dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5]), 0
+    config = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        image_size=tile, patch_size=patch, hidden_act="quick_gelu", projection_dim=32,
+    )
+    return config, {}, 1
+
+
 def write_json(path, obj):
     path.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
@@ -157,10 +197,7 @@ def write_json(path, obj):
 def main(seed=SEED):
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "images").mkdir(exist_ok=True)
-    model_dir = OUT / "clip-llama"
-    model_dir.mkdir(exist_ok=True)
-    for stale in model_dir.iterdir():
-        stale.unlink()
+    model_dir = fresh_dir(OUT / "clip-llama")
 
     files = {}
     for i, (name, (h, w, why)) in enumerate(IMAGES.items()):
@@ -168,17 +205,10 @@ def main(seed=SEED):
     for name, (rel, why) in SHARED.items():
         files[name] = (FIXTURES / rel, why)
 
-    raw_tok = llama_tokenizer(300)
-    raw_tok.add_special_tokens([IMAGE_TOKEN])
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=raw_tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>"
-    )
+    _, fast = tiny_tokenizer("llama", [IMAGE_TOKEN])
     image_token_id = fast.convert_tokens_to_ids(IMAGE_TOKEN)
 
-    vision_config = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        image_size=TILE, patch_size=PATCH, hidden_act="quick_gelu", projection_dim=32,
-    )
+    vision_config, _, _ = tiny_tower("clip", TILE, PATCH)
     text_config = LlamaConfig(
         vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5,
@@ -274,11 +304,7 @@ def main(seed=SEED):
     for case_name, names, conv, logits_kind in cases_spec:
         imgs = [open_image(files[n][0]) for n in names]
         entry = {"name": case_name, "images": names}
-        if isinstance(conv, str):
-            prompt = conv
-        else:
-            entry["messages"] = conv
-            prompt = processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+        prompt = case_prompt(entry, conv, processor)
         entry["prompt"] = prompt
         inputs = processor(images=imgs, text=prompt, return_tensors="pt")
         ids = inputs["input_ids"][0].tolist()
@@ -343,43 +369,18 @@ VARIANT_CASES = [
 
 
 def build_variant(name, files):
-    from transformers import MistralConfig, Qwen2Config, SiglipVisionConfig
+    from transformers import MistralConfig, Qwen2Config
 
     vision, text, strategy, seed = VARIANTS[name]
-    model_dir = OUT / name
-    model_dir.mkdir(exist_ok=True)
-    for stale in model_dir.iterdir():
-        stale.unlink()
-    if text == "qwen2":
-        raw_tok = qwen2_tokenizer(300)
-        tok_kwargs = dict(eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None, unk_token=None)
-        template = QWEN2_TEMPLATE
-    else:
-        raw_tok = llama_tokenizer(300)
-        tok_kwargs = dict(bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>")
-        template = LLAMA_TEMPLATE
-    raw_tok.add_special_tokens([IMAGE_TOKEN])
-    fast = PreTrainedTokenizerFast(tokenizer_object=raw_tok, **tok_kwargs)
+    model_dir = fresh_dir(OUT / name)
+    _, fast = tiny_tokenizer(text, [IMAGE_TOKEN])
+    template = QWEN2_TEMPLATE if text == "qwen2" else LLAMA_TEMPLATE
     image_token_id = fast.convert_tokens_to_ids(IMAGE_TOKEN)
-    if vision == "siglip":
-        vision_config = SiglipVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            image_size=TILE, patch_size=PATCH,
-        )
-        image_processor = LlavaNextImageProcessorPil(
-            size={"shortest_edge": TILE}, crop_size={"height": TILE, "width": TILE}, image_grid_pinpoints=PINPOINTS,
-            image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
-        )
-        additional = 0
-    else:
-        vision_config = CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            image_size=TILE, patch_size=PATCH, hidden_act="quick_gelu", projection_dim=32,
-        )
-        image_processor = LlavaNextImageProcessorPil(
-            size={"shortest_edge": TILE}, crop_size={"height": TILE, "width": TILE}, image_grid_pinpoints=PINPOINTS
-        )
-        additional = 1
+    vision_config, mean_std, additional = tiny_tower(vision, TILE, PATCH)
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": TILE}, crop_size={"height": TILE, "width": TILE}, image_grid_pinpoints=PINPOINTS,
+        **mean_std,
+    )
     common = dict(
         vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, initializer_range=0.35, bos_token_id=fast.bos_token_id,

@@ -42,6 +42,27 @@ reference.json:
     video_case{name, images, frames (file stems under images/), video_grid_thw, video_tokens,
         messages, prompt, input_ids (both placeholders expanded), mm_token_type_ids, position_ids,
         rope_deltas, greedy}: an image and a four-frame video in one prompt
+    video_cases[{name, video (relative to fixtures/), sampling {frames or null}, indices,
+        timestamps, images, messages or null, prompt, raw, video_grid_thw, video_tokens, input_ids,
+        mm_token_type_ids, position_ids, rope_deltas, greedy}]: videos read from files through
+        transformers' own Qwen2VLProcessor and Qwen2VLVideoProcessor (see VIDEO_* below)
+
+fixtures/qwen2_vl/video/frames/frame1.png .. frame6.png and clip.gif: one 6-frame 24x8 video (a
+block moving right over a gradient), as a folder of frames and as an animated GIF (100 ms a frame,
+at most 192 colours a frame, so GIF's palette holds every frame exactly: checked on reading back).
+The frames are already at their smart_resize size under the video processor (factor 8, min_pixels
+128, max_pixels 1024, tiny/video_preprocessor_config.json), so no resize happens: torchvision is
+not installed here, and its resize is the one step glimpse does differently (Pillow). The video
+processor runs with a stand-in for the three torchvision functions it calls on such frames
+(normalize as torchvision's normalize_image, grayscale_to_rgb, and resize, which refuses any size
+change); everything else is transformers' code. Under the image processor (min_pixels 256) the
+same frames would be resized to 16x32, so a reader that took the image processor's settings for
+videos gets other grids. The frames are sampled by transformers' default_sample_indices_fn (the
+rule glimpse's --frames follows) and handed to the processor as arrays (do_sample_frames false).
+
+reference.safetensors, for each video case:
+    video.<case>.pixel_values_videos  (t * h * w, 96) the video processor's patch rows
+    case.<case>.last_logits           (V,)
 """
 
 import json
@@ -72,11 +93,17 @@ from transformers.processing_utils import ProcessorMixin
 # these fixtures are images only). Without it ProcessorMixin fails to look up the class of the
 # absent (None) video processor; skip that check for None only.
 _check = ProcessorMixin.check_argument_for_proper_class
-ProcessorMixin.check_argument_for_proper_class = lambda self, name, arg: None if arg is None else _check(self, name, arg)
+# The video processor below is loaded from its module file (see video_processor_class), which
+# the class lookup cannot resolve without torchvision either.
+ProcessorMixin.check_argument_for_proper_class = (
+    lambda self, name, arg: None if arg is None or name == "video_processor" else _check(self, name, arg)
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_decoder_fixtures import qwen2_tokenizer, top2  # noqa: E402
+from make_llava_fixtures import greedy_generation_config  # noqa: E402
 from make_llava_next_fixtures import make_image as make_picture, open_image  # noqa: E402
+from transformers.video_utils import VideoMetadata, default_sample_indices_fn  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures"
@@ -113,12 +140,101 @@ IMAGES = {
     "odd": (37, 29, "both sides round to nearest (40x32), non-square"),
 }
 SHARED = {"test": ("images/test.png", "67x97 above max_pixels: 32x48"), "gray": ("images/gray.png", "mode L, 60x45: 60/8 = 7.5 rounds half to even (8); above max_pixels then: 48x32")}
+# The video read from files: VIDEO_FRAMES frames of VIDEO_H x VIDEO_W, its own pixel budget.
+VIDEO_DIR = OUT / "video"
+VIDEO_FRAMES, VIDEO_H, VIDEO_W = 6, 8, 24
+VIDEO_MIN_PIXELS, VIDEO_MAX_PIXELS = 128, 1024
+GIF_DURATION_MS = 100
+FOLDER_FPS = 25.0  # glimpse's rate for a folder of frames (ffmpeg's image2 default)
+# name, source ("folder" / "gif"), frames asked for (None: every frame), image names, question or raw prompt
+VIDEO_CASES = [
+    ("video_folder", "folder", 4, [], "What moves?"),
+    ("image_video_gif", "gif", 3, ["wide"], "Which comes first?"),
+    ("raw_video_gif", "gif", None, [], "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>Describe it.<|im_end|>\n<|im_start|>assistant\n"),
+]
 # smart_resize alone: the aspect-ratio error and the clamps to one factor.
 EXTRA_SIZES = [(1, 300), (1, 150), (3, 500), (8, 8), (200, 200), (17, 3000), (2, 2)]
 
 
 def make_image(name, h, w, seed):
     return make_picture(name, h, w, seed, out=OUT)
+
+
+def make_video_files(seed):
+    """The fixture video as frame1.png .. frameN.png and clip.gif; returns the frames (N, H, W, 3)."""
+    rng = np.random.RandomState(seed)
+    y, x = np.mgrid[0:VIDEO_H, 0:VIDEO_W]
+    frames = []
+    for k in range(VIDEO_FRAMES):
+        base = np.stack([10 * x, 30 * y, 200 - 20 * k + 0 * x], -1).astype(np.int64)
+        base[2:6, 3 * k : 3 * k + 4] = [250, 40, 40]
+        base += rng.randint(-6, 7, base.shape)
+        frames.append(np.clip(base, 0, 255).astype(np.uint8))
+    frames = np.stack(frames)
+    folder = VIDEO_DIR / "frames"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.iterdir():
+        stale.unlink()
+    for k, f in enumerate(frames):
+        Image.fromarray(f, "RGB").save(folder / f"frame{k + 1}.png", optimize=True)
+    pics = [Image.fromarray(f, "RGB") for f in frames]
+    # optimize=False, disposal 1: each frame stored whole (see make_video_fixtures.py)
+    pics[0].save(VIDEO_DIR / "clip.gif", save_all=True, append_images=pics[1:], duration=GIF_DURATION_MS,
+                 loop=0, optimize=False, disposal=1)
+    with Image.open(VIDEO_DIR / "clip.gif") as gif:
+        back = []
+        for k in range(gif.n_frames):
+            gif.seek(k)
+            back.append(np.asarray(gif.convert("RGB")))
+    assert len(back) == VIDEO_FRAMES and all(np.array_equal(a, b) for a, b in zip(back, frames)), "GIF is lossy"
+    return frames
+
+
+def video_processor_class():
+    """transformers' Qwen2VLVideoProcessor without torchvision: its module imports
+    torchvision.transforms.v2.functional, and on frames that need no resize the processor calls
+    three functions of it. A stand-in module gives those (normalize as torchvision's
+    normalize_image: (x - mean) / std in the tensor's dtype; grayscale_to_rgb; resize, which
+    refuses any size change), and the module file is loaded directly (the lazy import refuses
+    without torchvision). Installed only here, after every other import."""
+    import importlib.util
+    import types
+
+    import transformers.image_processing_backends as backends
+    import transformers.models.qwen2_vl as pkg
+    import transformers.video_processing_utils as video_utils
+
+    def module(name):
+        m = types.ModuleType(name)
+        sys.modules[name] = m
+        return m
+
+    tv, tr, v2, F = (module(n) for n in ["torchvision", "torchvision.transforms", "torchvision.transforms.v2", "torchvision.transforms.v2.functional"])
+    tv.transforms, tr.v2, v2.functional = tr, v2, F
+
+    class InterpolationMode:
+        NEAREST, LANCZOS, BILINEAR, BICUBIC = "nearest", "lanczos", "bilinear", "bicubic"
+
+    def normalize(image, mean, std, inplace=False):
+        mean = torch.as_tensor(mean, dtype=image.dtype).view(-1, 1, 1)
+        std = torch.as_tensor(std, dtype=image.dtype).view(-1, 1, 1)
+        return (image if inplace else image.clone()).sub_(mean).div_(std)
+
+    def resize(image, size, interpolation=None, antialias=True):
+        # torchvision returns the input unchanged at its own size
+        assert list(size) == list(image.shape[-2:]), f"torchvision would resize {tuple(image.shape)} to {size}"
+        return image
+
+    F.InterpolationMode, F.normalize, F.resize = InterpolationMode, normalize, resize
+    F.grayscale_to_rgb = lambda v: v if v.shape[-3] == 3 else v.expand(*v.shape[:-3], 3, *v.shape[-2:])
+    backends.tvF = video_utils.tvF = F
+    backends.pil_torch_interpolation_mapping = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic"}
+    name = "transformers.models.qwen2_vl.video_processing_qwen2_vl"
+    spec = importlib.util.spec_from_file_location(name, Path(pkg.__file__).parent / "video_processing_qwen2_vl.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod.Qwen2VLVideoProcessor
 
 
 def random_init(model, seed):
@@ -186,10 +302,7 @@ def main(seed=SEED):
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(cfg).eval()
     random_init(model, seed)
-    gc = model.generation_config
-    gc.eos_token_id, gc.pad_token_id, gc.bos_token_id = ids["<|im_end|>"], ids["<|endoftext|>"], None
-    gc.do_sample = False
-    gc._from_model_config = False
+    greedy_generation_config(model, ids["<|im_end|>"], ids["<|endoftext|>"], None)
     expected = {k: v.clone() for k, v in model.state_dict().items()}
     model.save_pretrained(model_dir)
     # The processor's parts one by one (ProcessorMixin.save_pretrained needs the video processor):
@@ -337,6 +450,63 @@ def main(seed=SEED):
     }
     all_margins += margins
 
+    # Videos from files, through transformers' processor (image, video and text together).
+    video_frames = make_video_files(seed + 500)
+    VideoProcessor = video_processor_class()
+    VideoProcessor(
+        min_pixels=VIDEO_MIN_PIXELS, max_pixels=VIDEO_MAX_PIXELS, patch_size=PATCH, temporal_patch_size=TEMPORAL,
+        merge_size=MERGE, cap_pixels_per_frame=False,
+    ).save_pretrained(model_dir)
+    video_processor = VideoProcessor.from_pretrained(model_dir)
+    assert video_processor.size.shortest_edge == VIDEO_MIN_PIXELS, video_processor.size
+    vprocessor = Qwen2VLProcessor(
+        image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
+        chat_template=(model_dir / "chat_template.jinja").read_text(),
+    )
+    sources = {
+        "folder": (str((VIDEO_DIR / "frames").relative_to(FIXTURES)), FOLDER_FPS, [k / FOLDER_FPS for k in range(VIDEO_FRAMES)]),
+        "gif": (str((VIDEO_DIR / "clip.gif").relative_to(FIXTURES)), 1000 / GIF_DURATION_MS, [k * GIF_DURATION_MS / 1000 for k in range(VIDEO_FRAMES)]),
+    }
+    video_cases = []
+    for case_name, source, n, names, text in VIDEO_CASES:
+        rel, fps, times = sources[source]
+        meta = VideoMetadata(total_num_frames=VIDEO_FRAMES, fps=fps)
+        indices = [int(i) for i in default_sample_indices_fn(meta, num_frames=n)] if n else list(range(VIDEO_FRAMES))
+        raw = text.startswith("<|im_start|>")
+        conv = None if raw else [{"role": "user", "content": [{"type": "image"} for _ in names] + [{"type": "video"}, {"type": "text", "text": text}]}]
+        prompt = text if raw else vprocessor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
+        imgs = [open_image(files[nm][0]) for nm in names]
+        inputs = vprocessor(
+            text=prompt, images=imgs or None, videos=[video_frames[indices]], return_tensors="pt",
+            videos_kwargs={"cap_pixels_per_frame": False},
+        )
+        grid = inputs["video_grid_thw"][0].tolist()
+        assert grid == [math.ceil(len(indices) / TEMPORAL), VIDEO_H // PATCH, VIDEO_W // PATCH], grid
+        seq = inputs["input_ids"][0].tolist()
+        video_tokens = seq.count(ids["<|video_pad|>"])
+        assert video_tokens == math.prod(grid) // MERGE**2
+        with torch.no_grad():
+            pos, deltas = model.model.get_rope_index(
+                inputs["input_ids"], inputs["mm_token_type_ids"], image_grid_thw=inputs.get("image_grid_thw"),
+                video_grid_thw=inputs["video_grid_thw"], attention_mask=inputs["attention_mask"],
+            )
+            logits = model(**inputs).logits
+            out = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, return_dict_in_generate=True, output_logits=True)
+        gen = [int(x) for x in out.sequences[0, len(seq):]]
+        margins = [top2(out.logits[s][0])[0] for s in range(len(gen))]
+        assert image_token_id not in gen and ids["<|video_pad|>"] not in gen
+        tensors[f"video.{case_name}.pixel_values_videos"] = inputs["pixel_values_videos"]
+        tensors[f"case.{case_name}.last_logits"] = logits[0, -1]
+        video_cases.append({
+            "name": case_name, "video": rel, "sampling": {"frames": n}, "total_frames": VIDEO_FRAMES,
+            "indices": indices, "timestamps": [times[i] for i in indices], "images": names,
+            "messages": conv, "prompt": prompt, "raw": raw, "video_grid_thw": grid, "video_tokens": video_tokens,
+            "input_ids": seq, "mm_token_type_ids": inputs["mm_token_type_ids"][0].tolist(),
+            "position_ids": pos[:, 0].tolist(), "rope_deltas": int(deltas[0, 0]),
+            "greedy": {"max_new_tokens": MAX_NEW_TOKENS, "generated_ids": gen, "margins": margins, "min_margin": min(margins)},
+        })
+        # (min_greedy_margin stays the earlier cases'; each video case keeps its own min_margin)
+
     extra = []
     for h, w in EXTRA_SIZES:
         try:
@@ -354,6 +524,7 @@ def main(seed=SEED):
         "patch_size": PATCH, "temporal_patch_size": TEMPORAL, "merge_size": MERGE,
         "min_pixels": MIN_PIXELS, "max_pixels": MAX_PIXELS,
         "images": images, "cases": cases, "video_case": video_case, "video_token_id": ids["<|video_pad|>"],
+        "video_min_pixels": VIDEO_MIN_PIXELS, "video_max_pixels": VIDEO_MAX_PIXELS, "video_cases": video_cases,
         "smart_resize": extra, "min_greedy_margin": min(all_margins),
     }
     save_file({k: v.detach().contiguous().float().clone() for k, v in tensors.items()}, str(model_dir / "reference.safetensors"))

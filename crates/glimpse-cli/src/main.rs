@@ -37,6 +37,7 @@ enum Command {
     Ask(commands::ask::AskArgs),
     Embed(commands::embed::EmbedArgs),
     Classify(commands::classify::ClassifyArgs),
+    Draw(commands::draw::DrawArgs),
     Generate(commands::generate::GenerateArgs),
     Eval(commands::eval::EvalArgs),
     Data(commands::data::DataArgs),
@@ -57,6 +58,7 @@ fn main() -> ExitCode {
         Command::Ask(args) => commands::ask::run(args),
         Command::Embed(args) => commands::embed::run(args),
         Command::Classify(args) => commands::classify::run(args),
+        Command::Draw(args) => commands::draw::run(args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Train(args) => {
             // Before the first tensor op: candle reads it once.

@@ -204,6 +204,7 @@ fn served_models_take_adapters() -> Result<()> {
         let prompt = Prompt::Raw {
             text: "Hello".into(),
             images: Vec::new(),
+            videos: Vec::new(),
         };
         model.generate(&prompt, &params, tx)?;
         let mut text = String::new();

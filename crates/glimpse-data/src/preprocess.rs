@@ -28,6 +28,18 @@ pub fn center_crop(img: &RgbImage, ch: usize, cw: usize) -> RgbImage {
     let (h, w) = (i64::from(img.height()), i64::from(img.width()));
     let top = (h - ch as i64).div_euclid(2);
     let left = (w - cw as i64).div_euclid(2);
+    crop_at(img, top, left, ch, cw)
+}
+
+/// The `ch` x `cw` window whose top-left corner is (`top`, `left`) in
+/// `img` (negative or past the edge where the window is larger), zero
+/// where it reaches outside the image. Each center crop's offsets are its
+/// library's own rounding.
+///
+/// # Shapes
+/// HWC u8 (h_in, w_in, 3) -> (ch, cw, 3)
+pub(crate) fn crop_at(img: &RgbImage, top: i64, left: i64, ch: usize, cw: usize) -> RgbImage {
+    let (h, w) = (i64::from(img.height()), i64::from(img.width()));
     let mut out = RgbImage::new(cw as u32, ch as u32);
     for y in 0..ch as i64 {
         for x in 0..cw as i64 {
@@ -42,7 +54,7 @@ pub fn center_crop(img: &RgbImage, ch: usize, cw: usize) -> RgbImage {
 
 /// The (resized, output) sizes of an `h` x `w` image named `name`, or the
 /// error that refuses it, before anything is allocated for it.
-fn plan(
+pub(crate) fn plan(
     name: &str,
     h: usize,
     w: usize,
@@ -128,6 +140,41 @@ pub fn preprocess(img: &RgbImage, name: &str, cfg: &ProcessorConfig) -> Result<V
         }
     }
     Ok(out)
+}
+
+/// transformers' torchvision-backend `rescale_and_normalize` on one image:
+/// with both steps on, mean and std are scaled by `1 / rescale_factor` in
+/// f32 and the pixels normalized as `(x - mean') / std'` in f32; rescale
+/// alone is `x * rescale_factor` in f32. Values differ from the image
+/// processor's `x * factor` (f64) then `(v - mean) / std` ([`preprocess`])
+/// in the last bits. Every video processor (Qwen2-VL's, LLaVA-NeXT-Video's)
+/// runs this arithmetic.
+///
+/// # Shapes
+/// HWC u8 (h, w, 3) -> CHW f32 (3, h, w)
+pub(crate) fn torch_normalize(img: &RgbImage, cfg: &ProcessorConfig) -> Vec<f32> {
+    let (h, w) = (img.height() as usize, img.width() as usize);
+    let (mut mean, mut std) = (cfg.image_mean.0, cfg.image_std.0);
+    if cfg.do_rescale && cfg.do_normalize {
+        let inv = (1.0 / cfg.rescale_factor) as f32;
+        mean.iter_mut().for_each(|m| *m *= inv);
+        std.iter_mut().for_each(|s| *s *= inv);
+    }
+    let scale = cfg.rescale_factor as f32;
+    let mut out = vec![0f32; 3 * h * w];
+    for (i, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            let x = f32::from(px.0[c]);
+            out[c * h * w + i] = if cfg.do_normalize {
+                (x - mean[c]) / std[c]
+            } else if cfg.do_rescale {
+                x * scale
+            } else {
+                x
+            };
+        }
+    }
+    out
 }
 
 /// Several `(name, image)` pairs -> one batch. All must come out at the

@@ -130,11 +130,54 @@ fn unsupported_resample(code: u32) -> String {
     )
 }
 
-fn config_err(path: &Path, msg: impl std::fmt::Display) -> DataError {
+/// A processor config error naming `path`, on one line.
+pub(crate) fn config_err(path: &Path, msg: impl std::fmt::Display) -> DataError {
     DataError::Config {
         path: path.to_path_buf(),
         msg: one_line(msg),
     }
+}
+
+/// A processor config file's JSON, read bounded; errors name the file.
+pub(crate) fn read_config_json(path: &Path) -> Result<Value> {
+    let text =
+        read_bounded_text(path, MAX_CONFIG_BYTES, "config").map_err(|e| config_err(path, e))?;
+    serde_json::from_str(&text).map_err(|e| config_err(path, format!("invalid JSON: {e}")))
+}
+
+/// Where a model directory's video processor settings were found.
+pub(crate) enum VideoConfigSource {
+    /// The video processor's dict and the file it came from.
+    Found(Value, PathBuf),
+    /// None of the files transformers reads; `processor_config.json`'s
+    /// whole dict when that file exists (without a `video_processor`).
+    Missing(Option<(Value, PathBuf)>),
+}
+
+/// The video processor settings of the model directory `dir`, looked up as
+/// transformers 5's `get_video_processor_dict` does: `processor_config.json`'s
+/// `video_processor`, else `video_preprocessor_config.json`, else
+/// `preprocessor_config.json` (an image processor's fields, which the video
+/// class reads). Every video family's processor starts here.
+pub(crate) fn find_video_processor_config(dir: &Path) -> Result<VideoConfigSource> {
+    let nested = dir.join("processor_config.json");
+    // exists, not is_file: a FIFO or directory here is refused, not skipped
+    let nested_value = if nested.exists() {
+        let value = read_config_json(&nested)?;
+        if let Some(v) = value.get("video_processor") {
+            return Ok(VideoConfigSource::Found(v.clone(), nested));
+        }
+        Some((value, nested))
+    } else {
+        None
+    };
+    for name in ["video_preprocessor_config.json", "preprocessor_config.json"] {
+        let path = dir.join(name);
+        if path.exists() {
+            return Ok(VideoConfigSource::Found(read_config_json(&path)?, path));
+        }
+    }
+    Ok(VideoConfigSource::Missing(nested_value))
 }
 
 fn to_usize(n: u64) -> usize {

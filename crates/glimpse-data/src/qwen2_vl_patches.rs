@@ -17,8 +17,8 @@ use serde_json::Value;
 use crate::error::{DataError, Result};
 use crate::files::{read_bounded_text, MAX_CONFIG_BYTES};
 use crate::pil_resize::resize;
-use crate::preprocess::preprocess;
-use crate::processor_config::ProcessorConfig;
+use crate::preprocess::{preprocess, torch_normalize};
+use crate::processor_config::{config_err, ProcessorConfig};
 
 /// Largest `patch_size` / `merge_size` / `temporal_patch_size` accepted.
 const MAX_PATCH: usize = 64;
@@ -111,6 +111,17 @@ impl Qwen2VlProcessor {
     /// `longest_edge` (transformers 5) or `min_pixels` / `max_pixels`
     /// (early 4.x files).
     pub fn from_json(text: &str, path: &Path) -> Result<Self> {
+        Self::from_json_with_pixels(text, path, 56 * 56, 28 * 28 * 1280)
+    }
+
+    /// [`Self::from_json`] with the class's own `min_pixels` / `max_pixels`
+    /// defaults (the video processor's differ from the image processor's).
+    pub(crate) fn from_json_with_pixels(
+        text: &str,
+        path: &Path,
+        default_min: usize,
+        default_max: usize,
+    ) -> Result<Self> {
         let value: Value = serde_json::from_str(text)
             .map_err(|e| config_err(path, format!("invalid JSON: {e}")))?;
         let value = match value.get("image_processor") {
@@ -145,10 +156,10 @@ impl Qwen2VlProcessor {
         };
         let min_pixels = int("min_pixels", fields.get("min_pixels"))?
             .or(size_of("shortest_edge", "min_pixels")?)
-            .unwrap_or(56 * 56);
+            .unwrap_or(default_min);
         let max_pixels = int("max_pixels", fields.get("max_pixels"))?
             .or(size_of("longest_edge", "max_pixels")?)
-            .unwrap_or(28 * 28 * 1280);
+            .unwrap_or(default_max);
         let patch_size = int("patch_size", fields.get("patch_size"))?.unwrap_or(14);
         let temporal_patch_size =
             int("temporal_patch_size", fields.get("temporal_patch_size"))?.unwrap_or(2);
@@ -226,7 +237,7 @@ impl Qwen2VlProcessor {
     /// One image -> its patch rows, grid `[1, h / p, w / p]` (the frame
     /// repeated to the temporal patch size, as transformers broadcasts it).
     pub fn preprocess(&self, img: &RgbImage, name: &str) -> Result<Qwen2VlPatches> {
-        let (chw, rh, rw) = self.normalized(img, name)?;
+        let (chw, rh, rw) = self.normalized(img, name, Arithmetic::Image)?;
         Ok(self.patchify(&[chw], rh, rw))
     }
 
@@ -235,8 +246,27 @@ impl Qwen2VlProcessor {
     /// repeated to fill the final one), laid out as transformers' video
     /// processor does. Each frame is resized as an image (Pillow), whereas
     /// `Qwen2VLVideoProcessor` resizes with torchvision: the layout is
-    /// transformers', the resampled pixels are the image processor's.
+    /// transformers', the resampled pixels are the image processor's; so
+    /// is the rescale / normalize arithmetic (see [`Self::preprocess_video`]
+    /// for the video processor's).
     pub fn preprocess_frames(&self, frames: &[RgbImage], name: &str) -> Result<Qwen2VlPatches> {
+        self.frames_to_patches(frames, name, Arithmetic::Image)
+    }
+
+    /// [`Self::preprocess_frames`] with the rescale / normalize arithmetic
+    /// of transformers' `Qwen2VLVideoProcessor` (torch, fused: see
+    /// [`torch_normalize`]), so that frames needing no resize come out bit
+    /// for bit as transformers makes them. Resizing is still Pillow's.
+    pub fn preprocess_video(&self, frames: &[RgbImage], name: &str) -> Result<Qwen2VlPatches> {
+        self.frames_to_patches(frames, name, Arithmetic::Video)
+    }
+
+    fn frames_to_patches(
+        &self,
+        frames: &[RgbImage],
+        name: &str,
+        arithmetic: Arithmetic,
+    ) -> Result<Qwen2VlPatches> {
         let Some(first) = frames.first() else {
             return Err(DataError::image(name, "a video with no frames"));
         };
@@ -256,7 +286,7 @@ impl Qwen2VlProcessor {
                     ),
                 ));
             }
-            let (chw, rh, rw) = self.normalized(frame, name)?;
+            let (chw, rh, rw) = self.normalized(frame, name, arithmetic)?;
             planes.push(chw);
             hw = (rh, rw);
         }
@@ -264,7 +294,12 @@ impl Qwen2VlProcessor {
     }
 
     /// Resized, rescaled and normalized CHW values of one image.
-    fn normalized(&self, img: &RgbImage, name: &str) -> Result<(Vec<f32>, usize, usize)> {
+    fn normalized(
+        &self,
+        img: &RgbImage,
+        name: &str,
+        arithmetic: Arithmetic,
+    ) -> Result<(Vec<f32>, usize, usize)> {
         let (h, w) = (img.height() as usize, img.width() as usize);
         let (rh, rw) = self.resized_hw(name, h, w)?;
         let filter = self.base.filter()?;
@@ -275,7 +310,11 @@ impl Qwen2VlProcessor {
                 DataError::image(name, format!("{w}x{h}: cannot resize to {rw}x{rh}"))
             })?
         };
-        Ok((preprocess(&resized, name, &self.base)?, rh, rw))
+        let values = match arithmetic {
+            Arithmetic::Image => preprocess(&resized, name, &self.base)?,
+            Arithmetic::Video => torch_normalize(&resized, &self.base),
+        };
+        Ok((values, rh, rw))
     }
 
     /// Frames (CHW each, all `rh` x `rw`) -> patch rows. `frames.len()` is
@@ -320,11 +359,13 @@ impl Qwen2VlProcessor {
     }
 }
 
-fn config_err(path: &Path, msg: impl std::fmt::Display) -> DataError {
-    DataError::Config {
-        path: path.to_path_buf(),
-        msg: msg.to_string(),
-    }
+/// Whose rescale / normalize arithmetic turns pixels into floats.
+#[derive(Debug, Clone, Copy)]
+enum Arithmetic {
+    /// The image processor's (PIL backend, [`preprocess`]).
+    Image,
+    /// The video processor's (torchvision backend, [`torch_normalize`]).
+    Video,
 }
 
 #[cfg(test)]

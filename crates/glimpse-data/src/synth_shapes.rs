@@ -277,7 +277,8 @@ impl Geometry {
         )
     }
 
-    fn translate(self, dx: f32, dy: f32) -> Self {
+    /// The shape moved by (dx, dy).
+    pub fn translate(self, dx: f32, dy: f32) -> Self {
         let mv = |p: (f32, f32)| (p.0 + dx, p.1 + dy);
         match self {
             Geometry::Circle { center, radius } => Geometry::Circle {
@@ -332,7 +333,7 @@ pub struct SynthExample {
 }
 
 /// splitmix64's finaliser: nearby (seed, id) pairs give unrelated streams.
-fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -370,33 +371,9 @@ fn draw(rng: &mut StdRng, size: u32) -> SynthImage {
         },
         "rectangle" => {
             let aspect: f32 = rng.random_range(0.35..=1.0);
-            let w = radius / (1.0 + aspect * aspect).sqrt();
-            Geometry::Rectangle {
-                center: (0.0, 0.0),
-                half: (w, w * aspect),
-                angle: rng.random_range(0.0..std::f32::consts::PI),
-            }
+            rectangle(rng, radius, aspect)
         }
-        _ => {
-            // Vertices on the circumcircle, arcs of at least 80° between
-            // them: every inside angle (half the opposite arc) is ≥ 40°.
-            let mut cuts = [rng.random::<f32>(), rng.random::<f32>()];
-            cuts.sort_by(f32::total_cmp);
-            let spare = 360.0 - 3.0 * 80.0;
-            let arcs = [80.0 + spare * cuts[0], 80.0 + spare * (cuts[1] - cuts[0])];
-            let start: f32 = rng.random_range(0.0..360.0);
-            let at = |deg: f32| {
-                let r = deg.to_radians();
-                (radius * r.cos(), radius * r.sin())
-            };
-            Geometry::Triangle {
-                vertices: [
-                    at(start),
-                    at(start + arcs[0]),
-                    at(start + arcs[0] + arcs[1]),
-                ],
-            }
-        }
+        _ => triangle(rng, radius),
     };
     // Anywhere the whole shape fits, a pixel clear of the border.
     let (x0, y0, x1, y1) = geometry.bounds();
@@ -416,39 +393,121 @@ fn draw(rng: &mut StdRng, size: u32) -> SynthImage {
     let shade_dir = rng.random_range(0.0..std::f32::consts::TAU).sin_cos();
     let background = Background::draw(rng, side);
     let noise = rng.random_range(0..=MAX_NOISE);
+    let painted = Paint {
+        geometry,
+        fill,
+        shade,
+        shade_dir,
+        radius,
+    };
+    let image = render(size, &background, &[painted], noise, rng);
+    SynthImage {
+        color,
+        shape,
+        fill,
+        geometry,
+        image,
+    }
+}
 
-    let (cx, cy) = geometry.centroid();
-    let (bx0, by0, bx1, by1) = geometry.bounds();
+/// A rectangle of circumradius `radius` and side ratio `aspect`, turned
+/// by an angle drawn from `rng`, centred at the origin.
+pub(crate) fn rectangle(rng: &mut StdRng, radius: f32, aspect: f32) -> Geometry {
+    let w = radius / (1.0 + aspect * aspect).sqrt();
+    Geometry::Rectangle {
+        center: (0.0, 0.0),
+        half: (w, w * aspect),
+        angle: rng.random_range(0.0..std::f32::consts::PI),
+    }
+}
+
+/// A triangle of circumradius `radius` centred at the origin: vertices on
+/// the circumcircle, arcs of at least 80° between them, so every inside
+/// angle (half the opposite arc) is ≥ 40°.
+pub(crate) fn triangle(rng: &mut StdRng, radius: f32) -> Geometry {
+    let mut cuts = [rng.random::<f32>(), rng.random::<f32>()];
+    cuts.sort_by(f32::total_cmp);
+    let spare = 360.0 - 3.0 * 80.0;
+    let arcs = [80.0 + spare * cuts[0], 80.0 + spare * (cuts[1] - cuts[0])];
+    let start: f32 = rng.random_range(0.0..360.0);
+    let at = |deg: f32| {
+        let r = deg.to_radians();
+        (radius * r.cos(), radius * r.sin())
+    };
+    Geometry::Triangle {
+        vertices: [
+            at(start),
+            at(start + arcs[0]),
+            at(start + arcs[0] + arcs[1]),
+        ],
+    }
+}
+
+/// A shape as drawn: its geometry, colour, and a brightness gradient of
+/// up to ±`shade` along `shade_dir` (sin, cos), measured against `radius`.
+#[derive(Debug, Clone)]
+pub(crate) struct Paint {
+    pub geometry: Geometry,
+    pub fill: [u8; 3],
+    pub shade: f32,
+    pub shade_dir: (f32, f32),
+    pub radius: f32,
+}
+
+/// `shapes` painted in order over `background`, each anti-aliased by
+/// coverage (4×4 samples a pixel), then per-pixel noise of up to ±`noise`
+/// drawn from `rng`.
+pub(crate) fn render(
+    size: u32,
+    background: &Background,
+    shapes: &[Paint],
+    noise: i32,
+    rng: &mut StdRng,
+) -> RgbImage {
+    let side = size as f32;
     let inside = |v: f32| v.clamp(0.0, side) as u32;
-    let (px0, py0, px1, py1) = (
-        inside(bx0.floor()),
-        inside(by0.floor()),
-        inside(bx1.ceil()),
-        inside(by1.ceil()),
-    );
+    // per shape: its centroid and pixel box (x0, y0, x1, y1)
+    type PixelBox = (u32, u32, u32, u32);
+    let boxes: Vec<((f32, f32), PixelBox)> = shapes
+        .iter()
+        .map(|p| {
+            let (bx0, by0, bx1, by1) = p.geometry.bounds();
+            (
+                p.geometry.centroid(),
+                (
+                    inside(bx0.floor()),
+                    inside(by0.floor()),
+                    inside(bx1.ceil()),
+                    inside(by1.ceil()),
+                ),
+            )
+        })
+        .collect();
     let samples = (SUPERSAMPLE * SUPERSAMPLE) as f32;
     let mut image = RgbImage::new(size, size);
     for (x, y, px) in image.enumerate_pixels_mut() {
         let (fx, fy) = (x as f32 + 0.5, y as f32 + 0.5);
-        let bg = background.at(fx, fy);
-        let mut rgb = bg;
-        if (px0..px1).contains(&x) && (py0..py1).contains(&y) {
+        let mut rgb = background.at(fx, fy);
+        for (p, &((cx, cy), (px0, py0, px1, py1))) in shapes.iter().zip(&boxes) {
+            if !((px0..px1).contains(&x) && (py0..py1).contains(&y)) {
+                continue;
+            }
             let mut covered = 0u32;
             for sy in 0..SUPERSAMPLE {
                 for sx in 0..SUPERSAMPLE {
                     let step = 1.0 / SUPERSAMPLE as f32;
                     let sxf = x as f32 + (sx as f32 + 0.5) * step;
                     let syf = y as f32 + (sy as f32 + 0.5) * step;
-                    covered += u32::from(geometry.contains(sxf, syf));
+                    covered += u32::from(p.geometry.contains(sxf, syf));
                 }
             }
             if covered > 0 {
-                let along = ((fx - cx) * shade_dir.1 + (fy - cy) * shade_dir.0) / radius;
-                let f = 1.0 + shade * along.clamp(-1.0, 1.0);
+                let along = ((fx - cx) * p.shade_dir.1 + (fy - cy) * p.shade_dir.0) / p.radius;
+                let f = 1.0 + p.shade * along.clamp(-1.0, 1.0);
                 let a = covered as f32 / samples;
-                for c in 0..3 {
-                    let shape_c = (f32::from(fill[c]) * f).clamp(0.0, 255.0);
-                    rgb[c] = bg[c] * (1.0 - a) + shape_c * a;
+                for (v, &fill) in rgb.iter_mut().zip(&p.fill) {
+                    let shape_c = (f32::from(fill) * f).clamp(0.0, 255.0);
+                    *v = *v * (1.0 - a) + shape_c * a;
                 }
             }
         }
@@ -461,18 +520,12 @@ fn draw(rng: &mut StdRng, size: u32) -> SynthImage {
         };
         *px = Rgb([0, 1, 2].map(|c| (rgb[c] + jitter(rng)).round().clamp(0.0, 255.0) as u8));
     }
-    SynthImage {
-        color,
-        shape,
-        fill,
-        geometry,
-        image,
-    }
+    image
 }
 
 /// A colour near `NAMED_RGB[idx]` and a shading amount such that the
 /// colour, and its darkest and lightest shades, all name `idx` clearly.
-fn pick_fill(rng: &mut StdRng, idx: usize) -> ([u8; 3], f32) {
+pub(crate) fn pick_fill(rng: &mut StdRng, idx: usize) -> ([u8; 3], f32) {
     for _ in 0..64 {
         // Lighter or darker as a whole, then a little per channel: a shift
         // that keeps the hue (±36 per channel independently turns gray
@@ -510,7 +563,7 @@ fn pick_fill(rng: &mut StdRng, idx: usize) -> ([u8; 3], f32) {
 }
 
 /// A linear gradient between two light tints.
-struct Background {
+pub(crate) struct Background {
     from: [f32; 3],
     to: [f32; 3],
     dir: (f32, f32),
@@ -518,7 +571,7 @@ struct Background {
 }
 
 impl Background {
-    fn draw(rng: &mut StdRng, side: f32) -> Self {
+    pub(crate) fn draw(rng: &mut StdRng, side: f32) -> Self {
         let tint = |rng: &mut StdRng| {
             let level: f32 = rng.random_range(200.0..=248.0);
             [0, 1, 2].map(|_| (level + rng.random_range(-14.0..=14.0)).clamp(0.0, 255.0))

@@ -190,6 +190,46 @@ impl VqProcessor {
     }
 }
 
+impl VqProcessor {
+    /// The inverse of the rescale and normalise steps: CHW pixel values
+    /// as the model reads (or a VQ decoder writes) them back to 8-bit RGB,
+    /// `(x·std + mean) / rescale`, rounded and clamped.
+    ///
+    /// # Shapes
+    /// `chw`: 3·h·w values
+    pub fn to_rgb(&self, chw: &[f32], h: usize, w: usize) -> Result<RgbImage> {
+        if chw.len() != 3 * h * w {
+            return Err(DataError::Input(format!(
+                "{} pixel values are not 3 channels of {h}x{w}",
+                chw.len()
+            )));
+        }
+        let cfg = match self {
+            VqProcessor::Plain(c)
+            | VqProcessor::PadToSquare { cfg: c, .. }
+            | VqProcessor::SmartResize { cfg: c, .. } => c,
+        };
+        let (mean, std) = if cfg.do_normalize {
+            (cfg.image_mean.0, cfg.image_std.0)
+        } else {
+            ([0.0; 3], [1.0; 3])
+        };
+        let rescale = if cfg.do_rescale {
+            cfg.rescale_factor
+        } else {
+            1.0
+        };
+        let plane = h * w;
+        Ok(RgbImage::from_fn(w as u32, h as u32, |x, y| {
+            let i = y as usize * w + x as usize;
+            Rgb(std::array::from_fn(|c| {
+                let v = f64::from(chw[c * plane + i] * std[c] + mean[c]);
+                (v / rescale).round().clamp(0.0, 255.0) as u8
+            }))
+        }))
+    }
+}
+
 /// Emu3's `smart_resize`: both sides multiples of `factor`, the area
 /// within `[min_pixels, max_pixels]`, the aspect kept as closely as that
 /// allows. Python's arithmetic: `round` half to even, true division.

@@ -6,25 +6,17 @@
 //! the patch rows bit for bit; a video's frames paired per temporal patch
 //! as transformers lays them out.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use candle_core::Device;
+use common::{fixture_reference, fixtures};
 use glimpse_data::{load_rgb, smart_resize, ImageLimits, Qwen2VlProcessor};
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
-}
-
 fn model_dir() -> PathBuf {
     fixtures().join("qwen2_vl/tiny")
-}
-
-fn reference() -> Result<Value> {
-    Ok(serde_json::from_str(&std::fs::read_to_string(
-        model_dir().join("reference.json"),
-    )?)?)
 }
 
 fn usize_of(v: &Value) -> Result<usize> {
@@ -34,12 +26,10 @@ fn usize_of(v: &Value) -> Result<usize> {
 #[test]
 fn patches_grids_and_counts_equal_transformers() -> Result<()> {
     let proc = Qwen2VlProcessor::from_file(&model_dir().join("preprocessor_config.json"))?;
-    let r = reference()?;
+    let (r, t) = fixture_reference(&model_dir())?;
     assert_eq!(proc.min_pixels, usize_of(&r["min_pixels"])?);
     assert_eq!(proc.max_pixels, usize_of(&r["max_pixels"])?);
     assert_eq!(proc.patch_size, usize_of(&r["patch_size"])?);
-    let t =
-        candle_core::safetensors::load(model_dir().join("reference.safetensors"), &Device::Cpu)?;
     let images = r["images"].as_array().context("images")?;
     assert!(images.len() >= 6, "the fixture's images");
     for im in images {
@@ -84,7 +74,7 @@ fn patches_grids_and_counts_equal_transformers() -> Result<()> {
 
 #[test]
 fn smart_resize_equals_transformers_on_extra_sizes() -> Result<()> {
-    let r = reference()?;
+    let r = fixture_reference(&model_dir())?.0;
     let (min, max) = (usize_of(&r["min_pixels"])?, usize_of(&r["max_pixels"])?);
     let factor = usize_of(&r["patch_size"])? * usize_of(&r["merge_size"])?;
     let sizes = r["smart_resize"].as_array().context("smart_resize")?;
@@ -123,9 +113,7 @@ fn extreme_aspect_ratio_is_a_one_line_error() -> Result<()> {
 #[test]
 fn video_frames_pair_per_temporal_patch() -> Result<()> {
     let proc = Qwen2VlProcessor::from_file(&model_dir().join("preprocessor_config.json"))?;
-    let r = reference()?;
-    let t =
-        candle_core::safetensors::load(model_dir().join("reference.safetensors"), &Device::Cpu)?;
+    let (r, t) = fixture_reference(&model_dir())?;
     let case = &r["video_case"];
     let frames = case["frames"]
         .as_array()

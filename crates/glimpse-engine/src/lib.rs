@@ -11,5 +11,5 @@ pub mod request;
 pub mod scheduler;
 
 pub use model::{Admitted, EmbedInput, LoadedModel, ModelKind};
-pub use request::{GenerateParams, ImageInput, Message, Part, Prompt};
+pub use request::{FrameSampling, GenerateParams, ImageInput, Message, Part, Prompt, VideoInput};
 pub use scheduler::{Event, SchedulerOptions, SchedulerStats, Summary};

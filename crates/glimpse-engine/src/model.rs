@@ -75,7 +75,7 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     /// Loads a model directory or GGUF file, finding its family from
-    /// `config.json`'s `model_type`: `llava` / `llava_next` / `mllama` / `idefics3` / `smolvlm` / `qwen2_vl` / `glimpse` are vision-language
+    /// `config.json`'s `model_type`: `llava` / `llava_next` / `llava_next_video` / `mllama` / `idefics3` / `smolvlm` / `qwen2_vl` / `glimpse` are vision-language
     /// models, `clip` / `siglip` dual encoders, anything else (and a
     /// `.gguf` file) a language model.
     pub fn load(
@@ -101,7 +101,8 @@ impl LoadedModel {
         let (base, adapter) = causal_lm::split_adapter(path, lora)?;
         let family = match model_type(&base)?.as_deref() {
             Some(
-                "llava" | "llava_next" | "mllama" | "idefics3" | "smolvlm" | "qwen2_vl" | "glimpse",
+                "llava" | "llava_next" | "llava_next_video" | "mllama" | "idefics3" | "smolvlm"
+                | "qwen2_vl" | "glimpse",
             ) => {
                 let pipeline = Arc::new(VlmPipeline::load_with_lora(
                     &base,
@@ -155,6 +156,21 @@ impl LoadedModel {
 
     pub fn accepts_images(&self) -> bool {
         self.kind() != ModelKind::Lm
+    }
+
+    /// Whether video parts are read (a VLM family with a video processor).
+    pub fn accepts_videos(&self) -> bool {
+        matches!(&self.family, Family::Vlm { pipeline, .. } if pipeline.accepts_videos())
+    }
+
+    /// What the model is, for messages: a VLM's `model_type` (`qwen2_vl`,
+    /// `llava`, ...), else "language" or "embedding".
+    pub fn model_type(&self) -> String {
+        match &self.family {
+            Family::Vlm { pipeline, .. } => pipeline.model_type(),
+            Family::Lm { .. } => "language".into(),
+            Family::Embedding(_) => "embedding".into(),
+        }
     }
 
     /// Tokens the model reads at most (prompt and answer together; for a

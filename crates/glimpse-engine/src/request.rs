@@ -1,10 +1,14 @@
 //! Typed requests: what the CLI and the server both hand the engine.
 //! Images arrive as bytes (the caller read the file or fetched the URL
 //! under its own policy); the engine decodes them under its pixel limit.
+//! Videos arrive as paths (a file or a folder of frames), which the engine
+//! samples and decodes frame by frame.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use glimpse_data::DataError;
+/// How a video's frames are sampled (re-exported: part of [`VideoInput`]).
+pub use glimpse_data::FrameSampling;
 
 /// One image's encoded bytes (PNG, JPEG, ...) and a printable name for
 /// error messages (a path, or "image 2" for inline data).
@@ -24,11 +28,49 @@ impl ImageInput {
     }
 }
 
+/// One video: a GIF / WebP / MP4 / WebM / MKV file or a folder of frame
+/// images (see [`glimpse_data::load_video`]), and how to sample its frames
+/// (`--frames` / `--fps` / `--max-frames`; with neither `frames` nor `fps`
+/// the model's video processor decides).
+#[derive(Debug, Clone)]
+pub struct VideoInput {
+    pub path: PathBuf,
+    pub sampling: FrameSampling,
+    /// What errors call the video; its path when `None`. The server names
+    /// a video it was sent ("video 1 (data:video/mp4;base64,...)"), not
+    /// the temporary file holding its bytes.
+    pub label: Option<String>,
+}
+
+impl VideoInput {
+    pub fn new(path: impl Into<PathBuf>, sampling: FrameSampling) -> Self {
+        Self {
+            path: path.into(),
+            sampling,
+            label: None,
+        }
+    }
+
+    /// The same video, called `label` in errors.
+    pub fn labelled(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    /// The printable name errors use.
+    pub fn name(&self) -> String {
+        self.label
+            .clone()
+            .unwrap_or_else(|| self.path.display().to_string())
+    }
+}
+
 /// One piece of a chat message's content.
 #[derive(Debug, Clone)]
 pub enum Part {
     Text(String),
     Image(ImageInput),
+    Video(VideoInput),
 }
 
 /// A chat turn: `role` is `system`, `user` or `assistant`.
@@ -52,7 +94,7 @@ impl Message {
             .iter()
             .filter_map(|p| match p {
                 Part::Text(t) => Some(t.as_str()),
-                Part::Image(_) => None,
+                Part::Image(_) | Part::Video(_) => None,
             })
             .collect::<Vec<_>>()
             .join("")
@@ -61,7 +103,14 @@ impl Message {
     pub fn images(&self) -> impl Iterator<Item = &ImageInput> {
         self.parts.iter().filter_map(|p| match p {
             Part::Image(i) => Some(i),
-            Part::Text(_) => None,
+            Part::Text(_) | Part::Video(_) => None,
+        })
+    }
+
+    pub fn videos(&self) -> impl Iterator<Item = &VideoInput> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Video(v) => Some(v),
+            Part::Text(_) | Part::Image(_) => None,
         })
     }
 }
@@ -72,10 +121,12 @@ pub enum Prompt {
     /// A conversation rendered through the model's chat template.
     Chat(Vec<Message>),
     /// Text sent as is (with the BOS the tokenizer adds); for a VLM,
-    /// `<image>` marks where each of `images` goes.
+    /// `<image>` marks where each of `images` goes, and the family's video
+    /// placeholder (Qwen2-VL's `<|video_pad|>`) each of `videos`.
     Raw {
         text: String,
         images: Vec<ImageInput>,
+        videos: Vec<VideoInput>,
     },
 }
 

@@ -9,12 +9,14 @@
 //! pipelines and is behind the `engine` feature, so the trainer does not
 //! pull in the engine.
 
+pub mod discrete;
 pub mod normalize;
 pub mod pope;
 pub mod retrieval;
 pub mod vqa;
 pub mod zeroshot;
 
+pub use discrete::{DrawReport, VqReport};
 pub use normalize::{answers_match, normalize_answer};
 pub use pope::{is_existence_question, PopeCounts};
 pub use retrieval::{load_captions, recall_at_k, RecallAtK, RetrievalReport, RECALL_KS};
@@ -25,11 +27,13 @@ pub use vqa::{
 pub use zeroshot::{caption_prompts, load_image_attributes, ZeroShotReport};
 
 #[cfg(feature = "engine")]
+pub use discrete::{evaluate_drawing, evaluate_vq};
+#[cfg(feature = "engine")]
 pub use pope::evaluate_pope;
 #[cfg(feature = "engine")]
 pub use retrieval::evaluate_retrieval;
 #[cfg(feature = "engine")]
-pub use vqa::{answer_questions, evaluate_vqa, AskOptions};
+pub use vqa::{answer_questions, evaluate_vqa, Answerer, AskOptions};
 #[cfg(feature = "engine")]
 pub use zeroshot::evaluate_zeroshot;
 

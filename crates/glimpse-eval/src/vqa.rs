@@ -21,7 +21,7 @@ pub const VQA_MAX_NEW_TOKENS: usize = 8;
 pub use glimpse_data::datasets::SHORT_ANSWER_INSTRUCTION;
 
 /// The answer kinds in report order.
-pub const KINDS: [&str; 4] = ["yes/no", "colour", "shape", "other"];
+pub const KINDS: [&str; 5] = ["yes/no", "colour", "shape", "direction", "other"];
 
 /// One question about a record's images (none, one or several), with its
 /// reference answer.
@@ -78,13 +78,16 @@ pub fn load_vqa_questions(path: &Path) -> Result<Vec<VqaQuestion>> {
     Ok(questions)
 }
 
-/// "yes/no", "colour", "shape" for easy-VQA's 13 answers, "other" for the
+/// "yes/no", "colour", "shape" for easy-VQA's 13 answers, "direction" for
+/// the moving-shapes videos' left / right / up / down, "other" for the
 /// rest (free-form LLaVA answers).
 pub fn answer_kind_label(answer: &str) -> &'static str {
-    match AnswerKind::of(&normalize_answer(answer)) {
+    let normalised = normalize_answer(answer);
+    match AnswerKind::of(&normalised) {
         Some(AnswerKind::YesNo) => "yes/no",
         Some(AnswerKind::Color) => "colour",
         Some(AnswerKind::Shape) => "shape",
+        None if ["left", "right", "up", "down"].contains(&normalised.as_str()) => "direction",
         None => "other",
     }
 }
@@ -167,15 +170,62 @@ impl VqaReport {
 }
 
 #[cfg(feature = "engine")]
-pub use run::{answer_questions, evaluate_vqa, AskOptions};
+pub use run::{answer_questions, evaluate_vqa, Answerer, AskOptions};
 
 #[cfg(feature = "engine")]
 mod run {
-    use glimpse_engine::pipeline::{PipelineError, Result, VlmPipeline};
+    use std::path::PathBuf;
+
+    use glimpse_engine::pipeline::{DiscretePipeline, PipelineError, Result, VlmPipeline};
     use glimpse_infer::GenerationConfig;
 
     use super::{VqaQuestion, VqaReport, VQA_MAX_NEW_TOKENS};
     use crate::progress_bar;
+
+    /// A model that answers a question about images: a soft-token VLM
+    /// (its tower's rows in the prompt) or a discrete-token model (its
+    /// VQ's codes in the prompt).
+    pub trait Answerer {
+        /// The ids that end an answer.
+        fn eos_ids(&self) -> Vec<u32>;
+        /// The generated answer to `question` about `images`.
+        fn answer(
+            &self,
+            question: &str,
+            images: &[PathBuf],
+            cfg: &GenerationConfig,
+        ) -> Result<String>;
+    }
+
+    impl Answerer for VlmPipeline {
+        fn eos_ids(&self) -> Vec<u32> {
+            self.eos_ids.clone()
+        }
+        fn answer(
+            &self,
+            question: &str,
+            images: &[PathBuf],
+            cfg: &GenerationConfig,
+        ) -> Result<String> {
+            let prompt = self.prompt(question, images, false)?;
+            Ok(self.generate(&prompt, cfg, |_| Ok(()))?.text)
+        }
+    }
+
+    impl Answerer for DiscretePipeline {
+        fn eos_ids(&self) -> Vec<u32> {
+            self.lm.eos_ids.clone()
+        }
+        fn answer(
+            &self,
+            question: &str,
+            images: &[PathBuf],
+            cfg: &GenerationConfig,
+        ) -> Result<String> {
+            let prompt = self.prompt(question, images, false)?;
+            Ok(self.generate(&prompt, cfg, |_| Ok(()))?.text)
+        }
+    }
 
     /// How the questions are put to the model.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,8 +252,8 @@ mod run {
     /// The model's raw answers, in the questions' order. Questions are run
     /// grouped by image, so each image goes through the tower once and the
     /// pipeline's image cache serves the rest.
-    pub fn answer_questions(
-        pipeline: &VlmPipeline,
+    pub fn answer_questions<A: Answerer + ?Sized>(
+        pipeline: &A,
         questions: &[VqaQuestion],
         opts: &AskOptions,
     ) -> Result<Vec<String>> {
@@ -215,7 +265,7 @@ mod run {
         let cfg = GenerationConfig {
             max_new_tokens: opts.max_new_tokens,
             sampling: glimpse_infer::SamplingConfig::greedy(),
-            eos_ids: pipeline.eos_ids.clone(),
+            eos_ids: pipeline.eos_ids(),
             stop_strings: Vec::new(),
         };
         let mut order: Vec<usize> = (0..questions.len()).collect();
@@ -224,8 +274,7 @@ mod run {
         let mut answers = vec![String::new(); questions.len()];
         for i in order {
             let q = &questions[i];
-            let prompt = pipeline.prompt(&q.asked(opts.short_answer), &q.images, false)?;
-            answers[i] = pipeline.generate(&prompt, &cfg, |_| Ok(()))?.text;
+            answers[i] = pipeline.answer(&q.asked(opts.short_answer), &q.images, &cfg)?;
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -234,8 +283,8 @@ mod run {
 
     /// Normalised exact-match accuracy of the model's greedy answers,
     /// overall and by answer kind, with raw exact match beside it.
-    pub fn evaluate_vqa(
-        pipeline: &VlmPipeline,
+    pub fn evaluate_vqa<A: Answerer + ?Sized>(
+        pipeline: &A,
         questions: &[VqaQuestion],
         opts: &AskOptions,
     ) -> Result<VqaReport> {
@@ -329,6 +378,7 @@ mod tests {
         assert_eq!(answer_kind_label("the Red"), "colour");
         assert_eq!(answer_kind_label("(triangle)"), "shape");
         assert_eq!(answer_kind_label("a red circle"), "other");
+        assert_eq!(answer_kind_label("Left."), "direction");
     }
 
     #[test]

@@ -8,10 +8,12 @@
 //! - [`stream`]: UTF-8-safe incremental detokenising with stop-string holdback;
 //! - [`sequence`]: one sequence advanced a token at a time (what a
 //!   scheduler batching many sequences drives);
-//! - [`generate`](mod@generate): prefill / step loop over one sequence.
+//! - [`generate`](mod@generate): prefill / step loop over one sequence;
+//! - [`guidance`]: image codes drawn in their id range, with classifier-free guidance.
 
 pub mod error;
 pub mod generate;
+pub mod guidance;
 pub mod sampling;
 pub mod sequence;
 pub mod stop;
@@ -19,6 +21,7 @@ pub mod stream;
 
 pub use error::{InferError, Result};
 pub use generate::{generate, Generation, GenerationConfig, OutputError, TokenModel};
+pub use guidance::{draw_image_tokens, GuidedModel, ImageSampling};
 pub use sampling::{Sampler, SamplingConfig};
 pub use sequence::{Advance, Sequence};
 pub use stop::{FinishReason, StopRules, StopStrings};

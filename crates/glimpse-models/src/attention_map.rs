@@ -16,6 +16,13 @@ pub enum RowLayout {
     /// Idefics3 / SmolVLM: `rows` × `cols` crops row by row, then the
     /// global image (no crops when the image was read whole).
     Split { rows: usize, cols: usize },
+    /// glimpse's own tiling: `rows` × `cols` crops row by row, then a
+    /// thumbnail of the whole image when `thumbnail`.
+    Tiles {
+        rows: usize,
+        cols: usize,
+        thumbnail: bool,
+    },
     /// Llama 3.2 Vision: a canvas of `rows` × `cols` tiles (row by row,
     /// then padding tiles up to the model's `max_num_tiles`) on which the
     /// image, resized to `height` × `width` pixels, sits at the top left.
@@ -87,16 +94,38 @@ pub fn anyres(mass: &[f32], g: usize, rows: usize, cols: usize) -> Result<Vec<Ve
 /// # Shapes
 /// `mass`: ((rows·cols + 1)·per,) -> (rows·q, cols·q), or (q, q)
 pub fn split(mass: &[f32], rows: usize, cols: usize, per: usize) -> Result<Vec<Vec<f32>>, String> {
+    tiles(mass, rows, cols, per, true)
+}
+
+/// Crops side by side, then (when `thumbnail`) a whole-image view spread
+/// over them: Idefics3's split ([`split`]) and glimpse's own tiling
+/// (`glimpse_data::dynamic_tiles`: `rows` × `cols` crops of `per` rows,
+/// a thumbnail after them when there is more than one).
+///
+/// # Shapes
+/// `mass`: ((rows·cols + thumbnail)·per,) -> (rows·q, cols·q), or (q, q)
+pub fn tiles(
+    mass: &[f32],
+    rows: usize,
+    cols: usize,
+    per: usize,
+    thumbnail: bool,
+) -> Result<Vec<Vec<f32>>, String> {
     let q = (per as f64).sqrt().round() as usize;
-    if q == 0 || q * q != per || mass.len() != (rows * cols + 1) * per {
+    let views = rows * cols + usize::from(thumbnail);
+    if q == 0 || q * q != per || views == 0 || mass.len() != views * per {
         return Err(format!(
-            "{} rows for {rows}x{cols} crops and a global image of {per} rows each",
-            mass.len()
+            "{} rows for {rows}x{cols} crops{} of {per} rows each",
+            mass.len(),
+            if thumbnail {
+                " and a whole-image view"
+            } else {
+                ""
+            }
         ));
     }
-    let global = square(mass, rows * cols * per, q);
     if rows * cols == 0 {
-        return Ok(global);
+        return Ok(square(mass, 0, q));
     }
     let mut fine = vec![vec![0f32; cols * q]; rows * q];
     for i in 0..rows {
@@ -107,7 +136,10 @@ pub fn split(mass: &[f32], rows: usize, cols: usize, per: usize) -> Result<Vec<V
             }
         }
     }
-    Ok(add_coarse(fine, &global))
+    if !thumbnail {
+        return Ok(fine);
+    }
+    Ok(add_coarse(fine, &square(mass, rows * cols * per, q)))
 }
 
 /// Llama 3.2 Vision: `mass` is `max_tiles` tiles of `1 + g²` rows each
@@ -190,6 +222,26 @@ mod tests {
         );
         assert!(split(&mass, 1, 2, 3).is_err());
         assert!(split(&mass[1..], 1, 2, 4).is_err());
+    }
+
+    #[test]
+    fn tiles_without_a_thumbnail_are_the_crops_alone() {
+        // 2x1 crops of 1 row each, no thumbnail
+        assert_eq!(
+            tiles(&[1., 2.], 2, 1, 1, false).unwrap(),
+            vec![vec![1.], vec![2.]]
+        );
+        // with a thumbnail of one cell over both: +1.5 each
+        assert_eq!(
+            tiles(&[1., 2., 3.], 2, 1, 1, true).unwrap(),
+            vec![vec![2.5], vec![3.5]]
+        );
+        // one crop, no thumbnail: its own square
+        assert_eq!(
+            tiles(&[1., 2., 3., 4.], 1, 1, 4, false).unwrap(),
+            vec![vec![1., 2.], vec![3., 4.]]
+        );
+        assert!(tiles(&[1., 2., 3.], 2, 1, 1, false).is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! Pure model code: tensors in, tensors out; no I/O beyond checkpoints.
 
 pub mod attention_map;
+pub mod discrete;
 pub mod dual;
 pub mod dual_config;
 pub mod error;
@@ -11,12 +12,14 @@ mod gguf_scan;
 pub mod idefics3;
 pub mod limits;
 pub mod llava_next;
+pub mod llava_next_video;
 pub mod lora;
 pub mod mllama;
 pub mod nn;
 pub mod projector;
 pub mod qwen2_vl;
 mod shape_check;
+pub mod temporal;
 pub mod text;
 pub mod vision;
 pub mod vlm;

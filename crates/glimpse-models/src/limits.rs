@@ -38,6 +38,9 @@ pub const MAX_PATCHES: usize = 1 << 16;
 pub const MAX_CHANNELS: usize = 64;
 /// Tokens a projector emits per image (latents, queries).
 pub const MAX_IMAGE_TOKENS: usize = 1 << 16;
+/// Frames a video model reads at once (its temporal position table's
+/// rows). Released video models sample 8-768.
+pub const MAX_FRAMES: usize = 1 << 12;
 /// Elements of one weight tensor. Largest released: 128256 × 16384 ≈ 2.1·10⁹
 /// (Llama 3.1 405B's embeddings).
 pub const MAX_TENSOR_ELEMS: usize = 1 << 32;

@@ -21,6 +21,7 @@ use crate::nn::rope::RopeStyle;
 use crate::projector::Projector;
 use crate::qwen2_vl::{Qwen2Vl, Qwen2VlParts};
 use crate::shape_check::{self, Shapes};
+use crate::temporal::TemporalAggregator;
 use crate::text::{Decoder, DecoderCache, DecoderLayout, DecoderWeights, LayerHook, LogitsFor};
 use crate::vision::VisionTransformer;
 use crate::vlm_config::{FeatureSelect, FusionConfig, VlmConfig, VlmFormat};
@@ -132,6 +133,9 @@ pub struct Vlm {
     /// Qwen2-VL: its own tower and config (`vision_tower` and the
     /// projector are then unused zero-weight stand-ins).
     pub qwen2_vl: Option<Qwen2VlParts>,
+    /// glimpse format with video: each video's per-frame tower features
+    /// aggregated over time (`temporal.*`, [`crate::temporal`]).
+    pub temporal: Option<TemporalAggregator>,
     cfg: VlmConfig,
 }
 
@@ -223,6 +227,20 @@ impl Vlm {
             .is_some()
             .then(|| vb.get(cfg.text.hidden_size, &names.image_newline))
             .transpose()?;
+        let enc = &cfg.vision.encoder;
+        let temporal = cfg
+            .video
+            .as_ref()
+            .map(|v| {
+                TemporalAggregator::new(
+                    &v.temporal,
+                    enc.hidden_size * cfg.feature_layers.len(),
+                    enc.hidden_act,
+                    enc.layer_norm_eps,
+                    vb.pp("temporal"),
+                )
+            })
+            .transpose()?;
         Ok(Self {
             vision_tower,
             multi_modal_projector,
@@ -231,6 +249,7 @@ impl Vlm {
             image_newline,
             mllama: None,
             qwen2_vl: None,
+            temporal,
             cfg: cfg.clone(),
         })
     }
@@ -251,6 +270,7 @@ impl Vlm {
                 visual: model.visual,
                 config: model.config,
             }),
+            temporal: None,
             cfg,
         })
     }
@@ -302,6 +322,7 @@ impl Vlm {
                 config: mcfg.clone(),
             }),
             qwen2_vl: None,
+            temporal: None,
             cfg,
         })
     }
@@ -468,20 +489,7 @@ impl Vlm {
                 "an mllama model encodes images by tiles (encode_mllama_image)".into(),
             ));
         }
-        let layers = &self.cfg.feature_layers;
-        let states = if let [one] = layers.as_slice() {
-            vec![self.vision_tower.hidden_state(pixels, *one)?]
-        } else {
-            let all = self.vision_tower.forward(pixels)?.hidden_states;
-            let count = all.len() as isize;
-            layers
-                .iter()
-                .map(|&i| all[(if i < 0 { count + i } else { i }) as usize].clone())
-                .collect()
-        };
-        // k x (N, L, Dv) -> (N, L, k*Dv)
-        let features = Tensor::cat(&states, D::Minus1)?;
-        let features = self.cfg.select.select(&features)?;
+        let features = self.tower_features(pixels)?;
         let instruction = match instruction {
             Some(t) if t.dim(0)? != features.dim(0)? => {
                 Some(t.broadcast_as((features.dim(0)?, t.dim(1)?, t.dim(2)?))?)
@@ -496,18 +504,75 @@ impl Vlm {
         Ok(rows.to_dtype(self.language_model.dtype())?)
     }
 
-    /// One image's rows for an Idefics3 / SmolVLM model: its frames (the
-    /// crops row by row, then the global image, as
-    /// `glimpse_data::preprocess_split` makes them) through the tower and
-    /// connector as one batch, flattened in that order, which is the order
-    /// the expanded prompt's `<image>` positions take them in.
+    /// The tower's selected features, what the projector (or, for a video,
+    /// the temporal aggregator) reads.
+    ///
+    /// # Shapes
+    /// `pixels`: (N, C, H, W) -> (N, L, k·Dv) for k feature layers
+    pub fn tower_features(&self, pixels: &Tensor) -> Result<Tensor> {
+        let layers = &self.cfg.feature_layers;
+        let states = if let [one] = layers.as_slice() {
+            vec![self.vision_tower.hidden_state(pixels, *one)?]
+        } else {
+            let all = self.vision_tower.forward(pixels)?.hidden_states;
+            let count = all.len() as isize;
+            layers
+                .iter()
+                .map(|&i| all[(if i < 0 { count + i } else { i }) as usize].clone())
+                .collect()
+        };
+        // k x (N, L, Dv) -> (N, L, k*Dv)
+        let features = Tensor::cat(&states, D::Minus1)?;
+        Ok(self.cfg.select.select(&features)?)
+    }
+
+    /// Projected rows of videos (a glimpse model with `temporal`): every
+    /// frame through the tower alone, the frames' features aggregated over
+    /// time into an image's worth, then the projector. LLaVA-NeXT-Video:
+    /// each video's frames pooled and projected frame by frame instead
+    /// ([`Self::encode_llava_next_video`]), M = F × the rows of a frame.
+    ///
+    /// # Shapes
+    /// `frames`: (N, F, C, H, W) -> (N, M, Dt), M = [`VlmConfig::image_tokens`]
+    pub fn encode_videos(&self, frames: &Tensor) -> Result<Tensor> {
+        if self.cfg.llava_next_video.is_some() {
+            // (N, F, C, H, W) -> N x (F·p², Dt) -> (N, F·p², Dt)
+            let videos = (0..frames.dim(0)?)
+                .map(|i| self.encode_llava_next_video(&frames.get(i)?))
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Tensor::stack(&videos, 0)?);
+        }
+        let temporal = self.temporal.as_ref().ok_or_else(|| {
+            ModelError::Input(
+                "the model reads no video (its config.json has no temporal section)".into(),
+            )
+        })?;
+        let (n, f, c, h, w) = frames.dims5()?;
+        // (N, F, C, H, W) -> (N·F, C, H, W) -> (N·F, L, W)
+        let features = self.tower_features(&frames.reshape((n * f, c, h, w))?)?;
+        let (_, l, d) = features.dims3()?;
+        // (N·F, L, W) -> (N, F, L, W) -> (N, L, W)
+        let pooled = temporal.forward(&features.reshape((n, f, l, d))?)?;
+        // (N, L, W) -> (N, M, Dt)
+        let rows = self
+            .multi_modal_projector
+            .forward_with_instruction(&pooled, None, None)?;
+        Ok(rows.to_dtype(self.language_model.dtype())?)
+    }
+
+    /// One image's rows for an Idefics3 / SmolVLM model or a tiling glimpse
+    /// model: its frames (the crops row by row, then the global image or
+    /// thumbnail, as `glimpse_data::preprocess_split` / `preprocess_tiles`
+    /// make them) through the tower and projector as one batch, flattened
+    /// in that order, which is the order the expanded prompt's `<image>`
+    /// positions take them in.
     ///
     /// # Shapes
     /// `pixels`: (F, C, S, S) -> (F·image_seq_len, Dt)
     pub fn encode_split_image(&self, pixels: &Tensor) -> Result<Tensor> {
-        if !self.cfg.format.splits_images() {
+        if !self.cfg.format.splits_images() && self.cfg.tiling.is_none() {
             return Err(ModelError::Input(
-                "encode_split_image: the model does not split images (idefics3, smolvlm do)".into(),
+                "encode_split_image: the model does not split images (idefics3, smolvlm and tiling glimpse models do)".into(),
             ));
         }
         let rows = self.encode_images(pixels, None)?;
@@ -582,6 +647,74 @@ impl Vlm {
         };
         // (N, M, D) -> (N·M, D)
         splice_rows(&embeds, &slots, &images.reshape((n * m, d))?)
+    }
+
+    /// [`Self::prompt_embeds`] with videos too: their rows replace the
+    /// `<video>` placeholder ids (`video_token_id`) in order, one per row,
+    /// through the same splice as images.
+    ///
+    /// # Shapes
+    /// `ids`: (T,), `images` as [`Self::prompt_embeds`], `videos`: (N, M, D)
+    /// or (R, D) -> (1, T, D)
+    pub fn prompt_embeds_with_videos(
+        &self,
+        ids: &[u32],
+        images: Option<&Tensor>,
+        videos: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let embeds = self.prompt_embeds(ids, images)?;
+        self.splice_videos(ids, embeds, videos)
+    }
+
+    /// `embeds` (the images' rows already in) with the videos' rows in the
+    /// `<video>` placeholders of a temporal glimpse model or
+    /// LLaVA-NeXT-Video, in order, one per row.
+    ///
+    /// # Shapes
+    /// `ids`: (T,), `embeds`: (1, T, D), `videos`: (N, M, D) or (R, D) -> (1, T, D)
+    pub fn splice_videos(
+        &self,
+        ids: &[u32],
+        embeds: Tensor,
+        videos: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        // a temporal glimpse model's or LLaVA-NeXT-Video's <video>
+        let Some(video_token_id) = self.cfg.video_token_id() else {
+            return match videos {
+                None => Ok(embeds),
+                Some(_) => Err(ModelError::Input(
+                    "the model reads no video (its config.json has no temporal section)".into(),
+                )),
+            };
+        };
+        let slots: Vec<usize> = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, &id)| id == video_token_id)
+            .map(|(i, _)| i)
+            .collect();
+        // (N, M, D) -> (N·M, D)
+        let rows = match videos {
+            Some(v) if v.rank() == 3 => {
+                let (n, m, d) = v.dims3()?;
+                Some(v.reshape((n * m, d))?)
+            }
+            other => other.cloned(),
+        };
+        let r = match &rows {
+            Some(r) => r.dim(0)?,
+            None => 0,
+        };
+        if slots.len() != r {
+            return Err(ModelError::Input(format!(
+                "the prompt holds {} video placeholder tokens, but the videos have {r} rows",
+                slots.len()
+            )));
+        }
+        match rows {
+            Some(rows) if r > 0 => splice_rows(&embeds, &slots, &rows),
+            _ => Ok(embeds),
+        }
     }
 
     pub fn new_cache(&self, batch: usize) -> VlmCache {
@@ -984,6 +1117,14 @@ impl Vlm {
             RowLayout::Split { rows, cols } => {
                 let per = self.cfg.image_tokens()?;
                 attention_map::split(mass, rows, cols, per)
+            }
+            RowLayout::Tiles {
+                rows,
+                cols,
+                thumbnail,
+            } => {
+                let per = self.cfg.image_tokens()?;
+                attention_map::tiles(mass, rows, cols, per, thumbnail)
             }
             RowLayout::Canvas {
                 rows,

@@ -1,6 +1,7 @@
 //! `config.json` of a vision-language model: HF `LlavaForConditionalGeneration`
 //! (`"model_type": "llava"`), `LlavaNextForConditionalGeneration`
-//! (`"llava_next"`: LLaVA plus anyres tiling) or glimpse's own format
+//! (`"llava_next"`: LLaVA plus anyres tiling), its video sibling
+//! (`"llava_next_video"`, [`crate::llava_next_video`]) or glimpse's own format
 //! (`"model_type": "glimpse"`), which names any tower × projector × fusion ×
 //! decoder combination.
 
@@ -8,6 +9,7 @@ use std::path::Path;
 
 use candle_core::Tensor;
 use glimpse_data::anyres::{AnyresGrid, GridPinpoints};
+use glimpse_data::TilingConfig;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -15,8 +17,10 @@ use crate::dual_config::{vision_config_from_json, vision_config_to_json};
 use crate::error::{ConfigError, ModelError, Result};
 use crate::fusion::cross_attention::GatedCrossAttentionConfig;
 use crate::limits;
+use crate::llava_next_video::LlavaNextVideoConfig;
 use crate::nn::Activation;
 use crate::projector::{MlpProjectorConfig, ProjectorConfig, TokenCompression};
+use crate::temporal::VideoConfig;
 use crate::text::DecoderConfig;
 use crate::vision::{VitConfig, VitFlavor};
 
@@ -85,6 +89,16 @@ pub struct VlmConfig {
     /// in tower-sized crops; `None` for models that read one fixed-size
     /// image.
     pub image_grid_pinpoints: Option<GridPinpoints>,
+    /// glimpse format: the video placeholder and the aggregation over time
+    /// ([`crate::temporal`]); `None` for models without video.
+    pub video: Option<VideoConfig>,
+    /// LLaVA-NeXT-Video: the `<video>` placeholder and the per-frame
+    /// spatial pooling ([`crate::llava_next_video`]).
+    pub llava_next_video: Option<LlavaNextVideoConfig>,
+    /// glimpse format: high-resolution tiling (`glimpse_data::dynamic_tiles`:
+    /// a grid of tower-sized crops plus a thumbnail, each frame's rows after
+    /// its tile tag); `None` reads one tower-sized image.
+    pub tiling: Option<TilingConfig>,
 }
 
 /// Where the checkpoint came from, which decides tensor names.
@@ -93,6 +107,9 @@ pub enum VlmFormat {
     Llava,
     /// `LlavaNextForConditionalGeneration`: LLaVA's names plus `image_newline`.
     LlavaNext,
+    /// `LlavaNextVideoForConditionalGeneration` ([`crate::llava_next_video`]):
+    /// LLaVA-NeXT's names and images, videos pooled per frame.
+    LlavaNextVideo,
     Glimpse,
     /// `MllamaForConditionalGeneration` (Llama 3.2 Vision): its own tower
     /// and cross-attention layers ([`crate::mllama`]).
@@ -142,13 +159,14 @@ impl VlmConfig {
             }
             "llava" => VlmFormat::Llava,
             "llava_next" => VlmFormat::LlavaNext,
+            "llava_next_video" => VlmFormat::LlavaNextVideo,
             "idefics3" => VlmFormat::Idefics3,
             "smolvlm" => VlmFormat::SmolVlm,
             "glimpse" => VlmFormat::Glimpse,
             other => {
                 return Err(err(
                     "model_type",
-                    format!("'{other}' is unknown for a vision-language model (glimpse reads llava, llava_next, mllama, idefics3, smolvlm, qwen2_vl, glimpse)"),
+                    format!("'{other}' is unknown for a vision-language model (glimpse reads llava, llava_next, llava_next_video, mllama, idefics3, smolvlm, qwen2_vl, glimpse)"),
                 ))
             }
         };
@@ -216,6 +234,8 @@ impl VlmConfig {
             .get("image_token_id")
             .or_else(|| value.get("image_token_index"))
         {
+            // LlavaNextVideoConfig's default: <video> holds 32000
+            None | Some(Value::Null) if format == VlmFormat::LlavaNextVideo => 32001,
             None | Some(Value::Null) => 32000,
             Some(v) => v
                 .as_u64()
@@ -234,7 +254,7 @@ impl VlmConfig {
             .hidden_size
             .saturating_mul(feature_layers.len());
         let (projector, fusion) = match format {
-            VlmFormat::Llava | VlmFormat::LlavaNext => {
+            VlmFormat::Llava | VlmFormat::LlavaNext | VlmFormat::LlavaNextVideo => {
                 let act_name = value
                     .get("projector_hidden_act")
                     .and_then(Value::as_str)
@@ -286,6 +306,32 @@ impl VlmConfig {
             }
         };
         projector.validate().map_err(|e| e.within("projector"))?;
+        let video = match format {
+            VlmFormat::Glimpse => VideoConfig::from_json(value, feature_width)?,
+            _ => None,
+        };
+        let tiling = match (format, value.get("tiling")) {
+            (VlmFormat::Glimpse, Some(t)) if !t.is_null() => {
+                let t: TilingConfig = serde_json::from_value(t.clone())
+                    .map_err(|e| err("tiling", format!("is not valid: {e}")))?;
+                t.check("config.json")
+                    .map_err(|e| err("tiling", e.to_string()))?;
+                if fusion != FusionConfig::Early {
+                    return Err(err(
+                        "tiling",
+                        "tiles' rows follow their tags in the prompt: needs fusion mode early",
+                    ));
+                }
+                Some(t)
+            }
+            _ => None,
+        };
+        if video.is_some() && fusion != FusionConfig::Early {
+            return Err(err(
+                "temporal",
+                "a video's rows take its <video> placeholders: needs fusion mode early",
+            ));
+        }
         if projector.vision_hidden_size() != feature_width {
             return Err(err(
                 "projector.vision_hidden_size",
@@ -308,13 +354,22 @@ impl VlmConfig {
         // The projector is bounded by its own fields; tower and decoder
         // each passed their bound, together they must too.
         let projector_params = 4 * (feature_width as u128) * (text.hidden_size as u128);
+        let temporal_params = video
+            .as_ref()
+            .map_or(0, |v| v.temporal.num_params(feature_width));
         limits::params(
             "text_config.hidden_size",
-            "the tower, projector and decoder together",
-            text.num_params() + vision.num_params() + projector_params,
+            "the tower, projector, temporal layers and decoder together",
+            text.num_params() + vision.num_params() + projector_params + temporal_params,
         )?;
         let image_grid_pinpoints = match format {
-            VlmFormat::LlavaNext => Some(llava_next_pinpoints(value, &vision, select)?),
+            VlmFormat::LlavaNext | VlmFormat::LlavaNextVideo => {
+                Some(llava_next_pinpoints(value, &vision, select)?)
+            }
+            _ => None,
+        };
+        let llava_next_video = match format {
+            VlmFormat::LlavaNextVideo => Some(LlavaNextVideoConfig::from_json(value, &vision)?),
             _ => None,
         };
         let cfg = Self {
@@ -327,6 +382,9 @@ impl VlmConfig {
             image_token_id,
             format,
             image_grid_pinpoints,
+            video,
+            llava_next_video,
+            tiling,
         };
         if cfg.image_token_id as usize >= cfg.text.vocab_size {
             return Err(err(
@@ -337,6 +395,17 @@ impl VlmConfig {
                 ),
             ));
         }
+        if let Some(id) = cfg.video_token_id() {
+            if id as usize >= cfg.text.vocab_size || id == cfg.image_token_id {
+                return Err(err(
+                    "video_token_id",
+                    format!(
+                        "{id} is outside the vocabulary of {} or is the image token",
+                        cfg.text.vocab_size
+                    ),
+                ));
+            }
+        }
         cfg.image_tokens()
             .map_err(|e| err("projector.compression", e))?;
         Ok(cfg)
@@ -344,7 +413,7 @@ impl VlmConfig {
 
     /// glimpse's own `config.json` for this model.
     pub fn to_glimpse_json(&self) -> Value {
-        serde_json::json!({
+        let mut json = serde_json::json!({
             "model_type": "glimpse",
             "vision_config": vision_config_to_json(&self.vision),
             "text_config": self.text.to_hf_json(),
@@ -353,7 +422,15 @@ impl VlmConfig {
             "vision_feature_layer": self.feature_layers,
             "vision_feature_select_strategy": self.select,
             "image_token_id": self.image_token_id,
-        })
+        });
+        if let Some(t) = &self.tiling {
+            json["tiling"] = serde_json::json!(t);
+        }
+        if let Some(v) = &self.video {
+            json["video_token_id"] = Value::from(v.video_token_id);
+            json["temporal"] = serde_json::json!(v.temporal);
+        }
+        json
     }
 
     /// Tower tokens per image after feature selection.
@@ -388,15 +465,53 @@ impl VlmConfig {
             .map_err(ModelError::Input)
     }
 
+    /// Embedding rows a video becomes (a temporal glimpse model pools its
+    /// frames into an image's rows); `None` for models without video.
+    pub fn video_tokens(&self) -> Option<Result<usize>> {
+        self.video.as_ref().map(|_| self.image_tokens())
+    }
+
+    /// The `<video>` placeholder of a model that reads videos (a temporal
+    /// glimpse model, LLaVA-NeXT-Video).
+    pub fn video_token_id(&self) -> Option<u32> {
+        let temporal = self.video.as_ref().map(|v| v.video_token_id);
+        temporal.or(self.llava_next_video.map(|v| v.video_token_id))
+    }
+
+    /// Embedding rows a video of `frames` frames becomes: an image's worth
+    /// for a temporal glimpse model, `frames` × the pooled rows of one frame
+    /// for LLaVA-NeXT-Video; `None` for models without video.
+    pub fn video_tokens_for_frames(&self, frames: usize) -> Option<Result<usize>> {
+        if let Some(v) = &self.llava_next_video {
+            return Some(Ok(frames * v.rows_per_frame(self.vision.grid())));
+        }
+        self.video_tokens()
+    }
+
     /// Embedding rows an `h` x `w` image becomes: LLaVA-NeXT's count (the
     /// unpadded grid, a newline per row, the whole image's tile), as
     /// `LlavaNextProcessor` expands its placeholder; [`Self::image_tokens`]
     /// for the others.
     pub fn image_tokens_for(&self, h: usize, w: usize) -> Result<usize> {
+        if let Some(grid) = self.tile_grid(h, w) {
+            return Ok(grid.frames() * self.image_tokens()?);
+        }
         match self.anyres_grid(h, w)? {
             Some(grid) => Ok(grid.image_tokens(self.vision.grid(), self.feature_tokens())),
             None => self.image_tokens(),
         }
+    }
+
+    /// Where an `h` x `w` image lands in a tiling glimpse model's grid of
+    /// tower-sized crops (`None` without `tiling`).
+    pub fn tile_grid(&self, h: usize, w: usize) -> Option<glimpse_data::TileGrid> {
+        let t = self.tiling.as_ref()?;
+        Some(glimpse_data::dynamic_tiles::pick_grid(
+            h,
+            w,
+            self.vision.image_size,
+            t,
+        ))
     }
 
     /// Decoder layers after which a cross-attention block runs.

@@ -13,7 +13,7 @@ mod common;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use common::{ids, max_diff};
+use common::{check_case_logits, ids, max_diff};
 use glimpse_models::{LogitsFor, Vlm, VlmConfig, VlmFormat};
 use serde_json::Value;
 
@@ -64,14 +64,7 @@ fn check(kind: &str, format: VlmFormat) -> Result<()> {
         let embeds = model.prompt_embeds(&ids(&case["input_ids"]), Some(&images))?;
         let mut cache = model.new_cache(1);
         let logits = model.forward_embeds(&embeds, None, &mut cache, LogitsFor::All)?;
-        if let Some(want) = t.get(&format!("case.{cname}.logits")) {
-            let d = max_diff(&logits, want)?;
-            eprintln!("{kind} {cname}: all logits max |diff| {d:.2e}");
-            assert!(d < TOL, "{kind} {cname}: logits differ by {d}");
-        }
-        let last = logits.get(0)?.get(logits.dim(1)? - 1)?;
-        let d = max_diff(&last, &t[&format!("case.{cname}.last_logits")])?;
-        assert!(d < TOL, "{kind} {cname}: last logits differ by {d}");
+        check_case_logits(&logits, &t, cname, &format!("{kind} {cname}"), TOL)?;
     }
     // one placeholder too few: an error naming the counts, not a panic
     let case = &cases[0];

@@ -15,7 +15,7 @@ mod common;
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use common::{ids, max_diff};
+use common::{check_case_logits, fixture_dir, ids, layout_4_52, max_diff, packed_image_rows};
 use glimpse_models::{LogitsFor, Vlm};
 use serde_json::Value;
 
@@ -26,19 +26,11 @@ fn fixture() -> PathBuf {
 }
 
 fn fixture_named(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures/llava_next")
-        .join(name)
+    fixture_dir("llava_next").join(name)
 }
 
 fn reference() -> Result<(Value, HashMap<String, Tensor>)> {
-    reference_of(&fixture())
-}
-
-fn reference_of(dir: &Path) -> Result<(Value, HashMap<String, Tensor>)> {
-    let r = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json"))?)?;
-    let t = candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu)?;
-    Ok((r, t))
+    common::reference(&fixture())
 }
 
 /// Each image's packed rows, from transformers' pixel values.
@@ -47,17 +39,7 @@ fn image_rows(
     r: &Value,
     t: &HashMap<String, Tensor>,
 ) -> Result<HashMap<String, Tensor>> {
-    let mut rows = HashMap::new();
-    for im in r["images"].as_array().context("images")? {
-        let name = im["name"].as_str().context("name")?;
-        let size = (
-            im["height"].as_u64().context("h")? as usize,
-            im["width"].as_u64().context("w")? as usize,
-        );
-        let got = model.encode_tiled_image(&t[&format!("image.{name}.pixel_values")], size)?;
-        rows.insert(name.to_string(), got);
-    }
-    Ok(rows)
+    packed_image_rows(model, r, t, None)
 }
 
 #[test]
@@ -78,27 +60,8 @@ fn siglip_qwen2_and_clip_mistral_match_transformers() -> Result<()> {
 /// the fixture in `dir` (at least `min_cases` cases).
 fn rows_and_logits_match(dir: &Path, min_cases: usize) -> Result<()> {
     let model = Vlm::load_dir(dir, DType::F32, &Device::Cpu)?;
-    let (r, t) = reference_of(dir)?;
-    let rows = image_rows(&model, &r, &t)?;
-    for im in r["images"].as_array().context("images")? {
-        let name = im["name"].as_str().context("name")?;
-        let (h, w) = (
-            im["height"].as_u64().context("h")? as usize,
-            im["width"].as_u64().context("w")? as usize,
-        );
-        let want = &t[&format!("image.{name}.image_features")];
-        let d = max_diff(&rows[name], want)?;
-        eprintln!(
-            "{name} ({h}x{w}): {} rows, max |diff| {d:.2e}",
-            want.dim(0)?
-        );
-        assert!(d < TOL, "{name}: packed rows differ by {d}");
-        assert_eq!(
-            model.config().image_tokens_for(h, w)? as u64,
-            im["tokens"].as_u64().context("tokens")?,
-            "{name}: rows the processor counts"
-        );
-    }
+    let (r, t) = common::reference(dir)?;
+    let rows = packed_image_rows(&model, &r, &t, Some(TOL))?;
     let cases = r["cases"].as_array().context("cases")?;
     assert!(cases.len() >= min_cases);
     for case in cases {
@@ -114,62 +77,20 @@ fn rows_and_logits_match(dir: &Path, min_cases: usize) -> Result<()> {
         let embeds = model.prompt_embeds(&ids(&case["input_ids"]), Some(&images))?;
         let mut cache = model.new_cache(1);
         let logits = model.forward_embeds(&embeds, None, &mut cache, LogitsFor::All)?;
-        if let Some(want) = t.get(&format!("case.{cname}.logits")) {
-            let d = max_diff(&logits, want)?;
-            eprintln!("{cname}: all logits max |diff| {d:.2e}");
-            assert!(d < TOL, "{cname}: logits differ by {d}");
-        }
-        let last = logits.get(0)?.get(logits.dim(1)? - 1)?;
-        let d = max_diff(&last, &t[&format!("case.{cname}.last_logits")])?;
-        assert!(d < TOL, "{cname}: last logits differ by {d}");
+        check_case_logits(&logits, &t, cname, cname, TOL)?;
     }
     Ok(())
 }
 
 /// The fixture's files in a temporary directory, its weights renamed by
-/// `rename` (`None` drops a tensor) and its config edited by `edit`.
+/// `rename` (`None` drops a tensor), `reshape` added and its config edited
+/// by `edit`.
 fn variant(
     rename: impl Fn(&str) -> Option<String>,
     reshape: Option<(&str, Tensor)>,
     edit: impl FnOnce(&mut Value),
 ) -> Result<tempfile::TempDir> {
-    let tmp = tempfile::tempdir()?;
-    for entry in std::fs::read_dir(fixture())? {
-        let path = entry?.path();
-        let name = path.file_name().context("name")?;
-        if name != "model.safetensors" && name != "config.json" {
-            std::fs::copy(&path, tmp.path().join(name))?;
-        }
-    }
-    let weights =
-        candle_core::safetensors::load(fixture().join("model.safetensors"), &Device::Cpu)?;
-    let mut out: HashMap<String, Tensor> = weights
-        .into_iter()
-        .filter_map(|(k, v)| rename(&k).map(|k| (k, v)))
-        .collect();
-    if let Some((k, v)) = reshape {
-        out.insert(k.to_string(), v);
-    }
-    candle_core::safetensors::save(&out, tmp.path().join("model.safetensors"))?;
-    let mut cfg: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture().join("config.json"))?)?;
-    edit(&mut cfg);
-    std::fs::write(tmp.path().join("config.json"), cfg.to_string())?;
-    Ok(tmp)
-}
-
-/// transformers 4.52-4.57's layout: everything under `model.`, the head at
-/// `lm_head`, the tower with its `vision_model.` level.
-fn layout_4_52(k: &str) -> String {
-    if let Some(rest) = k.strip_prefix("language_model.model.") {
-        format!("model.language_model.{rest}")
-    } else if let Some(rest) = k.strip_prefix("language_model.") {
-        rest.to_string()
-    } else if let Some(rest) = k.strip_prefix("vision_tower.") {
-        format!("model.vision_tower.vision_model.{rest}")
-    } else {
-        format!("model.{k}")
-    }
+    common::variant(&fixture(), rename, reshape, edit)
 }
 
 #[test]

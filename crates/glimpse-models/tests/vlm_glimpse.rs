@@ -66,6 +66,9 @@ fn config(flavor: VitFlavor, projector: &str, fusion: FusionConfig) -> VlmConfig
         image_token_id: IMAGE_TOKEN,
         format: VlmFormat::Glimpse,
         image_grid_pinpoints: None,
+        video: None,
+        llava_next_video: None,
+        tiling: None,
     }
 }
 

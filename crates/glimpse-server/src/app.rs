@@ -59,6 +59,11 @@ pub struct ServerOptions {
     pub api_key: Option<String>,
     pub media: MediaPolicy,
     pub max_images_per_request: usize,
+    /// Most video parts in one chat request.
+    pub max_videos_per_request: usize,
+    /// Most frames sampled from one video: caps the model's own sampling
+    /// and a part's `fps`; a larger `num_frames` is refused.
+    pub max_video_frames: usize,
     /// Largest request body; larger ones get 413.
     pub max_body_bytes: usize,
     /// Origins allowed to call the API from a browser (`*` for any); none: same origin only.
@@ -75,6 +80,8 @@ impl Default for ServerOptions {
             api_key: None,
             media: MediaPolicy::default(),
             max_images_per_request: 8,
+            max_videos_per_request: 2,
+            max_video_frames: 64,
             max_body_bytes: 64 << 20,
             cors_origins: Vec::new(),
         }

@@ -1,9 +1,10 @@
-//! The media policy: turning an OpenAI `image_url.url` string into image
-//! bytes without letting a request read the server's files or reach its
-//! network.
+//! The media policy: turning an OpenAI `image_url.url` (or vLLM's
+//! `video_url.url`) string into image (or video) bytes without letting a
+//! request read the server's files or reach its network.
 //!
 //! Three sources, each with its own gate:
-//! - `data:image/<subtype>;base64,...` is always accepted (the bytes are in
+//! - `data:image/<subtype>;base64,...` (for a video also
+//!   `data:video/<subtype>;base64,...`) is always accepted (the bytes are in
 //!   the request already); its decoded size is checked before decoding.
 //! - `http(s)://` only with [`MediaPolicy::allow_remote`]. Every address the
 //!   host resolves to must be public (no loopback, private, link-local,
@@ -46,14 +47,14 @@ const REDIRECT_CODES: [u16; 5] = [301, 302, 303, 307, 308];
 /// Address class whose refusal [`MediaPolicy::allow_loopback_for_tests`] lifts.
 const LOOPBACK: &str = "loopback";
 
-/// Where image URLs may point, and how much may be read from them.
+/// Where image and video URLs may point, and how much may be read from them.
 #[derive(Debug, Clone)]
 pub struct MediaPolicy {
     /// http(s) URLs allowed at all (CLI flag --allow-remote-media; off by default)
     pub allow_remote: bool,
     /// file:// URLs allowed only beneath this directory (CLI --media-dir); None = file:// refused
     pub media_dir: Option<PathBuf>,
-    /// most bytes one image may have (data URI decoded size, download size, file size); default 20 MiB
+    /// most bytes one image or video may have (data URI decoded size, download size, file size); default 20 MiB
     pub max_bytes: usize,
     /// whole-download timeout for remote media; default 10 s
     pub timeout: Duration,
@@ -76,7 +77,7 @@ impl Default for MediaPolicy {
     }
 }
 
-/// One image's bytes, not yet decoded, with a name fit for messages.
+/// One image's or video's bytes, not yet decoded, with a name fit for messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MediaBytes {
     /// Short printable name: the URL without query, fragment or credentials,
@@ -85,71 +86,174 @@ pub struct MediaBytes {
     pub bytes: Vec<u8>,
 }
 
-/// Why an image URL gave no bytes. Each message is one line naming the URL
+/// What a URL is fetched as: the word its errors use, and the media types
+/// its data URIs may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaKind {
+    Image,
+    /// A video file (GIF, WebP, MP4, WebM, MKV; the video loader sniffs
+    /// which): `video/*` data URIs, and `image/*` for animated GIF / WebP.
+    Video,
+}
+
+impl MediaKind {
+    /// Whether a data URI's (lowercased) media type holds this kind.
+    fn accepts(self, media_type: &str) -> bool {
+        let subtype_ok = |sub: &str| !sub.is_empty() && sub.chars().all(is_token_char);
+        match media_type.split_once('/') {
+            Some(("image", sub)) => subtype_ok(sub),
+            Some(("video", sub)) => self == MediaKind::Video && subtype_ok(sub),
+            _ => false,
+        }
+    }
+
+    /// The data URIs accepted, for messages.
+    fn data_types(self) -> &'static str {
+        match self {
+            MediaKind::Image => "data:image/...;base64 URIs",
+            MediaKind::Video => "data:video/...;base64 and data:image/...;base64 URIs",
+        }
+    }
+
+    /// The media types accepted, for messages.
+    fn media_types(self) -> &'static str {
+        match self {
+            MediaKind::Image => "image/*",
+            MediaKind::Video => "video/* or image/*",
+        }
+    }
+}
+
+impl std::fmt::Display for MediaKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MediaKind::Image => "image",
+            MediaKind::Video => "video",
+        })
+    }
+}
+
+/// Why an image or video URL gave no bytes. Each message is one line naming the URL
 /// (in its printable, shortened form) and the cause.
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
-    #[error("image URL `{url}` is refused: only data:image/...;base64 URIs are accepted, and http(s):// or file:// where the server allows them")]
-    UnsupportedScheme { url: String },
-    #[error("image URL `{url}` is not a valid URL: {reason}")]
-    InvalidUrl { url: String, reason: String },
-    #[error("image data URI `{url}` is malformed: {reason}")]
-    InvalidDataUri { url: String, reason: String },
-    #[error("image data URI `{url}` has media type `{media_type}`, not image/*")]
-    NotImage { url: String, media_type: String },
-    #[error("image `{url}` is empty")]
-    Empty { url: String },
-    #[error("image `{url}` is too large: {size}, over the limit of {limit} bytes")]
+    #[error("{media} URL `{url}` is refused: only {types} are accepted, and http(s):// or file:// where the server allows them", types = .media.data_types())]
+    UnsupportedScheme { media: MediaKind, url: String },
+    #[error("{media} URL `{url}` is not a valid URL: {reason}")]
+    InvalidUrl {
+        media: MediaKind,
+        url: String,
+        reason: String,
+    },
+    #[error("{media} data URI `{url}` is malformed: {reason}")]
+    InvalidDataUri {
+        media: MediaKind,
+        url: String,
+        reason: String,
+    },
+    #[error("{media} data URI `{url}` has media type `{media_type}`, not {types}", types = .media.media_types())]
+    NotImage {
+        media: MediaKind,
+        url: String,
+        media_type: String,
+    },
+    #[error("{media} `{url}` is empty")]
+    Empty { media: MediaKind, url: String },
+    #[error("{media} `{url}` is too large: {size}, over the limit of {limit} bytes")]
     TooLarge {
+        media: MediaKind,
         url: String,
         /// What is known of the size: exact, declared, or "more than".
         size: String,
         limit: usize,
     },
-    #[error("image URL `{url}` is remote, and remote image URLs are off; start the server with --allow-remote-media, or send the image as a data URI")]
-    RemoteOff { url: String },
-    #[error("image URL `{url}` is a file:// URL, and file:// image URLs are off; start the server with --media-dir DIR, or send the image as a data URI")]
-    FileOff { url: String },
-    #[error("image URL `{url}` is refused: {addr} is in the {class} range, and only public addresses are fetched")]
+    #[error("{media} URL `{url}` is remote, and remote {media} URLs are off; start the server with --allow-remote-media, or send the {media} as a data URI")]
+    RemoteOff { media: MediaKind, url: String },
+    #[error("{media} URL `{url}` is a file:// URL, and file:// {media} URLs are off; start the server with --media-dir DIR, or send the {media} as a data URI")]
+    FileOff { media: MediaKind, url: String },
+    #[error("{media} URL `{url}` is refused: {addr} is in the {class} range, and only public addresses are fetched")]
     ForbiddenAddress {
+        media: MediaKind,
         url: String,
         addr: IpAddr,
         class: &'static str,
     },
-    #[error("image URL `{url}`: host `{host}` could not be resolved: {cause}")]
+    #[error("{media} URL `{url}`: host `{host}` could not be resolved: {cause}")]
     Dns {
+        media: MediaKind,
         url: String,
         host: String,
         cause: String,
     },
-    #[error("image URL `{url}`: host `{host}` resolved to no address")]
-    NoAddress { url: String, host: String },
-    #[error("image URL `{url}` redirected more than {limit} times")]
-    TooManyRedirects { url: String, limit: usize },
-    #[error("image URL `{url}` sent a redirect that is not followed: {reason}")]
-    BadRedirect { url: String, reason: String },
-    #[error("image URL `{url}` answered HTTP {status}")]
-    Status { url: String, status: u16 },
-    #[error("image URL `{url}` could not be fetched: {cause}")]
-    Fetch { url: String, cause: String },
-    #[error("image URL `{url}` did not finish downloading within {after:?}")]
-    Timeout { url: String, after: Duration },
-    #[error("image URL `{url}` points outside the media directory")]
-    OutsideMediaDir { url: String },
-    #[error("image URL `{url}` names a {kind}, not a regular file")]
-    NotRegularFile { url: String, kind: &'static str },
-    #[error("image URL `{url}` names a file that cannot be opened: {source}")]
-    FileOpen { url: String, source: io::Error },
-    #[error("image URL `{url}`: reading the file failed: {source}")]
-    FileRead { url: String, source: io::Error },
-    #[error("image URL `{url}`: the server's media directory `{dir}` is unusable: {source}", dir = .dir.display())]
+    #[error("{media} URL `{url}`: host `{host}` resolved to no address")]
+    NoAddress {
+        media: MediaKind,
+        url: String,
+        host: String,
+    },
+    #[error("{media} URL `{url}` redirected more than {limit} times")]
+    TooManyRedirects {
+        media: MediaKind,
+        url: String,
+        limit: usize,
+    },
+    #[error("{media} URL `{url}` sent a redirect that is not followed: {reason}")]
+    BadRedirect {
+        media: MediaKind,
+        url: String,
+        reason: String,
+    },
+    #[error("{media} URL `{url}` answered HTTP {status}")]
+    Status {
+        media: MediaKind,
+        url: String,
+        status: u16,
+    },
+    #[error("{media} URL `{url}` could not be fetched: {cause}")]
+    Fetch {
+        media: MediaKind,
+        url: String,
+        cause: String,
+    },
+    #[error("{media} URL `{url}` did not finish downloading within {after:?}")]
+    Timeout {
+        media: MediaKind,
+        url: String,
+        after: Duration,
+    },
+    #[error("{media} URL `{url}` points outside the media directory")]
+    OutsideMediaDir { media: MediaKind, url: String },
+    #[error("{media} URL `{url}` names a {kind}, not a regular file")]
+    NotRegularFile {
+        media: MediaKind,
+        url: String,
+        kind: &'static str,
+    },
+    #[error("{media} URL `{url}` names a file that cannot be opened: {source}")]
+    FileOpen {
+        media: MediaKind,
+        url: String,
+        source: io::Error,
+    },
+    #[error("{media} URL `{url}`: reading the file failed: {source}")]
+    FileRead {
+        media: MediaKind,
+        url: String,
+        source: io::Error,
+    },
+    #[error("{media} URL `{url}`: the server's media directory `{dir}` is unusable: {source}", dir = .dir.display())]
     MediaDir {
+        media: MediaKind,
         url: String,
         dir: PathBuf,
         source: io::Error,
     },
-    #[error("image URL `{url}`: the HTTP client could not be set up: {cause}")]
-    HttpClient { url: String, cause: String },
+    #[error("{media} URL `{url}`: the HTTP client could not be set up: {cause}")]
+    HttpClient {
+        media: MediaKind,
+        url: String,
+        cause: String,
+    },
 }
 
 impl MediaError {
@@ -168,33 +272,52 @@ impl MediaError {
     }
 }
 
-/// Fetch the bytes `url` names, under `policy`. The bytes are not decoded
-/// or sniffed here; the image decoder does that.
+/// Fetch the bytes of the image `url` names, under `policy`. The bytes are
+/// not decoded or sniffed here; the image decoder does that.
 pub async fn fetch_image(url: &str, policy: &MediaPolicy) -> Result<MediaBytes, MediaError> {
+    fetch_media(url, MediaKind::Image, policy).await
+}
+
+/// Fetch the bytes of the video `url` names, under `policy`: what
+/// [`fetch_image`] does, with `video/*` data URIs accepted beside `image/*`
+/// (animated GIF and WebP) and errors naming a video.
+pub async fn fetch_video(url: &str, policy: &MediaPolicy) -> Result<MediaBytes, MediaError> {
+    fetch_media(url, MediaKind::Video, policy).await
+}
+
+/// Fetch the bytes `url` names for a `media` part, under `policy`.
+pub async fn fetch_media(
+    url: &str,
+    media: MediaKind,
+    policy: &MediaPolicy,
+) -> Result<MediaBytes, MediaError> {
     let name = printable_name(url);
     let bytes = match scheme_of(url).as_deref() {
-        Some("data") => decode_data_uri(url, &name, policy.max_bytes)?,
+        Some("data") => decode_data_uri(url, &name, media, policy.max_bytes)?,
         Some("http" | "https") => {
             if !policy.allow_remote {
-                return Err(MediaError::RemoteOff { url: name });
+                return Err(MediaError::RemoteOff { media, url: name });
             }
             // One deadline over DNS, every hop and the whole body, so a
             // server that trickles bytes cannot hold a request open.
-            match tokio::time::timeout(policy.timeout, fetch_remote(url, &name, policy)).await {
+            match tokio::time::timeout(policy.timeout, fetch_remote(url, &name, media, policy))
+                .await
+            {
                 Ok(result) => result?,
                 Err(_) => {
                     return Err(MediaError::Timeout {
+                        media,
                         url: name,
                         after: policy.timeout,
                     })
                 }
             }
         }
-        Some("file") => read_media_file(url, &name, policy).await?,
-        _ => return Err(MediaError::UnsupportedScheme { url: name }),
+        Some("file") => read_media_file(url, &name, media, policy).await?,
+        _ => return Err(MediaError::UnsupportedScheme { media, url: name }),
     };
     if bytes.is_empty() {
-        return Err(MediaError::Empty { url: name });
+        return Err(MediaError::Empty { media, url: name });
     }
     Ok(MediaBytes { name, bytes })
 }
@@ -257,8 +380,14 @@ fn truncate(s: &str, max: usize) -> String {
 // ---------------------------------------------------------------------------
 // data: URIs
 
-fn decode_data_uri(uri: &str, name: &str, max_bytes: usize) -> Result<Vec<u8>, MediaError> {
+fn decode_data_uri(
+    uri: &str,
+    name: &str,
+    media: MediaKind,
+    max_bytes: usize,
+) -> Result<Vec<u8>, MediaError> {
     let invalid = |reason: &str| MediaError::InvalidDataUri {
+        media,
         url: name.to_string(),
         reason: reason.to_string(),
     };
@@ -269,11 +398,9 @@ fn decode_data_uri(uri: &str, name: &str, max_bytes: usize) -> Result<Vec<u8>, M
         .ok_or_else(|| invalid("no `,` between the header and the payload"))?;
     let mut params = header.split(';');
     let media_type = params.next().unwrap_or("").trim().to_ascii_lowercase();
-    let is_image = media_type
-        .strip_prefix("image/")
-        .is_some_and(|sub| !sub.is_empty() && sub.chars().all(is_token_char));
-    if !is_image {
+    if !media.accepts(&media_type) {
         return Err(MediaError::NotImage {
+            media,
             url: name.to_string(),
             media_type: if media_type.is_empty() {
                 // RFC 2397's default when the type is left out.
@@ -292,6 +419,7 @@ fn decode_data_uri(uri: &str, name: &str, max_bytes: usize) -> Result<Vec<u8>, M
     }
     if payload.is_empty() {
         return Err(MediaError::Empty {
+            media,
             url: name.to_string(),
         });
     }
@@ -299,6 +427,7 @@ fn decode_data_uri(uri: &str, name: &str, max_bytes: usize) -> Result<Vec<u8>, M
     let decoded = base64_decoded_len(payload);
     if decoded > max_bytes {
         return Err(MediaError::TooLarge {
+            media,
             url: name.to_string(),
             size: format!("{decoded} bytes decoded"),
             limit: max_bytes,
@@ -310,6 +439,7 @@ fn decode_data_uri(uri: &str, name: &str, max_bytes: usize) -> Result<Vec<u8>, M
     // The length arithmetic is exact for valid base64; this only guards it.
     if bytes.len() > max_bytes {
         return Err(MediaError::TooLarge {
+            media,
             url: name.to_string(),
             size: format!("{} bytes decoded", bytes.len()),
             limit: max_bytes,
@@ -444,24 +574,31 @@ fn v6_class(ip: Ipv6Addr) -> Option<&'static str> {
 // ---------------------------------------------------------------------------
 // http(s)://
 
-async fn fetch_remote(raw: &str, name: &str, policy: &MediaPolicy) -> Result<Vec<u8>, MediaError> {
+async fn fetch_remote(
+    raw: &str,
+    name: &str,
+    media: MediaKind,
+    policy: &MediaPolicy,
+) -> Result<Vec<u8>, MediaError> {
     let mut url = Url::parse(raw).map_err(|e| MediaError::InvalidUrl {
+        media,
         url: name.to_string(),
         reason: e.to_string(),
     })?;
     let mut hop_name = name.to_string();
     let mut redirects = 0;
     loop {
-        let response = get_checked(&url, &hop_name, policy).await?;
+        let response = get_checked(&url, &hop_name, media, policy).await?;
         let status = response.status().as_u16();
         if REDIRECT_CODES.contains(&status) {
             if redirects == MAX_REDIRECTS {
                 return Err(MediaError::TooManyRedirects {
+                    media,
                     url: name.to_string(),
                     limit: MAX_REDIRECTS,
                 });
             }
-            url = redirect_target(&url, &response, &hop_name)?;
+            url = redirect_target(&url, &response, &hop_name, media)?;
             redirects += 1;
             // Name both ends so a refused hop can be traced to the request.
             hop_name = format!("{name} -> {}", printable_name(url.as_str()));
@@ -469,11 +606,12 @@ async fn fetch_remote(raw: &str, name: &str, policy: &MediaPolicy) -> Result<Vec
         }
         if !response.status().is_success() {
             return Err(MediaError::Status {
+                media,
                 url: hop_name,
                 status,
             });
         }
-        return read_body(response, &hop_name, policy.max_bytes).await;
+        return read_body(response, &hop_name, media, policy.max_bytes).await;
     }
 }
 
@@ -483,8 +621,10 @@ fn redirect_target(
     from: &Url,
     response: &reqwest::Response,
     name: &str,
+    media: MediaKind,
 ) -> Result<Url, MediaError> {
     let bad = |reason: String| MediaError::BadRedirect {
+        media,
         url: name.to_string(),
         reason,
     };
@@ -514,9 +654,10 @@ fn redirect_target(
 async fn get_checked(
     url: &Url,
     name: &str,
+    media: MediaKind,
     policy: &MediaPolicy,
 ) -> Result<reqwest::Response, MediaError> {
-    let (host, addrs) = checked_addresses(url, name, policy).await?;
+    let (host, addrs) = checked_addresses(url, name, media, policy).await?;
     let client = reqwest::Client::builder()
         // Redirects are followed by fetch_remote so each hop is checked.
         .redirect(reqwest::redirect::Policy::none())
@@ -526,6 +667,7 @@ async fn get_checked(
         .user_agent(concat!("glimpse-server/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| MediaError::HttpClient {
+            media,
             url: name.to_string(),
             cause: error_chain(&e),
         })?;
@@ -534,6 +676,7 @@ async fn get_checked(
         .send()
         .await
         .map_err(|e| MediaError::Fetch {
+            media,
             url: name.to_string(),
             cause: error_chain(&e.without_url()),
         })
@@ -545,9 +688,11 @@ async fn get_checked(
 async fn checked_addresses(
     url: &Url,
     name: &str,
+    media: MediaKind,
     policy: &MediaPolicy,
 ) -> Result<(String, Vec<SocketAddr>), MediaError> {
     let invalid = |reason: &str| MediaError::InvalidUrl {
+        media,
         url: name.to_string(),
         reason: reason.to_string(),
     };
@@ -562,6 +707,7 @@ async fn checked_addresses(
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((domain, port))
                 .await
                 .map_err(|e| MediaError::Dns {
+                    media,
                     url: name.to_string(),
                     host: truncate(domain, 60),
                     cause: e.to_string(),
@@ -572,6 +718,7 @@ async fn checked_addresses(
     };
     if addrs.is_empty() {
         return Err(MediaError::NoAddress {
+            media,
             url: name.to_string(),
             host: truncate(&host, 60),
         });
@@ -579,6 +726,7 @@ async fn checked_addresses(
     for addr in &addrs {
         if let Some(class) = address_refusal(addr.ip(), policy.allow_loopback_for_tests) {
             return Err(MediaError::ForbiddenAddress {
+                media,
                 url: name.to_string(),
                 addr: addr.ip(),
                 class,
@@ -618,9 +766,11 @@ impl reqwest::dns::Resolve for PinnedResolver {
 async fn read_body(
     mut response: reqwest::Response,
     name: &str,
+    media: MediaKind,
     max_bytes: usize,
 ) -> Result<Vec<u8>, MediaError> {
     let too_large = |size: String| MediaError::TooLarge {
+        media,
         url: name.to_string(),
         size,
         limit: max_bytes,
@@ -634,6 +784,7 @@ async fn read_body(
     let capacity = declared.map_or(0, |len| len as usize).min(max_bytes);
     let mut bytes = Vec::with_capacity(capacity);
     while let Some(chunk) = response.chunk().await.map_err(|e| MediaError::Fetch {
+        media,
         url: name.to_string(),
         cause: error_chain(&e.without_url()),
     })? {
@@ -667,21 +818,26 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 async fn read_media_file(
     raw: &str,
     name: &str,
+    media: MediaKind,
     policy: &MediaPolicy,
 ) -> Result<Vec<u8>, MediaError> {
     let Some(dir) = &policy.media_dir else {
         return Err(MediaError::FileOff {
+            media,
             url: name.to_string(),
         });
     };
     let outside = || MediaError::OutsideMediaDir {
+        media,
         url: name.to_string(),
     };
     let url = Url::parse(raw).map_err(|e| MediaError::InvalidUrl {
+        media,
         url: name.to_string(),
         reason: e.to_string(),
     })?;
     let path = url.to_file_path().map_err(|()| MediaError::InvalidUrl {
+        media,
         url: name.to_string(),
         reason: "not a local absolute path (file:// URLs may name no host but localhost)"
             .to_string(),
@@ -689,6 +845,7 @@ async fn read_media_file(
     let root = tokio::fs::canonicalize(dir)
         .await
         .map_err(|source| MediaError::MediaDir {
+            media,
             url: name.to_string(),
             dir: dir.clone(),
             source,
@@ -707,6 +864,7 @@ async fn read_media_file(
     let real = tokio::fs::canonicalize(&path)
         .await
         .map_err(|source| MediaError::FileOpen {
+            media,
             url: name.to_string(),
             source,
         })?;
@@ -719,13 +877,15 @@ async fn read_media_file(
     let meta = tokio::fs::symlink_metadata(&real)
         .await
         .map_err(|source| MediaError::FileOpen {
+            media,
             url: name.to_string(),
             source,
         })?;
-    check_regular(&meta, name, policy.max_bytes)?;
+    check_regular(&meta, name, media, policy.max_bytes)?;
     let file = open_no_block(&real)
         .await
         .map_err(|source| MediaError::FileOpen {
+            media,
             url: name.to_string(),
             source,
         })?;
@@ -734,10 +894,11 @@ async fn read_media_file(
         .metadata()
         .await
         .map_err(|source| MediaError::FileRead {
+            media,
             url: name.to_string(),
             source,
         })?;
-    check_regular(&meta, name, policy.max_bytes)?;
+    check_regular(&meta, name, media, policy.max_bytes)?;
     // Capped again while reading: the file may grow after the look.
     let cap = policy.max_bytes as u64 + 1;
     let mut bytes = Vec::with_capacity(meta.len() as usize);
@@ -745,11 +906,13 @@ async fn read_media_file(
         .read_to_end(&mut bytes)
         .await
         .map_err(|source| MediaError::FileRead {
+            media,
             url: name.to_string(),
             source,
         })?;
     if bytes.len() > policy.max_bytes {
         return Err(MediaError::TooLarge {
+            media,
             url: name.to_string(),
             size: format!("more than {} bytes", policy.max_bytes),
             limit: policy.max_bytes,
@@ -770,15 +933,22 @@ fn absolute(dir: &Path) -> PathBuf {
     }
 }
 
-fn check_regular(meta: &std::fs::Metadata, name: &str, max_bytes: usize) -> Result<(), MediaError> {
+fn check_regular(
+    meta: &std::fs::Metadata,
+    name: &str,
+    media: MediaKind,
+    max_bytes: usize,
+) -> Result<(), MediaError> {
     if !meta.is_file() {
         return Err(MediaError::NotRegularFile {
+            media,
             url: name.to_string(),
             kind: file_kind(&meta.file_type()),
         });
     }
     if meta.len() > max_bytes as u64 {
         return Err(MediaError::TooLarge {
+            media,
             url: name.to_string(),
             size: format!("{} bytes", meta.len()),
             limit: max_bytes,

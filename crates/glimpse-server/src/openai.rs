@@ -1,7 +1,8 @@
-//! The request bodies of OpenAI's API as the official clients send them,
-//! and their conversion into engine requests. Fields glimpse does not act
-//! on are accepted and ignored unless ignoring them would change the
-//! answer the client expects (`n`, `logprobs`, `tools`), which are refused.
+//! The request bodies of OpenAI's API as the official clients send them
+//! (plus vLLM's `video_url` content parts), and their conversion into
+//! engine requests. Fields glimpse does not act on are accepted and ignored
+//! unless ignoring them would change the answer the client expects (`n`,
+//! `logprobs`, `tools`), which are refused.
 
 use glimpse_engine::GenerateParams;
 use serde::Deserialize;
@@ -154,6 +155,53 @@ pub enum PartIn {
     Text(String),
     /// The URL as given (`data:`, `http(s):` or `file:`).
     ImageUrl(String),
+    /// vLLM's `{"type": "video_url", "video_url": {"url": ...}}`, with
+    /// glimpse's optional `num_frames` or `fps` (on the part or inside
+    /// `video_url`); neither: the model's video processor decides.
+    VideoUrl {
+        url: String,
+        num_frames: Option<usize>,
+        fps: Option<f64>,
+    },
+}
+
+/// A `video_url` part's fields.
+fn video_part(p: &Value) -> Result<PartIn, ApiError> {
+    let bad = |m: &str| ApiError::bad_request(m).param("messages");
+    let field = p.get("video_url");
+    let url = field
+        .and_then(|f| f.get("url"))
+        .or(field)
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("a video_url part needs {\"url\": \"...\"}"))?;
+    let setting = |key: &str| {
+        p.get(key)
+            .or_else(|| field.and_then(|f| f.get(key)))
+            .filter(|v| !v.is_null())
+    };
+    let num_frames = setting("num_frames")
+        .map(|v| {
+            v.as_u64()
+                .filter(|&n| n > 0)
+                .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+                .ok_or_else(|| bad("num_frames must be a positive integer"))
+        })
+        .transpose()?;
+    let fps = setting("fps")
+        .map(|v| {
+            v.as_f64()
+                .filter(|f| f.is_finite() && *f > 0.0)
+                .ok_or_else(|| bad("fps must be a positive number"))
+        })
+        .transpose()?;
+    if num_frames.is_some() && fps.is_some() {
+        return Err(bad("a video_url part takes num_frames or fps, not both"));
+    }
+    Ok(PartIn::VideoUrl {
+        url: url.to_string(),
+        num_frames,
+        fps,
+    })
 }
 
 impl ChatMessageIn {
@@ -185,8 +233,9 @@ impl ChatMessageIn {
                                     bad("an image_url part needs {\"url\": \"...\"}".into())
                                 })
                         }
+                        "video_url" => video_part(p),
                         other => Err(bad(format!(
-                            "content part type \"{other}\" is not supported (text, image_url)"
+                            "content part type \"{other}\" is not supported (text, image_url, video_url)"
                         ))),
                     }
                 })

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use glimpse_server::media::{fetch_image, MediaError, MediaPolicy, MAX_REDIRECTS};
+use glimpse_server::media::{fetch_image, fetch_video, MediaError, MediaPolicy, MAX_REDIRECTS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -72,6 +72,38 @@ async fn data_uri_decodes() {
         .await
         .expect("upper-case, unpadded data URI");
     assert_eq!(got.bytes, png());
+}
+
+#[tokio::test]
+async fn video_data_uris_take_video_and_image_types() {
+    let policy = MediaPolicy::default();
+    for uri in [
+        format!("data:video/mp4;base64,{PNG_B64}"),
+        format!("data:image/gif;base64,{PNG_B64}"),
+    ] {
+        let got = fetch_video(&uri, &policy).await.expect("a video data URI");
+        assert_eq!(got.bytes, png());
+    }
+    // an image part takes no video/*; a video's errors name a video
+    let err = fetch_err(&format!("data:video/mp4;base64,{PNG_B64}"), &policy).await;
+    assert!(matches!(err, MediaError::NotImage { .. }), "{err}");
+    let err = match fetch_video("data:text/plain;base64,aGVsbG8=", &policy).await {
+        Ok(_) => panic!("text/plain fetched as a video"),
+        Err(e) => e,
+    };
+    let msg = check_message(&err);
+    assert!(
+        msg.starts_with("video data URI") && msg.contains("not video/* or image/*"),
+        "{msg}"
+    );
+    let err = match fetch_video("file:///etc/hosts", &policy).await {
+        Ok(_) => panic!("file:// fetched without a media directory"),
+        Err(e) => e,
+    };
+    assert!(
+        check_message(&err).contains("file:// video URLs are off"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -48,6 +48,23 @@ fn write_dir(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
 }
 
 fn tokenizer_files(dir: &Path, tokenizer: &Tokenizer, corpus: &Corpus, chat: bool) -> Result<()> {
+    write_tokenizer_files(
+        dir,
+        tokenizer,
+        &corpus.processor_json,
+        chat.then_some(&corpus.ids),
+    )
+}
+
+/// `tokenizer.json`, `tokenizer_config.json`, `preprocessor_config.json`
+/// and, for a model that chats (`ids` given), glimpse's chat template and
+/// greedy `generation_config.json`.
+fn write_tokenizer_files(
+    dir: &Path,
+    tokenizer: &Tokenizer,
+    processor_json: &Value,
+    ids: Option<&crate::recipe::SpecialIds>,
+) -> Result<()> {
     let path = dir.join("tokenizer.json");
     tokenizer.save(&path, false).map_err(|e| io(&path, e))?;
     write_json(
@@ -58,17 +75,14 @@ fn tokenizer_files(dir: &Path, tokenizer: &Tokenizer, corpus: &Corpus, chat: boo
             "model_max_length": 512,
         }),
     )?;
-    write_json(
-        &dir.join("preprocessor_config.json"),
-        &corpus.processor_json,
-    )?;
-    if chat {
+    write_json(&dir.join("preprocessor_config.json"), processor_json)?;
+    if let Some(ids) = ids {
         write_atomic(&dir.join("chat_template.jinja"), CHAT_TEMPLATE.as_bytes())?;
         write_json(
             &dir.join("generation_config.json"),
             &json!({
-                "bos_token_id": corpus.ids.bos, "eos_token_id": corpus.ids.eos,
-                "pad_token_id": corpus.ids.pad, "do_sample": false,
+                "bos_token_id": ids.bos, "eos_token_id": ids.eos,
+                "pad_token_id": ids.pad, "do_sample": false,
             }),
         )?;
     }
@@ -136,5 +150,24 @@ pub fn export_vlm(
         write_json(&d.join("config.json"), config)?;
         save_tensors(tensors, &d.join("model.safetensors"))?;
         tokenizer_files(d, &corpus.tokenizer, corpus, true)
+    })
+}
+
+/// A discrete-token model (`glimpse_discrete`, see
+/// `glimpse_models::discrete`): the decoder's tensors under `model.`, the
+/// VQ-VAE's under `vqmodel.`, the run's tokenizer (markers and codes among
+/// its added tokens) and chat template, the VQ's image processor.
+pub fn export_discrete(
+    dir: &Path,
+    config: &Value,
+    tensors: &BTreeMap<String, Tensor>,
+    tokenizer: &Tokenizer,
+    processor_json: &Value,
+    ids: &crate::recipe::SpecialIds,
+) -> Result<()> {
+    write_dir(dir, |d| {
+        write_json(&d.join("config.json"), config)?;
+        save_tensors(tensors, &d.join("model.safetensors"))?;
+        write_tokenizer_files(d, tokenizer, processor_json, Some(ids))
     })
 }

@@ -224,6 +224,8 @@ fn from_parts(
             template_source: source,
             special,
             ids,
+            // a pretrained tokenizer is not given `<video>` (yet)
+            video: None,
         },
         base_vocab,
     })

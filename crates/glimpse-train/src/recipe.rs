@@ -125,7 +125,59 @@ pub struct ModelSpec {
     pub projector: ProjectorSpec,
     #[serde(default)]
     pub fusion: FusionSpec,
+    /// Video rows (`"video"`): how each video's frames are aggregated over
+    /// time; a model without it reads images only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temporal: Option<TemporalSpec>,
 }
+
+/// `[model.temporal]`: the glimpse model's aggregation of a video's
+/// per-frame tower features (`glimpse_models::temporal`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemporalSpec {
+    /// `mean` (blind to frame order) or `attention` (learned attention
+    /// across frames at each position, with temporal position embeddings).
+    pub mode: String,
+    /// Frames sampled uniformly from each video.
+    #[serde(default = "default_frames")]
+    pub frames: usize,
+    /// `attention`: encoder layers across frames.
+    #[serde(default = "default_one")]
+    pub num_hidden_layers: usize,
+    /// `attention`: heads (0: the tower's).
+    #[serde(default)]
+    pub num_attention_heads: usize,
+    /// `attention`: MLP width (0: the tower's).
+    #[serde(default)]
+    pub intermediate_size: usize,
+}
+
+fn default_frames() -> usize {
+    8
+}
+
+impl TemporalSpec {
+    /// The model config's `temporal` section; heads and MLP width default
+    /// to the tower's (`vision_config`, as the VLM config holds it).
+    pub fn config_json(&self, vision_config: &Value) -> Value {
+        if self.mode == "mean" {
+            return json!({"mode": "mean", "num_frames": self.frames});
+        }
+        let tower = |k: &str| vision_config.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let or_tower = |v: usize, k: &str| if v == 0 { tower(k) } else { v as u64 };
+        json!({
+            "mode": "attention",
+            "num_frames": self.frames,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": or_tower(self.num_attention_heads, "num_attention_heads"),
+            "intermediate_size": or_tower(self.intermediate_size, "intermediate_size"),
+        })
+    }
+}
+
+/// Frames a recipe may sample per video.
+pub const MAX_FRAMES: usize = 1024;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -202,6 +254,28 @@ pub struct DecoderSpec {
     pub max_position_embeddings: usize,
     #[serde(default = "default_theta")]
     pub rope_theta: f64,
+}
+
+impl DecoderSpec {
+    /// The from-scratch decoder's Llama `config.json` (tied embeddings).
+    pub fn text_config_json(&self, ids: &SpecialIds) -> Value {
+        json!({
+            "model_type": "llama",
+            "vocab_size": ids.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "max_position_embeddings": self.max_position_embeddings,
+            "rope_theta": self.rope_theta,
+            "rms_norm_eps": 1e-5,
+            "tie_word_embeddings": true,
+            "bos_token_id": ids.bos,
+            "eos_token_id": ids.eos,
+            "pad_token_id": ids.pad,
+        })
+    }
 }
 
 fn default_positions() -> usize {
@@ -483,6 +557,52 @@ fn divides(field: &str, heads: usize, what: &str, width: usize) -> Check {
     Ok(())
 }
 
+/// A from-scratch decoder's sizes (`section`: where the recipe holds
+/// them, `model.decoder` or `discrete.decoder`).
+pub(crate) fn check_decoder_spec(section: &str, d: &DecoderSpec) -> Check {
+    let f = |x: &str| format!("{section}.{x}");
+    bounded(&f("hidden_size"), d.hidden_size, 1, MAX_WIDTH)?;
+    bounded(&f("num_hidden_layers"), d.num_hidden_layers, 1, MAX_LAYERS)?;
+    bounded(
+        &f("num_attention_heads"),
+        d.num_attention_heads,
+        1,
+        MAX_HEADS,
+    )?;
+    divides(
+        &f("num_attention_heads"),
+        d.num_attention_heads,
+        "hidden_size",
+        d.hidden_size,
+    )?;
+    bounded(
+        &f("num_key_value_heads"),
+        d.num_key_value_heads,
+        1,
+        d.num_attention_heads,
+    )?;
+    divides(
+        &f("num_key_value_heads"),
+        d.num_key_value_heads,
+        "num_attention_heads",
+        d.num_attention_heads,
+    )?;
+    bounded(
+        &f("intermediate_size"),
+        d.intermediate_size,
+        1,
+        MAX_INTERMEDIATE,
+    )?;
+    bounded(
+        &f("max_position_embeddings"),
+        d.max_position_embeddings,
+        1,
+        MAX_POSITIONS,
+    )?;
+    number(&f("rope_theta"), d.rope_theta, 0.0, true, f64::MAX)?;
+    Ok(())
+}
+
 /// A recipe file's text, read bounded (any recipe kind: `Recipe`, the vq
 /// stage's `VqRecipe`); a failure names the file.
 pub(crate) fn read_recipe_text(path: &Path) -> Result<String> {
@@ -629,11 +749,7 @@ impl Recipe {
             ));
         }
         if self.needs_easy_vqa() && d.easy_vqa.is_none() {
-            let why = if self.model.decoder.from.is_none() {
-                "the run trains its tokenizer on easy-VQA's text (or set [model.decoder] from)"
-            } else {
-                "a stage reads easy-VQA (contrastive, lm, or a VLM stage without data)"
-            };
+            let why = "a stage reads easy-VQA (contrastive, lm, or a VLM stage without data)";
             return Err(("data.easy_vqa".into(), format!("is missing: {why}")));
         }
         for (name, s) in self.stages() {
@@ -863,48 +979,7 @@ impl Recipe {
     }
 
     fn check_decoder(&self) -> Check {
-        let d = &self.model.decoder;
-        let f = |x: &str| format!("model.decoder.{x}");
-        bounded(&f("hidden_size"), d.hidden_size, 1, MAX_WIDTH)?;
-        bounded(&f("num_hidden_layers"), d.num_hidden_layers, 1, MAX_LAYERS)?;
-        bounded(
-            &f("num_attention_heads"),
-            d.num_attention_heads,
-            1,
-            MAX_HEADS,
-        )?;
-        divides(
-            &f("num_attention_heads"),
-            d.num_attention_heads,
-            "hidden_size",
-            d.hidden_size,
-        )?;
-        bounded(
-            &f("num_key_value_heads"),
-            d.num_key_value_heads,
-            1,
-            d.num_attention_heads,
-        )?;
-        divides(
-            &f("num_key_value_heads"),
-            d.num_key_value_heads,
-            "num_attention_heads",
-            d.num_attention_heads,
-        )?;
-        bounded(
-            &f("intermediate_size"),
-            d.intermediate_size,
-            1,
-            MAX_INTERMEDIATE,
-        )?;
-        bounded(
-            &f("max_position_embeddings"),
-            d.max_position_embeddings,
-            1,
-            MAX_POSITIONS,
-        )?;
-        number(&f("rope_theta"), d.rope_theta, 0.0, true, f64::MAX)?;
-        Ok(())
+        check_decoder_spec("model.decoder", &self.model.decoder)
     }
 
     /// Projector, fusion and the size of the whole, once the parts' sizes
@@ -942,6 +1017,7 @@ impl Recipe {
         if m.fusion.mode == "cross" && d.from.is_none() {
             bounded("model.fusion.every", m.fusion.every, 1, d.num_hidden_layers)?;
         }
+        self.check_temporal()?;
         let params = self.parameter_estimate();
         if params > MAX_PARAMETERS {
             return Err((
@@ -985,7 +1061,15 @@ impl Recipe {
         } else {
             0
         };
-        vision + text + decoder + projector + cross
+        let temporal = m.temporal.as_ref().map_or(0, |t| {
+            let i = if t.intermediate_size == 0 {
+                u(v.intermediate_size)
+            } else {
+                u(t.intermediate_size)
+            };
+            u(t.num_hidden_layers) * block(vh, i) + u(t.frames) * vh
+        });
+        vision + text + decoder + projector + cross + temporal
     }
 
     /// The stages present, in run order.
@@ -1012,13 +1096,58 @@ impl Recipe {
 
     /// Whether the run reads easy-VQA itself: a stage that trains on it
     /// (contrastive, lm, a VLM stage without `data`), or a tokenizer
-    /// trained on its text (no pretrained decoder).
+    /// trained on its text (no pretrained decoder, `[data] easy_vqa` set;
+    /// without it such a run trains its tokenizer on the stages' rows).
     pub fn needs_easy_vqa(&self) -> bool {
-        self.model.decoder.from.is_none()
+        (self.model.decoder.from.is_none() && self.data.easy_vqa.is_some())
             || self
                 .stages()
                 .iter()
                 .any(|(name, s)| ["contrastive", "lm"].contains(name) || s.data.is_none())
+    }
+
+    /// `[model.temporal]` within bounds: a known mode, frames, and the
+    /// attention layers' sizes (heads dividing the tower's width when the
+    /// recipe sizes the tower); early fusion.
+    fn check_temporal(&self) -> Check {
+        let Some(t) = &self.model.temporal else {
+            return Ok(());
+        };
+        let f = |x: &str| format!("model.temporal.{x}");
+        if !["mean", "attention"].contains(&t.mode.as_str()) {
+            return Err((f("mode"), format!("'{}' is not mean or attention", t.mode)));
+        }
+        bounded(&f("frames"), t.frames, 1, MAX_FRAMES)?;
+        bounded(&f("num_hidden_layers"), t.num_hidden_layers, 1, MAX_LAYERS)?;
+        bounded(
+            &f("num_attention_heads"),
+            t.num_attention_heads,
+            0,
+            MAX_HEADS,
+        )?;
+        bounded(
+            &f("intermediate_size"),
+            t.intermediate_size,
+            0,
+            MAX_INTERMEDIATE,
+        )?;
+        let v = &self.model.vision;
+        if t.mode == "attention" && v.from.is_none() && t.num_attention_heads > 0 {
+            divides(
+                &f("num_attention_heads"),
+                t.num_attention_heads,
+                "model.vision.hidden_size",
+                v.hidden_size,
+            )?;
+        }
+        if self.model.fusion.mode != "early" {
+            return Err((
+                f("mode"),
+                "a video's rows take its <video> placeholders: needs [model.fusion] mode early"
+                    .into(),
+            ));
+        }
+        Ok(())
     }
 
     /// `[data] on_bad_row` as the policy.
@@ -1069,22 +1198,7 @@ impl Recipe {
         json!({
             "model_type": "glimpse",
             "vision_config": self.vision_json(),
-            "text_config": {
-                "model_type": "llama",
-                "vocab_size": ids.vocab_size,
-                "hidden_size": d.hidden_size,
-                "intermediate_size": d.intermediate_size,
-                "num_hidden_layers": d.num_hidden_layers,
-                "num_attention_heads": d.num_attention_heads,
-                "num_key_value_heads": d.num_key_value_heads,
-                "max_position_embeddings": d.max_position_embeddings,
-                "rope_theta": d.rope_theta,
-                "rms_norm_eps": 1e-5,
-                "tie_word_embeddings": true,
-                "bos_token_id": ids.bos,
-                "eos_token_id": ids.eos,
-                "pad_token_id": ids.pad,
-            },
+            "text_config": d.text_config_json(ids),
             "projector": projector,
             "fusion": fusion,
             "vision_feature_layer": v.feature_layer,

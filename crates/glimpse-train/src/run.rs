@@ -90,6 +90,10 @@ fn fingerprint(text: &str) -> String {
 }
 
 pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
+    // a `[discrete]` recipe trains a discrete-token model (after its `[vq]`)
+    if crate::stages::discrete::recipe::file_is_discrete_recipe(&opts.recipe) {
+        return crate::stages::discrete::run::run_discrete_recipe(opts);
+    }
     // a `[vq]` recipe trains a VQ-VAE on its own (crate::stages::vq)
     if crate::stages::vq::recipe::file_is_vq_recipe(&opts.recipe) {
         return crate::stages::vq::run::run_vq_recipe(opts);
@@ -164,12 +168,17 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
             corpus_text = c.text_side()?;
             &corpus_text
         }
+        // every stage reads data files: a tokenizer of their rows
         (None, None) => {
-            return Err(TrainError::Recipe(
-                "no tokenizer: set [model.decoder] from, or [data] easy_vqa to train one".into(),
-            ))
+            corpus_text = rows_text_side(&recipe, &out.join("tokenizer.json"))?;
+            &corpus_text
         }
     };
+    if recipe.model.temporal.is_some() && text.video.is_none() {
+        return Err(TrainError::Recipe(
+            "[model.temporal]: video rows need a <video> token, which only a tokenizer trained on the rows has (leave out [data] easy_vqa and [model.decoder] from)".into(),
+        ));
+    }
     let processor_json = match (&vision, &corpus) {
         (Some(v), _) => v.processor_json.clone(),
         (None, Some(c)) => c.processor_json.clone(),
@@ -342,7 +351,7 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
                 )
             }
             _ => {
-                const PROJ: [&str; 2] = ["multi_modal_projector.", "cross_layers."];
+                const PROJ: [&str; 3] = ["multi_modal_projector.", "cross_layers.", "temporal."];
                 let with = |extra: &[&str]| -> Vec<String> {
                     PROJ.iter().chain(extra).map(|p| p.to_string()).collect()
                 };
@@ -824,7 +833,11 @@ fn run_stage(
     let mut parts: BTreeMap<&str, Vec<(String, candle_core::Var)>> = BTreeMap::new();
     for (name, var) in weights.trainable_vars()? {
         let part =
-            if name.starts_with("multi_modal_projector.") || name.starts_with("cross_layers.") {
+            // the temporal aggregator learns with the projector it feeds
+            if name.starts_with("multi_modal_projector.")
+                || name.starts_with("cross_layers.")
+                || name.starts_with("temporal.")
+            {
                 "projector"
             } else if name.starts_with("language_model.") {
                 "decoder"
@@ -864,6 +877,28 @@ fn need_corpus(corpus: &Option<Corpus>) -> Result<&Corpus> {
         .ok_or_else(|| TrainError::Recipe("this stage reads easy-VQA: set [data] easy_vqa".into()))
 }
 
+/// The text side of a run whose stages all read data files and whose
+/// decoder starts from scratch: a tokenizer trained on the VLM stages'
+/// training rows (kept in `path`, read again on resume).
+fn rows_text_side(recipe: &Recipe, path: &Path) -> Result<TextSide> {
+    let folder = recipe.data.image_folder.as_deref().map(expand);
+    // the stages report their bad rows when they read them again
+    let quiet = BadRows::quiet();
+    let mut rows = Vec::new();
+    for (_, spec) in recipe.stages() {
+        if let Some(data) = &spec.data {
+            rows.extend(read_rows(
+                &expand(data),
+                folder.as_deref(),
+                &recipe.data.caption_prompt,
+                &quiet,
+            )?);
+        }
+    }
+    let rows: Vec<&crate::stages::rows::Row> = rows.iter().collect();
+    TextSide::trained_on_rows(&rows, recipe.tokenizer.vocab_size, path)
+}
+
 /// The VLM's glimpse-format config: the recipe's, with a pretrained part's
 /// own config in its place (and the projector sized to fit them).
 fn vlm_config_json(
@@ -900,6 +935,11 @@ fn vlm_config_json(
     }
     if let Some(d) = decoder {
         json["text_config"] = d.text_config.clone();
+    }
+    // video rows: the aggregation over time and the placeholder
+    if let (Some(t), Some(video)) = (&recipe.model.temporal, text.video) {
+        json["temporal"] = t.config_json(&json["vision_config"]);
+        json["video_token_id"] = Value::from(video);
     }
     json
 }

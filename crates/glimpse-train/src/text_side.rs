@@ -15,6 +15,8 @@ use crate::recipe::SpecialIds;
 
 /// The placeholder a training row and a prompt carry per image.
 pub const IMAGE_TOKEN: &str = "<image>";
+/// The placeholder a training row and a prompt carry per video.
+pub const VIDEO_TOKEN: &str = "<video>";
 
 pub type Segments = Vec<(SegmentKind, Vec<u32>)>;
 
@@ -26,7 +28,7 @@ pub enum Role {
 }
 
 impl Role {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::User => "user",
             Self::Assistant => "assistant",
@@ -41,6 +43,9 @@ pub struct TextSide {
     pub template_source: String,
     pub special: SpecialTokens,
     pub ids: SpecialIds,
+    /// The `<video>` placeholder's id, when the tokenizer has it (one
+    /// trained on rows with videos; see `stages::corpus::rows_text_side`).
+    pub video: Option<u32>,
 }
 
 /// A jinja prelude that lets a text-only chat template (SmolLM2's, say)
@@ -75,6 +80,83 @@ pub fn accept_content_parts(source: &str) -> String {
 }
 
 impl TextSide {
+    /// The text side of a run that reads only data files and trains its
+    /// decoder from scratch (no `[data] easy_vqa`, no `[model.decoder]
+    /// from`): glimpse's chat template, and a byte-level BPE of
+    /// `vocab_size` trained on the rows' conversations as that template
+    /// renders them, `<video>` among its special tokens beside `<image>`.
+    /// A resumed run reads its `tokenizer_path` again (same ids).
+    pub fn trained_on_rows(
+        rows: &[&crate::stages::rows::Row],
+        vocab_size: usize,
+        tokenizer_path: &std::path::Path,
+    ) -> Result<Self> {
+        use crate::stages::corpus::{BOS, CHAT_TEMPLATE, EOS, IMAGE, PAD, VIDEO};
+        let io = |e: &dyn std::fmt::Display| {
+            TrainError::Io(format!("{}: {}", tokenizer_path.display(), one_line(e)))
+        };
+        let special = SpecialTokens {
+            bos_token: Some(BOS.into()),
+            eos_token: Some(EOS.into()),
+            unk_token: None,
+            pad_token: Some(PAD.into()),
+        };
+        let template = ChatTemplate::new(CHAT_TEMPLATE, special.clone())?;
+        let tokenizer = if tokenizer_path.is_file() {
+            Tokenizer::from_file(tokenizer_path).map_err(|e| io(&e))?
+        } else {
+            let mut texts = Vec::with_capacity(rows.len());
+            for row in rows {
+                let msgs: Vec<serde_json::Value> = row
+                    .messages
+                    .iter()
+                    .map(|(r, c)| json!({"role": r.as_str(), "content": c}))
+                    .collect();
+                texts.push(template.render_with(&msgs, false)?);
+            }
+            let tok = glimpse_data::train_bpe_tokenizer(
+                &texts,
+                &glimpse_data::TokenizerTrainConfig {
+                    vocab_size,
+                    min_frequency: 1,
+                    // the easy-VQA tokenizer's ids 0..4 (see `Corpus`), then `<video>`
+                    special_tokens: [PAD, EOS, BOS, IMAGE, VIDEO].map(String::from).to_vec(),
+                    bos_token: None,
+                    lowercase: true,
+                },
+            )?;
+            if let Some(dir) = tokenizer_path.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| io(&e))?;
+            }
+            glimpse_data::save_tokenizer(&tok, tokenizer_path)?;
+            tok
+        };
+        let id = |t: &str| {
+            tokenizer.token_to_id(t).ok_or_else(|| {
+                TrainError::Config(format!(
+                    "{}: the tokenizer has no {t} token",
+                    tokenizer_path.display()
+                ))
+            })
+        };
+        let ids = SpecialIds {
+            vocab_size: tokenizer.get_vocab_size(true),
+            pad: id(PAD)?,
+            bos: id(BOS)?,
+            eos: id(EOS)?,
+            image: id(IMAGE)?,
+        };
+        let video = Some(id(VIDEO)?);
+        Ok(Self {
+            tokenizer,
+            template,
+            template_source: CHAT_TEMPLATE.to_string(),
+            special,
+            ids,
+            video,
+        })
+    }
+
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         Ok(self
             .tokenizer
@@ -89,13 +171,15 @@ impl TextSide {
     /// closes it with, `<|im_end|>` or `</s>`) are found by rendering each
     /// prefix with the generation prompt; tokens starting inside them are
     /// [`SegmentKind::Assistant`]; each `<image>` becomes `image_tokens`
-    /// copies of the placeholder id ([`SegmentKind::Image`]). `Err` is why
-    /// the row cannot be used (the template refuses it, or renders a prefix
-    /// that the whole conversation does not start with).
+    /// copies of the placeholder id and each `<video>` (when the tokenizer
+    /// has it) `video_tokens` copies of its own ([`SegmentKind::Image`]
+    /// both). `Err` is why the row cannot be used (the template refuses it,
+    /// or renders a prefix that the whole conversation does not start with).
     pub fn conversation_segments(
         &self,
         messages: &[(Role, String)],
         image_tokens: usize,
+        video_tokens: usize,
     ) -> std::result::Result<Segments, String> {
         let render = |upto: usize, gen: bool| -> std::result::Result<String, String> {
             let msgs: Vec<serde_json::Value> = messages[..upto]
@@ -133,6 +217,8 @@ impl TextSide {
         for (&id, &(start, _)) in enc.get_ids().iter().zip(enc.get_offsets()) {
             if id == self.ids.image {
                 push(SegmentKind::Image, &vec![id; image_tokens]);
+            } else if Some(id) == self.video {
+                push(SegmentKind::Image, &vec![id; video_tokens]);
             } else if spans.iter().any(|s| s.contains(&start)) {
                 push(SegmentKind::Assistant, &[id]);
             } else {
@@ -195,6 +281,7 @@ mod tests {
             tokenizer: tok,
             special,
             ids,
+            video: None,
         }
     }
 
@@ -217,7 +304,7 @@ mod tests {
             (Role::User, "and?".to_string()),
             (Role::Assistant, "round".to_string()),
         ];
-        let segs = s.conversation_segments(&msgs, 3).expect("segments");
+        let segs = s.conversation_segments(&msgs, 3, 1).expect("segments");
         let assistant: Vec<String> = segs
             .iter()
             .filter(|(k, _)| *k == SegmentKind::Assistant)
@@ -266,7 +353,7 @@ mod tests {
     fn a_conversation_without_an_answer_is_refused() {
         let s = side(CHATML);
         let err = s
-            .conversation_segments(&[(Role::User, "hi".into())], 1)
+            .conversation_segments(&[(Role::User, "hi".into())], 1, 1)
             .expect_err("no answer");
         assert!(err.contains("no assistant tokens"), "{err}");
     }

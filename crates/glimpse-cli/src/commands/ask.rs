@@ -1,13 +1,15 @@
-//! `glimpse ask`: a question about images to a vision-language model,
-//! the answer streamed to stdout.
+//! `glimpse ask`: a question about images (and videos) to a
+//! vision-language model, the answer streamed to stdout.
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Args;
 use glimpse_cli::heatmap::{check_target, write_attention_map};
+use glimpse_data::FrameSampling;
 use glimpse_engine::device::default_device;
 use glimpse_engine::pipeline::{PipelineError, VlmPipeline};
+use glimpse_engine::VideoInput;
 use glimpse_infer::GenerationConfig;
 use glimpse_models::FeatureSelect;
 
@@ -32,7 +34,23 @@ pub struct AskArgs {
     /// An image; repeat for several, in the order their placeholders appear
     #[arg(long = "image")]
     images: Vec<PathBuf>,
+    /// A video: GIF, WebP, MP4, WebM or MKV file (MP4 / WebM / MKV through the
+    /// system ffmpeg), or a folder of frame images; repeat for several, in the
+    /// order their placeholders appear (Qwen2-VL)
+    #[arg(long = "video", value_name = "FILE")]
+    videos: Vec<PathBuf>,
+    /// Sample N frames of each video, spread uniformly (default: as the model's
+    /// video processor says, else every frame)
+    #[arg(long, value_name = "N")]
+    frames: Option<usize>,
+    /// Sample F frames per second of each video (not with --frames)
+    #[arg(long, value_name = "F")]
+    fps: Option<f64>,
+    /// At most N frames of each video
+    #[arg(long, value_name = "N")]
+    max_frames: Option<usize>,
     /// Send QUESTION as the whole prompt, verbatim, with <image> marking each image
+    /// (and the model's video placeholder each video)
     #[arg(long)]
     raw: bool,
     /// Most tokens to generate
@@ -67,6 +85,22 @@ pub struct AskArgs {
 
 pub fn run(args: AskArgs) -> Result<()> {
     // Refused before anything loads or generates.
+    let sampling = FrameSampling {
+        frames: args.frames,
+        fps: args.fps,
+        max_frames: args.max_frames,
+    };
+    if args.videos.is_empty() && sampling != FrameSampling::all() {
+        return Err(
+            PipelineError::Usage("--frames, --fps and --max-frames need a --video".into()).into(),
+        );
+    }
+    sampling.validate().map_err(PipelineError::Usage)?;
+    let videos: Vec<VideoInput> = args
+        .videos
+        .iter()
+        .map(|p| VideoInput::new(p, sampling.clone()))
+        .collect();
     if args.attention_map.is_some() && args.images.is_empty() {
         return Err(
             PipelineError::Usage("--attention-map needs at least one --image".into()).into(),
@@ -76,6 +110,27 @@ pub fn run(args: AskArgs) -> Result<()> {
         check_target(map)?;
     }
     let dir = super::model_dir(args.model, DEFAULT_MODEL)?;
+    // a discrete-token model reads images as VQ codes (ask_discrete.rs)
+    if glimpse_models::discrete::is_discrete_dir(&dir) {
+        return super::ask_discrete::run(super::ask_discrete::DiscreteAsk {
+            dir: &dir,
+            question: &args.question,
+            images: &args.images,
+            raw: args.raw,
+            max_tokens: args.max_tokens,
+            sampling: &args.sampling,
+            json: args.json,
+            vlm_only: &[
+                ("--lora", args.lora.is_some()),
+                ("--video", !args.videos.is_empty()),
+                ("--max-tiles", args.max_tiles.is_some()),
+                ("--longest-edge", args.longest_edge.is_some()),
+                ("--no-split", args.no_split),
+                ("--max-image-tokens", args.max_image_tokens.is_some()),
+                ("--attention-map", args.attention_map.is_some()),
+            ],
+        });
+    }
     let mut vlm = VlmPipeline::load_with_lora(&dir, args.lora.as_deref(), &default_device())?;
     if let Some(n) = args.max_tiles {
         vlm.set_max_tiles(n)?;
@@ -103,7 +158,7 @@ pub fn run(args: AskArgs) -> Result<()> {
         ))
         .into());
     }
-    let prompt = vlm.prompt(&args.question, &args.images, args.raw)?;
+    let prompt = vlm.prompt_with_videos(&args.question, &args.images, &videos, args.raw)?;
     let sampling = args.sampling.apply(vlm.sampling.clone())?;
     let cfg = GenerationConfig {
         max_new_tokens: args.max_tokens,
@@ -143,6 +198,14 @@ pub fn run(args: AskArgs) -> Result<()> {
         "tokens": generation.tokens,
         "image_tokens": prompt.image_tokens,
         "tiles": prompt.tiles,
+        "video_tokens": prompt.video_tokens,
+        // per video: the sampled frames' indices in the source and when each is shown
+        "frames": prompt.frames.iter().map(|f| serde_json::json!({
+            "video": f.video,
+            "total": f.total,
+            "indices": f.indices,
+            "timestamps": f.timestamps,
+        })).collect::<Vec<_>>(),
         "image_budget": image_budget,
         "prompt_tokens": generation.prompt_tokens,
         "finish_reason": generation.finish_reason,

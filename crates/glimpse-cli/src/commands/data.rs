@@ -4,7 +4,10 @@
 //!   multi-turn record per image) and image–caption JSONL, the trainer
 //!   having no dataset-specific code;
 //! - `shapes`: our own easy-VQA-style generator (`glimpse_data::synth_shapes`),
-//!   a held-out test of generalisation written as an easy-VQA split.
+//!   a held-out test of generalisation written as an easy-VQA split;
+//! - `moving-shapes`: small videos whose questions need time
+//!   (`glimpse_data::moving_shapes`), train and test splits of LLaVA rows
+//!   with a `"video"` field.
 
 use std::io::IsTerminal;
 use std::path::{Component, Path, PathBuf};
@@ -30,6 +33,7 @@ pub struct DataArgs {
 enum DataCommand {
     EasyVqa(EasyVqaArgs),
     Shapes(ShapesArgs),
+    MovingShapes(MovingShapesArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -118,10 +122,35 @@ pub struct ShapesArgs {
     size: u32,
 }
 
+#[derive(Args)]
+#[command(
+    about = "Small videos whose questions need time (which way the red circle moves, which shape appears first, whether the square changes colour): OUT/train and OUT/test, each videos/N/ (a folder of PNG frames per video) and llava.json rows with a \"video\" field"
+)]
+pub struct MovingShapesArgs {
+    /// Output directory: OUT/train/, OUT/test/
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Training videos (one question each; answers balanced per kind)
+    #[arg(long, value_name = "N")]
+    n: usize,
+    /// Held-out videos [default: a quarter of --n, at least 12]
+    #[arg(long, value_name = "N")]
+    test: Option<usize>,
+    /// Frames per video
+    #[arg(long, value_name = "F", default_value_t = glimpse_data::moving_shapes::DEFAULT_FRAMES)]
+    frames: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Frame side in pixels
+    #[arg(long, default_value_t = glimpse_data::moving_shapes::DEFAULT_SIZE)]
+    size: u32,
+}
+
 pub fn run(args: DataArgs) -> Result<()> {
     match args.command {
         DataCommand::EasyVqa(a) => easy_vqa(a),
         DataCommand::Shapes(a) => shapes(a),
+        DataCommand::MovingShapes(a) => moving_shapes(a),
     }
 }
 
@@ -343,5 +372,55 @@ fn shapes(args: ShapesArgs) -> Result<()> {
         s.questions,
         args.out.join("llava.json").display()
     )?;
+    Ok(())
+}
+
+fn moving_shapes(args: MovingShapesArgs) -> Result<()> {
+    use glimpse_data::moving_shapes as ms;
+    let test = args.test.unwrap_or((args.n / 4).max(12));
+    for (flag, v) in [("--n", args.n), ("--test", test)] {
+        if !(1..=ms::MAX_VIDEOS).contains(&v) {
+            return Err(usage(format!(
+                "{flag} must be between 1 and {}, got {v}",
+                ms::MAX_VIDEOS
+            )));
+        }
+    }
+    if !(ms::MIN_FRAMES..=ms::MAX_FRAMES).contains(&args.frames) {
+        return Err(usage(format!(
+            "--frames must be between {} and {}, got {}",
+            ms::MIN_FRAMES,
+            ms::MAX_FRAMES,
+            args.frames
+        )));
+    }
+    if !(ms::MIN_SIZE..=ms::MAX_SIZE).contains(&args.size) {
+        return Err(usage(format!(
+            "--size must be between {} and {}, got {}",
+            ms::MIN_SIZE,
+            ms::MAX_SIZE,
+            args.size
+        )));
+    }
+    let bar = progress_bar(args.n + test, "moving shapes: videos");
+    let summaries = ms::write_moving_shapes(
+        &args.out,
+        args.n,
+        test,
+        args.seed,
+        args.size,
+        args.frames,
+        || bar.inc(1),
+    )?;
+    bar.finish_and_clear();
+    for (split, s) in ["train", "test"].iter().zip(&summaries) {
+        outln!(
+            "wrote {} videos of {} frames to {}: {}",
+            s.videos,
+            args.frames,
+            args.out.join(split).join("llava.json").display(),
+            ms::describe(s)
+        )?;
+    }
     Ok(())
 }

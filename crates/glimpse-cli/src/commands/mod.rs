@@ -1,6 +1,8 @@
 pub mod ask;
+pub mod ask_discrete;
 pub mod classify;
 pub mod data;
+pub mod draw;
 pub mod embed;
 pub mod eval;
 pub mod generate;

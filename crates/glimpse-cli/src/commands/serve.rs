@@ -42,15 +42,21 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     api_key: Option<String>,
-    /// Allow http(s) image URLs (never to loopback, private, link-local or metadata addresses)
+    /// Allow http(s) image and video URLs (never to loopback, private, link-local or metadata addresses)
     #[arg(long)]
     allow_remote_media: bool,
-    /// Allow file:// image URLs beneath this directory
+    /// Allow file:// image and video URLs beneath this directory
     #[arg(long, value_name = "DIR")]
     media_dir: Option<PathBuf>,
     /// Most images in one request
     #[arg(long, default_value_t = 8)]
     max_images_per_request: usize,
+    /// Most videos in one request
+    #[arg(long, default_value_t = 2)]
+    max_videos_per_request: usize,
+    /// Most frames sampled from one video (a larger num_frames is refused)
+    #[arg(long, default_value_t = 64)]
+    max_video_frames: usize,
     /// Largest request body in MiB (413 beyond)
     #[arg(long, default_value_t = 64)]
     max_body_mib: usize,
@@ -106,6 +112,8 @@ pub fn run(args: ServeArgs) -> Result<()> {
             ..MediaPolicy::default()
         },
         max_images_per_request: args.max_images_per_request,
+        max_videos_per_request: args.max_videos_per_request,
+        max_video_frames: args.max_video_frames.max(1),
         max_body_bytes: args.max_body_mib.saturating_mul(1 << 20),
         cors_origins: args.cors_origins,
     };

@@ -151,6 +151,15 @@ pub fn case_image_paths(
         .collect()
 }
 
+/// What an `ask` run on a fixture case reads besides its text: `--image`s,
+/// `--video`s and other flags (`--frames N`), in that order.
+#[derive(Default)]
+pub struct AskInputs<'a> {
+    pub images: &'a [PathBuf],
+    pub videos: &'a [PathBuf],
+    pub flags: &'a [String],
+}
+
 /// `glimpse ask --json` on a parity fixture's case: `paths` as `--image`s,
 /// `text` (raw or as the question), the case's greedy length; asserts the
 /// greedy tokens and the prompt length equal transformers' and returns the
@@ -163,10 +172,30 @@ pub fn ask_fixture_case(
     case: &Value,
     cname: &str,
 ) -> anyhow::Result<Value> {
+    let inputs = AskInputs {
+        images: paths,
+        ..AskInputs::default()
+    };
+    ask_fixture_inputs(model, &inputs, text, raw, case, cname)
+}
+
+/// [`ask_fixture_case`] with videos and other flags.
+pub fn ask_fixture_inputs(
+    model: &str,
+    inputs: &AskInputs,
+    text: String,
+    raw: bool,
+    case: &Value,
+    cname: &str,
+) -> anyhow::Result<Value> {
     let mut args: Vec<String> = vec!["ask".into(), "--model".into(), model.into()];
-    for p in paths {
+    for p in inputs.images {
         args.extend(["--image".into(), p.display().to_string()]);
     }
+    for v in inputs.videos {
+        args.extend(["--video".into(), v.display().to_string()]);
+    }
+    args.extend(inputs.flags.iter().cloned());
     if raw {
         args.push("--raw".into());
     }
@@ -187,4 +216,15 @@ pub fn ask_fixture_case(
         "{cname}"
     );
     Ok(out)
+}
+
+/// `glimpse ask` of a short question about `video` with `extra` flags and
+/// two new tokens at most: for the refusals of bad videos and flags.
+pub fn ask_video(model: &Path, video: &Path, extra: &[&str]) -> Outcome {
+    let model = model.display().to_string();
+    let video = video.display().to_string();
+    let mut args = vec!["ask", "--model", &model, "--video", &video];
+    args.extend_from_slice(extra);
+    args.extend(["--max-tokens", "2", "What moves?"]);
+    glimpse(&args)
 }

@@ -298,6 +298,7 @@ fn split_record(record: LlavaRecord, n: usize) -> Vec<LlavaRecord> {
             LlavaRecord {
                 id: format!("{}-{k}", record.id),
                 images: record.images.clone(),
+                videos: Vec::new(),
                 conversations: turns,
             }
         })
@@ -422,6 +423,7 @@ fn to_llava(examples: &[VqaExample], seed: Option<u64>, style: AnswerStyle) -> V
             LlavaRecord {
                 id: format!("easy-vqa-{id}"),
                 images: vec![group[0].image.clone()],
+                videos: Vec::new(),
                 conversations,
             }
         })

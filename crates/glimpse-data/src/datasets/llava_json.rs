@@ -2,7 +2,8 @@
 //! of `{"id", "image", "conversations": [{"from", "value"}, ..]}` where the
 //! human turns carry one `<image>` placeholder per image. `image` is a path,
 //! a list of paths (multi-image rows, as LLaVA-OneVision's data has them) or
-//! absent (text-only rows).
+//! absent (text-only rows). `video` (a path or a list: a video file or a
+//! folder of frames) likewise, with one `<video>` placeholder per video.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,8 @@ use crate::error::{DataError, Result};
 
 /// The placeholder the chat template expands into image rows.
 pub const IMAGE_PLACEHOLDER: &str = "<image>";
+/// The placeholder a video's rows take.
+pub const VIDEO_PLACEHOLDER: &str = "<video>";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -43,6 +46,16 @@ pub struct LlavaRecord {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub images: Vec<PathBuf>,
+    /// The row's videos in placeholder order (`video`: a path or a list,
+    /// each a video file or a folder of frames); empty for most rows.
+    #[serde(
+        rename = "video",
+        default,
+        deserialize_with = "one_or_many",
+        serialize_with = "path_or_list",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub videos: Vec<PathBuf>,
     pub conversations: Vec<Turn>,
 }
 
@@ -97,7 +110,7 @@ impl LlavaRecord {
 
     /// What makes the row unusable for training, if anything: turns that do
     /// not alternate human/gpt from a human turn, placeholders that do not
-    /// match the images one for one, an empty answer. The trainer skips or
+    /// match the images (or videos) one for one, an empty answer. The trainer skips or
     /// stops on such a row as its recipe says; [`load_llava_json`] refuses.
     pub fn problem(&self) -> Option<String> {
         self.check().err()
@@ -144,6 +157,17 @@ impl LlavaRecord {
                 "{placeholders} {IMAGE_PLACEHOLDER} placeholder(s) for {want} image(s)"
             ));
         }
+        let video_placeholders: usize = self
+            .conversations
+            .iter()
+            .map(|t| t.value.matches(VIDEO_PLACEHOLDER).count())
+            .sum();
+        let videos = self.videos.len();
+        if video_placeholders != videos {
+            return Err(format!(
+                "{video_placeholders} {VIDEO_PLACEHOLDER} placeholder(s) for {videos} video(s)"
+            ));
+        }
         Ok(())
     }
 }
@@ -165,6 +189,13 @@ pub fn load_llava_json(path: &Path) -> Result<Vec<LlavaRecord>> {
             .iter()
             .flat_map(|r| r.images.iter().map(PathBuf::as_path)),
     )?;
+    // a video is a file or a folder of frames
+    if let Some(v) = records.iter().flat_map(|r| &r.videos).find(|p| !p.exists()) {
+        return Err(DataError::dataset(
+            path,
+            format!("missing video: {}", v.display()),
+        ));
+    }
     Ok(records)
 }
 
@@ -185,8 +216,8 @@ pub fn read_llava_json(path: &Path, image_folder: Option<&Path>) -> Result<Vec<L
         )
     })?;
     for rec in &mut records {
-        for image in &mut rec.images {
-            *image = resolve(&dir, image);
+        for path in rec.images.iter_mut().chain(rec.videos.iter_mut()) {
+            *path = resolve(&dir, path);
         }
     }
     Ok(records)
@@ -200,6 +231,7 @@ pub fn write_llava_json(path: &Path, records: &[LlavaRecord]) -> Result<()> {
         .iter()
         .map(|r| LlavaRecord {
             images: r.images.iter().map(|p| relative_to(&dir, p)).collect(),
+            videos: r.videos.iter().map(|p| relative_to(&dir, p)).collect(),
             ..r.clone()
         })
         .collect();

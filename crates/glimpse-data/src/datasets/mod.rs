@@ -21,7 +21,7 @@ pub use easy_vqa::{
 };
 pub use llava_json::{
     load_llava_json, read_llava_json, write_llava_json, LlavaRecord, Speaker, Turn,
-    IMAGE_PLACEHOLDER,
+    IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER,
 };
 
 use std::path::{Path, PathBuf};

@@ -15,7 +15,7 @@ use crate::image_io::load_rgb;
 const FRAME_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "webp", "gif", "bmp"];
 
 pub(super) fn load(dir: &Path, options: &VideoOptions) -> Result<Video> {
-    let name = dir.display().to_string();
+    let name = options.video_name(dir);
     let fps = options.folder_fps.unwrap_or(DEFAULT_FOLDER_FPS);
     if !(fps.is_finite() && fps > 0.0) {
         return Err(DataError::video(

@@ -112,6 +112,9 @@ pub struct VideoOptions {
     /// default.
     pub ffmpeg: PathBuf,
     pub ffprobe: PathBuf,
+    /// What errors call the video; its path when `None` (a server names
+    /// the request's video, not the temporary file holding its bytes).
+    pub name: Option<String>,
 }
 
 impl Default for VideoOptions {
@@ -122,7 +125,17 @@ impl Default for VideoOptions {
             limits: VideoLimits::default(),
             ffmpeg: PathBuf::from("ffmpeg"),
             ffprobe: PathBuf::from("ffprobe"),
+            name: None,
         }
+    }
+}
+
+impl VideoOptions {
+    /// What errors call the video at `path`.
+    fn video_name(&self, path: &Path) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| path.display().to_string())
     }
 }
 
@@ -130,7 +143,7 @@ impl Default for VideoOptions {
 /// images, or a file whose format is sniffed from its first bytes (GIF,
 /// WebP, MP4 / MOV, WebM / MKV), not its extension.
 pub fn load_video(path: &Path, options: &VideoOptions) -> Result<Video> {
-    let name = path.display().to_string();
+    let name = options.video_name(path);
     options
         .sampling
         .validate()

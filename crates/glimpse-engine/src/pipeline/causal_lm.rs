@@ -132,6 +132,7 @@ impl CausalLm {
             Prompt::Raw {
                 text: prompt.to_string(),
                 images: Vec::new(),
+                videos: Vec::new(),
             }
         };
         self.prepare(&request)
@@ -145,13 +146,15 @@ impl CausalLm {
     pub fn prepare(&self, prompt: &Prompt) -> Result<Vec<u32>> {
         let no_images = || {
             PipelineError::Usage(format!(
-                "{} is a language model and reads no images",
+                "{} is a language model and reads no images or videos",
                 self.path.display()
             ))
         };
         let (text, add_special) = match prompt {
             Prompt::Chat(messages) => {
-                if messages.iter().any(|m| m.images().next().is_some()) {
+                let media =
+                    |m: &Message| m.images().next().is_some() || m.videos().next().is_some();
+                if messages.iter().any(media) {
                     return Err(no_images());
                 }
                 let template = self.template.as_ref().ok_or_else(|| {
@@ -166,8 +169,12 @@ impl CausalLm {
                     .collect();
                 (template.render(&messages, true)?, false)
             }
-            Prompt::Raw { text, images } => {
-                if !images.is_empty() {
+            Prompt::Raw {
+                text,
+                images,
+                videos,
+            } => {
+                if !images.is_empty() || !videos.is_empty() {
                     return Err(no_images());
                 }
                 (text.clone(), true)

@@ -1,7 +1,9 @@
 //! A vision-language model directory (HF LLaVA, LLaVA-NeXT or glimpse
 //! format) with its tokenizer, chat template and image processor: question +
-//! images → prompt ids with each image's placeholder expanded to its rows →
-//! generated text.
+//! images (and videos, [`video`]) → prompt ids with each image's placeholder
+//! expanded to its rows → generated text.
+
+mod video;
 
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
@@ -13,8 +15,8 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use glimpse_data::Qwen2VlProcessor;
 use glimpse_data::{
-    decode_rgb, preprocess_anyres, preprocess_batch, preprocess_split, ChatTemplate, DataError,
-    ImageLimits, ProcessorConfig, SizeSpec, SplitLayout,
+    decode_rgb, preprocess_anyres, preprocess_batch, preprocess_split, preprocess_tiles,
+    ChatTemplate, DataError, ImageLimits, ProcessorConfig, SizeSpec, SplitLayout, TileGrid,
 };
 use glimpse_infer::{Generation, GenerationConfig, OutputError, SamplingConfig, TokenModel};
 use glimpse_models::{FusionConfig, LogitsFor, ModelError, RowLayout, Vlm, VlmCache};
@@ -23,7 +25,8 @@ use tokenizers::Tokenizer;
 
 use super::causal_lm::{generation_defaults, load_tokenizer, one_line, split_adapter};
 use super::{PipelineError, Result};
-use crate::request::{ImageInput, Message, Part, Prompt};
+use crate::request::{ImageInput, Message, Part, Prompt, VideoInput};
+pub use video::SampledFrames;
 
 /// How many encoded images the LRU cache keeps.
 const IMAGE_CACHE: usize = 32;
@@ -48,6 +51,8 @@ pub struct VlmPipeline {
     /// Qwen2-VL: its image processor (smart_resize, patch rows);
     /// `processor` then holds its rescale / normalize settings.
     qwen2_vl: Option<Qwen2VlProcessor>,
+    /// The family's video processor; `None`: the model takes no video.
+    video: Option<video::VideoProcessor>,
 }
 
 /// A prompt ready to run: ids (placeholders expanded for early fusion) and
@@ -69,6 +74,15 @@ pub struct VlmPrompt {
     /// Qwen2-VL: each image's patch grid `[t, h, w]`, which its M-RoPE
     /// positions follow; empty for the other families.
     pub grids: Vec<[usize; 3]>,
+    /// Each video's rows, (M_k, D) in prompt order; empty without videos.
+    pub videos: Vec<Tensor>,
+    /// Qwen2-VL: each video's `video_grid_thw`.
+    pub video_grids: Vec<[usize; 3]>,
+    /// Embedding rows the videos take (ΣM_k): every placeholder position
+    /// they fill.
+    pub video_tokens: usize,
+    /// Per video, the frames it was read as.
+    pub frames: Vec<SampledFrames>,
     pub vision_secs: f64,
 }
 
@@ -90,6 +104,27 @@ impl VlmPrompt {
     }
 }
 
+/// The prompt text that stands for an image whose rows are more than the
+/// placeholder repeated.
+#[derive(Clone, Copy)]
+enum ImageText {
+    /// Idefics3 / SmolVLM: the processor's `<row_i_col_j>` /
+    /// `<global-img>` layout.
+    Split(SplitLayout),
+    /// glimpse's own tiling: each frame's tile tag before its rows.
+    Tiles(TileGrid),
+}
+
+impl ImageText {
+    /// The text, `token` once per row, `per` rows a frame.
+    fn prompt(&self, token: &str, per: usize) -> String {
+        match self {
+            Self::Split(layout) => layout.prompt(token, per),
+            Self::Tiles(grid) => grid.prompt(token, per),
+        }
+    }
+}
+
 /// One image through the tower and projector.
 #[derive(Clone)]
 struct EncodedImage {
@@ -97,9 +132,10 @@ struct EncodedImage {
     rows: Tensor,
     /// Crops besides the whole image (see [`VlmPrompt::tiles`]).
     tiles: usize,
-    /// Idefics3 / SmolVLM: where the rows came from, which decides the
-    /// placeholder's expansion ([`VlmPipeline::placeholder_ids`]).
-    layout: Option<SplitLayout>,
+    /// Idefics3 / SmolVLM and tiling glimpse models: where the rows came
+    /// from, which decides the placeholder's expansion
+    /// ([`VlmPipeline::placeholder_ids`]).
+    layout: Option<ImageText>,
     /// Qwen2-VL: the image's patch grid `[t, h, w]`.
     grid: Option<[usize; 3]>,
     /// How the rows lie over the picture (see [`VlmPrompt::row_layouts`]).
@@ -142,12 +178,15 @@ impl VlmPipeline {
             None => processor_config(dir)?,
         };
         check_tiling(&model, &processor, dir)?;
+        check_tile_tags(&model, &tokenizer, dir)?;
         check_mllama(&model, &processor, dir)?;
         check_split(&model, &processor, dir)?;
         let (eos, sampling) = generation_defaults(dir)?;
         let eos_ids = eos.unwrap_or_else(|| model.config().text.eos_token_ids.clone());
+        let video = video::VideoProcessor::load(&model, dir)?;
         let mut pipeline = Self::from_parts(model, tokenizer, template, processor, eos_ids);
         pipeline.qwen2_vl = qwen2_vl;
+        pipeline.video = video;
         pipeline.sampling = sampling;
         pipeline.path = dir.to_path_buf();
         Ok(pipeline)
@@ -177,6 +216,7 @@ impl VlmPipeline {
             path: PathBuf::from("(in-memory model)"),
             max_tiles: None,
             qwen2_vl: None,
+            video: None,
         }
     }
 
@@ -357,6 +397,20 @@ impl VlmPipeline {
     /// each image; otherwise the images and the question become one user
     /// message through the chat template.
     pub fn prompt(&self, text: &str, images: &[PathBuf], raw: bool) -> Result<VlmPrompt> {
+        self.prompt_with_videos(text, images, &[], raw)
+    }
+
+    /// [`Self::prompt`] with videos: in a raw prompt the family's video
+    /// placeholder (Qwen2-VL's `<|video_pad|>`) marks each video; in chat
+    /// mode the user message is the images, then the videos, then the
+    /// question.
+    pub fn prompt_with_videos(
+        &self,
+        text: &str,
+        images: &[PathBuf],
+        videos: &[VideoInput],
+        raw: bool,
+    ) -> Result<VlmPrompt> {
         let images = images
             .iter()
             .map(|p| ImageInput::from_path(p))
@@ -365,9 +419,11 @@ impl VlmPipeline {
             Prompt::Raw {
                 text: text.to_string(),
                 images,
+                videos: videos.to_vec(),
             }
         } else {
             let mut parts: Vec<Part> = images.into_iter().map(Part::Image).collect();
+            parts.extend(videos.iter().cloned().map(Part::Video));
             parts.push(Part::Text(text.to_string()));
             Prompt::Chat(vec![Message {
                 role: "user".into(),
@@ -382,15 +438,23 @@ impl VlmPipeline {
     /// text with `<image>` placeholders.
     pub fn prepare(&self, prompt: &Prompt) -> Result<VlmPrompt> {
         let mllama = self.model.mllama.is_some();
+        let videos: Vec<&VideoInput> = match prompt {
+            Prompt::Raw { videos, .. } => videos.iter().collect(),
+            Prompt::Chat(messages) => messages.iter().flat_map(Message::videos).collect(),
+        };
+        // before the template, which may not know video parts
+        if !videos.is_empty() && self.video.is_none() {
+            return Err(self.no_video());
+        }
         let (rendered, images, question) = match prompt {
             // MllamaProcessor puts BOS after the leading images of a raw
             // prompt that lacks it, then tokenises with the specials
-            Prompt::Raw { text, images } if mllama => (
+            Prompt::Raw { text, images, .. } if mllama => (
                 self.mllama_raw_prompt(text),
                 images.iter().collect::<Vec<_>>(),
                 text.clone(),
             ),
-            Prompt::Raw { text, images } => (
+            Prompt::Raw { text, images, .. } => (
                 text.clone(),
                 images.iter().collect::<Vec<_>>(),
                 text.clone(),
@@ -442,6 +506,18 @@ impl VlmPipeline {
                 images.len()
             )));
         }
+        let video_token = self.video_token_id();
+        let video_slots = video_token.map_or(0, |v| ids.iter().filter(|&&id| id == v).count());
+        if let (Some(token), true) = (video_token, video_slots != videos.len()) {
+            let name = self
+                .tokenizer
+                .id_to_token(token)
+                .unwrap_or_else(|| token.to_string());
+            return Err(PipelineError::Usage(format!(
+                "the prompt has {video_slots} {name} placeholder(s) but {} video(s) were given",
+                videos.len()
+            )));
+        }
         let early = cfg.fusion == FusionConfig::Early;
         let ctx = cfg.text.max_position_embeddings;
         let too_long = |len: usize, image_tokens: usize| {
@@ -449,12 +525,19 @@ impl VlmPipeline {
                 "the prompt is {len} tokens with {image_tokens} image token(s); the model's context window is {ctx}"
             ))
         };
+        let too_long_videos = |len: usize, image_tokens: usize, video_tokens: usize| {
+            PipelineError::Usage(format!(
+                "the prompt is {len} tokens with {image_tokens} image token(s) and {video_tokens} video token(s); the model's context window is {ctx}: sample fewer frames (--frames / --max-frames)"
+            ))
+        };
         // A fixed-size model's count is known before any tower pass: refuse
         // an overlong prompt before paying for its images.
         if early
             && cfg.image_grid_pinpoints.is_none()
+            && cfg.tiling.is_none()
             && !cfg.format.splits_images()
             && self.model.qwen2_vl.is_none()
+            && videos.is_empty()
         {
             let image_tokens = slots * cfg.image_tokens()?;
             let len = ids.len() - slots + image_tokens;
@@ -497,17 +580,36 @@ impl VlmPipeline {
             }
             None => counts.iter().sum(),
         };
-        let mut expanded = Vec::with_capacity(ids.len() + image_tokens);
+        // each video's sampled frames through its family's path (video.rs)
+        let encoded_videos = videos
+            .iter()
+            .map(|v| self.encode_video(v))
+            .collect::<Result<Vec<_>>>()?;
+        let video_tokens: usize = encoded_videos.iter().map(|v| v.placeholder_ids.len()).sum();
+        let mut expanded = Vec::with_capacity(ids.len() + image_tokens + video_tokens);
         let mut next = encoded.iter();
+        let mut next_video = encoded_videos.iter();
         for &id in ids {
-            // `slots` equals the number of images (checked above)
+            // `slots` equals the number of images, `video_slots` the videos
+            // (checked above)
+            if let Some(v) = (Some(id) == video_token)
+                .then(|| next_video.next())
+                .flatten()
+            {
+                expanded.extend_from_slice(&v.placeholder_ids);
+                continue;
+            }
             match (id == placeholder && early).then(|| next.next()).flatten() {
                 Some(image) => expanded.extend(self.placeholder_ids(image)?),
                 None => expanded.push(id),
             }
         }
         if expanded.len() >= ctx {
-            return Err(too_long(expanded.len(), image_tokens));
+            return Err(if video_tokens > 0 {
+                too_long_videos(expanded.len(), image_tokens, video_tokens)
+            } else {
+                too_long(expanded.len(), image_tokens)
+            });
         }
         Ok(VlmPrompt {
             ids: expanded,
@@ -516,6 +618,10 @@ impl VlmPipeline {
             row_layouts: encoded.iter().map(|e| e.row_layout).collect(),
             images: encoded.into_iter().map(|e| e.rows).collect(),
             image_tokens,
+            video_grids: encoded_videos.iter().filter_map(|v| v.grid).collect(),
+            frames: encoded_videos.iter().map(|v| v.frames.clone()).collect(),
+            videos: encoded_videos.into_iter().map(|v| v.rows).collect(),
+            video_tokens,
             vision_secs: start.elapsed().as_secs_f64(),
         })
     }
@@ -619,7 +725,21 @@ impl VlmPipeline {
                     rows: layout.rows,
                     cols: layout.cols,
                 },
-                layout: Some(layout),
+                layout: Some(ImageText::Split(layout)),
+                grid: None,
+            }
+        } else if let Some(tiling) = &self.model.config().tiling {
+            let side = self.model.config().vision.image_size;
+            let (pixels, grid) = preprocess_tiles(&image, name, &self.processor, side, tiling)?;
+            EncodedImage {
+                rows: self.model.encode_split_image(&pixels.to_device(device)?)?,
+                tiles: grid.tiles(),
+                row_layout: RowLayout::Tiles {
+                    rows: grid.rows,
+                    cols: grid.cols,
+                    thumbnail: grid.thumbnail,
+                },
+                layout: Some(ImageText::Tiles(grid)),
                 grid: None,
             }
         } else {
@@ -811,6 +931,30 @@ fn check_split(model: &Vlm, processor: &ProcessorConfig, dir: &Path) -> Result<(
 /// `image_grid_pinpoints` whose crops are the tower's input size, and a
 /// tiling processor needs a tiled model: otherwise the placeholders and the
 /// rows would not match (transformers fails at the first image).
+/// A tiling glimpse model announces each frame with a tag: every tag its
+/// `max_tiles` can need must be one token of its tokenizer.
+fn check_tile_tags(model: &Vlm, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
+    let Some(t) = &model.config().tiling else {
+        return Ok(());
+    };
+    let missing: Vec<String> = glimpse_data::dynamic_tiles::all_tags(t.max_tiles)
+        .into_iter()
+        .filter(|tag| tokenizer.token_to_id(tag).is_none())
+        .collect();
+    if let Some(first) = missing.first() {
+        return Err(DataError::Config {
+            path: dir.join("tokenizer.json"),
+            msg: format!(
+                "lacks the tile tag {first} ({} tag(s) missing) that tiling.max_tiles {} in config.json needs as one token",
+                missing.len(),
+                t.max_tiles
+            ),
+        }
+        .into());
+    }
+    Ok(())
+}
+
 fn check_tiling(model: &Vlm, processor: &ProcessorConfig, dir: &Path) -> Result<()> {
     let cfg = model.config();
     let err = |msg: String| DataError::Config {
@@ -938,9 +1082,16 @@ pub(crate) fn prefill(
         model.attach_images(cache, &rows.unsqueeze(0)?, mask)?;
     }
     let embeds = model.prompt_embeds(&prompt.ids, images.as_ref())?;
+    let embeds = video::splice_videos(model, prompt, embeds)?;
     let logits = if model.qwen2_vl.is_some() {
-        // M-RoPE: positions from the images' grids
-        model.forward_prompt_mrope(&prompt.ids, &embeds, &prompt.grids, cache)?
+        // M-RoPE: positions from the images' and videos' grids
+        model.forward_prompt_mrope(
+            &prompt.ids,
+            &embeds,
+            &prompt.grids,
+            &prompt.video_grids,
+            cache,
+        )?
     } else {
         model.forward_embeds(&embeds, None, cache, LogitsFor::Last)?
     };
@@ -971,8 +1122,9 @@ impl TokenModel for VlmSession<'_> {
 }
 
 /// Messages as chat templates read them: a user turn's content is a list of
-/// parts (`{"type": "image"}` where an image goes, as transformers'
-/// processors pass them), other turns' content is their text.
+/// parts (`{"type": "image"}` where an image goes, `{"type": "video"}` where
+/// a video goes, as transformers' processors pass them), other turns'
+/// content is their text.
 fn template_messages(messages: &[Message]) -> Vec<Value> {
     messages
         .iter()
@@ -983,6 +1135,7 @@ fn template_messages(messages: &[Message]) -> Vec<Value> {
                         .iter()
                         .map(|p| match p {
                             Part::Image(_) => json!({"type": "image"}),
+                            Part::Video(_) => json!({"type": "video"}),
                             Part::Text(t) => json!({"type": "text", "text": t}),
                         })
                         .collect(),

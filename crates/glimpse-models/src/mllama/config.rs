@@ -321,6 +321,9 @@ impl MllamaConfig {
             image_token_id: self.image_token_id,
             format: VlmFormat::Mllama,
             image_grid_pinpoints: None,
+            video: None,
+            llava_next_video: None,
+            tiling: None,
         }
     }
 

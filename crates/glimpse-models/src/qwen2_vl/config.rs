@@ -235,6 +235,9 @@ impl Qwen2VlConfig {
             image_token_id: self.image_token_id,
             format: VlmFormat::Qwen2Vl,
             image_grid_pinpoints: None,
+            video: None,
+            llava_next_video: None,
+            tiling: None,
         }
     }
 

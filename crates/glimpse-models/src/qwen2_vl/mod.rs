@@ -250,10 +250,29 @@ impl Vlm {
         Ok(rows.to_dtype(self.language_model.dtype())?)
     }
 
+    /// Qwen2-VL: `embeds` with each `<|video_pad|>` row replaced by the
+    /// videos' merged rows, in prompt order.
+    ///
+    /// # Shapes
+    /// `embeds`: (1, T, D), `ids`: (T,), `rows`: (R, D), R placeholders -> (1, T, D)
+    pub fn splice_qwen2_vl_videos(
+        &self,
+        ids: &[u32],
+        embeds: &Tensor,
+        rows: &Tensor,
+    ) -> Result<Tensor> {
+        let Some(q) = &self.qwen2_vl else {
+            return Err(ModelError::Input(
+                "splice_qwen2_vl_videos: the model is not Qwen2-VL (qwen2_vl)".into(),
+            ));
+        };
+        splice(embeds, ids, q.config.video_token_id, Some(rows), "video")
+    }
+
     /// A Qwen2-VL prompt's prefill: `embeds` (placeholders already
-    /// replaced by the images' rows) at the M-RoPE positions of `ids` with
-    /// the images' `grids`; the cache keeps the `rope_delta` its decode
-    /// steps add.
+    /// replaced by the images' and videos' rows) at the M-RoPE positions of
+    /// `ids` with the images' `grids` and the videos' `video_grids`; the
+    /// cache keeps the `rope_delta` its decode steps add.
     ///
     /// # Shapes
     /// `embeds`: (1, T, D) -> logits (1, 1, V)
@@ -262,6 +281,7 @@ impl Vlm {
         ids: &[u32],
         embeds: &Tensor,
         grids: &[[usize; 3]],
+        video_grids: &[[usize; 3]],
         cache: &mut VlmCache,
     ) -> Result<Tensor> {
         let Some(q) = &self.qwen2_vl else {
@@ -275,7 +295,7 @@ impl Vlm {
             c.image_token_id,
             c.video_token_id,
             grids,
-            &[],
+            video_grids,
             c.vision.spatial_merge_size,
         )?;
         self.language_model.forward_embeds_mrope(

@@ -195,9 +195,11 @@ impl VqConfig {
             "janus_vqgan" => (VqFamily::Janus, Some(value), ""),
             "emu3_vqgan" => (VqFamily::Emu3, Some(value), ""),
             "glimpse_vq" => (VqFamily::Glimpse, Some(value), ""),
+            // a glimpse discrete-token model (crate::discrete) carries its VQ
+            "glimpse_discrete" => (VqFamily::Glimpse, value.get("vq_config"), "vq_config."),
             other => {
                 return Err(format!(
-                    "model_type {other:?} is not a VQ image tokenizer (glimpse reads chameleon, janus, emu3, their *_vqgan models and glimpse_vq)"
+                    "model_type {other:?} is not a VQ image tokenizer (glimpse reads chameleon, janus, emu3, their *_vqgan models, glimpse_vq and glimpse_discrete)"
                 ))
             }
         };

@@ -20,5 +20,5 @@ pub mod vocabulary;
 
 pub use config::{VqConfig, VqFamily};
 pub use model::{VqTokenizer, VqVae};
-pub use quantizer::{codebook_usage, perplexity, CodeStats, Quantized, Quantizer};
+pub use quantizer::{codebook_usage, perplexity, psnr_db, CodeStats, Quantized, Quantizer};
 pub use vocabulary::ImageVocabulary;

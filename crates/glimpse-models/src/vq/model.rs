@@ -210,9 +210,17 @@ impl VqTokenizer {
             .get("model_type")
             .and_then(Value::as_str)
             .is_some_and(|t| t.ends_with("_vqgan") || t == "glimpse_vq");
+        let discrete =
+            value.get("model_type").and_then(Value::as_str) == Some(crate::discrete::MODEL_TYPE);
         let vocabulary = match (cfg.family, value.get("vocabulary_map")) {
             // Janus's image tokens are not in the text vocabulary
             (VqFamily::Janus, _) => None,
+            // glimpse's discrete models: one interval of ids
+            (VqFamily::Glimpse, _) if discrete => Some(
+                crate::discrete::DiscreteConfig::from_value(&value)
+                    .map_err(|e| e.at(&path))?
+                    .vocabulary(),
+            ),
             (family, Some(map)) => Some(
                 ImageVocabulary::from_map(map, cfg.num_embeddings, family)
                     .map_err(|m| ModelError::config(&path, m))?,

@@ -198,6 +198,13 @@ impl CodeStats {
     }
 }
 
+/// PSNR in dB of a reconstruction of pixels that span [−1, 1] (what the
+/// VQ models read): a peak-to-peak of 2, so `10·log10(4 / MSE)`; the same
+/// figure as over 8-bit pixels, the ratio being scale-free.
+pub fn psnr_db(mse: f64) -> f64 {
+    10.0 * (4.0 / mse.max(1e-12)).log10()
+}
+
 /// `distinct codes / K` of a batch of codes.
 pub fn codebook_usage(codes: &Tensor, num_embeddings: usize) -> Result<f64> {
     Ok(CodeStats::of(codes, num_embeddings)?.usage)

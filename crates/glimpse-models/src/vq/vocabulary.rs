@@ -98,6 +98,16 @@ impl ImageVocabulary {
         })
     }
 
+    /// Codes `0..k` as the ids `start..start + k` (glimpse's discrete
+    /// models: `<img_0>`... added to the tokenizer in order).
+    pub fn contiguous(start: u32, k: usize, image_token_id: Option<u32>) -> Self {
+        Self {
+            ids: (0..k as u32).map(|c| start.checked_add(c)).collect(),
+            image_token_id,
+            eol_token_id: None,
+        }
+    }
+
     /// The tokens of a `width`-wide grid of codes, row by row, each row
     /// followed by the end-of-row token when the family has one (Emu3).
     pub fn grid_token_ids(&self, codes: &[u32], width: usize) -> Result<Vec<u32>, String> {

@@ -1,6 +1,8 @@
 //! `POST /v1/chat/completions` and `POST /v1/completions`: the request
-//! becomes an engine prompt (images fetched under the media policy), the
-//! engine's events become one JSON response or server-sent events.
+//! becomes an engine prompt (images and videos fetched under the media
+//! policy, each video's bytes in a temporary file the engine's video loader
+//! reads while the prompt is prepared), the engine's events become one JSON
+//! response or server-sent events.
 //!
 //! Streams follow OpenAI's: a first chunk whose delta carries the role (chat),
 //! content chunks, a last chunk with `finish_reason`, a usage chunk with
@@ -9,6 +11,7 @@
 //! sequence and frees its slot.
 
 use std::convert::Infallible;
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -19,16 +22,17 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::stream::{self, Stream};
 use glimpse_engine::{
-    Admitted, Event, GenerateParams, ImageInput, LoadedModel, Message, ModelKind, Part, Prompt,
-    Summary,
+    Admitted, Event, FrameSampling, GenerateParams, ImageInput, LoadedModel, Message, ModelKind,
+    Part, Prompt, Summary, VideoInput,
 };
 use glimpse_infer::FinishReason;
 use serde_json::{json, Value};
+use tempfile::TempPath;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::media::fetch_image;
+use crate::media::{fetch_image, fetch_video, MediaError};
 use crate::openai::{ChatRequest, CompletionRequest, PartIn, SamplingFields};
 use crate::routes::body::JsonBody;
 
@@ -65,8 +69,14 @@ pub async fn chat(
         let JsonBody(request) = body?;
         let model = state.model(request.model.as_deref(), &[ModelKind::Vlm, ModelKind::Lm])?;
         let params = request.sampling.params()?;
-        let messages = chat_messages(&state, &request, &model).await?;
-        Ok::<_, ApiError>((model, Prompt::Chat(messages), params, request.sampling))
+        let (messages, videos) = chat_messages(&state, &request, &model).await?;
+        Ok::<_, ApiError>((
+            model,
+            Prompt::Chat(messages),
+            params,
+            request.sampling,
+            videos,
+        ))
     }
     .await;
     respond(state, Api::Chat, started, result).await
@@ -96,20 +106,23 @@ pub async fn completions(
         let prompt = Prompt::Raw {
             text,
             images: Vec::new(),
+            videos: Vec::new(),
         };
-        Ok((model, prompt, params, request.sampling))
+        Ok((model, prompt, params, request.sampling, Vec::new()))
     }
     .await;
     respond(state, Api::Text, started, result).await
 }
 
-/// Chat messages with their images fetched, after counting them against
-/// the per-request limit (before any fetch or decode).
+/// Chat messages with their images and videos fetched, after counting them
+/// against the per-request limits (before any fetch or decode); with the
+/// temporary files holding the videos, which must outlive the prompt's
+/// preparation.
 async fn chat_messages(
     state: &AppState,
     request: &ChatRequest,
     model: &LoadedModel,
-) -> Result<Vec<Message>, ApiError> {
+) -> Result<(Vec<Message>, Vec<TempPath>), ApiError> {
     if request.messages.is_empty() {
         return Err(ApiError::bad_request("messages is empty").param("messages"));
     }
@@ -138,8 +151,30 @@ async fn chat_messages(
         ))
         .param("messages"));
     }
+    let videos = parsed
+        .iter()
+        .flat_map(|(_, parts)| parts)
+        .filter(|p| matches!(p, PartIn::VideoUrl { .. }))
+        .count();
+    if videos > 0 && !model.accepts_videos() {
+        // Refused before any video is fetched or decoded.
+        return Err(ApiError::bad_request(format!(
+            "model \"{}\" is a {} model, which takes no video input (qwen2_vl and llava_next_video models do)",
+            model.id,
+            model.model_type()
+        ))
+        .param("messages"));
+    }
+    let max = state.options.max_videos_per_request;
+    if videos > max {
+        return Err(ApiError::bad_request(format!(
+            "the request has {videos} videos; this server takes at most {max} per request (--max-videos-per-request)"
+        ))
+        .param("messages"));
+    }
     let mut messages = Vec::with_capacity(parsed.len());
-    let mut index = 0;
+    let mut held = Vec::new();
+    let (mut index, mut video_index) = (0, 0);
     for (m, parts) in parsed {
         let role = match m.role.as_str() {
             "system" | "developer" => "system",
@@ -158,19 +193,31 @@ async fn chat_messages(
                 PartIn::Text(t) => Part::Text(t),
                 PartIn::ImageUrl(url) => {
                     index += 1;
-                    let fetched = fetch_image(&url, &state.options.media).await.map_err(|e| {
-                        let status = if e.is_client_error() {
-                            StatusCode::BAD_REQUEST
-                        } else {
-                            StatusCode::BAD_GATEWAY
-                        };
-                        ApiError::new(status, format!("image {index}: {e}")).param("messages")
-                    })?;
+                    let fetched = fetch_image(&url, &state.options.media)
+                        .await
+                        .map_err(|e| media_error(e, "image", index))?;
                     Part::Image(ImageInput {
                         // DataError says "image NAME: ...".
                         name: format!("{index} ({})", fetched.name),
                         bytes: fetched.bytes,
                     })
+                }
+                PartIn::VideoUrl {
+                    url,
+                    num_frames,
+                    fps,
+                } => {
+                    video_index += 1;
+                    let sampling = video_sampling(state, num_frames, fps, video_index)?;
+                    let fetched = fetch_video(&url, &state.options.media)
+                        .await
+                        .map_err(|e| media_error(e, "video", video_index))?;
+                    let file = video_file(fetched.bytes).await?;
+                    let input = VideoInput::new(file.to_path_buf(), sampling)
+                        // DataError says "video NAME: ...".
+                        .labelled(format!("{video_index} ({})", fetched.name));
+                    held.push(file);
+                    Part::Video(input)
                 }
             });
         }
@@ -179,10 +226,77 @@ async fn chat_messages(
             parts: out,
         });
     }
-    Ok(messages)
+    Ok((messages, held))
 }
 
-type Parsed = (Arc<LoadedModel>, Prompt, GenerateParams, SamplingFields);
+/// A media fetch's error: 400 when the requester is at fault, else 502.
+fn media_error(e: MediaError, what: &str, index: usize) -> ApiError {
+    let status = if e.is_client_error() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    ApiError::new(status, format!("{what} {index}: {e}")).param("messages")
+}
+
+/// How video `index`'s frames are sampled: its part's `num_frames` or `fps`,
+/// else the model's video processor's defaults, never more than the
+/// server's `--max-video-frames`.
+fn video_sampling(
+    state: &AppState,
+    num_frames: Option<usize>,
+    fps: Option<f64>,
+    index: usize,
+) -> Result<FrameSampling, ApiError> {
+    let most = state.options.max_video_frames;
+    if let Some(n) = num_frames.filter(|&n| n > most) {
+        return Err(ApiError::bad_request(format!(
+            "video {index}: num_frames {n} is over this server's limit of {most} frames per video (--max-video-frames)"
+        ))
+        .param("messages"));
+    }
+    Ok(FrameSampling {
+        frames: num_frames,
+        fps,
+        max_frames: Some(most),
+    })
+}
+
+/// A fetched video's bytes in a temporary file (the video loader reads a
+/// path: GIF / WebP stream from it, ffmpeg reads it as stdin); removed when
+/// the returned path is dropped.
+async fn video_file(bytes: Vec<u8>) -> Result<TempPath, ApiError> {
+    let written = tokio::task::spawn_blocking(move || -> std::io::Result<TempPath> {
+        let mut file = tempfile::Builder::new()
+            .prefix("glimpse-video-")
+            .tempfile()?;
+        file.write_all(&bytes)?;
+        file.flush()?;
+        Ok(file.into_temp_path())
+    })
+    .await;
+    match written {
+        Ok(Ok(path)) => Ok(path),
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("could not write the video to a temporary file: {e}"),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("video file task failed: {e}"),
+        )),
+    }
+}
+
+/// A request's model, prompt, settings, and the temporary files its
+/// videos are in.
+type Parsed = (
+    Arc<LoadedModel>,
+    Prompt,
+    GenerateParams,
+    SamplingFields,
+    Vec<TempPath>,
+);
 
 async fn respond(
     state: Arc<AppState>,
@@ -195,15 +309,21 @@ async fn respond(
         if api == Api::Chat { "chatcmpl" } else { "cmpl" },
         request_number()
     );
-    let (model, prompt, params, fields) = match parsed {
+    let (model, prompt, params, fields, video_files) = match parsed {
         Ok(p) => p,
         Err(e) => return fail(&state, api, &request_id, None, started, e),
     };
     let (tx, rx) = unbounded_channel();
     let engine_model = model.clone();
-    // Tokenising and encoding images is CPU work: off the async threads.
-    let admitted =
-        tokio::task::spawn_blocking(move || engine_model.generate(&prompt, &params, tx)).await;
+    // Tokenising and encoding images and videos is CPU work: off the async
+    // threads. The videos are read while the prompt is prepared, before
+    // `generate` returns; their files go then.
+    let admitted = tokio::task::spawn_blocking(move || {
+        let admitted = engine_model.generate(&prompt, &params, tx);
+        drop(video_files);
+        admitted
+    })
+    .await;
     let admitted = match admitted {
         Ok(Ok(a)) => a,
         Ok(Err(e)) => return fail(&state, api, &request_id, Some(&model.id), started, e.into()),

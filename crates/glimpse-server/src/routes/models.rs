@@ -14,10 +14,10 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Api
         .models()?
         .iter()
         .map(|m| {
-            let accepts: &[&str] = if m.accepts_images() {
-                &["text", "image"]
-            } else {
-                &["text"]
+            let accepts: &[&str] = match (m.accepts_images(), m.accepts_videos()) {
+                (_, true) => &["text", "image", "video"],
+                (true, false) => &["text", "image"],
+                (false, false) => &["text"],
             };
             json!({
                 "id": m.id,

@@ -122,6 +122,12 @@ pub fn fits_llava(cfg: &VlmConfig) -> std::result::Result<(), Unfit> {
                 .into(),
         );
     }
+    if cfg.video.is_some() {
+        return unfit(
+            "video rows through a temporal aggregator (temporal, video_token_id) are glimpse's own"
+                .into(),
+        );
+    }
     if cfg.select == FeatureSelect::Cls {
         return unfit(
             "vision_feature_select_strategy 'cls' (the class token alone) is glimpse's own; LLaVA reads 'default' or 'full'"

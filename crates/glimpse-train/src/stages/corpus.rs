@@ -24,13 +24,15 @@ pub const PAD: &str = "<pad>";
 pub const BOS: &str = "<s>";
 pub const EOS: &str = "</s>";
 pub const IMAGE: &str = "<image>";
+/// A video's placeholder, in tokenizers trained on rows with videos.
+pub const VIDEO: &str = "<video>";
 
 /// The chat format of glimpse-trained models: `user: ` and `assistant: `
-/// turns, image parts as `<image>` lines, `</s>` closing each answer. A
-/// turn's images come before its text whatever order the parts arrive in
-/// (OpenAI clients often send the text first): the models are trained on
-/// image-then-question prompts.
-pub const CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}user: {% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n{% endif %}{% endfor %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}\n{% elif message['role'] == 'assistant' %}assistant: {{ message['content'] }}{{ eos_token }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
+/// turns, image parts as `<image>` lines (video parts as `<video>` lines),
+/// `</s>` closing each answer. A turn's images come before its text
+/// whatever order the parts arrive in (OpenAI clients often send the text
+/// first): the models are trained on image-then-question prompts.
+pub const CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}user: {% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}{% if part['type'] == 'image' %}<image>\n{% elif part['type'] == 'video' %}<video>\n{% endif %}{% endfor %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}\n{% elif message['role'] == 'assistant' %}assistant: {{ message['content'] }}{{ eos_token }}\n{% endif %}{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}";
 
 /// The caption request of the align stage.
 pub const DESCRIBE: &str = "what is in the image?";
@@ -170,12 +172,53 @@ impl Split {
     }
 }
 
+/// What a run reads of easy-VQA and how: the VLM recipe's settings
+/// ([`CorpusOptions::of_recipe`]), or the discrete stage's (VQ-processed
+/// images, image codes among the tokenizer's special tokens).
+pub struct CorpusOptions {
+    /// The root holding `train/` and `test/`.
+    pub root: PathBuf,
+    /// Train on the first N training images only.
+    pub train_images: Option<usize>,
+    /// The image processor's `preprocessor_config.json` and the side of
+    /// the square images it makes.
+    pub processor_json: serde_json::Value,
+    pub image_size: usize,
+    /// The BPE's size, special tokens and bytes included.
+    pub vocab_size: usize,
+    /// Special tokens after `<pad>`, `</s>`, `<s>`, `<image>` (which get
+    /// ids 0..4), in id order.
+    pub extra_specials: Vec<String>,
+}
+
+impl CorpusOptions {
+    pub fn of_recipe(recipe: &Recipe) -> Self {
+        Self {
+            root: recipe.easy_vqa_root(),
+            train_images: recipe.data.train_images,
+            processor_json: processor_json(recipe.model.vision.image_size),
+            image_size: recipe.model.vision.image_size,
+            vocab_size: recipe.tokenizer.vocab_size,
+            extra_specials: Vec::new(),
+        }
+    }
+}
+
 impl Corpus {
     /// Loads both splits, and trains the tokenizer on the training text
     /// (or reuses `tokenizer_path` when it exists, so a resumed run keeps
     /// its ids).
     pub fn prepare(recipe: &Recipe, tokenizer_path: &Path, device: &Device) -> Result<Self> {
-        let root = recipe.easy_vqa_root();
+        Self::prepare_with(&CorpusOptions::of_recipe(recipe), tokenizer_path, device)
+    }
+
+    /// [`Corpus::prepare`] with the options spelled out.
+    pub fn prepare_with(
+        opts: &CorpusOptions,
+        tokenizer_path: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let root = &opts.root;
         let (train_dir, test_dir) = (root.join("train"), root.join("test"));
         for dir in [&train_dir, &test_dir] {
             if !dir.join("questions.json").is_file() {
@@ -185,7 +228,7 @@ impl Corpus {
                 )));
             }
         }
-        let processor_json = processor_json(recipe.model.vision.image_size);
+        let processor_json = opts.processor_json.clone();
         let processor =
             ProcessorConfig::from_json(&processor_json.to_string(), Path::new("[model.vision]"))
                 .map_err(|e| TrainError::Config(format!("image processor: {e}")))?;
@@ -193,9 +236,9 @@ impl Corpus {
         let train = Split::load(
             &train_dir,
             "training",
-            recipe.data.train_images,
+            opts.train_images,
             &processor,
-            recipe.model.vision.image_size,
+            opts.image_size,
             &mut budget,
             device,
         )?;
@@ -204,7 +247,7 @@ impl Corpus {
             "evaluation",
             None,
             &processor,
-            recipe.model.vision.image_size,
+            opts.image_size,
             &mut budget,
             device,
         )?;
@@ -221,14 +264,16 @@ impl Corpus {
             Tokenizer::from_file(tokenizer_path).map_err(|e| data_err(tokenizer_path, e))?
         } else {
             let texts = training_text(&train, &template)?;
+            // `</s>` must not get id 2: CLIP configs with `eos_token_id == 2`
+            // pool the text tower at the largest id (transformers' legacy rule).
+            let mut special_tokens: Vec<String> = [PAD, EOS, BOS, IMAGE].map(String::from).to_vec();
+            special_tokens.extend(opts.extra_specials.iter().cloned());
             let tok = train_bpe_tokenizer(
                 &texts,
                 &TokenizerTrainConfig {
-                    vocab_size: recipe.tokenizer.vocab_size,
+                    vocab_size: opts.vocab_size,
                     min_frequency: 1,
-                    // `</s>` must not get id 2: CLIP configs with `eos_token_id == 2`
-                    // pool the text tower at the largest id (transformers' legacy rule).
-                    special_tokens: [PAD, EOS, BOS, IMAGE].map(String::from).to_vec(),
+                    special_tokens,
                     bos_token: None,
                     lowercase: true,
                 },
@@ -330,6 +375,7 @@ impl Corpus {
             template_source: CHAT_TEMPLATE.to_string(),
             special,
             ids: self.ids,
+            video: None,
         })
     }
 

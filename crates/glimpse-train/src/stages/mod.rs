@@ -4,6 +4,7 @@ pub mod augment;
 pub mod batch;
 pub mod contrastive;
 pub mod corpus;
+pub mod discrete;
 pub mod lm;
 pub mod rows;
 pub mod vlm;

@@ -1,10 +1,11 @@
 //! Training rows from the files users have: LLaVA conversation JSON
 //! (`.json`) and image–caption JSONL (`.jsonl`, each caption the answer to
-//! the recipe's caption prompt). Only the text is read up front; images are
-//! decoded as batches need them. A row that cannot be trained on (a missing
-//! or unreadable image, placeholders that do not match the images, an
-//! empty answer, a conversation longer than the context) is skipped and
-//! counted, or stops the run, as `[data] on_bad_row` says.
+//! the recipe's caption prompt). Only the text is read up front; images and
+//! videos (`"video"`: a file or a folder of frames) are decoded as batches
+//! need them. A row that cannot be trained on (a missing or unreadable
+//! image or video, placeholders that do not match them, an empty answer, a
+//! conversation longer than the context) is skipped and counted, or stops
+//! the run, as `[data] on_bad_row` says.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -16,11 +17,12 @@ use glimpse_data::datasets::{read_caption_jsonl, read_llava_json, Speaker, IMAGE
 use crate::error::{one_line, Result, TrainError};
 use crate::text_side::{Role, Segments, TextSide};
 
-/// One conversation about zero or more images.
+/// One conversation about zero or more images and videos.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub id: String,
     pub images: Vec<PathBuf>,
+    pub videos: Vec<PathBuf>,
     pub messages: Vec<(Role, String)>,
 }
 
@@ -36,6 +38,9 @@ pub enum BadKind {
     EmptyAnswer,
     MissingImage,
     UnreadableImage,
+    MissingVideo,
+    /// Not a video `load_video` reads, or fewer frames than sampled.
+    UnreadableVideo,
     /// More tokens than the decoder's context.
     TooLong,
     /// The chat template refuses the conversation.
@@ -51,6 +56,8 @@ impl BadKind {
             Self::EmptyAnswer => "empty_answer",
             Self::MissingImage => "missing_image",
             Self::UnreadableImage => "unreadable_image",
+            Self::MissingVideo => "missing_video",
+            Self::UnreadableVideo => "unreadable_video",
             Self::TooLong => "too_long",
             Self::Template => "template",
         }
@@ -86,6 +93,19 @@ impl BadRows {
             policy,
             log,
             inner: Mutex::new(BadInner::default()),
+        }
+    }
+
+    /// Counts bad rows without a word or a log, whatever the policy: for a
+    /// pass over rows that a stage reads (and reports) again.
+    pub fn quiet() -> Self {
+        Self {
+            policy: OnBadRow::Skip,
+            log: None,
+            inner: Mutex::new(BadInner {
+                shown: SHOWN,
+                ..BadInner::default()
+            }),
         }
     }
 
@@ -176,6 +196,7 @@ pub fn read_rows(
                 Ok(rec) => rows.push(Row {
                     id,
                     images: vec![rec.image],
+                    videos: Vec::new(),
                     messages: vec![
                         (Role::User, format!("{IMAGE_PLACEHOLDER}\n{caption_prompt}")),
                         (Role::Assistant, rec.caption),
@@ -199,6 +220,7 @@ pub fn read_rows(
             rows.push(Row {
                 id: rec.id,
                 images: rec.images,
+                videos: rec.videos,
                 messages: rec
                     .conversations
                     .into_iter()
@@ -220,39 +242,65 @@ pub fn read_rows(
             bad.report(path, &row.id, BadKind::MissingImage, &why)?;
             continue;
         }
+        // a video is a file or a folder of frames
+        if let Some(missing) = row.videos.iter().find(|p| !p.exists()) {
+            let why = format!("{} not found", missing.display());
+            bad.report(path, &row.id, BadKind::MissingVideo, &why)?;
+            continue;
+        }
         kept.push(row);
     }
     Ok(kept)
 }
 
 /// A row as tokens: its segments (each `<image>` expanded to
-/// `image_tokens` placeholders), or `None` when it is bad (reported).
+/// `image_tokens` placeholders, each `<video>` to `video_tokens`), or
+/// `None` when it is bad (reported).
 pub fn row_segments(
     path: &Path,
     row: &Row,
     text: &TextSide,
-    image_tokens: usize,
+    (image_tokens, video_tokens): (usize, usize),
     max_tokens: usize,
     bad: &BadRows,
 ) -> Result<Option<Segments>> {
-    let segments = match text.conversation_segments(&row.messages, image_tokens) {
+    if !row.videos.is_empty() && text.video.is_none() {
+        let why = "a video row, but the run's tokenizer has no <video> token (it is trained on the rows when neither [data] easy_vqa nor [model.decoder] from is set)";
+        bad.report(path, &row.id, BadKind::Placeholders, why)?;
+        return Ok(None);
+    }
+    let segments = match text.conversation_segments(&row.messages, image_tokens, video_tokens) {
         Ok(s) => s,
         Err(why) => {
             bad.report(path, &row.id, BadKind::Template, &why)?;
             return Ok(None);
         }
     };
-    let images = segments
-        .iter()
-        .filter(|(k, _)| *k == glimpse_data::datasets::SegmentKind::Image)
-        .count();
-    if images != row.images.len() {
-        // the tokenizer did not keep `<image>` whole, or the template
-        // dropped a turn
-        let why = format!(
-            "{images} image placeholder(s) after the chat template for {} image(s)",
-            row.images.len()
-        );
+    let visual = |video: bool| {
+        segments
+            .iter()
+            .filter(|(k, ids)| {
+                *k == glimpse_data::datasets::SegmentKind::Image
+                    && (ids.first().copied() == text.video) == video
+            })
+            .count()
+    };
+    let (images, videos) = (visual(false), visual(true));
+    if images != row.images.len() || videos != row.videos.len() {
+        // the tokenizer did not keep `<image>` / `<video>` whole, or the
+        // template dropped a turn
+        let why = if videos == 0 && row.videos.is_empty() {
+            format!(
+                "{images} image placeholder(s) after the chat template for {} image(s)",
+                row.images.len()
+            )
+        } else {
+            format!(
+                "{images} image and {videos} video placeholder(s) after the chat template for {} image(s) and {} video(s)",
+                row.images.len(),
+                row.videos.len()
+            )
+        };
         bad.report(path, &row.id, BadKind::Placeholders, &why)?;
         return Ok(None);
     }

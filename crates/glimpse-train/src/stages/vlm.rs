@@ -3,9 +3,13 @@
 //! instruct adds the decoder on the questions; full adds the tower.
 //!
 //! Images come decoded up front (easy-VQA splits, [`Images::Decoded`]) or
-//! from the rows' files as batches need them ([`Images::Files`]). While the
-//! tower is frozen its features are computed once per image and reused by
-//! every later step (no tower pass, no gradient).
+//! from the rows' files as batches need them ([`Images::Files`]); videos
+//! (rows' `"video"`, for a model with a temporal aggregator) from their
+//! files too, `temporal.num_frames` frames sampled uniformly, each frame
+//! through the tower, the frames' features aggregated over time into an
+//! image's worth of rows at the `<video>` placeholders. While the tower is
+//! frozen its features are computed once per image (or video) and reused
+//! by every later step (no tower pass, no gradient).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -13,7 +17,10 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{Device, Tensor};
 use glimpse_data::datasets::SegmentKind;
-use glimpse_data::{load_rgb, preprocess_batch, ImageLimits, ProcessorConfig};
+use glimpse_data::{
+    load_rgb, load_video, preprocess_batch, FrameSampling, ImageLimits, ProcessorConfig,
+    VideoOptions,
+};
 use glimpse_eval::{answer_kind_label, KindTally};
 use glimpse_models::lora::LoraDropout;
 use glimpse_models::{FusionConfig, LogitsFor, Vlm, VlmCache};
@@ -35,6 +42,8 @@ pub struct VlmExample {
     /// The row id, which bad-row reports name.
     pub id: String,
     pub images: Vec<usize>,
+    /// Indices into its split's videos.
+    pub videos: Vec<usize>,
     pub segments: Segments,
     /// The answer's kind (`glimpse_eval::answer_kind_label`), which the
     /// evaluation tallies by; "caption" for align's captions.
@@ -62,19 +71,24 @@ pub enum Images<'a> {
     Files(Box<ImageFiles>),
 }
 
-/// Images decoded from disk per batch; the ones that fail are reported as
-/// bad rows once and left out from then on.
+/// Images (or videos) decoded from disk per batch; the ones that fail are
+/// reported as bad rows once and left out from then on.
 pub struct ImageFiles {
     /// The data file the rows came from (bad-row reports name it).
     pub source: PathBuf,
     pub paths: Vec<PathBuf>,
     pub processor: ProcessorConfig,
     pub bad_rows: Arc<BadRows>,
-    /// Pixels of the images the current batch needs: (3, H, W) each.
+    /// `Some(F)`: the paths are videos (files or folders of frames), F
+    /// frames sampled from each uniformly; their examples' `videos`.
+    pub video_frames: Option<usize>,
+    /// Pixels of the items the current batch needs: (3, H, W) an image,
+    /// (F, 3, H, W) a video.
     batch: Mutex<HashMap<usize, Tensor>>,
-    /// A frozen tower's features by image: (L, Dv) each, and their bytes.
+    /// A frozen tower's features by item: (L, Dv) an image, (F, L, Dv) a
+    /// video; and their bytes.
     features: Mutex<(HashMap<usize, Tensor>, usize)>,
-    /// Images that could not be read.
+    /// Items that could not be read.
     unreadable: Mutex<BTreeSet<usize>>,
 }
 
@@ -90,9 +104,61 @@ impl ImageFiles {
             paths,
             processor,
             bad_rows,
+            video_frames: None,
             batch: Mutex::default(),
             features: Mutex::default(),
             unreadable: Mutex::default(),
+        }
+    }
+
+    /// The same over videos, `frames` sampled from each.
+    pub fn videos(
+        source: PathBuf,
+        paths: Vec<PathBuf>,
+        processor: ProcessorConfig,
+        bad_rows: Arc<BadRows>,
+        frames: usize,
+    ) -> Self {
+        Self {
+            video_frames: Some(frames),
+            ..Self::new(source, paths, processor, bad_rows)
+        }
+    }
+
+    /// The items of `ex` these files hold: its images, or its videos.
+    fn items<'e>(&self, ex: &'e VlmExample) -> &'e [usize] {
+        match self.video_frames {
+            None => &ex.images,
+            Some(_) => &ex.videos,
+        }
+    }
+
+    /// One item's pixels: (3, H, W) an image, (F, 3, H, W) a video's
+    /// sampled frames; the error is why it cannot be read.
+    fn decode(&self, path: &std::path::Path) -> std::result::Result<Tensor, String> {
+        let name = path.display().to_string();
+        match self.video_frames {
+            None => {
+                let img = load_rgb(path, &ImageLimits::default()).map_err(|e| e.to_string())?;
+                // (1, 3, H, W) -> (3, H, W)
+                let t =
+                    preprocess_batch(&[(name, img)], &self.processor).map_err(|e| e.to_string())?;
+                t.squeeze(0).map_err(|e| e.to_string())
+            }
+            Some(frames) => {
+                let options = VideoOptions {
+                    sampling: FrameSampling::frames(frames),
+                    ..VideoOptions::default()
+                };
+                let video = load_video(path, &options).map_err(|e| e.to_string())?;
+                let frames: Vec<(String, image::RgbImage)> = video
+                    .frames
+                    .into_iter()
+                    .map(|f| (format!("{name} frame {}", f.index), f.image))
+                    .collect();
+                // (F, 3, H, W)
+                preprocess_batch(&frames, &self.processor).map_err(|e| e.to_string())
+            }
         }
     }
 
@@ -101,17 +167,20 @@ impl ImageFiles {
             .map_err(|_| TrainError::State("image cache lock poisoned".into()))
     }
 
-    /// Decodes the images of `examples` that are neither cached as features
+    /// Decodes the items of `examples` that are neither cached as features
     /// nor known bad, into the batch's pixel map (replacing the last
-    /// batch's); returns which examples are usable. An image that fails is
+    /// batch's); returns which examples are usable. An item that fails is
     /// a bad row of the example that brought it (under `fail`, the error).
     fn prepare(&self, examples: &[&VlmExample]) -> Result<Vec<bool>> {
         let mut pixels = HashMap::new();
-        let limits = ImageLimits::default();
+        let kind = match self.video_frames {
+            None => BadKind::UnreadableImage,
+            Some(_) => BadKind::UnreadableVideo,
+        };
         let mut ok = Vec::with_capacity(examples.len());
         for ex in examples {
             let mut good = true;
-            for &i in &ex.images {
+            for &i in self.items(ex) {
                 if Self::lock(&self.unreadable)?.contains(&i) {
                     good = false;
                     continue;
@@ -119,23 +188,13 @@ impl ImageFiles {
                 if pixels.contains_key(&i) || Self::lock(&self.features)?.0.contains_key(&i) {
                     continue;
                 }
-                let path = &self.paths[i];
-                let decoded = load_rgb(path, &limits).and_then(|img| {
-                    preprocess_batch(&[(path.display().to_string(), img)], &self.processor)
-                });
-                match decoded {
-                    // (1, 3, H, W) -> (3, H, W)
+                match self.decode(&self.paths[i]) {
                     Ok(t) => {
-                        pixels.insert(i, t.squeeze(0)?);
+                        pixels.insert(i, t);
                     }
                     Err(e) => {
                         Self::lock(&self.unreadable)?.insert(i);
-                        self.bad_rows.report(
-                            &self.source,
-                            &ex.id,
-                            BadKind::UnreadableImage,
-                            &e.to_string(),
-                        )?;
+                        self.bad_rows.report(&self.source, &ex.id, kind, &e)?;
                         good = false;
                     }
                 }
@@ -146,10 +205,82 @@ impl ImageFiles {
         Ok(ok)
     }
 
-    /// Whether every image of `ex` is usable (after [`Self::prepare`]).
+    /// Whether every item of `ex` is usable (after [`Self::prepare`]).
     fn usable(&self, ex: &VlmExample) -> Result<bool> {
         let bad = Self::lock(&self.unreadable)?;
-        Ok(ex.images.iter().all(|i| !bad.contains(i)))
+        Ok(self.items(ex).iter().all(|i| !bad.contains(i)))
+    }
+
+    /// Tower features of `items` (flat, in order) of the current batch:
+    /// those a frozen tower computed before are reused, the rest go
+    /// through the tower together (and are kept while the tower is frozen,
+    /// up to [`FEATURE_CACHE_BYTES`]).
+    ///
+    /// # Shapes
+    /// -> (n, L, Dv) for images, (n, F, L, Dv) for videos
+    fn features(&self, model: &Vlm, items: &[usize], frozen: bool) -> Result<Tensor> {
+        let batch = Self::lock(&self.batch)?;
+        let mut cache = Self::lock(&self.features)?;
+        // items the cache lacks go through the tower together
+        let missing: Vec<usize> = {
+            let mut seen = BTreeSet::new();
+            items
+                .iter()
+                .copied()
+                .filter(|i| !(frozen && cache.0.contains_key(i)))
+                .filter(|i| seen.insert(*i))
+                .collect()
+        };
+        let mut fresh: HashMap<usize, Tensor> = HashMap::new();
+        if !missing.is_empty() {
+            let pixels = missing
+                .iter()
+                .map(|i| {
+                    batch.get(i).cloned().ok_or_else(|| {
+                        TrainError::State(format!(
+                            "{} was not decoded for its batch",
+                            self.paths[*i].display()
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            // (n, 3, H, W) or (n, F, 3, H, W)
+            let pixels = Tensor::stack(&pixels, 0)?;
+            let feats = match self.video_frames {
+                // (n, 3, H, W) -> (n, L, Dv)
+                None => tower_features(model, &pixels)?,
+                Some(_) => {
+                    let (n, f, c, h, w) = pixels.dims5()?;
+                    // (n, F, 3, H, W) -> (n·F, 3, H, W) -> (n·F, L, Dv)
+                    let per_frame = tower_features(model, &pixels.reshape((n * f, c, h, w))?)?;
+                    let (_, l, d) = per_frame.dims3()?;
+                    // (n·F, L, Dv) -> (n, F, L, Dv)
+                    per_frame.reshape((n, f, l, d))?
+                }
+            };
+            for (k, &i) in missing.iter().enumerate() {
+                let f = feats.get(k)?;
+                if frozen {
+                    let bytes = f.elem_count() * 4;
+                    if cache.1 + bytes <= FEATURE_CACHE_BYTES {
+                        cache.1 += bytes;
+                        cache.0.insert(i, f.clone());
+                    }
+                }
+                fresh.insert(i, f);
+            }
+        }
+        let parts = items
+            .iter()
+            .map(|i| {
+                fresh
+                    .get(i)
+                    .or_else(|| cache.0.get(i))
+                    .cloned()
+                    .ok_or_else(|| TrainError::State(format!("no features for item {i}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::stack(&parts, 0)?)
     }
 }
 
@@ -160,6 +291,9 @@ pub struct VlmTask<'a> {
     eval: Vec<VlmExample>,
     train_images: Images<'a>,
     eval_images: Images<'a>,
+    /// The rows' videos (a model with a temporal aggregator).
+    train_videos: Option<Box<ImageFiles>>,
+    eval_videos: Option<Box<ImageFiles>>,
     tower_frozen: bool,
     /// Tower features of every decoded train / eval image when the tower
     /// is frozen: (N, L, Dv).
@@ -200,6 +334,7 @@ impl<'a> VlmTask<'a> {
                     Ok(VlmExample {
                         id: k.to_string(),
                         images: vec![image],
+                        videos: Vec::new(),
                         segments: corpus.qa_segments(DESCRIBE, &caption, Some(m))?,
                         kind: "caption",
                     })
@@ -222,6 +357,7 @@ impl<'a> VlmTask<'a> {
                     Ok(VlmExample {
                         id: k.to_string(),
                         images: vec![corpus.test.image_row(&a.image)],
+                        videos: Vec::new(),
                         segments: corpus.qa_segments(DESCRIBE, &a.caption(), Some(m))?,
                         kind: "caption",
                     })
@@ -255,6 +391,8 @@ impl<'a> VlmTask<'a> {
             eval,
             train_images: Images::Decoded(&corpus.train.pixels),
             eval_images: Images::Decoded(&corpus.test.pixels),
+            train_videos: None,
+            eval_videos: None,
             tower_frozen,
             train_features,
             eval_features,
@@ -279,17 +417,34 @@ impl<'a> VlmTask<'a> {
         device: &Device,
     ) -> Result<Self> {
         let m = placeholder_tokens(&model)?;
+        // a video takes an image's rows (its frames pooled over time)
+        let video = model
+            .config()
+            .video
+            .as_ref()
+            .map(|v| v.temporal.num_frames());
         let max_tokens = model.config().text.max_position_embeddings;
         let cross = matches!(model.config().fusion, FusionConfig::Cross { .. });
         let build = |(source, rows): (PathBuf, Vec<Row>),
                      limit: Option<usize>|
-         -> Result<(Vec<VlmExample>, Box<ImageFiles>)> {
+         -> Result<(Vec<VlmExample>, Box<ImageFiles>, Box<ImageFiles>)> {
             let rows: Vec<&Row> = match limit {
                 Some(n) => spread(&rows, n),
                 None => rows.iter().collect(),
             };
-            let mut paths = Vec::new();
-            let mut index: HashMap<PathBuf, usize> = HashMap::new();
+            // distinct paths, each an index
+            let mut images_at = (Vec::new(), HashMap::<PathBuf, usize>::new());
+            let mut videos_at = (Vec::new(), HashMap::<PathBuf, usize>::new());
+            let index = |at: &mut (Vec<PathBuf>, HashMap<PathBuf, usize>), ps: &[PathBuf]| {
+                ps.iter()
+                    .map(|p| {
+                        *at.1.entry(p.clone()).or_insert_with(|| {
+                            at.0.push(p.clone());
+                            at.0.len() - 1
+                        })
+                    })
+                    .collect::<Vec<usize>>()
+            };
             let mut examples = Vec::new();
             for row in rows {
                 if cross && row.images.len() != 1 {
@@ -300,20 +455,19 @@ impl<'a> VlmTask<'a> {
                     bad_rows.report(&source, &row.id, BadKind::Placeholders, &why)?;
                     continue;
                 }
-                let Some(segments) = row_segments(&source, row, text, m, max_tokens, &bad_rows)?
+                if !row.videos.is_empty() && video.is_none() {
+                    let why = "a video row, but the model reads no video (add [model.temporal])";
+                    bad_rows.report(&source, &row.id, BadKind::Placeholders, why)?;
+                    continue;
+                }
+                let tokens = (m, m);
+                let Some(segments) =
+                    row_segments(&source, row, text, tokens, max_tokens, &bad_rows)?
                 else {
                     continue;
                 };
-                let images = row
-                    .images
-                    .iter()
-                    .map(|p| {
-                        *index.entry(p.clone()).or_insert_with(|| {
-                            paths.push(p.clone());
-                            paths.len() - 1
-                        })
-                    })
-                    .collect();
+                let images = index(&mut images_at, &row.images);
+                let videos = index(&mut videos_at, &row.videos);
                 let last_answer = row
                     .messages
                     .iter()
@@ -324,21 +478,29 @@ impl<'a> VlmTask<'a> {
                 examples.push(VlmExample {
                     id: row.id.clone(),
                     images,
+                    videos,
                     segments,
                     kind: answer_kind_label(last_answer),
                 });
             }
             let files = Box::new(ImageFiles::new(
-                source,
-                paths,
+                source.clone(),
+                images_at.0,
                 processor.clone(),
                 bad_rows.clone(),
             ));
-            Ok((examples, files))
+            let videos = Box::new(ImageFiles::videos(
+                source,
+                videos_at.0,
+                processor.clone(),
+                bad_rows.clone(),
+                video.unwrap_or(1),
+            ));
+            Ok((examples, files, videos))
         };
-        let (train_ex, train_files) = build(train, None)?;
+        let (train_ex, train_files, train_videos) = build(train, None)?;
         let eval_source = eval.0.clone();
-        let (eval_ex, eval_files) = build(eval, Some(eval_n))?;
+        let (eval_ex, eval_files, eval_videos) = build(eval, Some(eval_n))?;
         if train_ex.is_empty() {
             return Err(TrainError::NoData {
                 path: train_files.source.clone(),
@@ -358,6 +520,8 @@ impl<'a> VlmTask<'a> {
             eval: eval_ex,
             train_images: Images::Files(train_files),
             eval_images: Images::Files(eval_files),
+            train_videos: Some(train_videos),
+            eval_videos: Some(eval_videos),
             tower_frozen,
             train_features: None,
             eval_features: None,
@@ -388,65 +552,36 @@ impl<'a> VlmTask<'a> {
                 Some(f) => Ok(f.index_select(&index, 0)?),
                 None => tower_features(&self.model, &pixels.index_select(&index, 0)?),
             },
-            Images::Files(files) => {
-                let batch = ImageFiles::lock(&files.batch)?;
-                let mut cache = ImageFiles::lock(&files.features)?;
-                // images the cache lacks go through the tower together
-                let missing: Vec<usize> = {
-                    let mut seen = BTreeSet::new();
-                    images
-                        .iter()
-                        .copied()
-                        .filter(|i| !(self.tower_frozen && cache.0.contains_key(i)))
-                        .filter(|i| seen.insert(*i))
-                        .collect()
-                };
-                let mut fresh: HashMap<usize, Tensor> = HashMap::new();
-                if !missing.is_empty() {
-                    let pixels = missing
-                        .iter()
-                        .map(|i| {
-                            batch.get(i).cloned().ok_or_else(|| {
-                                TrainError::State(format!(
-                                    "image {} was not decoded for its batch",
-                                    files.paths[*i].display()
-                                ))
-                            })
-                        })
-                        .collect::<Result<Vec<_>>>()?;
-                    // (n, 3, H, W) -> (n, L, Dv)
-                    let feats = tower_features(&self.model, &Tensor::stack(&pixels, 0)?)?;
-                    for (k, &i) in missing.iter().enumerate() {
-                        let f = feats.get(k)?;
-                        if self.tower_frozen {
-                            let bytes = f.elem_count() * 4;
-                            if cache.1 + bytes <= FEATURE_CACHE_BYTES {
-                                cache.1 += bytes;
-                                cache.0.insert(i, f.clone());
-                            }
-                        }
-                        fresh.insert(i, f);
-                    }
-                }
-                let parts = images
-                    .iter()
-                    .map(|i| {
-                        fresh
-                            .get(i)
-                            .or_else(|| cache.0.get(i))
-                            .cloned()
-                            .ok_or_else(|| TrainError::State(format!("no features for image {i}")))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                Ok(Tensor::stack(&parts, 0)?)
-            }
+            Images::Files(files) => files.features(&self.model, images, self.tower_frozen),
         }
     }
 
+    /// Projected rows of `videos` (flat, in order) from `files`: each
+    /// video's frames' tower features aggregated over time, then the
+    /// projector.
+    ///
+    /// # Shapes
+    /// -> (N, M, D)
+    fn video_rows(&self, videos: &[usize], files: Option<&ImageFiles>) -> Result<Tensor> {
+        let (Some(files), Some(temporal)) = (files, self.model.temporal.as_ref()) else {
+            return Err(TrainError::State(
+                "video rows without the model's temporal aggregator".into(),
+            ));
+        };
+        // (N, F, L, Dv) -> (N, L, Dv)
+        let pooled =
+            temporal.forward(&files.features(&self.model, videos, self.tower_frozen)?)?;
+        // (N, L, Dv) -> (N, M, D)
+        Ok(self
+            .model
+            .multi_modal_projector
+            .forward_with_instruction(&pooled, None, None)?)
+    }
+
     /// The decoder's input for a batch of examples whose images come from
-    /// `source`: embeddings with the images in place (early fusion) or
-    /// attached to the cache (cross fusion), the tokens and labels, and the
-    /// cache.
+    /// `source` and videos from `videos`: embeddings with the images and
+    /// videos in place (early fusion) or the images attached to the cache
+    /// (cross fusion), the tokens and labels, and the cache.
     ///
     /// # Shapes
     /// -> embeds (B, T, D)
@@ -454,6 +589,7 @@ impl<'a> VlmTask<'a> {
         &self,
         examples: &[&VlmExample],
         source: &Images,
+        videos: Option<&ImageFiles>,
         precomputed: Option<&Tensor>,
     ) -> Result<(Tensor, super::batch::TokenBatch, VlmCache)> {
         let segs: Vec<&[(SegmentKind, Vec<u32>)]> =
@@ -463,26 +599,38 @@ impl<'a> VlmTask<'a> {
             .iter()
             .flat_map(|e| e.images.iter().copied())
             .collect();
+        let flat_videos: Vec<usize> = examples
+            .iter()
+            .flat_map(|e| e.videos.iter().copied())
+            .collect();
         let (b, t) = batch.ids.dims2()?;
         let text = self.model.language_model.embed(&batch.ids)?;
         let mut cache = self.model.new_cache(b);
-        if flat.is_empty() {
+        if flat.is_empty() && flat_videos.is_empty() {
             return Ok((text, batch, cache));
         }
         // (N, L, Dv) -> (N, M, D)
-        let images = self.model.multi_modal_projector.forward_with_instruction(
-            &self.features(&flat, source, precomputed)?,
-            None,
-            None,
-        )?;
-        let embeds = match self.model.config().fusion {
-            FusionConfig::Early => splice(
-                &text,
-                &images,
-                &batch.rows,
-                self.model.config().image_token_id,
-            )?,
-            FusionConfig::Cross { .. } => {
+        let images = if flat.is_empty() {
+            None
+        } else {
+            Some(self.model.multi_modal_projector.forward_with_instruction(
+                &self.features(&flat, source, precomputed)?,
+                None,
+                None,
+            )?)
+        };
+        let cfg = self.model.config();
+        let mut visual: Vec<(u32, Tensor)> = images
+            .iter()
+            .map(|rows| (cfg.image_token_id, rows.clone()))
+            .collect();
+        if let (false, Some(v)) = (flat_videos.is_empty(), &cfg.video) {
+            visual.push((v.video_token_id, self.video_rows(&flat_videos, videos)?));
+        }
+        let embeds = match (&cfg.fusion, images) {
+            (FusionConfig::Early, _) => splice(&text, &visual, &batch.rows)?,
+            (FusionConfig::Cross { .. }, None) => text,
+            (FusionConfig::Cross { .. }, Some(images)) => {
                 // one image per row (checked when the rows were read)
                 self.model.attach_images(&mut cache, &images, None)?;
                 text
@@ -500,17 +648,18 @@ impl<'a> VlmTask<'a> {
         &self,
         examples: &[&VlmExample],
         source: &Images,
+        videos: Option<&ImageFiles>,
         precomputed: Option<&Tensor>,
     ) -> Result<(Tensor, super::batch::TokenBatch)> {
-        let (embeds, batch, mut cache) = self.inputs(examples, source, precomputed)?;
+        let (embeds, batch, mut cache) = self.inputs(examples, source, videos, precomputed)?;
         let logits =
             self.model
                 .forward_embeds(&embeds, Some(&batch.valid), &mut cache, LogitsFor::All)?;
         Ok((logits, batch))
     }
 
-    /// The examples of `batch` whose images can be read (all of them for
-    /// decoded splits).
+    /// The examples of `batch` whose images and videos can be read (all
+    /// of them for decoded splits).
     fn usable<'e>(&'e self, batch: &[usize]) -> Result<Vec<&'e VlmExample>> {
         let mut out = Vec::with_capacity(batch.len());
         for &i in batch {
@@ -519,6 +668,11 @@ impl<'a> VlmTask<'a> {
                 Images::Decoded(_) => true,
                 Images::Files(files) => files.usable(ex)?,
             };
+            let ok = ok
+                && match &self.train_videos {
+                    None => true,
+                    Some(files) => files.usable(ex)?,
+                };
             if ok {
                 out.push(ex);
             }
@@ -545,6 +699,7 @@ fn questions(
             Ok(VlmExample {
                 id: k.to_string(),
                 images: vec![split.image_row(&q.image)],
+                videos: Vec::new(),
                 segments: corpus.qa_segments(&q.question, &q.answer, Some(image_tokens))?,
                 kind: answer_kind_label(&q.answer),
             })
@@ -576,33 +731,36 @@ pub fn tower_features(model: &Vlm, pixels: &Tensor) -> Result<Tensor> {
 }
 
 /// Early fusion for a batch: each row's placeholder positions take its
-/// images' rows in order, image after image (differentiable: one gather
-/// from a table). `images` holds every image of the batch, row after row.
+/// images' rows in order, image after image, and its videos' rows at their
+/// own placeholder likewise (differentiable: one gather from a table).
+/// `visual` holds per placeholder id every image (or video) of the batch,
+/// row after row.
 ///
 /// # Shapes
-/// `text`: (B, T, D), `images`: (N, M, D) -> (B, T, D)
-fn splice(text: &Tensor, images: &Tensor, rows: &[Vec<u32>], placeholder: u32) -> Result<Tensor> {
+/// `text`: (B, T, D), each of `visual`: (N, M, D) -> (B, T, D)
+fn splice(text: &Tensor, visual: &[(u32, Tensor)], rows: &[Vec<u32>]) -> Result<Tensor> {
     let (b, t, d) = text.dims3()?;
-    let (n, m, _) = images.dims3()?;
-    // [(B·T, D); (N·M, D)]
-    let table = Tensor::cat(
-        &[
-            text.reshape((b * t, d))?,
-            images.reshape((n * m, d))?.to_dtype(text.dtype())?,
-        ],
-        0,
-    )?;
+    // [(B·T, D); (N_1·M, D); (N_2·M, D); ...]
+    let mut parts = vec![text.reshape((b * t, d))?];
     let mut index: Vec<u32> = (0..(b * t) as u32).collect();
-    // the next image row to place, counted over the whole batch
-    let mut next = 0usize;
-    for (r, row) in rows.iter().enumerate() {
-        for (p, &id) in row.iter().enumerate() {
-            if id == placeholder && next < n * m {
-                index[r * t + p] = (b * t + next) as u32;
-                next += 1;
+    let mut start = b * t;
+    for (placeholder, rows_of) in visual {
+        let (n, m, _) = rows_of.dims3()?;
+        // (N, M, D) -> (N·M, D)
+        parts.push(rows_of.reshape((n * m, d))?.to_dtype(text.dtype())?);
+        // the next row to place, counted over the whole batch
+        let mut next = 0usize;
+        for (r, row) in rows.iter().enumerate() {
+            for (p, &id) in row.iter().enumerate() {
+                if id == *placeholder && next < n * m {
+                    index[r * t + p] = (start + next) as u32;
+                    next += 1;
+                }
             }
         }
+        start += n * m;
     }
+    let table = Tensor::cat(&parts, 0)?;
     let index = Tensor::from_vec(index, b * t, text.device())?;
     // (B·T, D) -> (B, T, D)
     Ok(table.index_select(&index, 0)?.reshape((b, t, d))?)
@@ -613,11 +771,15 @@ impl Task for VlmTask<'_> {
         self.train.len()
     }
 
-    /// Reads the batch's images first (files): rows whose images fail are
-    /// reported and left out of the batch, and of its count.
+    /// Reads the batch's images and videos first (files): rows whose
+    /// images or videos fail are reported and left out of the batch, and
+    /// of its count.
     fn loss_terms(&self, batch: &[usize]) -> Result<Option<usize>> {
+        let ex: Vec<&VlmExample> = batch.iter().map(|&i| &self.train[i]).collect();
         if let Images::Files(files) = &self.train_images {
-            let ex: Vec<&VlmExample> = batch.iter().map(|&i| &self.train[i]).collect();
+            files.prepare(&ex)?;
+        }
+        if let Some(files) = &self.train_videos {
             files.prepare(&ex)?;
         }
         let segs: Vec<&[(SegmentKind, Vec<u32>)]> = self
@@ -637,8 +799,12 @@ impl Task for VlmTask<'_> {
         if ex.is_empty() {
             return Ok(Tensor::zeros((), candle_core::DType::F32, &self.device)?);
         }
-        let (embeds, b, mut cache) =
-            self.inputs(&ex, &self.train_images, self.train_features.as_ref())?;
+        let (embeds, b, mut cache) = self.inputs(
+            &ex,
+            &self.train_images,
+            self.train_videos.as_deref(),
+            self.train_features.as_ref(),
+        )?;
         let vocab = self.model.config().text.vocab_size;
         labelled_loss(&b.labels, vocab, denominator, |rows| {
             // (B, T) positions -> (n, V) logits
@@ -683,7 +849,14 @@ impl VlmTask<'_> {
         let rows = ((256usize << 20) / (vocab * longest * 4)).clamp(1, 128);
         for chunk in self.eval.chunks(rows) {
             let mut ex: Vec<&VlmExample> = chunk.iter().collect();
-            if let Images::Files(files) = &self.eval_images {
+            let files = [
+                match &self.eval_images {
+                    Images::Files(files) => Some(&**files),
+                    Images::Decoded(_) => None,
+                },
+                self.eval_videos.as_deref(),
+            ];
+            for files in files.into_iter().flatten() {
                 let ok = files.prepare(&ex)?;
                 ex = ex
                     .into_iter()
@@ -695,7 +868,12 @@ impl VlmTask<'_> {
             if ex.is_empty() {
                 continue;
             }
-            let (logits, b) = self.forward(&ex, &self.eval_images, self.eval_features.as_ref())?;
+            let (logits, b) = self.forward(
+                &ex,
+                &self.eval_images,
+                self.eval_videos.as_deref(),
+                self.eval_features.as_ref(),
+            )?;
             loss += f64::from(masked_lm_loss(&logits, &b.labels, true)?.to_scalar::<f32>()?)
                 * ex.len() as f64;
             n += ex.len();

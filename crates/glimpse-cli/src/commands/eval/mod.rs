@@ -2,6 +2,7 @@
 //! object. The running and scoring are library code (`glimpse-eval`, which
 //! the trainer's held-out evaluation shares); the commands load and print.
 
+pub mod discrete;
 pub mod pope;
 pub mod retrieval;
 pub mod vqa;
@@ -18,7 +19,7 @@ const DEFAULT_VLM: &str = "glimpse-easy-vqa";
 const DEFAULT_DUAL: &str = "glimpse-easy-vqa-clip";
 
 #[derive(Args)]
-#[command(about = "Evaluate a model on a dataset (VQA, POPE, zero-shot, retrieval)")]
+#[command(about = "Evaluate a model on a dataset (VQA, POPE, zero-shot, retrieval, VQ, drawing)")]
 pub struct EvalArgs {
     #[command(subcommand)]
     command: EvalCommand,
@@ -30,6 +31,8 @@ enum EvalCommand {
     Pope(pope::PopeArgs),
     Zeroshot(zeroshot::ZeroshotArgs),
     Retrieval(retrieval::RetrievalArgs),
+    Vq(discrete::VqArgs),
+    Draw(discrete::DrawArgs),
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
@@ -38,6 +41,8 @@ pub fn run(args: EvalArgs) -> Result<()> {
         EvalCommand::Pope(a) => pope::run(a),
         EvalCommand::Zeroshot(a) => zeroshot::run(a),
         EvalCommand::Retrieval(a) => retrieval::run(a),
+        EvalCommand::Vq(a) => discrete::vq(a),
+        EvalCommand::Draw(a) => discrete::draw(a),
     }
 }
 

@@ -7,11 +7,11 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Args;
 use glimpse_engine::device::default_device;
-use glimpse_engine::pipeline::{PipelineError, VlmPipeline};
+use glimpse_engine::pipeline::{DiscretePipeline, PipelineError, VlmPipeline};
 use glimpse_eval::vqa::{VqaQuestion, KINDS};
 use glimpse_eval::{
-    answers_match, evaluate_vqa, load_vqa_questions, AskOptions, SHORT_ANSWER_INSTRUCTION,
-    VQA_MAX_NEW_TOKENS,
+    answers_match, evaluate_vqa, load_vqa_questions, Answerer, AskOptions,
+    SHORT_ANSWER_INSTRUCTION, VQA_MAX_NEW_TOKENS,
 };
 
 use super::{pct, table, DEFAULT_VLM};
@@ -59,14 +59,19 @@ pub fn run(args: VqaArgs) -> Result<()> {
     if let Some(n) = args.limit {
         questions.truncate(n);
     }
-    let vlm = VlmPipeline::load(&dir, &default_device())?;
+    // a discrete-token model answers through its own pipeline
+    let vlm: Box<dyn Answerer> = if glimpse_models::discrete::is_discrete_dir(&dir) {
+        Box::new(DiscretePipeline::load(&dir, &default_device())?)
+    } else {
+        Box::new(VlmPipeline::load(&dir, &default_device())?)
+    };
     let opts = AskOptions {
         short_answer: args.short_answer,
         max_new_tokens: args.max_tokens,
         progress: !args.json,
     };
     let start = Instant::now();
-    let report = evaluate_vqa(&vlm, &questions, &opts)?;
+    let report = evaluate_vqa(vlm.as_ref(), &questions, &opts)?;
     let seconds = start.elapsed().as_secs_f64();
     if let Some(path) = &args.predictions {
         write_predictions(path, &questions, &report.predictions, args.short_answer)?;

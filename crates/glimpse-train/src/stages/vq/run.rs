@@ -48,17 +48,36 @@ fn io(path: &Path, e: impl std::fmt::Display) -> TrainError {
 
 pub fn run_vq_recipe(opts: &RunOptions) -> Result<RunReport> {
     let recipe = VqRecipe::from_file(&opts.recipe)?;
+    let new = recipe_value(&opts.recipe, &recipe)?;
+    let (out, _lock) = open_run(opts, &recipe.out, &[STAGE], new, |saved| {
+        VqRecipe::from_file(saved).and_then(|r| recipe_value(saved, &r))
+    })?;
+    train_vq_stage(&recipe, &out, opts)
+}
+
+/// The run directory of a recipe of its own (`[vq]`, `[discrete]`),
+/// locked: a fresh run refuses a directory that holds one (`stages`'
+/// folders or a metrics log), `--resume` needs the run's `recipe.toml` and
+/// the same recipe (`new`, against `old` of the saved copy) unless
+/// `--force`; the recipe is then kept as `OUT/recipe.toml`.
+pub(crate) fn open_run(
+    opts: &RunOptions,
+    recipe_out: &Path,
+    stages: &[&str],
+    new: Value,
+    old: impl FnOnce(&Path) -> Result<Value>,
+) -> Result<(PathBuf, RunLock)> {
     if opts.force && !opts.resume {
         return Err(TrainError::Recipe(
             "--force applies to --resume only".into(),
         ));
     }
-    let out = opts.out.clone().unwrap_or_else(|| recipe.out.clone());
-    let _lock = RunLock::acquire(&out)?;
+    let out = opts.out.clone().unwrap_or_else(|| recipe_out.to_path_buf());
+    let lock = RunLock::acquire(&out)?;
     let saved = out.join("recipe.toml");
-    let dir = out.join(STAGE);
     // a run killed before its first checkpoint has its metrics log already
-    if !opts.resume && (dir.exists() || out.join("metrics.jsonl").exists()) {
+    let started = stages.iter().any(|s| out.join(s).exists()) || out.join("metrics.jsonl").exists();
+    if !opts.resume && started {
         return Err(TrainError::Recipe(format!(
             "{} already holds a run; pass --resume to continue it, or choose another --out",
             out.display()
@@ -71,9 +90,28 @@ pub fn run_vq_recipe(opts: &RunOptions) -> Result<RunReport> {
         )));
     }
     if opts.resume {
-        check_resume(&saved, &recipe, opts.force)?;
+        check_resume(&saved, old(&saved), new, opts.force)?;
     }
     keep_recipe_copy(&opts.recipe, &out)?;
+    Ok((out, lock))
+}
+
+/// The recipe as JSON without `out` (where the run is, which `--out`
+/// overrides), what `--resume` compares.
+pub(crate) fn recipe_value(path: &Path, recipe: &impl serde::Serialize) -> Result<Value> {
+    let mut v = serde_json::to_value(recipe).map_err(|e| io(path, e))?;
+    if let Some(m) = v.as_object_mut() {
+        m.remove("out");
+    }
+    Ok(v)
+}
+
+/// The `vq` stage of a run in `out` (its lock held, its recipe checked
+/// and kept by the caller): trains, or resumes, or finds it done;
+/// `OUT/vq/model` is the VQ-VAE. A discrete recipe runs it first.
+pub fn train_vq_stage(recipe: &VqRecipe, out: &Path, opts: &RunOptions) -> Result<RunReport> {
+    let out = out.to_path_buf();
+    let dir = out.join(STAGE);
     let model_dir = dir.join("model");
     let final_path = dir.join("final.safetensors");
     let mut report = RunReport {
@@ -99,7 +137,7 @@ pub fn run_vq_recipe(opts: &RunOptions) -> Result<RunReport> {
         Path::new("preprocessor_config.json"),
     )
     .map_err(|e| TrainError::Config(format!("image processor: {e}")))?;
-    let (train_paths, eval_paths) = image_lists(&recipe)?;
+    let (train_paths, eval_paths) = image_lists(recipe)?;
     let per_image = 3 * spec.image_size * spec.image_size * 4;
     let bytes = (train_paths.len() + eval_paths.len()).saturating_mul(per_image);
     if bytes > MAX_PIXEL_BYTES {
@@ -377,22 +415,15 @@ fn decode(paths: &[PathBuf], processor: &ProcessorConfig) -> Result<Tensor> {
     Ok(preprocess_batch(&decoded, processor)?)
 }
 
-/// `--resume` goes on only with the recipe the run started with (its
-/// `out` aside), unless `force`.
-fn check_resume(saved: &Path, recipe: &VqRecipe, force: bool) -> Result<()> {
-    let strip = |r: &VqRecipe| -> Result<Value> {
-        let mut v = serde_json::to_value(r).map_err(|e| io(saved, e))?;
-        if let Some(m) = v.as_object_mut() {
-            m.remove("out");
-        }
-        Ok(v)
-    };
-    let old = match VqRecipe::from_file(saved) {
+/// `--resume` goes on only with the recipe the run started with (`old`,
+/// read from `saved`; `out` aside, see [`recipe_value`]), unless `force`.
+fn check_resume(saved: &Path, old: Result<Value>, new: Value, force: bool) -> Result<()> {
+    let a = match old {
         Ok(old) => old,
         Err(_) if force => return Ok(()),
         Err(e) => return Err(e),
     };
-    let (a, b) = (strip(&old)?, strip(recipe)?);
+    let b = new;
     if a != b && !force {
         let changes = diff_fields("", &a, &b);
         return Err(TrainError::RecipeChanged {

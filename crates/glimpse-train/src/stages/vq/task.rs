@@ -221,8 +221,7 @@ impl Task for VqTask {
                 .to_vec1::<f64>()?;
             for mse in per_image {
                 mse_sum += mse;
-                // pixels span [−1, 1]: a peak of 2, so PSNR = 10·log10(4 / MSE)
-                psnr_sum += 10.0 * (4.0 / mse.max(1e-12)).log10();
+                psnr_sum += glimpse_models::vq::psnr_db(mse);
             }
             commit_sum += f64::from(q.commitment.to_scalar::<f32>()?) * len as f64;
             codes.extend(q.codes.flatten_all()?.to_vec1::<u32>()?);
