@@ -453,7 +453,13 @@ fn shipped_recipes_are_within_the_bounds() -> Result<()> {
         for entry in std::fs::read_dir(&dir)? {
             let path = entry?.path();
             if path.extension().is_some_and(|e| e == "toml") {
-                // a `[vq]` recipe has a reader (and bounds) of its own
+                // `[discrete]` and `[vq]` recipes have readers (and bounds) of
+                // their own; a discrete recipe carries a `[vq]` section too
+                if glimpse_train::stages::discrete::recipe::file_is_discrete_recipe(&path) {
+                    glimpse_train::stages::discrete::recipe::DiscreteRecipe::from_file(&path)?;
+                    seen += 1;
+                    continue;
+                }
                 if glimpse_train::stages::vq::recipe::file_is_vq_recipe(&path) {
                     glimpse_train::stages::vq::recipe::VqRecipe::from_file(&path)?;
                     seen += 1;
