@@ -67,6 +67,17 @@ pub fn load_vqa_questions(path: &Path) -> Result<Vec<VqaQuestion>> {
     }
     let mut questions = Vec::new();
     for rec in load_llava_json(path)? {
+        // asked without its video the row would be scored as if answered
+        // blind; the trainer's evaluation scores video rows
+        if !rec.videos.is_empty() {
+            return Err(DataError::Dataset {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "record {} has a video: glimpse eval vqa asks about images only (the training run's evaluation scores video rows)",
+                    rec.id
+                ),
+            });
+        }
         for (q, a) in rec.exchanges() {
             questions.push(VqaQuestion {
                 images: rec.images.clone(),

@@ -192,9 +192,9 @@ impl TemporalAggregator {
         let mode = match cfg.encoder(width, act, eps) {
             None => Mode::Mean,
             Some(enc) => {
-                // at the scale of the normed features they are added to:
-                // at ViT's 0.02 the time signal is 2% of each row, and the
-                // order questions stayed at chance (docs/ablations.md)
+                // at the scale of the normed features they are added to
+                // (at ViT's 0.02 the time signal would start as 2% of each
+                // row, which the decoder has to learn to find)
                 let hint = candle_nn::Init::Randn {
                     mean: 0.0,
                     stdev: 1.0,

@@ -23,8 +23,8 @@ use std::path::Path;
 
 use candle_core::Tensor;
 use glimpse_data::{
-    load_video, DataError, LlavaNextVideoProcessor, Qwen2VlVideoProcessor, Video, VideoLimits,
-    VideoOptions,
+    load_video, preprocess_batch, DataError, FrameSampling, LlavaNextVideoProcessor,
+    Qwen2VlVideoProcessor, Video, VideoLimits, VideoOptions,
 };
 use glimpse_models::{ModelError, Vlm, VlmFormat};
 
@@ -41,6 +41,10 @@ pub(super) enum VideoProcessor {
     /// LLaVA-NeXT-Video: frames at the tower's size, pooled per frame by
     /// the model.
     LlavaNextVideo(LlavaNextVideoProcessor),
+    /// A temporal glimpse model (`glimpse_models::temporal`): frames
+    /// through its image processor, at most `frames` (its
+    /// `temporal.num_frames`, as it was trained), aggregated over time.
+    Glimpse { frames: usize },
 }
 
 impl VideoProcessor {
@@ -77,6 +81,11 @@ impl VideoProcessor {
                 .into());
             }
             return Ok(Some(Self::LlavaNextVideo(p)));
+        }
+        if let Some(v) = &model.config().video {
+            return Ok(Some(Self::Glimpse {
+                frames: v.temporal.num_frames(),
+            }));
         }
         Ok(None)
     }
@@ -154,7 +163,9 @@ impl VlmPipeline {
                 .qwen2_vl
                 .as_ref()
                 .map(|q| q.config.video_token_id),
-            Some(VideoProcessor::LlavaNextVideo(_)) => self.model.config().video_token_id(),
+            Some(VideoProcessor::LlavaNextVideo(_) | VideoProcessor::Glimpse { .. }) => {
+                self.model.config().video_token_id()
+            }
             None => None,
         }
     }
@@ -186,7 +197,7 @@ impl VlmPipeline {
     pub(super) fn no_video(&self) -> PipelineError {
         let family = self.model_type();
         PipelineError::Usage(format!(
-            "--video: {} is a {family} model, which takes no video input (qwen2_vl and llava_next_video models do)",
+            "--video: {} is a {family} model, which takes no video input (qwen2_vl, llava_next_video and temporal glimpse models do)",
             self.path.display()
         ))
     }
@@ -206,6 +217,15 @@ impl VlmPipeline {
             // LlavaNextVideoVideoProcessor samples no frames itself
             // (do_sample_frames false): the flags decide, else every frame
             VideoProcessor::LlavaNextVideo(_) => video.sampling.clone(),
+            // the flags decide, else the model's own count (a shorter
+            // video gives all its frames), spread uniformly as in training
+            VideoProcessor::Glimpse { frames } if video.sampling == FrameSampling::all() => {
+                FrameSampling {
+                    max_frames: Some(*frames),
+                    ..FrameSampling::all()
+                }
+            }
+            VideoProcessor::Glimpse { .. } => video.sampling.clone(),
         };
         let loaded = load_video(&video.path, &self.video_options(sampling, &name))?;
         let frames = SampledFrames::of(&name, &loaded);
@@ -233,6 +253,34 @@ impl VlmPipeline {
                 let pixels = p.preprocess(&images, &name)?.to_device(device)?;
                 drop(images);
                 let rows = self.model.encode_llava_next_video(&pixels)?;
+                EncodedVideo::new(&name, rows, None, token, tokens, frames)
+            }
+            VideoProcessor::Glimpse { frames: most } => {
+                if images.len() > *most {
+                    return Err(PipelineError::Usage(format!(
+                        "{name}: {} frames sampled, but the model reads at most {most} (temporal.num_frames): sample fewer (--frames / --max-frames)",
+                        images.len()
+                    )));
+                }
+                let tokens = self
+                    .model
+                    .config()
+                    .video_tokens_for_frames(images.len())
+                    .ok_or_else(|| self.no_video())??;
+                let token = self.video_fits(&name, images.len(), tokens)?;
+                let named: Vec<(String, image::RgbImage)> = images
+                    .into_iter()
+                    .zip(&frames.indices)
+                    .map(|(image, k)| (format!("{name} frame {k}"), image))
+                    .collect();
+                // (F, 3, S, S): the frames as the model's images
+                let pixels = preprocess_batch(&named, &self.processor)?.to_device(device)?;
+                drop(named);
+                // (F, 3, S, S) -> (1, F, 3, S, S) -> (1, M, D) -> (M, D)
+                let rows = self
+                    .model
+                    .encode_videos(&pixels.unsqueeze(0)?)?
+                    .squeeze(0)?;
                 EncodedVideo::new(&name, rows, None, token, tokens, frames)
             }
         }
