@@ -9,7 +9,7 @@
 #   bash scripts/fetch_easy_vqa.sh
 #   bash bench/run_discrete.sh [MODEL_DIR]
 # Env: JUDGE (models/glimpse-easy-vqa-clip), DATA (~/.cache/glimpse/easy-vqa),
-# SEEDS (10), CFG (3), TEMPERATURE (1), LIMIT (all questions), OUT (a folder
+# SEEDS (10, seeds 0..9), CFG (4), TEMPERATURE (0.7), LIMIT (all questions), OUT (a folder
 # for the JSON reports; a temporary one by default).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,8 +17,8 @@ MODEL=${1:-models/glimpse-easy-vqa-discrete}
 JUDGE=${JUDGE:-models/glimpse-easy-vqa-clip}
 DATA=${DATA:-$HOME/.cache/glimpse/easy-vqa}
 SEEDS=${SEEDS:-10}
-CFG=${CFG:-3}
-TEMPERATURE=${TEMPERATURE:-1}
+CFG=${CFG:-4}
+TEMPERATURE=${TEMPERATURE:-0.7}
 OUT=${OUT:-$(mktemp -d)}
 cargo build --release -q -p glimpse-cli
 BIN=${CARGO_TARGET_DIR:-target}/release/glimpse
@@ -43,8 +43,8 @@ print(f"  judged zero-shot, both attributes: inputs {pct(vq['judged_inputs']['bo
       f"reconstructions {pct(vq['judged_reconstructions']['both'])}")
 kinds = ", ".join(f"{k} {100 * v['accuracy']:.2f}%" for k, v in vqa["by_kind"].items())
 print(f"easy-VQA test accuracy: {pct(vqa)} ({kinds}), {vqa['seconds']:.0f} s")
-print(f"drawings, {len(draw['per_prompt'])} prompts x {len(draw['seeds'])} seeds, cfg {draw['cfg']}, "
-      f"temperature {draw['temperature']}: both right {pct(draw['both'])}, colour {pct(draw['colour'])}, "
+print(f"drawings, {len(draw['per_prompt'])} prompts x {len(draw['seeds'])} seeds, cfg {draw['cfg']:g}, "
+      f"temperature {draw['temperature']:.3g}: both right {pct(draw['both'])}, colour {pct(draw['colour'])}, "
       f"shape {pct(draw['shape'])}; {draw['draw_secs'] / draw['both']['total'] * 1000:.0f} ms a drawing")
 worst = sorted(draw["per_prompt"], key=lambda p: p["correct"])[:5]
 print("  fewest right: " + ", ".join(f"{p['prompt']} {p['correct']}/{p['total']}" for p in worst))

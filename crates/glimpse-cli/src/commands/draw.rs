@@ -23,13 +23,13 @@ pub struct DrawArgs {
     #[arg(long, value_name = "OUT.png")]
     out: PathBuf,
     /// Classifier-free guidance scale: logits = uncond + S * (cond - uncond); 1 = no guidance
-    #[arg(long = "cfg", value_name = "S", default_value_t = 3.0)]
+    #[arg(long = "cfg", value_name = "S", default_value_t = 4.0)]
     cfg_scale: f32,
     /// Seed of the code draws
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Sampling temperature of each code (0 = greedy)
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 0.7)]
     temperature: f32,
     /// Keep only the K most likely codes at each draw
     #[arg(long)]

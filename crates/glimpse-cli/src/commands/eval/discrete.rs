@@ -168,14 +168,17 @@ pub struct DrawArgs {
     /// else the copy built into glimpse)
     #[arg(long, value_name = "DIR")]
     judge: Option<PathBuf>,
-    /// Drawings per prompt, seeds 0..N
+    /// Drawings per prompt, seeds FIRST..FIRST+N
     #[arg(long, default_value_t = 10)]
     seeds: u64,
+    /// The first seed (settings chosen on some seeds are best reported on others)
+    #[arg(long, value_name = "FIRST", default_value_t = 0)]
+    first_seed: u64,
     /// Classifier-free guidance scale
-    #[arg(long = "cfg", value_name = "S", default_value_t = 3.0)]
+    #[arg(long = "cfg", value_name = "S", default_value_t = 4.0)]
     cfg_scale: f32,
-    /// Sampling temperature of each code
-    #[arg(long, default_value_t = 1.0)]
+    /// Sampling temperature of each code (0 = greedy)
+    #[arg(long, default_value_t = 0.7)]
     temperature: f32,
     /// Keep only the K most likely codes at each draw
     #[arg(long)]
@@ -193,7 +196,11 @@ pub fn draw(args: DrawArgs) -> Result<()> {
     let judge_dir = crate::commands::model_dir(args.judge, DEFAULT_DUAL)?;
     let model = DiscretePipeline::load(&args.model, &device)?;
     let judge = DualPipeline::load(&judge_dir, &device)?;
-    let seeds: Vec<u64> = (0..args.seeds).collect();
+    let end = args
+        .first_seed
+        .checked_add(args.seeds)
+        .ok_or_else(|| PipelineError::Usage("--first-seed + --seeds overflows".into()))?;
+    let seeds: Vec<u64> = (args.first_seed..end).collect();
     let opts = DrawOptions {
         cfg_scale: args.cfg_scale,
         sampling: SamplingConfig {
