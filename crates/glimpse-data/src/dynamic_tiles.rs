@@ -19,13 +19,12 @@
 //! pixels, as everywhere in glimpse-data; each tile is then rescaled and
 //! normalised as [`crate::preprocess`] does.
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DataError, Result};
-use crate::pil_resize::resize;
-use crate::preprocess::preprocess;
+use crate::image_split::{cut_tiles, frames_tensor, resize_named};
 use crate::processor_config::ProcessorConfig;
 
 /// Most tiles a config may ask for (NVLM-D uses 6, InternVL up to 40).
@@ -182,51 +181,21 @@ pub fn preprocess_tiles(
     }
     let grid = pick_grid(h, w, tile, tiling);
     let filter = cfg.filter()?;
-    let sized = |img: &RgbImage, th: usize, tw: usize| {
-        resize(img, th, tw, filter).ok_or_else(|| {
-            DataError::image(
-                name,
-                format!(
-                    "{}x{}: cannot resize to {tw}x{th}",
-                    img.width(),
-                    img.height()
-                ),
-            )
-        })
-    };
-    let mut frames = Vec::with_capacity(grid.frames());
     // the canvas is at most MAX_TILES tiles of the tower's side
-    let canvas = sized(img, grid.rows * tile, grid.cols * tile)?;
-    for r in 0..grid.rows {
-        for c in 0..grid.cols {
-            let crop = image::imageops::crop_imm(
-                &canvas,
-                (c * tile) as u32,
-                (r * tile) as u32,
-                tile as u32,
-                tile as u32,
-            );
-            frames.push(crop.to_image());
-        }
-    }
+    let canvas = resize_named(img, name, grid.rows * tile, grid.cols * tile, filter)?;
+    let mut frames = cut_tiles(&canvas, grid.rows, grid.cols, tile);
     if grid.thumbnail {
-        frames.push(sized(img, tile, tile)?);
+        frames.push(resize_named(img, name, tile, tile, filter)?);
     }
-    // rescale and normalise only: the frames already have their size
-    let mut plain = cfg.clone();
-    plain.do_resize = false;
-    plain.do_center_crop = Some(false);
-    let mut data = Vec::with_capacity(frames.len() * 3 * tile * tile);
-    for frame in &frames {
-        data.extend(preprocess(frame, name, &plain)?);
-    }
-    let pixels = Tensor::from_vec(data, (frames.len(), 3, tile, tile), &Device::Cpu)?;
+    let pixels = frames_tensor(&frames, name, cfg, tile)?;
     Ok((pixels, grid))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pil_resize::resize;
+    use crate::preprocess::preprocess;
 
     fn cfg(max_tiles: usize) -> TilingConfig {
         TilingConfig {

@@ -229,54 +229,82 @@ pub fn preprocess_split(
         layout,
     } = plan(name, h, w, cfg, tile)?;
     let filter = cfg.filter()?;
-    let sized = |img: &RgbImage, th: usize, tw: usize| {
-        resize(img, th, tw, filter).ok_or_else(|| {
-            DataError::image(
-                name,
-                format!(
-                    "{}x{}: cannot resize to {tw}x{th}",
-                    img.width(),
-                    img.height()
-                ),
-            )
-        })
-    };
     let resized = if (rh, rw) == (h, w) {
         img.clone()
     } else {
-        sized(img, rh, rw)?
+        resize_named(img, name, rh, rw, filter)?
     };
-    let mut frames = Vec::with_capacity(layout.frames());
-    if cfg.splits_images() {
-        let canvas = sized(&resized, ch, cw)?;
-        for r in 0..layout.rows {
-            for c in 0..layout.cols {
-                let crop = image::imageops::crop_imm(
-                    &canvas,
-                    (c * tile) as u32,
-                    (r * tile) as u32,
-                    tile as u32,
-                    tile as u32,
-                );
-                frames.push(crop.to_image());
-            }
-        }
+    let frames = if cfg.splits_images() {
+        let canvas = resize_named(&resized, name, ch, cw, filter)?;
+        let mut frames = cut_tiles(&canvas, layout.rows, layout.cols, tile);
         // the global image: the tile-multiple canvas squashed to one tile
         // (the canvas itself when it is one tile)
-        frames.push(sized(&canvas, tile, tile)?);
+        frames.push(resize_named(&canvas, name, tile, tile, filter)?);
+        frames
     } else {
-        frames.push(sized(&resized, tile, tile)?);
+        vec![resize_named(&resized, name, tile, tile, filter)?]
+    };
+    let pixels = frames_tensor(&frames, name, cfg, tile)?;
+    Ok((pixels, layout))
+}
+
+/// `img` resized to `h` x `w` by Pillow's `filter`; `name` is what the
+/// error calls the image.
+pub(crate) fn resize_named(
+    img: &RgbImage,
+    name: &str,
+    h: usize,
+    w: usize,
+    filter: crate::pil_resize::Filter,
+) -> Result<RgbImage> {
+    resize(img, h, w, filter).ok_or_else(|| {
+        DataError::image(
+            name,
+            format!("{}x{}: cannot resize to {w}x{h}", img.width(), img.height()),
+        )
+    })
+}
+
+/// `rows` x `cols` crops of `tile` px from `canvas`, row by row.
+pub(crate) fn cut_tiles(canvas: &RgbImage, rows: usize, cols: usize, tile: usize) -> Vec<RgbImage> {
+    let mut crops = Vec::with_capacity(rows * cols);
+    for r in 0..rows {
+        for c in 0..cols {
+            let crop = image::imageops::crop_imm(
+                canvas,
+                (c * tile) as u32,
+                (r * tile) as u32,
+                tile as u32,
+                tile as u32,
+            );
+            crops.push(crop.to_image());
+        }
     }
-    // rescale and normalise only: the frames already have their size
+    crops
+}
+
+/// Frames already at their size, rescaled and normalised as `cfg` says.
+///
+/// # Shapes
+/// returns (frames, 3, tile, tile) f32 on the CPU
+pub(crate) fn frames_tensor(
+    frames: &[RgbImage],
+    name: &str,
+    cfg: &ProcessorConfig,
+    tile: usize,
+) -> Result<Tensor> {
     let mut plain = cfg.clone();
     plain.do_resize = false;
     plain.do_center_crop = Some(false);
     let mut data = Vec::with_capacity(frames.len() * 3 * tile * tile);
-    for frame in &frames {
+    for frame in frames {
         data.extend(preprocess(frame, name, &plain)?);
     }
-    let pixels = Tensor::from_vec(data, (frames.len(), 3, tile, tile), &Device::Cpu)?;
-    Ok((pixels, layout))
+    Ok(Tensor::from_vec(
+        data,
+        (frames.len(), 3, tile, tile),
+        &Device::Cpu,
+    )?)
 }
 
 #[cfg(test)]
