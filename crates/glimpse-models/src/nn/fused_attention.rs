@@ -12,13 +12,24 @@
 //! cores: the attention core (scores, softmax, weighted sum, head merge)
 //! went from ~19 ms to ~17 ms per layer; the rest of the layer is gemm.
 //!
+//! The same pass runs over runs of rows of one packed (N, 3, H, hd) input
+//! ([`attention_segments`]): Qwen2-VL's tower, where each image or frame
+//! attends only to itself, as (segment, head) tasks.
+//!
 //! Inference only (no backward): callers use it when nothing tracks gradients.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
-struct FusedAttention;
+use super::simd_act;
+
+/// The rows that attend among themselves: (first row, length) runs of the
+/// packed (N, 3, H, hd) input, in any order, each written to the same rows
+/// of the (N, H·hd) output.
+struct FusedAttention {
+    segments: Vec<(usize, usize)>,
+}
 
 /// A raw output pointer shared by tasks that write disjoint elements.
 #[derive(Clone, Copy)]
@@ -48,32 +59,39 @@ impl CustomOp1 for FusedAttention {
             candle_core::bail!("fused attention takes a contiguous qkv tensor");
         };
         let qkv = &data[start..end];
-        let &[b, l, three, h, d] = layout.shape().dims() else {
-            candle_core::bail!(
-                "fused attention takes (B, L, 3, H, hd), got {:?}",
+        // (B, L, 3, H, hd) is B segments of L rows of (N = B·L, 3, H, hd)
+        let (n, three, h, d) = match *layout.shape().dims() {
+            [b, l, three, h, d] => (b * l, three, h, d),
+            [n, three, h, d] => (n, three, h, d),
+            _ => candle_core::bail!(
+                "fused attention takes (B, L, 3, H, hd) or (N, 3, H, hd), got {:?}",
                 layout.shape()
-            );
+            ),
         };
         if three != 3 {
             candle_core::bail!(
-                "fused attention takes (B, L, 3, H, hd), got {:?}",
+                "fused attention takes a q, k, v axis of 3, got {:?}",
                 layout.shape()
             );
+        }
+        if let Some(&(s0, len)) = self.segments.iter().find(|&&(s0, len)| s0 + len > n) {
+            candle_core::bail!("fused attention: rows {s0}..{} of {n}", s0 + len);
         }
         // q, k and v rows of one token are 3·H·hd apart; a head's columns
         // start hi·hd into its third.
         let row = (3 * h * d) as isize;
-        let mut out = vec![0f32; b * l * h * d];
+        let mut out = vec![0f32; n * h * d];
         let out_ptr = OutPtr(out.as_mut_ptr());
-        (0..b * h).into_par_iter().for_each(|bh| {
-            let (bi, hi) = (bh / h, bh % h);
-            let base = bi * l * 3 * h * d + hi * d;
+        let segments = &self.segments;
+        (0..segments.len() * h).into_par_iter().for_each(|sh| {
+            let ((s0, l), hi) = (segments[sh / h], sh % h);
+            let base = s0 * 3 * h * d + hi * d;
             let (q, k, v) = (&qkv[base..], &qkv[base + h * d..], &qkv[base + 2 * h * d..]);
             let mut scores = vec![0f32; l * l];
             // SAFETY: q, k, v are read at rows 0..l with row stride 3·H·hd and
             // columns 0..hd from their base, which stays inside `qkv` (the
-            // last row of v ends at base + 2·H·hd + (l-1)·3·H·hd + hd ≤ len);
-            // kᵀ is read through swapped strides.
+            // last row of v ends at base + 2·H·hd + (l-1)·3·H·hd + hd ≤ len
+            // since s0 + l ≤ N); kᵀ is read through swapped strides.
             unsafe {
                 // scores (l, l) = q (l, hd) · kᵀ (hd, l)
                 gemm(
@@ -99,19 +117,15 @@ impl CustomOp1 for FusedAttention {
                 );
             }
             for r in scores.chunks_mut(l) {
-                let max = r.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for x in r.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                r.iter_mut().for_each(|x| *x /= sum);
+                simd_act::softmax_in_place(r);
             }
-            // SAFETY: the destination block starts at row bi·l, column hi·hd
-            // of the (B·L, H·hd) output and spans l rows of hd columns with
-            // row stride H·hd: inside `out`, disjoint from other tasks.
+            // SAFETY: the destination block starts at row s0, column hi·hd
+            // of the (N, H·hd) output and spans l rows of hd columns with
+            // row stride H·hd: inside `out`, disjoint from other tasks as
+            // long as segments do not overlap (`attention_segments` checks;
+            // `attention`'s are disjoint by construction).
             unsafe {
-                let dst = out_ptr.get().add(bi * l * h * d + hi * d);
+                let dst = out_ptr.get().add(s0 * h * d + hi * d);
                 // out (l, hd) = scores (l, l) · v (l, hd)
                 gemm(
                     l,
@@ -136,7 +150,11 @@ impl CustomOp1 for FusedAttention {
                 );
             }
         });
-        Ok((CpuStorage::F32(out), Shape::from((b, l, h * d))))
+        let shape = match *layout.shape().dims() {
+            [b, l, ..] if layout.shape().rank() == 5 => Shape::from((b, l, h * d)),
+            _ => Shape::from((n, h * d)),
+        };
+        Ok((CpuStorage::F32(out), shape))
     }
 }
 
@@ -151,5 +169,25 @@ pub fn applies(qkv: &Tensor) -> bool {
 /// # Shapes
 /// `qkv`: (B, L, 3, H, hd) contiguous, q already scaled; returns (B, L, H·hd).
 pub fn attention(qkv: &Tensor) -> Result<Tensor> {
-    qkv.apply_op1_no_bwd(&FusedAttention)
+    let (b, l) = (qkv.dim(0)?, qkv.dim(1)?);
+    qkv.apply_op1_no_bwd(&FusedAttention {
+        segments: (0..b).map(|bi| (bi * l, l)).collect(),
+    })
+}
+
+/// Self-attention within runs of rows (Qwen2-VL's tower: each image or
+/// frame attends only to itself; transformers' `cu_seqlens`), read in
+/// place from the packed projection.
+///
+/// # Shapes
+/// `qkv`: (N, 3, H, hd) contiguous, q already scaled; `segments`: (first
+/// row, length), disjoint, covering the rows to compute (rows outside
+/// every segment come out 0); returns (N, H·hd).
+pub fn attention_segments(qkv: &Tensor, segments: &[(usize, usize)]) -> Result<Tensor> {
+    let mut sorted = segments.to_vec();
+    sorted.sort_unstable();
+    if sorted.windows(2).any(|w| w[0].0 + w[0].1 > w[1].0) {
+        candle_core::bail!("fused attention: overlapping segments {segments:?}");
+    }
+    qkv.apply_op1_no_bwd(&FusedAttention { segments: sorted })
 }

@@ -242,6 +242,54 @@ impl Rope {
 }
 
 impl Rope {
+    /// Rotates q and k in place inside packed (N, 3, H, hd) projection rows
+    /// (the fused attention core's input) and scales q, so the tower never
+    /// splits them into per-head tensors. Same arithmetic as candle's
+    /// half-split `rope` kernel: `x1·cos − x2·sin`, `x1·sin + x2·cos`.
+    ///
+    /// # Shapes
+    /// `qkv`: N rows of 3·H·hd; `cos`, `sin`: (N, hd/2) row-major.
+    pub fn rotate_packed_qk(
+        &self,
+        qkv: &mut [f32],
+        heads: usize,
+        cos: &[f32],
+        sin: &[f32],
+        q_scale: f32,
+    ) -> Result<()> {
+        use rayon::prelude::*;
+        let half = self.inv_freq.len();
+        let hd = 2 * half;
+        let width = 3 * heads * hd;
+        if self.style != RopeStyle::HalfSplit
+            || width == 0
+            || !qkv.len().is_multiple_of(width)
+            || cos.len() != qkv.len() / width * half
+            || sin.len() != cos.len()
+        {
+            candle_core::bail!(
+                "rope: packed rotation of {} values in rows of {width} with {} angles",
+                qkv.len(),
+                cos.len()
+            );
+        }
+        qkv.par_chunks_mut(width)
+            .zip(cos.par_chunks(half).zip(sin.par_chunks(half)))
+            .for_each(|(row, (cos, sin))| {
+                // q heads, then k heads: the first 2·H head slots of the row
+                for (slot, head) in row[..2 * heads * hd].chunks_mut(hd).enumerate() {
+                    let scale = if slot < heads { q_scale } else { 1.0 };
+                    let (a, b) = head.split_at_mut(half);
+                    for i in 0..half {
+                        let (x1, x2) = (a[i], b[i]);
+                        a[i] = (x1 * cos[i] - x2 * sin[i]) * scale;
+                        b[i] = (x1 * sin[i] + x2 * cos[i]) * scale;
+                    }
+                }
+            });
+        Ok(())
+    }
+
     /// The rotation from differentiable ops, for training.
     ///
     /// # Shapes

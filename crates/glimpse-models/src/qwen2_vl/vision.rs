@@ -14,6 +14,7 @@ use candle_nn::VarBuilder;
 
 use crate::error::{ModelError, Result};
 use crate::nn::causal_attention::grouped_attention;
+use crate::nn::fused_attention;
 use crate::nn::layer_norm::layer_norm;
 use crate::nn::linear::linear;
 use crate::nn::rope::Rope;
@@ -23,6 +24,16 @@ use crate::qwen2_vl::config::Qwen2VlVisionConfig;
 /// Most attention scores (heads × patches² of one image) the tower computes
 /// at once: 2^30 f32, 4 GiB.
 const MAX_SCORES: usize = 1 << 30;
+
+/// The tower's rope angles for every patch row, and on the CPU in f32 the
+/// same as flat rows for the fused path.
+struct Angles {
+    /// (N, hd/2)
+    cos: Tensor,
+    /// (N, hd/2)
+    sin: Tensor,
+    flat: Option<(Vec<f32>, Vec<f32>)>,
+}
 
 /// `VisionAttention`: one (3D, D) qkv projection, rope on q and k.
 struct VisionAttention {
@@ -34,22 +45,34 @@ struct VisionAttention {
 
 impl VisionAttention {
     /// # Shapes
-    /// `xs`: (N, D), `cos`/`sin`: (N, hd/2), `groups`: (start, len) row
-    /// ranges that attend among themselves -> (N, D)
+    /// `xs`: (N, D), `angles`: cos/sin (N, hd/2), `groups`: (start, len)
+    /// row ranges that attend among themselves -> (N, D)
     fn forward(
         &self,
         xs: &Tensor,
         rope: &Rope,
-        cos: &Tensor,
-        sin: &Tensor,
+        angles: &Angles,
         groups: &[(usize, usize)],
     ) -> Result<Tensor> {
         let (n, d) = xs.dims2()?;
         let (h, hd) = (self.num_heads, self.head_dim);
+        // (N, 3D)
+        let qkv = self.qkv.forward(xs)?;
+        if let Some((cos, sin)) = &angles.flat {
+            if fused_attention::applies(&qkv) {
+                // rotate q, k and scale q inside the packed rows, then one
+                // fused pass per (group, head): no per-head copies
+                let mut rows = qkv.flatten_all()?.to_vec1::<f32>()?;
+                rope.rotate_packed_qk(&mut rows, h, cos, sin, 1.0 / (hd as f32).sqrt())?;
+                // (N·3D) -> (N, 3, H, hd)
+                let packed = Tensor::from_vec(rows, (n, 3, h, hd), xs.device())?;
+                let out = fused_attention::attention_segments(&packed, groups)?;
+                return Ok(self.proj.forward(&out)?);
+            }
+        }
+        let (cos, sin) = (&angles.cos, &angles.sin);
         // (N, 3D) -> (N, 3, H, hd) -> (3, H, N, hd)
-        let qkv = self
-            .qkv
-            .forward(xs)?
+        let qkv = qkv
             .reshape((n, 3, h, hd))?
             .permute((1, 2, 0, 3))?
             .contiguous()?;
@@ -200,16 +223,25 @@ impl Qwen2VlVisionModel {
             )));
         }
         let (cos, sin) = self.rope.cos_sin_axes(&[rows_h, rows_w], &Device::Cpu)?;
-        let (cos, sin) = (
-            cos.to_device(pixels.device())?,
-            sin.to_device(pixels.device())?,
-        );
         let dtype = self.patch_embed.weight().dtype();
+        let flat = if pixels.device().is_cpu() && dtype == candle_core::DType::F32 {
+            Some((
+                cos.flatten_all()?.to_vec1::<f32>()?,
+                sin.flatten_all()?.to_vec1::<f32>()?,
+            ))
+        } else {
+            None
+        };
+        let angles = Angles {
+            cos: cos.to_device(pixels.device())?,
+            sin: sin.to_device(pixels.device())?,
+            flat,
+        };
         let mut xs = self.patch_embed.forward(&pixels.to_dtype(dtype)?)?;
         for b in &self.blocks {
             let attn = b
                 .attn
-                .forward(&b.norm1.forward(&xs)?, &self.rope, &cos, &sin, &groups)?;
+                .forward(&b.norm1.forward(&xs)?, &self.rope, &angles, &groups)?;
             xs = (xs + attn)?;
             let mlp = b.mlp.forward(&b.norm2.forward(&xs)?)?;
             xs = (xs + mlp)?;
