@@ -31,6 +31,7 @@ pub mod pretrained;
 pub mod recipe;
 pub mod run;
 pub mod shards;
+pub mod stage_loop;
 pub mod stages;
 pub mod text_side;
 pub mod trainer;

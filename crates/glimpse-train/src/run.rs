@@ -618,7 +618,7 @@ fn peak_rss_bytes() -> Option<u64> {
 /// The run's copy of its recipe, `out/recipe.toml`, written through a
 /// temporary file and a rename: the recipe may be that very file (a run
 /// resumed from its own copy), which a plain copy would truncate to nothing.
-fn keep_recipe_copy(recipe: &Path, out: &Path) -> Result<()> {
+pub(crate) fn keep_recipe_copy(recipe: &Path, out: &Path) -> Result<()> {
     let text =
         glimpse_data::files::read_bounded(recipe, glimpse_data::files::MAX_CONFIG_BYTES, "recipe")
             .map_err(|e| TrainError::Recipe(format!("{}: {e}", recipe.display())))?;
@@ -781,7 +781,7 @@ fn record_forced_resume(out: &Path, recipe: &Path, changes: &[String]) -> Result
 
 /// Appends `path: old → new` for every leaf where `a` and `b` differ; a
 /// missing or null value shows as `unset`, a whole table as `[table]`.
-fn diff(path: &str, a: Option<&Value>, b: Option<&Value>, out: &mut Vec<String>) {
+pub(crate) fn diff(path: &str, a: Option<&Value>, b: Option<&Value>, out: &mut Vec<String>) {
     let a = a.filter(|v| !v.is_null());
     let b = b.filter(|v| !v.is_null());
     if let (Some(Value::Object(x)), Some(Value::Object(y))) = (a, b) {

@@ -27,17 +27,16 @@ use serde_json::{json, Value};
 use super::model::{config_json, extra_specials, vq_tensors, DiscreteIds};
 use super::recipe::DiscreteRecipe;
 use super::task::{DiscreteTask, SplitCodes};
-use crate::checkpoint::{save_tensors, write_atomic, Checkpoints};
+use crate::checkpoint::write_atomic;
 use crate::error::{one_line, Result, TrainError};
 use crate::init::name_seed;
-use crate::metrics::{read_metrics, MetricsLog};
-use crate::optim::{param_groups_by_dim, AdamW, AdamWConfig, WarmupCosine};
+use crate::metrics::read_metrics;
 use crate::params::{StageWeights, Trainable};
 use crate::recipe::expand;
 use crate::run::{RunOptions, RunReport, StageReport};
+use crate::stage_loop::{eval_extra, finish_stage, run_stage_loop};
 use crate::stages::corpus::{Corpus, CorpusOptions, Split};
 use crate::stages::vq::run::{open_run, recipe_value, train_vq_stage};
-use crate::trainer::{train_loop, LoopConfig};
 
 pub const STAGE: &str = "discrete";
 
@@ -162,18 +161,8 @@ fn train_discrete_stage(
     let model = DiscreteModel::new(&cfg, weights.var_builder(&device))?;
     let params: Vec<(String, candle_core::Var)> = weights.trainable_vars()?;
     let parameters: usize = params.iter().map(|(_, v)| v.elem_count()).sum();
-    let groups: Vec<_> = param_groups_by_dim(params, spec.weight_decay)
-        .into_iter()
-        .filter(|g| !g.params.is_empty())
-        .collect();
-    let mut opt = AdamW::new(
-        groups,
-        AdamWConfig {
-            lr: spec.lr,
-            weight_decay: spec.weight_decay,
-            ..Default::default()
-        },
-    )?;
+    let loop_spec = spec.loop_spec();
+    let mut opt = loop_spec.adamw(params)?;
     let mut task = DiscreteTask::new(
         model.decoder,
         &cfg,
@@ -189,50 +178,16 @@ fn train_discrete_stage(
         spec.eval_images,
         &device,
     )?;
-    let cfg_loop = LoopConfig {
-        stage: STAGE.into(),
-        steps: spec.steps,
-        batch_size: spec.batch_size,
-        accumulate: spec.accumulate,
-        shards: spec.shards,
-        schedule: WarmupCosine {
-            max_lr: spec.lr,
-            min_lr: spec.lr * spec.min_lr_ratio,
-            warmup_steps: spec.warmup_steps,
-            total_steps: spec.steps,
-        },
-        grad_clip: (spec.grad_clip > 0.0).then_some(spec.grad_clip),
-        log_every: spec.log_every,
-        eval_every: spec.eval_every,
-        save_every: spec.save_every,
-        seed,
-        architecture: format!(
-            "discrete:{:016x}:{:016x}",
-            name_seed(0, &config.to_string()),
-            name_seed(
-                spec.generation_share.to_bits(),
-                &spec.uncond_share.to_string()
-            )
-        ),
-        progress: opts.progress,
-        stop_after: opts.stop_after,
-    };
-    let checkpoints = Checkpoints::new(dir.join("checkpoints"));
-    let resume = match (opts.resume, checkpoints.latest()?) {
-        (true, Some(path)) => Some(Checkpoints::load(&path)?),
-        _ => None,
-    };
-    let metrics_path = out.join("metrics.jsonl");
-    let mut metrics = MetricsLog::open(&metrics_path)?;
-    let summary = train_loop(
-        &mut task,
-        &weights,
-        &mut opt,
-        &cfg_loop,
-        &checkpoints,
-        &mut metrics,
-        resume,
-    )?;
+    let architecture = format!(
+        "discrete:{:016x}:{:016x}",
+        name_seed(0, &config.to_string()),
+        name_seed(
+            spec.generation_share.to_bits(),
+            &spec.uncond_share.to_string()
+        )
+    );
+    let cfg_loop = loop_spec.loop_config(STAGE, seed, architecture, opts);
+    let summary = run_stage_loop(&mut task, &weights, &mut opt, &cfg_loop, &dir, out, opts)?;
     if !summary.complete {
         report.summary = Some(summary);
         return Ok((report, false));
@@ -246,21 +201,14 @@ fn train_discrete_stage(
         &processor_json,
         &ids.text,
     )?;
-    let records = read_metrics(&metrics_path)?;
+    let records = read_metrics(&out.join("metrics.jsonl"))?;
     crate::plot::plot_stage_with(
         &records,
         STAGE,
         &dir.join(format!("{STAGE}.png")),
         &["image_code_loss", "image_code_accuracy"],
     )?;
-    let extra = |name: &str| {
-        summary
-            .eval
-            .extra
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| *v)
-    };
+    let extra = |name: &str| eval_extra(&summary, name);
     let summary_json = json!({
         "stage": STAGE,
         "steps": summary.steps,
@@ -285,15 +233,7 @@ fn train_discrete_stage(
         "codes_per_image": cfg.codes_per_image(),
         "vocab_size": cfg.text.vocab_size,
     });
-    write_atomic(
-        &dir.join("summary.json"),
-        serde_json::to_string_pretty(&summary_json)
-            .map_err(|e| io(&dir, e))?
-            .as_bytes(),
-    )?;
-    let tmp = dir.join(".final.safetensors.tmp");
-    save_tensors(&weights.saved_tensors()?, &tmp)?;
-    std::fs::rename(&tmp, &final_path).map_err(|e| io(&final_path, e))?;
+    finish_stage(&dir, &summary_json, &weights)?;
     report.summary = Some(summary);
     Ok((report, true))
 }

@@ -26,17 +26,16 @@ use super::recipe::VqRecipe;
 use super::task::{
     Buffers, VqTask, CLUSTER_SIZE, CODEBOOK, EMBED_SUM, RESTARTS, STATE_PREFIX, WINDOW,
 };
-use crate::checkpoint::{save_tensors, write_atomic, Checkpoints};
+use crate::checkpoint::{save_tensors, write_atomic};
 use crate::error::{one_line, Result, TrainError};
 use crate::init::name_seed;
 use crate::lock::RunLock;
-use crate::metrics::{read_metrics, MetricsLog};
-use crate::optim::{param_groups_by_dim, AdamW, AdamWConfig, WarmupCosine};
+use crate::metrics::read_metrics;
 use crate::params::{StageWeights, Trainable};
 use crate::recipe::expand;
 use crate::run::{RunOptions, RunReport, StageReport};
+use crate::stage_loop::{eval_extra, finish_stage, run_stage_loop};
 use crate::stages::rows::{read_rows, BadRows, OnBadRow};
-use crate::trainer::{train_loop, LoopConfig};
 
 pub const STAGE: &str = "vq";
 /// Most bytes the decoded training and held-out pixels may take.
@@ -92,7 +91,8 @@ pub(crate) fn open_run(
     if opts.resume {
         check_resume(&saved, old(&saved), new, opts.force)?;
     }
-    keep_recipe_copy(&opts.recipe, &out)?;
+    std::fs::create_dir_all(&out).map_err(|e| io(&out, e))?;
+    crate::run::keep_recipe_copy(&opts.recipe, &out)?;
     Ok((out, lock))
 }
 
@@ -198,18 +198,8 @@ pub fn train_vq_stage(recipe: &VqRecipe, out: &Path, opts: &RunOptions) -> Resul
         .filter(|(n, _)| !(n.starts_with(STATE_PREFIX) || (ema && n.as_str() == CODEBOOK)))
         .map(|(n, v)| (n.clone(), v.clone()))
         .collect();
-    let groups: Vec<_> = param_groups_by_dim(params, spec.weight_decay)
-        .into_iter()
-        .filter(|g| !g.params.is_empty())
-        .collect();
-    let mut opt = AdamW::new(
-        groups,
-        AdamWConfig {
-            lr: spec.lr,
-            weight_decay: spec.weight_decay,
-            ..Default::default()
-        },
-    )?;
+    let loop_spec = spec.loop_spec();
+    let mut opt = loop_spec.adamw(params)?;
     let mut task = VqTask::new(
         model,
         train,
@@ -225,43 +215,8 @@ pub fn train_vq_stage(recipe: &VqRecipe, out: &Path, opts: &RunOptions) -> Resul
         spec.codebook_update,
         name_seed(0, &config_json.to_string())
     );
-    let cfg_loop = LoopConfig {
-        stage: STAGE.into(),
-        steps: spec.steps,
-        batch_size: spec.batch_size,
-        accumulate: 1,
-        shards: 1,
-        schedule: WarmupCosine {
-            max_lr: spec.lr,
-            min_lr: spec.lr * spec.min_lr_ratio,
-            warmup_steps: spec.warmup_steps,
-            total_steps: spec.steps,
-        },
-        grad_clip: (spec.grad_clip > 0.0).then_some(spec.grad_clip),
-        log_every: spec.log_every,
-        eval_every: spec.eval_every,
-        save_every: spec.save_every,
-        seed,
-        architecture,
-        progress: opts.progress,
-        stop_after: opts.stop_after,
-    };
-    let checkpoints = Checkpoints::new(dir.join("checkpoints"));
-    let resume = match (opts.resume, checkpoints.latest()?) {
-        (true, Some(path)) => Some(Checkpoints::load(&path)?),
-        _ => None,
-    };
-    let metrics_path = out.join("metrics.jsonl");
-    let mut metrics = MetricsLog::open(&metrics_path)?;
-    let summary = train_loop(
-        &mut task,
-        &weights,
-        &mut opt,
-        &cfg_loop,
-        &checkpoints,
-        &mut metrics,
-        resume,
-    )?;
+    let cfg_loop = loop_spec.loop_config(STAGE, seed, architecture, opts);
+    let summary = run_stage_loop(&mut task, &weights, &mut opt, &cfg_loop, &dir, &out, opts)?;
     if !summary.complete {
         report.complete = false;
         report.stages.push(StageReport {
@@ -278,21 +233,14 @@ pub fn train_vq_stage(recipe: &VqRecipe, out: &Path, opts: &RunOptions) -> Resul
         .filter(|(n, _)| !n.starts_with(STATE_PREFIX))
         .collect();
     export(&model_dir, &model_tensors, &config_json, &processor_json)?;
-    let records = read_metrics(&metrics_path)?;
+    let records = read_metrics(&out.join("metrics.jsonl"))?;
     crate::plot::plot_stage_with(
         &records,
         STAGE,
         &dir.join(format!("{STAGE}.png")),
         &["psnr", "codebook_usage", "perplexity"],
     )?;
-    let extra = |name: &str| {
-        summary
-            .eval
-            .extra
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| *v)
-    };
+    let extra = |name: &str| eval_extra(&summary, name);
     let summary_json = json!({
         "stage": STAGE,
         "steps": summary.steps,
@@ -314,15 +262,7 @@ pub fn train_vq_stage(recipe: &VqRecipe, out: &Path, opts: &RunOptions) -> Resul
         "num_embeddings": k,
         "parameters_trained": opt.vars().iter().map(|v| v.elem_count()).sum::<usize>(),
     });
-    write_atomic(
-        &dir.join("summary.json"),
-        serde_json::to_string_pretty(&summary_json)
-            .map_err(|e| io(&dir, e))?
-            .as_bytes(),
-    )?;
-    let tmp = dir.join(".final.safetensors.tmp");
-    save_tensors(&weights.saved_tensors()?, &tmp)?;
-    std::fs::rename(&tmp, &final_path).map_err(|e| io(&final_path, e))?;
+    finish_stage(&dir, &summary_json, &weights)?;
     report.stages.push(StageReport {
         stage: STAGE.into(),
         summary: Some(summary),
@@ -418,14 +358,14 @@ fn decode(paths: &[PathBuf], processor: &ProcessorConfig) -> Result<Tensor> {
 /// `--resume` goes on only with the recipe the run started with (`old`,
 /// read from `saved`; `out` aside, see [`recipe_value`]), unless `force`.
 fn check_resume(saved: &Path, old: Result<Value>, new: Value, force: bool) -> Result<()> {
-    let a = match old {
+    let old = match old {
         Ok(old) => old,
         Err(_) if force => return Ok(()),
         Err(e) => return Err(e),
     };
-    let b = new;
-    if a != b && !force {
-        let changes = diff_fields("", &a, &b);
+    if old != new && !force {
+        let mut changes = Vec::new();
+        crate::run::diff("", Some(&old), Some(&new), &mut changes);
         return Err(TrainError::RecipeChanged {
             out: saved.parent().unwrap_or(Path::new(".")).to_path_buf(),
             saved: saved.to_path_buf(),
@@ -433,38 +373,4 @@ fn check_resume(saved: &Path, old: Result<Value>, new: Value, force: bool) -> Re
         });
     }
     Ok(())
-}
-
-/// `field: old → new` for each leaf that differs.
-fn diff_fields(path: &str, a: &Value, b: &Value) -> Vec<String> {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            keys.into_iter()
-                .flat_map(|k| {
-                    let p = if path.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{path}.{k}")
-                    };
-                    diff_fields(
-                        &p,
-                        x.get(k).unwrap_or(&Value::Null),
-                        y.get(k).unwrap_or(&Value::Null),
-                    )
-                })
-                .collect()
-        }
-        _ if a == b => Vec::new(),
-        _ => vec![format!("{path}: {a} → {b}")],
-    }
-}
-
-/// `OUT/recipe.toml`, through a temporary file and a rename.
-fn keep_recipe_copy(recipe: &Path, out: &Path) -> Result<()> {
-    let text =
-        glimpse_data::files::read_bounded(recipe, glimpse_data::files::MAX_CONFIG_BYTES, "recipe")
-            .map_err(|e| TrainError::Recipe(format!("{}: {e}", recipe.display())))?;
-    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
-    write_atomic(&out.join("recipe.toml"), &text)
 }
