@@ -3,9 +3,10 @@
 //! held-out moving-shapes videos written by `glimpse data moving-shapes`
 //! get their exact answers, the same videos played backwards get the
 //! other answer (the model reads frame order), the model's own frame
-//! count is sampled from a longer video, and more frames than it reads,
-//! a video for a model without `temporal`, or video rows given to `eval
-//! vqa` (which asks about images only), are refused in one line.
+//! count is sampled from a longer video, `eval vqa` scores video rows with
+//! the same answers, and more frames than it reads, a video for a model
+//! without `temporal`, or frame flags without video rows are refused in
+//! one line.
 
 mod common;
 
@@ -96,6 +97,45 @@ fn the_temporal_model_answers_and_reads_frame_order() -> Result<()> {
     );
     // the frames pooled over time: an image's rows, 1 class + 4x4 pooled patches
     assert_eq!(out["video_tokens"], 17, "{out}");
+
+    // `eval vqa` on the same videos' LLaVA rows: the answers `ask` gave
+    let rows = v.join("../llava.json").display().to_string();
+    let preds = tmp.path().join("p.jsonl");
+    let p = preds.display().to_string();
+    let report = glimpse_json(&[
+        "eval",
+        "vqa",
+        "--model",
+        &m,
+        "--data",
+        &rows,
+        "--json",
+        "--predictions",
+        &p,
+    ])?;
+    assert_eq!(report["total"], 8, "{report}");
+    assert_eq!(
+        (report["videos"].clone(), report["images"].clone()),
+        (8.into(), 0.into())
+    );
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&preds)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<serde_json::Result<_>>()?;
+    for (k, said) in [
+        (6, "up"),
+        (1, "circle"),
+        (7, "triangle"),
+        (2, "yes"),
+        (5, "no"),
+    ] {
+        assert_eq!(lines[k]["prediction"], said, "{}", lines[k]);
+        assert!(lines[k]["video"]
+            .as_str()
+            .is_some_and(|s| s.ends_with(&format!("videos/{k}"))));
+    }
+    let right = lines.iter().filter(|l| l["correct"] == true).count();
+    assert_eq!(report["correct"], right, "{report}");
     Ok(())
 }
 
@@ -122,11 +162,25 @@ fn frames_are_sampled_as_the_model_reads_them_and_too_many_refused() -> Result<(
         "ask", "--model", &m, "--video", &video, "--frames", "13", MOTION,
     ]);
     expect_error(&out, 1, &["--frames 13 is more than the video's 12 frames"]);
-    // `eval vqa` asks about images only: video rows are refused, not
-    // answered blind
+    // `eval vqa` samples as `ask` does: the same refusal
     let rows = long.join("../../llava.json").display().to_string();
-    let out = glimpse(&["eval", "vqa", "--model", &m, "--data", &rows]);
-    expect_error(&out, 1, &["record test-0 has a video"]);
+    let out = glimpse(&[
+        "eval", "vqa", "--model", &m, "--data", &rows, "--frames", "13",
+    ]);
+    expect_error(&out, 1, &["--frames 13 is more than the video's 12 frames"]);
+    // frame flags with rows that hold no video would be ignored: refused
+    let text_rows = tmp.path().join("text.json");
+    std::fs::write(
+        &text_rows,
+        r#"[{"id": "t", "conversations": [{"from": "human", "value": "Is it?"}, {"from": "gpt", "value": "yes"}]}]"#,
+    )?;
+    let t = text_rows.display().to_string();
+    let out = glimpse(&["eval", "vqa", "--model", &m, "--data", &t, "--frames", "2"]);
+    expect_error(
+        &out,
+        2,
+        &["--frames, --fps and --max-frames need video rows in --data"],
+    );
     // a glimpse model without `temporal` takes no video
     let easy = repo_root()
         .join("models/glimpse-easy-vqa")

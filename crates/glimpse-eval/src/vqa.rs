@@ -1,12 +1,15 @@
 //! VQA exact match: the VLM answers each question greedily; an answer is
 //! right when it equals the reference after [`normalize_answer`] (the VQA
 //! evaluation's answer processing). Raw exact match (trimmed, case
-//! sensitive) is reported beside it.
+//! sensitive) is reported beside it. Questions may be about images, videos
+//! (LLaVA rows with `"video"`), both or neither.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use glimpse_data::datasets::{load_easy_vqa_split, load_llava_json, AnswerKind, IMAGE_PLACEHOLDER};
+use glimpse_data::datasets::{
+    load_easy_vqa_split, load_llava_json, AnswerKind, IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER,
+};
 use glimpse_data::{DataError, Result};
 use serde_json::{json, Value};
 
@@ -23,11 +26,13 @@ pub use glimpse_data::datasets::SHORT_ANSWER_INSTRUCTION;
 /// The answer kinds in report order.
 pub const KINDS: [&str; 5] = ["yes/no", "colour", "shape", "direction", "other"];
 
-/// One question about a record's images (none, one or several), with its
-/// reference answer.
+/// One question about a record's images and videos (none, one or
+/// several), with its reference answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VqaQuestion {
     pub images: Vec<PathBuf>,
+    /// Video files or folders of frames, in placeholder order.
+    pub videos: Vec<PathBuf>,
     pub question: String,
     pub answer: String,
 }
@@ -46,14 +51,16 @@ impl VqaQuestion {
 
 /// Loads questions from an easy-VQA split directory (`images/N.png` +
 /// `questions.json`) or a LLaVA conversation JSON file, where each
-/// human → gpt exchange is one question about the record's images (the
-/// `<image>` placeholders removed: the chat template places the images).
+/// human → gpt exchange is one question about the record's images and
+/// videos (the `<image>` and `<video>` placeholders removed: the chat
+/// template places them).
 pub fn load_vqa_questions(path: &Path) -> Result<Vec<VqaQuestion>> {
     if path.is_dir() {
         return Ok(load_easy_vqa_split(path)?
             .into_iter()
             .map(|e| VqaQuestion {
                 images: vec![e.image],
+                videos: Vec::new(),
                 question: e.question,
                 answer: e.answer,
             })
@@ -67,21 +74,15 @@ pub fn load_vqa_questions(path: &Path) -> Result<Vec<VqaQuestion>> {
     }
     let mut questions = Vec::new();
     for rec in load_llava_json(path)? {
-        // asked without its video the row would be scored as if answered
-        // blind; the trainer's evaluation scores video rows
-        if !rec.videos.is_empty() {
-            return Err(DataError::Dataset {
-                path: path.to_path_buf(),
-                msg: format!(
-                    "record {} has a video: glimpse eval vqa asks about images only (the training run's evaluation scores video rows)",
-                    rec.id
-                ),
-            });
-        }
         for (q, a) in rec.exchanges() {
             questions.push(VqaQuestion {
                 images: rec.images.clone(),
-                question: q.replace(IMAGE_PLACEHOLDER, "").trim().to_string(),
+                videos: rec.videos.clone(),
+                question: q
+                    .replace(IMAGE_PLACEHOLDER, "")
+                    .replace(VIDEO_PLACEHOLDER, "")
+                    .trim()
+                    .to_string(),
                 answer: a.to_string(),
             });
         }
@@ -140,6 +141,8 @@ pub struct VqaReport {
     pub predictions: Vec<String>,
     /// Distinct images the questions ask about.
     pub images: usize,
+    /// Distinct videos the questions ask about.
+    pub videos: usize,
 }
 
 impl VqaReport {
@@ -152,18 +155,22 @@ impl VqaReport {
                 .add(answer_kind_label(&q.answer), answers_match(p, &q.answer));
             report.exact.add(p.trim() == q.answer.trim());
         }
-        let mut images: Vec<&Path> = questions
-            .iter()
-            .flat_map(|q| q.images.iter().map(PathBuf::as_path))
-            .collect();
-        images.sort();
-        images.dedup();
-        report.images = images.len();
+        let distinct = |of: fn(&VqaQuestion) -> &[PathBuf]| {
+            let mut paths: Vec<&Path> = questions
+                .iter()
+                .flat_map(|q| of(q).iter().map(PathBuf::as_path))
+                .collect();
+            paths.sort();
+            paths.dedup();
+            paths.len()
+        };
+        report.images = distinct(|q| &q.images);
+        report.videos = distinct(|q| &q.videos);
         report.predictions = predictions;
         report
     }
 
-    /// `{"accuracy", "correct", "total", "images", "by_kind": {kind: {..}},
+    /// `{"accuracy", "correct", "total", "images", "videos", "by_kind": {kind: {..}},
     /// "scoring", "exact_match": {"accuracy", "correct", "total"}}`; the
     /// top-level accuracy is the normalised one.
     pub fn to_json(&self) -> Value {
@@ -173,6 +180,7 @@ impl VqaReport {
             "correct": all.correct,
             "total": all.total,
             "images": self.images,
+            "videos": self.videos,
             "by_kind": self.normalised.by_kind_json(),
             "scoring": "exact match after VQA answer normalisation",
             "exact_match": self.exact.to_json(),
@@ -187,23 +195,26 @@ pub use run::{answer_questions, evaluate_vqa, Answerer, AskOptions};
 mod run {
     use std::path::PathBuf;
 
+    use glimpse_data::FrameSampling;
     use glimpse_engine::pipeline::{DiscretePipeline, PipelineError, Result, VlmPipeline};
+    use glimpse_engine::VideoInput;
     use glimpse_infer::GenerationConfig;
 
     use super::{VqaQuestion, VqaReport, VQA_MAX_NEW_TOKENS};
     use crate::progress_bar;
 
-    /// A model that answers a question about images: a soft-token VLM
-    /// (its tower's rows in the prompt) or a discrete-token model (its
-    /// VQ's codes in the prompt).
+    /// A model that answers a question about images and videos: a
+    /// soft-token VLM (its tower's rows in the prompt) or a discrete-token
+    /// model (its VQ's codes in the prompt; images only).
     pub trait Answerer {
         /// The ids that end an answer.
         fn eos_ids(&self) -> Vec<u32>;
-        /// The generated answer to `question` about `images`.
+        /// The generated answer to `question` about `images` and `videos`.
         fn answer(
             &self,
             question: &str,
             images: &[PathBuf],
+            videos: &[VideoInput],
             cfg: &GenerationConfig,
         ) -> Result<String>;
     }
@@ -216,9 +227,10 @@ mod run {
             &self,
             question: &str,
             images: &[PathBuf],
+            videos: &[VideoInput],
             cfg: &GenerationConfig,
         ) -> Result<String> {
-            let prompt = self.prompt(question, images, false)?;
+            let prompt = self.prompt_with_videos(question, images, videos, false)?;
             Ok(self.generate(&prompt, cfg, |_| Ok(()))?.text)
         }
     }
@@ -231,15 +243,22 @@ mod run {
             &self,
             question: &str,
             images: &[PathBuf],
+            videos: &[VideoInput],
             cfg: &GenerationConfig,
         ) -> Result<String> {
+            if let Some(v) = videos.first() {
+                return Err(PipelineError::Usage(format!(
+                    "{}: a discrete-token model reads images, not videos",
+                    v.path.display()
+                )));
+            }
             let prompt = self.prompt(question, images, false)?;
             Ok(self.generate(&prompt, cfg, |_| Ok(()))?.text)
         }
     }
 
     /// How the questions are put to the model.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    #[derive(Debug, Clone, PartialEq)]
     pub struct AskOptions {
         /// Append [`super::SHORT_ANSWER_INSTRUCTION`] (as LLaVA's
         /// short-answer evaluations do).
@@ -248,6 +267,9 @@ mod run {
         pub max_new_tokens: usize,
         /// A progress bar on a terminal's stderr.
         pub progress: bool,
+        /// How each video's frames are sampled (`FrameSampling::all()`: as
+        /// the model's video processor says, as `glimpse ask --video`).
+        pub sampling: FrameSampling,
     }
 
     impl Default for AskOptions {
@@ -256,13 +278,15 @@ mod run {
                 short_answer: false,
                 max_new_tokens: VQA_MAX_NEW_TOKENS,
                 progress: false,
+                sampling: FrameSampling::all(),
             }
         }
     }
 
     /// The model's raw answers, in the questions' order. Questions are run
     /// grouped by image, so each image goes through the tower once and the
-    /// pipeline's image cache serves the rest.
+    /// pipeline's image cache serves the rest (videos are encoded per
+    /// question).
     pub fn answer_questions<A: Answerer + ?Sized>(
         pipeline: &A,
         questions: &[VqaQuestion],
@@ -280,12 +304,20 @@ mod run {
             stop_strings: Vec::new(),
         };
         let mut order: Vec<usize> = (0..questions.len()).collect();
-        order.sort_by(|&a, &b| questions[a].images.cmp(&questions[b].images));
+        order.sort_by(|&a, &b| {
+            let key = |q: &VqaQuestion| (q.images.clone(), q.videos.clone());
+            key(&questions[a]).cmp(&key(&questions[b]))
+        });
         let bar = progress_bar(questions.len(), opts.progress, "questions");
         let mut answers = vec![String::new(); questions.len()];
         for i in order {
             let q = &questions[i];
-            answers[i] = pipeline.answer(&q.asked(opts.short_answer), &q.images, &cfg)?;
+            let videos: Vec<VideoInput> = q
+                .videos
+                .iter()
+                .map(|v| VideoInput::new(v, opts.sampling.clone()))
+                .collect();
+            answers[i] = pipeline.answer(&q.asked(opts.short_answer), &q.images, &videos, &cfg)?;
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -311,6 +343,7 @@ mod tests {
     fn q(image: &str, answer: &str) -> VqaQuestion {
         VqaQuestion {
             images: vec![PathBuf::from(image)],
+            videos: Vec::new(),
             question: "?".into(),
             answer: answer.into(),
         }
@@ -361,18 +394,28 @@ mod tests {
         multi.images.push(PathBuf::from("b"));
         let text_only = VqaQuestion {
             images: Vec::new(),
+            videos: Vec::new(),
             question: "?".into(),
             answer: "Paris".into(),
         };
-        let r = VqaReport::score(&[multi, q("b", "no"), text_only], vec![String::new(); 3]);
+        let mut video = q("b", "up");
+        video.images.clear();
+        video.videos = vec![PathBuf::from("v"), PathBuf::from("w")];
+        let r = VqaReport::score(
+            &[multi, q("b", "no"), text_only, video],
+            vec![String::new(); 4],
+        );
         assert_eq!(r.images, 2);
-        assert_eq!(r.normalised.overall, acc(0, 3));
+        assert_eq!(r.videos, 2);
+        assert_eq!(r.to_json()["videos"], 2);
+        assert_eq!(r.normalised.overall, acc(0, 4));
     }
 
     #[test]
     fn short_answer_appends_llava_instruction() {
         let question = VqaQuestion {
             images: Vec::new(),
+            videos: Vec::new(),
             question: "What shape is this?".into(),
             answer: "circle".into(),
         };

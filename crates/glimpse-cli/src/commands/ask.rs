@@ -6,14 +6,13 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 use glimpse_cli::heatmap::{check_target, write_attention_map};
-use glimpse_data::FrameSampling;
 use glimpse_engine::device::default_device;
 use glimpse_engine::pipeline::{PipelineError, VlmPipeline};
 use glimpse_engine::VideoInput;
 use glimpse_infer::GenerationConfig;
 use glimpse_models::FeatureSelect;
 
-use super::sampling::{SamplingArgs, TextOut};
+use super::sampling::{FrameArgs, SamplingArgs, TextOut};
 
 /// The model `--model` defaults to: the one the repository ships (and the
 /// binary carries).
@@ -39,16 +38,8 @@ pub struct AskArgs {
     /// order their placeholders appear (Qwen2-VL)
     #[arg(long = "video", value_name = "FILE")]
     videos: Vec<PathBuf>,
-    /// Sample N frames of each video, spread uniformly (default: as the model's
-    /// video processor says, else every frame)
-    #[arg(long, value_name = "N")]
-    frames: Option<usize>,
-    /// Sample F frames per second of each video (not with --frames)
-    #[arg(long, value_name = "F")]
-    fps: Option<f64>,
-    /// At most N frames of each video
-    #[arg(long, value_name = "N")]
-    max_frames: Option<usize>,
+    #[command(flatten)]
+    frame_args: FrameArgs,
     /// Send QUESTION as the whole prompt, verbatim, with <image> marking each image
     /// (and the model's video placeholder each video)
     #[arg(long)]
@@ -85,17 +76,9 @@ pub struct AskArgs {
 
 pub fn run(args: AskArgs) -> Result<()> {
     // Refused before anything loads or generates.
-    let sampling = FrameSampling {
-        frames: args.frames,
-        fps: args.fps,
-        max_frames: args.max_frames,
-    };
-    if args.videos.is_empty() && sampling != FrameSampling::all() {
-        return Err(
-            PipelineError::Usage("--frames, --fps and --max-frames need a --video".into()).into(),
-        );
-    }
-    sampling.validate().map_err(PipelineError::Usage)?;
+    let sampling = args
+        .frame_args
+        .sampling(!args.videos.is_empty(), "a --video")?;
     let videos: Vec<VideoInput> = args
         .videos
         .iter()

@@ -1,5 +1,5 @@
-//! What `generate` and `ask` share: the sampling flags and the stdout
-//! stream of generated text.
+//! What `generate`, `ask` and `eval vqa` share: the sampling flags, the
+//! video frame-sampling flags and the stdout stream of generated text.
 
 use std::io::{StdoutLock, Write};
 
@@ -7,6 +7,45 @@ use clap::Args;
 use glimpse_engine::pipeline::PipelineError;
 use glimpse_engine::GenerateParams;
 use glimpse_infer::{OutputError, SamplingConfig};
+
+/// How a video's frames are sampled (`ask --video`, `eval vqa` on video rows).
+#[derive(Args)]
+pub struct FrameArgs {
+    /// Sample N frames of each video, spread uniformly (default: as the model's
+    /// video processor says, else every frame)
+    #[arg(long, value_name = "N")]
+    frames: Option<usize>,
+    /// Sample F frames per second of each video (not with --frames)
+    #[arg(long, value_name = "F")]
+    fps: Option<f64>,
+    /// At most N frames of each video
+    #[arg(long, value_name = "N")]
+    max_frames: Option<usize>,
+}
+
+impl FrameArgs {
+    /// The flags as a checked sampling rule; `has_videos` false refuses any
+    /// flag given (it would be silently ignored), naming where videos come
+    /// from (`source`: "a --video").
+    pub fn sampling(
+        &self,
+        has_videos: bool,
+        source: &str,
+    ) -> Result<glimpse_data::FrameSampling, PipelineError> {
+        let sampling = glimpse_data::FrameSampling {
+            frames: self.frames,
+            fps: self.fps,
+            max_frames: self.max_frames,
+        };
+        if !has_videos && sampling != glimpse_data::FrameSampling::all() {
+            return Err(PipelineError::Usage(format!(
+                "--frames, --fps and --max-frames need {source}"
+            )));
+        }
+        sampling.validate().map_err(PipelineError::Usage)?;
+        Ok(sampling)
+    }
+}
 
 #[derive(Args)]
 pub struct SamplingArgs {

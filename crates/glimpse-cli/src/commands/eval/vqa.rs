@@ -1,5 +1,7 @@
 //! `glimpse eval vqa`: exact-match accuracy of a VLM's greedy answers,
-//! after VQA answer normalisation (raw exact match beside it).
+//! after VQA answer normalisation (raw exact match beside it), about
+//! images or videos (LLaVA rows with `"video"`, frames sampled as `ask
+//! --video` samples them).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,18 +17,22 @@ use glimpse_eval::{
 };
 
 use super::{pct, table, DEFAULT_VLM};
+use crate::commands::sampling::FrameArgs;
 
 #[derive(Args)]
 #[command(
-    about = "VQA exact match after answer normalisation, overall and by answer kind (easy-VQA split or LLaVA JSON)"
+    about = "VQA exact match after answer normalisation, overall and by answer kind (easy-VQA split or LLaVA JSON, image or video rows)"
 )]
 pub struct VqaArgs {
     /// VLM directory (default: ./models/glimpse-easy-vqa, else the copy built into glimpse)
     #[arg(long)]
     model: Option<PathBuf>,
     /// easy-VQA split directory (images/ + questions.json) or LLaVA conversation JSON
+    /// (rows with "image" and / or "video")
     #[arg(long)]
     data: PathBuf,
+    #[command(flatten)]
+    frame_args: FrameArgs,
     /// Only the first N questions
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
@@ -59,6 +65,10 @@ pub fn run(args: VqaArgs) -> Result<()> {
     if let Some(n) = args.limit {
         questions.truncate(n);
     }
+    let has_videos = questions.iter().any(|q| !q.videos.is_empty());
+    let sampling = args
+        .frame_args
+        .sampling(has_videos, "video rows in --data")?;
     // a discrete-token model answers through its own pipeline
     let vlm: Box<dyn Answerer> = if glimpse_models::discrete::is_discrete_dir(&dir) {
         Box::new(DiscretePipeline::load(&dir, &default_device())?)
@@ -69,6 +79,7 @@ pub fn run(args: VqaArgs) -> Result<()> {
         short_answer: args.short_answer,
         max_new_tokens: args.max_tokens,
         progress: !args.json,
+        sampling,
     };
     let start = Instant::now();
     let report = evaluate_vqa(vlm.as_ref(), &questions, &opts)?;
@@ -87,8 +98,12 @@ pub fn run(args: VqaArgs) -> Result<()> {
         outln!("{out}")?;
         return Ok(());
     }
+    let videos = match report.videos {
+        0 => String::new(),
+        n => format!(", {n} videos"),
+    };
     outln!(
-        "VQA exact match (normalised answers{}): {} on {} ({} questions, {} images, {seconds:.1} s)",
+        "VQA exact match (normalised answers{}): {} on {} ({} questions, {} images{videos}, {seconds:.1} s)",
         if args.short_answer {
             ", short-answer instruction"
         } else {
@@ -129,8 +144,9 @@ pub fn run(args: VqaArgs) -> Result<()> {
     Ok(())
 }
 
-/// `{"image", "question", "asked", "answer", "prediction", "correct",
-/// "exact"}` per line: `image` a path (a list for several, null for none),
+/// `{"image", "video", "question", "asked", "answer", "prediction",
+/// "correct", "exact"}` per line: `image` and `video` a path (a list for
+/// several, null for none),
 /// `asked` the question as put to the model, `correct` the normalised
 /// match, `exact` the raw one.
 fn write_predictions(
@@ -141,13 +157,14 @@ fn write_predictions(
 ) -> Result<()> {
     let mut text = String::new();
     for (q, p) in questions.iter().zip(predictions) {
-        let image = match q.images.as_slice() {
+        let paths = |ps: &[PathBuf]| match ps {
             [] => serde_json::Value::Null,
             [one] => one.display().to_string().into(),
             many => many.iter().map(|i| i.display().to_string()).collect(),
         };
         let row = serde_json::json!({
-            "image": image,
+            "image": paths(&q.images),
+            "video": paths(&q.videos),
             "question": q.question,
             "asked": q.asked(short_answer),
             "answer": q.answer,
