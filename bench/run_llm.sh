@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# SmolLM2-135M Q4_1 GGUF decoder: prompt processing (128-token prompt) and
-# decode (128 new tokens) tok/s, glimpse vs llama.cpp vs transformers, same
-# file, same prompt ids, same threads, same run; plus the memory-bandwidth
-# bound on decode. Needs the dev venv (scripts/dev/requirements.txt):
+# SmolLM2-135M GGUF decoder (Q4_1, or QUANT=q8_0 / q4_k_m: the same weights
+# requantized by scripts/make_kquant_smollm2.sh): prompt processing (128-token
+# prompt) and decode (128 new tokens) tok/s, glimpse vs llama.cpp vs
+# transformers, same file, same prompt ids, same threads, same run; plus the
+# memory-bandwidth bound on decode. Needs the dev venv (scripts/dev/requirements.txt):
 #   PY=~/.venvs/glimpse-dev/bin/python bash bench/run_llm.sh [runs]
-# Env: THREADS (2), TF_RUNS (transformers runs per round, 2: it is slow),
+#   QUANT=q4_k_m PY=... bash bench/run_llm.sh [runs]
+# Env: QUANT (q4_1), THREADS (2), TF_RUNS (transformers runs per round, 2: it is slow),
 # IDLE_WAIT_S (180: before each run set, wait up to this long for the machine
 # to be >= 90% idle over 2 s; 0 disables), MAX_OTHERS (0.15) and RETRIES (3):
 # see run_set, KEEP (a file to keep the raw JSON; rejected sets go to KEEP.rejected).
@@ -20,7 +22,13 @@ RETRIES=${RETRIES:-3}
 PROMPT=128
 NEW=128
 cargo build --release -q -p glimpse-cli -p glimpse-bench --bin glimpse --bin bench-membw
-GGUF=$(bash scripts/fetch_smollm2.sh 2>/dev/null | tail -n1)
+QUANT=${QUANT:-q4_1}
+case "$QUANT" in
+  q4_1) GGUF=$(bash scripts/fetch_smollm2.sh 2>/dev/null | tail -n1) ;;
+  q8_0 | q4_k_m) GGUF=$(bash scripts/make_kquant_smollm2.sh "$QUANT" | tail -n1) ;;
+  *) echo "QUANT must be q4_1, q8_0 or q4_k_m, not $QUANT" >&2; exit 2 ;;
+esac
+echo "model: $GGUF" >&2
 out=${KEEP:-$(mktemp)}
 : >"$out"; : >"$out.rejected"; : >"$out.log"  # .log: the engines' stderr
 hz=$(getconf CLK_TCK)
@@ -66,7 +74,7 @@ for round in 1 2; do
   run_set transformers "$PY" bench/llm_peers.py --impl transformers --gguf "$GGUF" --prompt-tokens $PROMPT \
     --new-tokens $NEW --runs "$TF_RUNS" --threads "$THREADS"
 done
-# Bandwidth bound: 2-thread read of a 1 GiB buffer (DRAM: the 96.6 MB of
+# Bandwidth bound: 2-thread read of a 1 GiB buffer (DRAM: the 96.6 MB of Q4_1
 # weights do not fit the 32 MiB L3 either); KV cache at the mean decode
 # context (128 + 127/2 positions), f16 as llama.cpp stores it.
 wait_idle

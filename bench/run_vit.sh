@@ -2,12 +2,14 @@
 # ViT-B/16 images/s: glimpse vs PyTorch, same machine, same run, same threads.
 # Needs the dev venv (scripts/dev/requirements.txt) for the PyTorch side:
 #   PY=~/.venvs/glimpse-dev/bin/python bash bench/run_vit.sh [runs]
+# FEATURES=avx512 builds glimpse with gemm's AVX-512 kernels (runtime-chosen where
+# the CPU has AVX-512F; off by default, see glimpse-models/Cargo.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-$HOME/.venvs/glimpse-dev/bin/python}
 RUNS=${1:-5}
 THREADS=${THREADS:-$(nproc)}
-cargo build --release -q -p glimpse-bench --bin bench-vit
+cargo build --release -q -p glimpse-bench ${FEATURES:+--features "$FEATURES"} --bin bench-vit
 out=$(mktemp)
 # Interleave the two sides so slow phases of a noisy machine hit both.
 for round in 1 2; do

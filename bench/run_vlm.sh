@@ -9,13 +9,15 @@
 # Env: THREADS (2), MODEL (/tmp/glimpse-bench-llava: written once, ~0.9 GB),
 # NEW (64), IDLE_WAIT_S (180: before each set, wait up to this long for the
 # machine to be >= 90% idle over 2 s; 0 disables), KEEP (a file for the raw JSON).
+# FEATURES=avx512 builds glimpse with gemm's AVX-512 kernels (runtime-chosen where
+# the CPU has AVX-512F; off by default, see glimpse-models/Cargo.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
 MODEL=${MODEL:-/tmp/glimpse-bench-llava}
 NEW=${NEW:-64}
 . bench/vlm_rounds.sh
-cargo build --release -q -p glimpse-bench --bin bench-vlm
+cargo build --release -q -p glimpse-bench ${FEATURES:+--features "$FEATURES"} --bin bench-vlm
 [ -f "$MODEL/model.safetensors" ] || "$PY" bench/vlm_pytorch.py --write "$MODEL" 2>/dev/null
 
 two_rounds bench-vlm bench/vlm_pytorch.py --new-tokens "$NEW"

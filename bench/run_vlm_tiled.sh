@@ -10,13 +10,15 @@
 # Env: THREADS (2), MODEL (/tmp/glimpse-bench-$FAMILY: written once),
 # IDLE_WAIT_S (180: before each set, wait up to this long for the machine to
 # be >= 90% idle over 2 s; 0 disables), KEEP (a file for the raw JSON).
+# FEATURES=avx512 builds glimpse with gemm's AVX-512 kernels (runtime-chosen where
+# the CPU has AVX-512F; off by default, see glimpse-models/Cargo.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
 FAMILY=${FAMILY:-llava_next}
 MODEL=${MODEL:-/tmp/glimpse-bench-$FAMILY}
 . bench/vlm_rounds.sh
-cargo build --release -q -p glimpse-bench --bin bench-vlm-tiled
+cargo build --release -q -p glimpse-bench ${FEATURES:+--features "$FEATURES"} --bin bench-vlm-tiled
 [ -f "$MODEL/bench.png" ] || "$PY" bench/vlm_tiled_pytorch.py --write "$MODEL" --family "$FAMILY" 2>/dev/null
 
 two_rounds bench-vlm-tiled bench/vlm_tiled_pytorch.py

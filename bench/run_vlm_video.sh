@@ -10,12 +10,14 @@
 # Env: THREADS (2), MODEL (/tmp/glimpse-bench-qwen2_vl: written once),
 # IDLE_WAIT_S (180: before each set, wait up to this long for the machine to
 # be >= 90% idle over 2 s; 0 disables), KEEP (a file for the raw JSON).
+# FEATURES=avx512 builds glimpse with gemm's AVX-512 kernels (runtime-chosen where
+# the CPU has AVX-512F; off by default, see glimpse-models/Cargo.toml).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-3}
 MODEL=${MODEL:-/tmp/glimpse-bench-qwen2_vl}
 . bench/vlm_rounds.sh
-cargo build --release -q -p glimpse-bench --bin bench-vlm-video
+cargo build --release -q -p glimpse-bench ${FEATURES:+--features "$FEATURES"} --bin bench-vlm-video
 [ -f "$MODEL/bench.png" ] || "$PY" bench/vlm_video_pytorch.py --write "$MODEL" 2>/dev/null
 
 two_rounds bench-vlm-video bench/vlm_video_pytorch.py

@@ -8,6 +8,7 @@ pub mod dual_config;
 pub mod error;
 pub mod fusion;
 pub mod gguf;
+pub mod gguf_requant;
 mod gguf_scan;
 pub mod idefics3;
 pub mod limits;

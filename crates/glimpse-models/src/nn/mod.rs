@@ -3,6 +3,7 @@
 
 pub mod activation;
 pub mod attention;
+pub mod block_matmul;
 pub mod causal_attention;
 mod cpu_grad;
 pub mod encoder;
@@ -13,7 +14,8 @@ pub mod layer_norm;
 pub mod linear;
 mod linear_op;
 pub mod mlp;
-pub mod q4_1_matmul;
+mod q4_1_matmul;
+mod q8_0_matmul;
 pub mod qlinear;
 pub mod rms_norm;
 pub mod rope;

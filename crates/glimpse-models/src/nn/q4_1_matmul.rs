@@ -17,14 +17,8 @@
 //!   `qs[j] & 0xF`, element `j + 16` is `qs[j] >> 4`, value `d·q + m`.
 //! - Q8_1, 36 bytes: `d: f16, s: f16` (= `d·Σq`), `qs: [i8; 32]`.
 //!
-//! Work split: lhs rows are taken 4 at a time, output columns (weight rows)
-//! 8 at a time, one per f32 lane. One work item is a chunk of 16 columns
-//! against every lhs row, so the chunk's weight blocks (16·k/32·20 bytes,
-//! 15 KiB at k = 1536) stay in L1 while all rows pass over them: the weight
-//! matrix is read from memory once per call, not once per row. Work items run
-//! on candle's CPU worker pool, the one its own elementwise and quantized
-//! ops use: with rayon's pool instead, decode was ~25% slower on two cores
-//! (the two pools' threads competed for them).
+//! Work split, worker pool and the `CustomOp1`: `nn::block_matmul`, shared
+//! with the other block kernels.
 //!
 //! The AVX2 kernel (runtime-detected AVX2+FMA+F16C), per block: the 32
 //! nibbles of each of the 8 columns unpacked into one 256-bit register, their
@@ -34,13 +28,9 @@
 //! halves (each ≤ 16·15·128 = 30720, inside i16), widened and added to the
 //! exact i32 block sums of the 8 columns, then the float update in 8 lanes.
 
-use std::borrow::Cow;
-use std::sync::Arc;
-
 use candle_core::quantized::k_quants::{BlockQ8_1, GgmlType};
-use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape};
-use half::f16;
+
+use crate::nn::block_matmul::{f16_at, for_rows, BlockKernel, SendPtr, COL_GROUP, ROW_TILE};
 
 /// Values per block (Q4_1 and Q8_1).
 const QK: usize = 32;
@@ -48,104 +38,54 @@ const QK: usize = 32;
 const Q4_1_BYTES: usize = 20;
 /// Bytes of one Q8_1 block.
 const Q8_1_BYTES: usize = 36;
-/// lhs rows per kernel call.
-const ROW_TILE: usize = 4;
-/// Output columns per kernel call: one per f32 lane of an AVX2 register.
-const COL_GROUP: usize = 8;
-/// Output columns per work item.
-const COL_CHUNK: usize = 16;
 
 const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == Q8_1_BYTES);
 
-/// A Q4_1 weight (out, in) kept in its GGUF block storage (borrowed from the
-/// `QTensor` at each call, never copied), applied as `xs @ wᵀ`.
-#[derive(Debug, Clone)]
-pub struct Q4_1Matmul {
-    weight: Arc<QTensor>,
-    out_dim: usize,
-    in_dim: usize,
-}
+/// The Q4_1 kernels, driven by `nn::block_matmul`.
+pub(crate) struct Q4_1;
 
-impl Q4_1Matmul {
-    /// `weight`: (out, in) Q4_1 on the CPU, `in` a multiple of 32.
-    pub fn new(weight: Arc<QTensor>) -> Result<Self> {
-        if weight.dtype() != GgmlDType::Q4_1 {
-            candle_core::bail!("q4_1 matmul: weight dtype is {:?}", weight.dtype());
+impl BlockKernel for Q4_1 {
+    const BLOCK: usize = QK;
+    const BLOCK_BYTES: usize = Q4_1_BYTES;
+    type Lhs = Q8Lhs;
+
+    /// candle's Q4_1 `vec_dot` is scalar everywhere and the AVX2 kernel
+    /// matches it to the bit, so any AVX2 machine can use it.
+    fn simd_available() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
         }
-        if !weight.device().is_cpu() {
-            candle_core::bail!("q4_1 matmul: weight must be on the CPU");
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
         }
-        let (out_dim, in_dim) = weight.shape().dims2()?;
-        if !in_dim.is_multiple_of(QK) {
-            candle_core::bail!("q4_1 matmul: in dim {in_dim} is not a multiple of {QK}");
-        }
-        let bytes = weight.data()?.len();
-        if bytes != out_dim * (in_dim / QK) * Q4_1_BYTES {
-            candle_core::bail!("q4_1 matmul: {bytes} bytes for a ({out_dim}, {in_dim}) weight");
-        }
-        Ok(Self {
-            weight,
-            out_dim,
-            in_dim,
-        })
     }
 
-    pub fn out_dim(&self) -> usize {
-        self.out_dim
+    fn quantize(lhs: &[f32], m: usize, k: usize) -> Q8Lhs {
+        quantize_lhs(lhs, m, k)
     }
 
-    /// The block tensor this matmul reads.
-    pub fn tensor(&self) -> &Arc<QTensor> {
-        &self.weight
-    }
-
-    pub fn in_dim(&self) -> usize {
-        self.in_dim
-    }
-}
-
-impl CustomOp1 for Q4_1Matmul {
-    fn name(&self) -> &'static str {
-        "q4_1-matmul"
-    }
-
-    /// # Shapes
-    /// input `(..., in)` f32 -> `(..., out)` f32
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("q4_1 matmul: input must be f32");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("q4_1 matmul: input must be contiguous");
-        };
-        let dims = layout.shape().dims();
-        let Some((&k, lead)) = dims.split_last() else {
-            candle_core::bail!("q4_1 matmul: input is a scalar");
-        };
-        if k != self.in_dim {
-            candle_core::bail!(
-                "q4_1 matmul: input last dim {k}, weight in dim {}",
-                self.in_dim
-            );
-        }
-        let m: usize = lead.iter().product();
-        let n = self.out_dim;
-        let w = self.weight.data()?;
-        // A CPU QTensor lends its bytes; an owned copy would be a silent
-        // per-call copy of the whole weight.
-        debug_assert!(matches!(w, Cow::Borrowed(_)));
-        let mut dst = vec![0f32; m * n];
-        matmul(&data[start..end], m, k, &w, n, &mut dst);
-        let mut out_dims = lead.to_vec();
-        out_dims.push(n);
-        Ok((CpuStorage::F32(dst), Shape::from(out_dims)))
+    fn tile(
+        simd: bool,
+        q: &Q8Lhs,
+        r0: usize,
+        rows: usize,
+        w: &[&[u8]; COL_GROUP],
+        kb: usize,
+        out: &mut [[f32; COL_GROUP]; ROW_TILE],
+    ) {
+        let k = kb * QK;
+        let qs = &q.qs[r0 * k..(r0 + rows) * k];
+        let ds = &q.ds[r0 * kb * 2..(r0 + rows) * kb * 2];
+        tile(simd, rows, w, kb, qs, ds, out);
     }
 }
 
 /// The activations quantized to Q8_1, split for the kernels.
-struct Q8Lhs {
-    /// blocks per row
-    kb: usize,
+pub(crate) struct Q8Lhs {
     /// (m, kb, 32) quantized values
     qs: Vec<i8>,
     /// (m, kb, 2): `d8` and `s8` of each block, as f32
@@ -159,7 +99,7 @@ fn quantize_lhs(lhs: &[f32], m: usize, k: usize) -> Q8Lhs {
     let mut ds = vec![0f32; m * kb * 2];
     let qs_ptr = SendPtr(qs.as_mut_ptr());
     let ds_ptr = SendPtr(ds.as_mut_ptr());
-    let quantize_rows = |rows: std::ops::Range<usize>| {
+    for_rows(m, k, |rows: std::ops::Range<usize>| {
         let mut blocks = vec![BlockQ8_1::zeros(); kb];
         for r in rows {
             // SAFETY: row `r` of `qs` and `ds` is written by this work item only.
@@ -183,106 +123,8 @@ fn quantize_lhs(lhs: &[f32], m: usize, k: usize) -> Q8Lhs {
                 }
             }
         }
-    };
-    if m * k >= 1 << 14 {
-        parallel_for(m, quantize_rows);
-    } else {
-        quantize_rows(0..m);
-    }
-    Q8Lhs { kb, qs, ds }
-}
-
-#[inline(always)]
-fn f16_at(bytes: &[u8], at: usize) -> f32 {
-    f16::from_bits(u16::from_le_bytes([bytes[at], bytes[at + 1]])).to_f32()
-}
-
-/// A raw pointer that work items on other threads write through, each to its
-/// own disjoint part.
-#[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
-unsafe impl<T> Send for SendPtr<T> {}
-unsafe impl<T> Sync for SendPtr<T> {}
-impl<T> SendPtr<T> {
-    fn get(self) -> *mut T {
-        self.0
-    }
-}
-
-/// Runs `f` over `0..n_items` split in ranges across candle's CPU workers.
-fn parallel_for<F: Fn(std::ops::Range<usize>) + Sync>(n_items: usize, f: F) {
-    candle_core::utils::barrier_pool().execute_chunked(n_items, f);
-}
-
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// `dst (m, n) = lhs (m, k) @ wᵀ`, `w` the (n, k) Q4_1 blocks, row-major.
-/// Panics when a slice length does not match the shapes.
-pub(crate) fn matmul(lhs: &[f32], m: usize, k: usize, w: &[u8], n: usize, dst: &mut [f32]) {
-    matmul_with(lhs, m, k, w, n, dst, has_avx2());
-}
-
-fn matmul_with(lhs: &[f32], m: usize, k: usize, w: &[u8], n: usize, dst: &mut [f32], avx2: bool) {
-    assert!(k.is_multiple_of(QK), "q4_1 matmul: k = {k}");
-    assert_eq!(lhs.len(), m * k, "q4_1 matmul: lhs length");
-    assert_eq!(
-        w.len(),
-        n * (k / QK) * Q4_1_BYTES,
-        "q4_1 matmul: weight length"
-    );
-    assert_eq!(dst.len(), m * n, "q4_1 matmul: dst length");
-    if m == 0 || n == 0 || k == 0 {
-        dst.fill(0.0);
-        return;
-    }
-    let q = quantize_lhs(lhs, m, k);
-    let kb = q.kb;
-    let w_row = kb * Q4_1_BYTES;
-    let dst_ptr = SendPtr(dst.as_mut_ptr());
-    let chunks = n.div_ceil(COL_CHUNK);
-    let run = |range: std::ops::Range<usize>| {
-        for chunk in range {
-            let c_end = n.min((chunk + 1) * COL_CHUNK);
-            for r0 in (0..m).step_by(ROW_TILE) {
-                let rows = ROW_TILE.min(m - r0);
-                let qs = &q.qs[r0 * k..(r0 + rows) * k];
-                let ds = &q.ds[r0 * kb * 2..(r0 + rows) * kb * 2];
-                for c0 in (chunk * COL_CHUNK..c_end).step_by(COL_GROUP) {
-                    let cols = COL_GROUP.min(c_end - c0);
-                    // Past the last column, repeat it; those lanes are dropped.
-                    let wc: [&[u8]; COL_GROUP] = std::array::from_fn(|j| {
-                        let c = c0 + j.min(cols - 1);
-                        &w[c * w_row..(c + 1) * w_row]
-                    });
-                    let mut out = [[0f32; COL_GROUP]; ROW_TILE];
-                    tile(avx2, rows, &wc, kb, qs, ds, &mut out);
-                    for (i, row) in out.iter().enumerate().take(rows) {
-                        for (j, &v) in row.iter().enumerate().take(cols) {
-                            // SAFETY: (r0 + i, c0 + j) lies in this chunk's
-                            // columns, written by this work item only.
-                            unsafe { *dst_ptr.get().add((r0 + i) * n + c0 + j) = v };
-                        }
-                    }
-                }
-            }
-        }
-    };
-    if chunks > 1 {
-        parallel_for(chunks, run);
-    } else {
-        run(0..chunks);
-    }
+    });
+    Q8Lhs { qs, ds }
 }
 
 /// `out[i][j]` = lhs row `i` of the tile (`rows` ≤ 4) times weight row
@@ -425,31 +267,11 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::QMatMul;
+    use crate::nn::block_matmul::testing::{assert_bit_equal, candle};
+    use crate::nn::block_matmul::BlockMatmul;
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
-
-    fn rel_err(a: &[f32], b: &[f32]) -> f32 {
-        let scale = b.iter().fold(0f32, |s, v| s.max(v.abs()));
-        let diff = a.iter().zip(b).fold(0f32, |s, (x, y)| s.max((x - y).abs()));
-        diff / scale
-    }
-
-    /// Asserts `got` equals `want` to the bit (the kernels do candle's float
-    /// operations in candle's order), reporting the relative error if not.
-    fn assert_bit_equal(got: &[f32], want: &[f32], what: &str) {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        let differ = got
-            .iter()
-            .zip(want)
-            .filter(|(a, b)| a.to_bits() != b.to_bits())
-            .count();
-        assert!(
-            differ == 0,
-            "{what}: {differ} of {} outputs differ, max rel err {}",
-            got.len(),
-            rel_err(got, want)
-        );
-    }
+    use std::sync::Arc;
 
     /// A random (n, k) Q4_1 weight and a random (m, k) input.
     fn case(m: usize, k: usize, n: usize, seed: u64) -> anyhow::Result<(Arc<QTensor>, Tensor)> {
@@ -462,26 +284,11 @@ mod tests {
     }
 
     fn ours(w: &Arc<QTensor>, x: &Tensor, avx2: bool) -> anyhow::Result<Vec<f32>> {
-        let (n, k) = w.shape().dims2()?;
-        let m = x.dim(0)?;
-        let mut dst = vec![0f32; m * n];
-        matmul_with(
-            &x.flatten_all()?.to_vec1()?,
-            m,
-            k,
-            &w.data()?,
-            n,
-            &mut dst,
-            avx2,
-        );
-        Ok(dst)
+        crate::nn::block_matmul::testing::ours::<Q4_1>(w, x, avx2)
     }
 
-    fn candle(w: &Arc<QTensor>, x: &Tensor) -> anyhow::Result<Vec<f32>> {
-        Ok(QMatMul::from_arc(w.clone())?
-            .forward(x)?
-            .flatten_all()?
-            .to_vec1()?)
+    fn has_avx2() -> bool {
+        Q4_1::simd_available()
     }
 
     /// Both kernels against candle's `QMatMul` (decode, short and long
@@ -549,7 +356,7 @@ mod tests {
     #[test]
     fn custom_op_keeps_leading_dims() -> anyhow::Result<()> {
         let (w, x) = case(6, 64, 40, 3)?;
-        let op = Q4_1Matmul::new(w.clone())?;
+        let op = BlockMatmul::new(w.clone())?;
         // (2, 3, 64) -> (2, 3, 40)
         let ys = x.reshape((2, 3, 64))?.apply_op1_no_bwd(&op)?;
         assert_eq!(ys.dims(), &[2, 3, 40]);
@@ -571,7 +378,7 @@ mod tests {
             (128, 1536, 576),
         ] {
             let (w, x) = case(m, k, n, 0)?;
-            let op = Q4_1Matmul::new(w.clone())?;
+            let op = BlockMatmul::new(w.clone())?;
             let qm = QMatMul::from_arc(w)?;
             let iters = if m == 1 { 400 } else { 20 };
             let time = |f: &dyn Fn() -> anyhow::Result<Tensor>| -> anyhow::Result<f64> {

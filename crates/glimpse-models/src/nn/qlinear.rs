@@ -1,19 +1,20 @@
 //! A linear layer whose weight is either a dense tensor (HF safetensors, or
 //! GGUF dequantized at load) or a GGUF quantized block tensor multiplied by
-//! quantized kernels, so a Q4 model stays Q4 in memory: Q4_1 on the CPU by
-//! our own kernel (`nn::q4_1_matmul`, candle's is scalar), every other
-//! block type by candle's. A LoRA adapter wraps any of them
+//! quantized kernels, so a Q4 model stays Q4 in memory: on the CPU, Q4_1 and
+//! Q8_0 by glimpse's own kernels where candle's are slow
+//! (`nn::block_matmul`, bit-identical to candle's), every other block type
+//! by candle's. A LoRA adapter wraps any of them
 //! ([`QLinear::Lora`], `crate::lora`).
 
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use std::borrow::Cow;
-
-use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
+use candle_core::quantized::{QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 use crate::lora::LoraLinear;
-use crate::nn::q4_1_matmul::Q4_1Matmul;
+use crate::nn::block_matmul::BlockMatmul;
 use crate::nn::Linear;
 
 #[derive(Debug, Clone)]
@@ -24,21 +25,33 @@ pub enum QLinear {
         bias: Option<Tensor>,
         out_dim: usize,
     },
-    /// A Q4_1 weight on the CPU; it shares the `QTensor`'s block storage
-    /// (a tied LM head and the token embedding hold the same bytes).
-    Q4_1 {
-        weight: Q4_1Matmul,
+    /// A weight glimpse's CPU kernels take ([`BlockMatmul::supports`]); it
+    /// shares the `QTensor`'s block storage (a tied LM head and the token
+    /// embedding hold the same bytes).
+    Blocks {
+        weight: BlockMatmul,
         bias: Option<Tensor>,
     },
     /// A frozen base with a low-rank adapter beside it.
     Lora(Box<LoraLinear>),
 }
 
+/// Whether layers built from now on use glimpse's block kernels where they
+/// apply (the default) or candle's `QMatMul` for every block type.
+static GLIMPSE_KERNELS: AtomicBool = AtomicBool::new(true);
+
+/// Chooses the kernels of the quantized layers built after this call, for
+/// the whole process: glimpse's where they apply (`true`, the default) or
+/// candle's everywhere, to compare the two (they agree to the bit).
+pub fn use_glimpse_kernels(on: bool) {
+    GLIMPSE_KERNELS.store(on, Ordering::Relaxed);
+}
+
 impl QLinear {
     pub fn quantized(weight: Arc<QTensor>, bias: Option<Tensor>) -> Result<Self> {
-        if weight.dtype() == GgmlDType::Q4_1 && weight.device().is_cpu() {
-            return Ok(Self::Q4_1 {
-                weight: Q4_1Matmul::new(weight)?,
+        if GLIMPSE_KERNELS.load(Ordering::Relaxed) && BlockMatmul::supports(&weight) {
+            return Ok(Self::Blocks {
+                weight: BlockMatmul::new(weight)?,
                 bias,
             });
         }
@@ -75,7 +88,7 @@ impl QLinear {
         let blocks: Option<Vec<&Arc<QTensor>>> = parts
             .iter()
             .map(|p| match p {
-                Self::Q4_1 { weight, .. } => Some(weight.tensor()),
+                Self::Blocks { weight, .. } => Some(weight.tensor()),
                 Self::Quantized {
                     weight: QMatMul::QTensor(t),
                     ..
@@ -117,7 +130,7 @@ impl QLinear {
     pub fn bias(&self) -> Option<&Tensor> {
         match self {
             Self::Dense(l) => l.bias(),
-            Self::Quantized { bias, .. } | Self::Q4_1 { bias, .. } => bias.as_ref(),
+            Self::Quantized { bias, .. } | Self::Blocks { bias, .. } => bias.as_ref(),
             Self::Lora(l) => l.base.bias(),
         }
     }
@@ -126,7 +139,7 @@ impl QLinear {
         match self {
             Self::Dense(l) => l.weight().dim(0),
             Self::Quantized { out_dim, .. } => Ok(*out_dim),
-            Self::Q4_1 { weight, .. } => Ok(weight.out_dim()),
+            Self::Blocks { weight, .. } => Ok(weight.out_dim()),
             Self::Lora(l) => l.base.out_dim(),
         }
     }
@@ -140,7 +153,7 @@ impl QLinear {
                 QMatMul::QTensor(q) => q.dequantize(&q.device()),
                 QMatMul::Tensor(t) | QMatMul::TensorF16(t) => Ok(t.clone()),
             },
-            Self::Q4_1 { weight, .. } => weight.tensor().dequantize(&weight.tensor().device()),
+            Self::Blocks { weight, .. } => weight.tensor().dequantize(&weight.tensor().device()),
             Self::Lora(l) => l.base.dense_weight(),
         }
     }
@@ -176,7 +189,7 @@ impl Module for QLinear {
                 weight.forward(&xs.to_dtype(DType::F32)?.contiguous()?)?,
                 bias,
             ),
-            Self::Q4_1 { weight, bias } => (
+            Self::Blocks { weight, bias } => (
                 xs.to_dtype(DType::F32)?
                     .contiguous()?
                     .apply_op1_no_bwd(weight)?,
