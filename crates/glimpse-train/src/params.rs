@@ -41,10 +41,19 @@ impl Trainable {
     }
 }
 
+/// The suffix of the `Var` holding a table's new rows (see
+/// [`StageWeights::train_new_rows`]): `language_model.model.embed_tokens.weight.new_rows`.
+pub const NEW_ROWS: &str = ".new_rows";
+
 #[derive(Default)]
 struct Handed {
     vars: BTreeMap<String, Var>,
     frozen: BTreeMap<String, Tensor>,
+    /// Tables whose leading rows are frozen and whose new rows learn: the
+    /// frozen head, the name of the `Var` (in `vars`) of the tail, and the
+    /// table the model holds (head and tail joined; its tail rows are
+    /// rewritten from the `Var` by [`StageWeights::refresh_new_rows`]).
+    joined: BTreeMap<String, (Tensor, String, Tensor)>,
     /// Names drawn fresh (not carried in), for the stage's log.
     fresh: Vec<String>,
 }
@@ -56,6 +65,8 @@ struct Inner {
     external: std::collections::HashSet<String>,
     trainable: Trainable,
     seed: u64,
+    /// Frozen tables whose rows from this index on learn all the same.
+    new_rows: HashMap<String, usize>,
     handed: Mutex<Handed>,
 }
 
@@ -84,8 +95,25 @@ impl StageWeights {
             external,
             trainable,
             seed,
+            new_rows: HashMap::new(),
             handed: Mutex::new(Handed::default()),
         }))
+    }
+
+    /// Rows a frozen table gained (tokens added to a pretrained tokenizer:
+    /// the tile tags) learn while its older rows stay as they are: `rows`
+    /// maps a table's name to its first new row. The model sees the table
+    /// whole (the frozen head and the `Var` of the tail, `NAME.new_rows`,
+    /// joined, so gradients reach the tail alone); [`Self::tensors`] holds
+    /// the table whole, checkpoints the tail. A table the stage trains
+    /// anyway is one `Var` as before. Call before the first `var_builder`.
+    pub fn train_new_rows(mut self, rows: HashMap<String, usize>) -> Self {
+        match Arc::get_mut(&mut self.0) {
+            Some(inner) => inner.new_rows = rows,
+            // a clone is out: its model may already hold the tables
+            None => debug_assert!(false, "train_new_rows on a shared StageWeights"),
+        }
+        self
     }
 
     /// A `VarBuilder` answering from these weights (f32 on `device`).
@@ -122,6 +150,13 @@ impl StageWeights {
         for (n, v) in &h.vars {
             all.insert(n.clone(), v.as_tensor().detach());
         }
+        for (n, (head, tail, _)) in &h.joined {
+            let whole = match all.remove(tail) {
+                Some(t) => Tensor::cat(&[head, &t], 0)?,
+                None => head.clone(),
+            };
+            all.insert(n.clone(), whole);
+        }
         Ok(all)
     }
 
@@ -143,9 +178,30 @@ impl StageWeights {
         Ok(all)
     }
 
-    /// Only the frozen tensors (to check they did not move).
+    /// Copies each learning tail ([`Self::train_new_rows`]) into the table
+    /// the model holds, whose rows are a copy made when the model was
+    /// built: after every optimiser step and after a checkpoint is loaded,
+    /// so the forward reads the rows the optimiser left. In place, so the
+    /// join's gradient path is untouched.
+    pub fn refresh_new_rows(&self) -> Result<()> {
+        let h = self.handed()?;
+        for (head, tail, whole) in h.joined.values() {
+            if let Some(var) = h.vars.get(tail) {
+                whole.slice_set(var.as_tensor(), 0, head.dim(0)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Only the frozen tensors (to check they did not move); a table whose
+    /// new rows learn counts its frozen rows.
     pub fn frozen_tensors(&self) -> Result<BTreeMap<String, Tensor>> {
-        Ok(self.handed()?.frozen.clone())
+        let h = self.handed()?;
+        let mut all = h.frozen.clone();
+        for (n, (head, _, _)) in &h.joined {
+            all.insert(n.clone(), head.clone());
+        }
+        Ok(all)
     }
 
     /// Names that were not carried in and were drawn fresh.
@@ -192,6 +248,9 @@ impl SimpleBackend for StageWeights {
         if let Some(t) = handed.frozen.get(name) {
             return Ok(t.clone());
         }
+        if let Some((_, _, whole)) = handed.joined.get(name) {
+            return Ok(whole.clone());
+        }
         let value = match self.0.start.get(name) {
             Some(t) if t.shape() != &s => {
                 return Err(candle_core::Error::Msg(format!(
@@ -207,6 +266,37 @@ impl SimpleBackend for StageWeights {
                     .map_err(|e| candle_core::Error::Msg(e.to_string()))?
             }
         };
+        let split = self.0.new_rows.get(name).copied();
+        if let (false, Some(from)) = (self.0.trainable.contains(name), split) {
+            let total = value.dim(0)?;
+            if from < total {
+                let tail_name = format!("{name}{NEW_ROWS}");
+                let head = value.narrow(0, 0, from)?.detach();
+                // a checkpoint or an earlier stage's final weights hold the
+                // trained tail apart; otherwise it is the table's own rows
+                let tail = match self.0.start.get(&tail_name) {
+                    Some(t) if t.dims() != [total - from, value.dim(1)?] => {
+                        return Err(candle_core::Error::Msg(format!(
+                            "tensor {tail_name}: the earlier stage or checkpoint has shape {:?}, the model expects [{}, {}]",
+                            t.dims(),
+                            total - from,
+                            value.dim(1)?
+                        )))
+                    }
+                    Some(t) => t.to_device(dev)?.to_dtype(dtype)?,
+                    None => value.narrow(0, from, total - from)?,
+                };
+                let var = Var::from_tensor(&tail.contiguous()?)?;
+                // the join is the graph the gradient takes to the tail; its
+                // values are a copy, kept current by `refresh_new_rows`
+                let whole = Tensor::cat(&[&head, var.as_tensor()], 0)?;
+                handed.vars.insert(tail_name.clone(), var);
+                handed
+                    .joined
+                    .insert(name.to_string(), (head, tail_name, whole.clone()));
+                return Ok(whole);
+            }
+        }
         if self.0.trainable.contains(name) {
             // `Var::from_tensor` copies: the carried-in value is never mutated.
             let var = Var::from_tensor(&value)?;
@@ -234,5 +324,56 @@ impl SimpleBackend for StageWeights {
 
     fn contains_tensor(&self, _name: &str) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frozen external (3 + 2, 2) table whose last two rows are new: the
+    /// model sees it whole, the gradient reaches the new rows alone, the
+    /// stage's tensors hold it whole and its checkpoints the new rows.
+    #[test]
+    fn new_rows_of_a_frozen_table_learn_alone() -> Result<()> {
+        let dev = Device::Cpu;
+        let name = "language_model.model.embed_tokens.weight";
+        let table = Tensor::arange(0f32, 10., &dev)?.reshape((5, 2))?;
+        let start = HashMap::from([(name.to_string(), table.clone())]);
+        let external = std::collections::HashSet::from([name.to_string()]);
+        let w = StageWeights::with_external(start, Trainable::Prefixes(vec![]), 0, external)
+            .train_new_rows(HashMap::from([(name.to_string(), 3)]));
+        let vb = w.var_builder(&dev);
+        let t = vb.get((5, 2), name)?;
+        assert_eq!(t.to_vec2::<f32>()?, table.to_vec2::<f32>()?);
+        let vars = w.trainable_vars()?;
+        assert_eq!(vars.len(), 1);
+        assert_eq!(vars[0].0, format!("{name}{NEW_ROWS}"));
+        assert_eq!(vars[0].1.dims(), &[2, 2]);
+        // d/dt sum(t²) = 2t, on the new rows only
+        let grads = t.sqr()?.sum_all()?.backward()?;
+        let g = grads.get(vars[0].1.as_tensor()).expect("a gradient");
+        assert_eq!(g.to_vec2::<f32>()?, [[12., 14.], [16., 18.]]);
+        vars[0].1.set(&Tensor::zeros((2, 2), DType::F32, &dev)?)?;
+        // the table the model holds reads the optimiser's rows once refreshed
+        assert_eq!(t.to_vec2::<f32>()?[3..], table.to_vec2::<f32>()?[3..]);
+        w.refresh_new_rows()?;
+        assert_eq!(t.to_vec2::<f32>()?[3..], [[0., 0.], [0., 0.]]);
+        assert_eq!(t.to_vec2::<f32>()?[..3], table.to_vec2::<f32>()?[..3]);
+        let grads = t.sqr()?.sum_all()?.backward()?;
+        let g = grads.get(vars[0].1.as_tensor()).expect("a gradient");
+        assert_eq!(g.to_vec2::<f32>()?, [[0., 0.], [0., 0.]]);
+        let whole = w.tensors()?;
+        assert_eq!(whole.len(), 1);
+        let rows = whole[name].to_vec2::<f32>()?;
+        assert_eq!(rows[..3], table.to_vec2::<f32>()?[..3]);
+        assert_eq!(rows[3..], [[0., 0.], [0., 0.]]);
+        let saved = w.saved_tensors()?;
+        assert_eq!(
+            saved.keys().collect::<Vec<_>>(),
+            [&format!("{name}{NEW_ROWS}")]
+        );
+        assert_eq!(w.frozen_tensors()?[name].dims(), &[3, 2]);
+        Ok(())
     }
 }

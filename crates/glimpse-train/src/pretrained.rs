@@ -4,7 +4,10 @@
 //! f32). Their tensors come back under the VLM's names (`vision_tower.*`,
 //! `language_model.*`), their configs as the VLM config's sections; the
 //! decoder brings the run's tokenizer and chat template, with `<image>`
-//! added as a special token (and a row for it in the embeddings).
+//! added as a special token (and a row for it in the embeddings), and the
+//! recipe's other tokens likewise (`<video>` for `[model.temporal]`, the
+//! tile tags for `[model.tiling]`): new rows start at the mean of the old
+//! ones, as transformers' `resize_token_embeddings` with mean init.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,7 +21,7 @@ use tokenizers::{AddedToken, Tokenizer};
 
 use crate::error::{one_line, Result, TrainError};
 use crate::recipe::SpecialIds;
-use crate::text_side::{accept_content_parts, TextSide, IMAGE_TOKEN};
+use crate::text_side::{accept_content_parts, TextSide, IMAGE_TOKEN, VIDEO_TOKEN};
 
 fn err(path: &Path, msg: impl std::fmt::Display) -> TrainError {
     TrainError::Config(format!("{}: {}", path.display(), one_line(msg)))
@@ -116,9 +119,15 @@ pub struct PretrainedDecoder {
     pub text: TextSide,
     /// The decoder's vocabulary before `<image>` was added.
     pub base_vocab: usize,
+    /// The first embedding row a token added here took (the tokenizer's
+    /// size before, when a padded table had room), `None` when every
+    /// token was there already: rows from it on are new.
+    pub first_new_row: Option<usize>,
 }
 
-pub fn load_decoder(path: &Path, device: &Device) -> Result<PretrainedDecoder> {
+/// `path`'s decoder with `<image>` and then `extra` (in order) made special
+/// tokens of its tokenizer where it lacks them.
+pub fn load_decoder(path: &Path, device: &Device, extra: &[String]) -> Result<PretrainedDecoder> {
     let gguf = path.extension().is_some_and(|e| e == "gguf");
     let (cfg, hf_tensors, tokenizer, template_source, special) = if gguf {
         let file = GgufFile::open(path)?;
@@ -151,7 +160,15 @@ pub fn load_decoder(path: &Path, device: &Device) -> Result<PretrainedDecoder> {
         let special = template.special_tokens().clone();
         (cfg, tensors, tok, template.source()?, special)
     };
-    from_parts(path, cfg, hf_tensors, tokenizer, &template_source, special)
+    from_parts(
+        path,
+        cfg,
+        hf_tensors,
+        tokenizer,
+        &template_source,
+        special,
+        extra,
+    )
 }
 
 fn from_parts(
@@ -161,20 +178,36 @@ fn from_parts(
     mut tokenizer: Tokenizer,
     template_source: &str,
     special: SpecialTokens,
+    extra: &[String],
 ) -> Result<PretrainedDecoder> {
     let base_vocab = cfg.vocab_size;
-    let image = match tokenizer.token_to_id(IMAGE_TOKEN) {
-        Some(id) => id,
-        None => {
-            tokenizer.add_special_tokens(&[AddedToken::from(IMAGE_TOKEN, true)]);
-            tokenizer
-                .token_to_id(IMAGE_TOKEN)
-                .ok_or_else(|| err(path, "the tokenizer refused the <image> token"))?
-        }
-    };
-    // Checkpoints often pad the embedding past the tokenizer; `<image>` may
-    // land inside the table or one past it.
-    let vocab = base_vocab.max(image as usize + 1);
+    let mut first_new_row: Option<usize> = None;
+    let mut last = 0u32;
+    let mut ids_of = Vec::with_capacity(1 + extra.len());
+    for token in std::iter::once(IMAGE_TOKEN).chain(extra.iter().map(String::as_str)) {
+        let id = match tokenizer.token_to_id(token) {
+            Some(id) => id,
+            None => {
+                tokenizer.add_special_tokens(&[AddedToken::from(token, true)]);
+                let id = tokenizer
+                    .token_to_id(token)
+                    .ok_or_else(|| err(path, format!("the tokenizer refused the {token} token")))?;
+                first_new_row = Some(first_new_row.map_or(id as usize, |r| r.min(id as usize)));
+                id
+            }
+        };
+        last = last.max(id);
+        ids_of.push(id);
+    }
+    let image = ids_of[0];
+    let video = extra
+        .iter()
+        .zip(&ids_of[1..])
+        .find(|(t, _)| t.as_str() == VIDEO_TOKEN)
+        .map(|(_, id)| *id);
+    // Checkpoints often pad the embedding past the tokenizer; the new
+    // tokens may land inside the table or past it.
+    let vocab = base_vocab.max(last as usize + 1);
     cfg.vocab_size = vocab;
     let mut tensors = HashMap::new();
     for (name, t) in hf_tensors {
@@ -224,9 +257,9 @@ fn from_parts(
             template_source: source,
             special,
             ids,
-            // a pretrained tokenizer is not given `<video>` (yet)
-            video: None,
+            video,
         },
         base_vocab,
+        first_new_row,
     })
 }

@@ -129,6 +129,12 @@ pub struct ModelSpec {
     /// time; a model without it reads images only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temporal: Option<TemporalSpec>,
+    /// `[model.tiling]`: each training image cut into a grid of
+    /// tower-sized tiles (+ a thumbnail) by `glimpse_data::dynamic_tiles`,
+    /// each tile's rows after its tag, as `glimpse ask` reads a tiling
+    /// model; the written `config.json` carries the same section.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tiling: Option<glimpse_data::TilingConfig>,
 }
 
 /// `[model.temporal]`: the glimpse model's aggregation of a video's
@@ -1018,6 +1024,7 @@ impl Recipe {
             bounded("model.fusion.every", m.fusion.every, 1, d.num_hidden_layers)?;
         }
         self.check_temporal()?;
+        self.check_tiling()?;
         let params = self.parameter_estimate();
         if params > MAX_PARAMETERS {
             return Err((
@@ -1150,6 +1157,40 @@ impl Recipe {
         Ok(())
     }
 
+    /// `[model.tiling]` within bounds; early fusion (each tile's rows follow
+    /// its tag in the prompt); every VLM stage reads data files, whose
+    /// images are tiled as batches need them (easy-VQA's splits are decoded
+    /// whole up front).
+    fn check_tiling(&self) -> Check {
+        let Some(t) = &self.model.tiling else {
+            return Ok(());
+        };
+        // the bound's own message names `tiling.<field>`; the error names
+        // the section once
+        const WHAT: &str = "[model.tiling]";
+        t.check(WHAT).map_err(|e| {
+            let msg = e.to_string();
+            let msg = msg.trim_start_matches(WHAT).trim_start_matches(": ");
+            ("model.tiling".to_string(), msg.to_string())
+        })?;
+        if self.model.fusion.mode != "early" {
+            return Err((
+                "model.tiling".into(),
+                "each tile's rows follow its tag in the prompt: needs [model.fusion] mode early"
+                    .into(),
+            ));
+        }
+        for (name, s) in self.stages() {
+            if !["contrastive", "lm"].contains(&name) && s.data.is_none() {
+                return Err((
+                    "model.tiling".into(),
+                    format!("[{name}] reads easy-VQA, whose images are not tiled: give it data and eval_data files"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// `[data] on_bad_row` as the policy.
     pub fn on_bad_row(&self) -> crate::stages::rows::OnBadRow {
         if self.data.on_bad_row == "fail" {
@@ -1195,7 +1236,7 @@ impl Recipe {
             "cross" => json!({"mode": "cross", "every": m.fusion.every}),
             _ => json!({"mode": "early"}),
         };
-        json!({
+        let mut json = json!({
             "model_type": "glimpse",
             "vision_config": self.vision_json(),
             "text_config": d.text_config_json(ids),
@@ -1204,7 +1245,11 @@ impl Recipe {
             "vision_feature_layer": v.feature_layer,
             "vision_feature_select_strategy": v.feature_select,
             "image_token_id": ids.image,
-        })
+        });
+        if let Some(t) = &m.tiling {
+            json["tiling"] = json!(t);
+        }
+        json
     }
 
     fn vision_json(&self) -> Value {

@@ -137,8 +137,26 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
         Some(p) => Some(crate::pretrained::load_vision(&expand(p), &device)?),
         None => None,
     };
+    // a tiling model's prompt announces each tile by its tag, one token each
+    let tile_tags = recipe
+        .model
+        .tiling
+        .map(|t| glimpse_data::dynamic_tiles::all_tags(t.max_tiles))
+        .unwrap_or_default();
     let decoder = match &recipe.model.decoder.from {
-        Some(p) => Some(crate::pretrained::load_decoder(&expand(p), &device)?),
+        Some(p) => {
+            // the recipe's placeholders and tags join the decoder's tokenizer
+            let mut extra: Vec<String> = Vec::new();
+            if recipe.model.temporal.is_some() {
+                extra.push(crate::text_side::VIDEO_TOKEN.to_string());
+            }
+            extra.extend(tile_tags.iter().cloned());
+            Some(crate::pretrained::load_decoder(
+                &expand(p),
+                &device,
+                &extra,
+            )?)
+        }
         None => None,
     };
     let corpus = if recipe.needs_easy_vqa() {
@@ -170,15 +188,38 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
         }
         // every stage reads data files: a tokenizer of their rows
         (None, None) => {
-            corpus_text = rows_text_side(&recipe, &out.join("tokenizer.json"))?;
+            corpus_text = rows_text_side(&recipe, &out.join("tokenizer.json"), &tile_tags)?;
             &corpus_text
         }
     };
     if recipe.model.temporal.is_some() && text.video.is_none() {
         return Err(TrainError::Recipe(
-            "[model.temporal]: video rows need a <video> token, which only a tokenizer trained on the rows has (leave out [data] easy_vqa and [model.decoder] from)".into(),
+            "[model.temporal]: video rows need a <video> token, which easy-VQA's tokenizer lacks (a tokenizer trained on the rows or a pretrained decoder's gets it: leave out [data] easy_vqa, or set [model.decoder] from)".into(),
         ));
     }
+    text.check_tags(
+        &tile_tags,
+        &out.join("tokenizer.json").display().to_string(),
+    )?;
+    // A frozen pretrained table learns the rows of the tags added to it
+    // (their meaning is learnt from scratch); its old rows stay as they were.
+    let new_rows: HashMap<String, usize> = match (&decoder, recipe.model.tiling) {
+        (Some(d), Some(_)) => d
+            .first_new_row
+            .map(|row| {
+                let names = VlmNames::default();
+                [
+                    format!("{}.embed_tokens.weight", names.decoder),
+                    format!("{}.weight", names.lm_head),
+                ]
+                .into_iter()
+                .filter(|n| d.tensors.contains_key(n))
+                .map(|n| (n, row))
+                .collect()
+            })
+            .unwrap_or_default(),
+        _ => HashMap::new(),
+    };
     let processor_json = match (&vision, &corpus) {
         (Some(v), _) => v.processor_json.clone(),
         (None, Some(c)) => c.processor_json.clone(),
@@ -225,7 +266,7 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
         let model_dir = dir.join("model");
         if final_path.is_file() {
             eprintln!("{stage}: done earlier, its weights are carried on");
-            carry(&mut carried, stage, load_tensors(&final_path)?);
+            carry(&mut carried, stage, load_tensors(&final_path)?)?;
             merge_carried_lora(&mut carried, &mut external, spec)?;
             base_untouched &= stage_keeps_base(stage, spec);
             if stage != "contrastive" && stage != "lm" {
@@ -367,13 +408,21 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
                     !trainable.contains("vision_tower.embeddings.patch_embedding.weight");
                 let base_frozen = base_untouched
                     && !trainable.contains("language_model.model.layers.0.self_attn.q_proj.weight");
-                let slim_from = recipe.model.decoder.from.clone().filter(|_| base_frozen);
+                // a table whose new rows learned no longer equals the base
+                // files: the model ships the decoder whole
+                let slim_from = recipe
+                    .model
+                    .decoder
+                    .from
+                    .clone()
+                    .filter(|_| base_frozen && new_rows.is_empty());
                 let weights = StageWeights::with_external(
                     carried.clone(),
                     trainable.clone(),
                     seed,
                     external.clone(),
-                );
+                )
+                .train_new_rows(new_rows.clone());
                 let vb = weights.var_builder(&device);
                 let names = VlmNames::default();
                 let lora = match &lora_cfg {
@@ -581,7 +630,7 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
         let tmp = dir.join(".final.safetensors.tmp");
         save_tensors(&weights.saved_tensors()?, &tmp)?;
         std::fs::rename(&tmp, &final_path).map_err(|e| io(&final_path, e))?;
-        carry(&mut carried, stage, tensors.into_iter().collect());
+        carry(&mut carried, stage, tensors.into_iter().collect())?;
         merge_carried_lora(&mut carried, &mut external, spec)?;
         base_untouched &= stage_keeps_base(stage, spec);
         report.stages.push(StageReport {
@@ -807,16 +856,45 @@ pub(crate) fn diff(path: &str, a: Option<&Value>, b: Option<&Value>, out: &mut V
 }
 
 /// Adds a finished stage's weights to what later stages start from; the
-/// contrastive tower becomes the VLM's `vision_tower`.
-fn carry(carried: &mut HashMap<String, Tensor>, stage: &str, tensors: HashMap<String, Tensor>) {
+/// contrastive tower becomes the VLM's `vision_tower`; a table's learnt new
+/// rows (`NAME.new_rows`, a stage's saved weights) go back into the table,
+/// so that later stages start from whole tables.
+fn carry(
+    carried: &mut HashMap<String, Tensor>,
+    stage: &str,
+    tensors: HashMap<String, Tensor>,
+) -> Result<()> {
+    let mut tails = Vec::new();
     for (name, t) in tensors {
         if stage == "contrastive" {
             if let Some(rest) = name.strip_prefix("vision_model.") {
                 carried.insert(format!("vision_tower.{rest}"), t.clone());
             }
         }
-        carried.insert(name, t);
+        match name.strip_suffix(crate::params::NEW_ROWS) {
+            Some(table) => tails.push((table.to_string(), t)),
+            None => {
+                carried.insert(name, t);
+            }
+        }
     }
+    for (table, tail) in tails {
+        let Some(whole) = carried.get(&table) else {
+            return Err(TrainError::State(format!(
+                "{table}{}: new rows of a table the run does not hold",
+                crate::params::NEW_ROWS
+            )));
+        };
+        let (v, n) = (whole.dim(0)?, tail.dim(0)?);
+        if n > v {
+            return Err(TrainError::State(format!(
+                "{table}: {n} new rows for a table of {v}"
+            )));
+        }
+        let joined = Tensor::cat(&[&whole.narrow(0, 0, v - n)?, &tail], 0)?;
+        carried.insert(table, joined);
+    }
+    Ok(())
 }
 
 /// The optimiser for a stage: per component (tower, projector, decoder) a
@@ -880,7 +958,7 @@ fn need_corpus(corpus: &Option<Corpus>) -> Result<&Corpus> {
 /// The text side of a run whose stages all read data files and whose
 /// decoder starts from scratch: a tokenizer trained on the VLM stages'
 /// training rows (kept in `path`, read again on resume).
-fn rows_text_side(recipe: &Recipe, path: &Path) -> Result<TextSide> {
+fn rows_text_side(recipe: &Recipe, path: &Path, tile_tags: &[String]) -> Result<TextSide> {
     let folder = recipe.data.image_folder.as_deref().map(expand);
     // the stages report their bad rows when they read them again
     let quiet = BadRows::quiet();
@@ -896,7 +974,7 @@ fn rows_text_side(recipe: &Recipe, path: &Path) -> Result<TextSide> {
         }
     }
     let rows: Vec<&crate::stages::rows::Row> = rows.iter().collect();
-    TextSide::trained_on_rows(&rows, recipe.tokenizer.vocab_size, path)
+    TextSide::trained_on_rows(&rows, recipe.tokenizer.vocab_size, path, tile_tags)
 }
 
 /// The VLM's glimpse-format config: the recipe's, with a pretrained part's

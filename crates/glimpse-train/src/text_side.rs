@@ -20,6 +20,18 @@ pub const VIDEO_TOKEN: &str = "<video>";
 
 pub type Segments = Vec<(SegmentKind, Vec<u32>)>;
 
+/// What each `<image>` of a conversation becomes.
+#[derive(Debug, Clone, Copy)]
+pub enum ImageIds<'a> {
+    /// The placeholder id this many times, for every image.
+    Repeat(usize),
+    /// Each image's own ids, in order (a tiling model: every frame's tag,
+    /// then its rows' placeholders, `stages::vlm::tile_prompt_ids`). A
+    /// placeholder past the list stays one id; the caller's count of
+    /// images against placeholders refuses such a row.
+    Each(&'a [Vec<u32>]),
+}
+
 /// Who says a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -86,10 +98,13 @@ impl TextSide {
     /// `vocab_size` trained on the rows' conversations as that template
     /// renders them, `<video>` among its special tokens beside `<image>`.
     /// A resumed run reads its `tokenizer_path` again (same ids).
+    /// `extra_specials` (a tiling recipe's tile tags) join the special
+    /// tokens after `<video>`.
     pub fn trained_on_rows(
         rows: &[&crate::stages::rows::Row],
         vocab_size: usize,
         tokenizer_path: &std::path::Path,
+        extra_specials: &[String],
     ) -> Result<Self> {
         use crate::stages::corpus::{BOS, CHAT_TEMPLATE, EOS, IMAGE, PAD, VIDEO};
         let io = |e: &dyn std::fmt::Display| {
@@ -114,13 +129,16 @@ impl TextSide {
                     .collect();
                 texts.push(template.render_with(&msgs, false)?);
             }
+            // the easy-VQA tokenizer's ids 0..4 (see `Corpus`), then `<video>`
+            let mut special_tokens: Vec<String> =
+                [PAD, EOS, BOS, IMAGE, VIDEO].map(String::from).to_vec();
+            special_tokens.extend(extra_specials.iter().cloned());
             let tok = glimpse_data::train_bpe_tokenizer(
                 &texts,
                 &glimpse_data::TokenizerTrainConfig {
                     vocab_size,
                     min_frequency: 1,
-                    // the easy-VQA tokenizer's ids 0..4 (see `Corpus`), then `<video>`
-                    special_tokens: [PAD, EOS, BOS, IMAGE, VIDEO].map(String::from).to_vec(),
+                    special_tokens,
                     bos_token: None,
                     lowercase: true,
                 },
@@ -157,6 +175,32 @@ impl TextSide {
         })
     }
 
+    /// Each of `tags` must be one token of the tokenizer, none of them a
+    /// placeholder or special id: a tiling model's prompt announces each
+    /// tile by its tag, as `glimpse ask` checks at load. `source` names
+    /// the tokenizer in the error.
+    pub fn check_tags(&self, tags: &[String], source: &str) -> Result<()> {
+        let taken = [Some(self.ids.image), self.video, Some(self.ids.pad)];
+        for tag in tags {
+            let ids = self.encode(tag)?;
+            match ids.as_slice() {
+                [id] if !taken.contains(&Some(*id)) => {}
+                [id] => {
+                    return Err(TrainError::Config(format!(
+                        "{source}: the tile tag {tag} is token {id}, which the tokenizer already uses for a placeholder or padding"
+                    )))
+                }
+                _ => {
+                    return Err(TrainError::Config(format!(
+                        "{source}: the tile tag {tag} is {} tokens, not one (a tokenizer trained without [model.tiling]?)",
+                        ids.len()
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         Ok(self
             .tokenizer
@@ -170,15 +214,15 @@ impl TextSide {
     /// ranges an assistant turn adds (its content and whatever the template
     /// closes it with, `<|im_end|>` or `</s>`) are found by rendering each
     /// prefix with the generation prompt; tokens starting inside them are
-    /// [`SegmentKind::Assistant`]; each `<image>` becomes `image_tokens`
-    /// copies of the placeholder id and each `<video>` (when the tokenizer
+    /// [`SegmentKind::Assistant`]; each `<image>` becomes its [`ImageIds`]
+    /// and each `<video>` (when the tokenizer
     /// has it) `video_tokens` copies of its own ([`SegmentKind::Image`]
     /// both). `Err` is why the row cannot be used (the template refuses it,
     /// or renders a prefix that the whole conversation does not start with).
     pub fn conversation_segments(
         &self,
         messages: &[(Role, String)],
-        image_tokens: usize,
+        images: ImageIds,
         video_tokens: usize,
     ) -> std::result::Result<Segments, String> {
         let render = |upto: usize, gen: bool| -> std::result::Result<String, String> {
@@ -214,9 +258,17 @@ impl TextSide {
             Some((k, v)) if *k == kind && kind != SegmentKind::Image => v.extend_from_slice(ids),
             _ => segments.push((kind, ids.to_vec())),
         };
+        let mut image = 0usize;
         for (&id, &(start, _)) in enc.get_ids().iter().zip(enc.get_offsets()) {
             if id == self.ids.image {
-                push(SegmentKind::Image, &vec![id; image_tokens]);
+                match images {
+                    ImageIds::Repeat(n) => push(SegmentKind::Image, &vec![id; n]),
+                    ImageIds::Each(each) => match each.get(image) {
+                        Some(ids) => push(SegmentKind::Image, ids),
+                        None => push(SegmentKind::Image, &[id]),
+                    },
+                }
+                image += 1;
             } else if Some(id) == self.video {
                 push(SegmentKind::Image, &vec![id; video_tokens]);
             } else if spans.iter().any(|s| s.contains(&start)) {
@@ -304,7 +356,9 @@ mod tests {
             (Role::User, "and?".to_string()),
             (Role::Assistant, "round".to_string()),
         ];
-        let segs = s.conversation_segments(&msgs, 3, 1).expect("segments");
+        let segs = s
+            .conversation_segments(&msgs, ImageIds::Repeat(3), 1)
+            .expect("segments");
         let assistant: Vec<String> = segs
             .iter()
             .filter(|(k, _)| *k == SegmentKind::Assistant)
@@ -353,7 +407,7 @@ mod tests {
     fn a_conversation_without_an_answer_is_refused() {
         let s = side(CHATML);
         let err = s
-            .conversation_segments(&[(Role::User, "hi".into())], 1, 1)
+            .conversation_segments(&[(Role::User, "hi".into())], ImageIds::Repeat(1), 1)
             .expect_err("no answer");
         assert!(err.contains("no assistant tokens"), "{err}");
     }

@@ -153,6 +153,7 @@ pub fn train_loop(
         weights
             .load_values(&loaded.model)
             .map_err(|e| TrainError::Resume(format!("{}: {e}", loaded.path.display())))?;
+        weights.refresh_new_rows()?;
         opt.load_state_dict(&loaded.optimizer)
             .map_err(|e| TrainError::Resume(format!("{}: {e}", loaded.path.display())))?;
         last_good = loaded.path.display().to_string();
@@ -219,6 +220,7 @@ pub fn train_loop(
             clip_grad_norm(&mut grads, &vars, max)?;
         }
         opt.step(&grads)?;
+        weights.refresh_new_rows()?;
         state.step += 1;
         task.after_step(state.step)?;
         ran += 1;

@@ -128,6 +128,12 @@ pub fn fits_llava(cfg: &VlmConfig) -> std::result::Result<(), Unfit> {
                 .into(),
         );
     }
+    if cfg.tiling.is_some() {
+        return unfit(
+            "tiling (tile tags before each tile's rows, a thumbnail) is glimpse's own; LLaVA reads each image whole"
+                .into(),
+        );
+    }
     if cfg.select == FeatureSelect::Cls {
         return unfit(
             "vision_feature_select_strategy 'cls' (the class token alone) is glimpse's own; LLaVA reads 'default' or 'full'"

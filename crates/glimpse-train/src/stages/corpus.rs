@@ -199,7 +199,12 @@ impl CorpusOptions {
             processor_json: processor_json(recipe.model.vision.image_size),
             image_size: recipe.model.vision.image_size,
             vocab_size: recipe.tokenizer.vocab_size,
-            extra_specials: Vec::new(),
+            // a tiling model's tile tags (stages reading data files tile)
+            extra_specials: recipe
+                .model
+                .tiling
+                .map(|t| glimpse_data::dynamic_tiles::all_tags(t.max_tiles))
+                .unwrap_or_default(),
         }
     }
 }

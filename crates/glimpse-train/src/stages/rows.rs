@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use glimpse_data::datasets::{read_caption_jsonl, read_llava_json, Speaker, IMAGE_PLACEHOLDER};
 
 use crate::error::{one_line, Result, TrainError};
-use crate::text_side::{Role, Segments, TextSide};
+use crate::text_side::{ImageIds, Role, Segments, TextSide};
 
 /// One conversation about zero or more images and videos.
 #[derive(Debug, Clone, PartialEq)]
@@ -253,14 +253,15 @@ pub fn read_rows(
     Ok(kept)
 }
 
-/// A row as tokens: its segments (each `<image>` expanded to
-/// `image_tokens` placeholders, each `<video>` to `video_tokens`), or
+/// A row as tokens: its segments (each `<image>` expanded to its
+/// [`ImageIds`], each `<video>` to `video_tokens` placeholders), or
 /// `None` when it is bad (reported).
 pub fn row_segments(
     path: &Path,
     row: &Row,
     text: &TextSide,
-    (image_tokens, video_tokens): (usize, usize),
+    images: ImageIds,
+    video_tokens: usize,
     max_tokens: usize,
     bad: &BadRows,
 ) -> Result<Option<Segments>> {
@@ -269,7 +270,7 @@ pub fn row_segments(
         bad.report(path, &row.id, BadKind::Placeholders, why)?;
         return Ok(None);
     }
-    let segments = match text.conversation_segments(&row.messages, image_tokens, video_tokens) {
+    let segments = match text.conversation_segments(&row.messages, images, video_tokens) {
         Ok(s) => s,
         Err(why) => {
             bad.report(path, &row.id, BadKind::Template, &why)?;

@@ -7,9 +7,14 @@
 //! (rows' `"video"`, for a model with a temporal aggregator) from their
 //! files too, `temporal.num_frames` frames sampled uniformly, each frame
 //! through the tower, the frames' features aggregated over time into an
-//! image's worth of rows at the `<video>` placeholders. While the tower is
-//! frozen its features are computed once per image (or video) and reused
-//! by every later step (no tower pass, no gradient).
+//! image's worth of rows at the `<video>` placeholders. A tiling model
+//! (`[model.tiling]`) reads each image as `glimpse ask` does: the frames
+//! `glimpse_data::preprocess_tiles` cuts (crops, then a thumbnail), each
+//! through the tower, each frame's tag before its rows in the prompt
+//! ([`tile_prompt_ids`]), so an image's frame count, like a video's, is
+//! per item. While the tower is frozen its features are computed once per
+//! image (or video) and reused by every later step (no tower pass, no
+//! gradient).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -18,8 +23,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{Device, Tensor};
 use glimpse_data::datasets::SegmentKind;
 use glimpse_data::{
-    load_rgb, load_video, preprocess_batch, FrameSampling, ImageLimits, ProcessorConfig,
-    VideoOptions,
+    load_rgb, load_video, preprocess_batch, preprocess_tiles, FrameSampling, ImageLimits,
+    ProcessorConfig, TileGrid, TilingConfig, VideoOptions,
 };
 use glimpse_eval::{answer_kind_label, KindTally};
 use glimpse_models::lora::LoraDropout;
@@ -31,7 +36,7 @@ use super::lm::spread;
 use super::rows::{row_segments, BadKind, BadRows, Row};
 use crate::error::{Result, TrainError};
 use crate::losses::masked_lm_loss;
-use crate::text_side::{Role, TextSide};
+use crate::text_side::{ImageIds, Role, TextSide};
 use crate::trainer::{EvalMetrics, Task};
 
 type Segments = Vec<(SegmentKind, Vec<u32>)>;
@@ -71,6 +76,21 @@ pub enum Images<'a> {
     Files(Box<ImageFiles>),
 }
 
+/// What the items of an [`ImageFiles`] are, and how many tower inputs
+/// (frames) each becomes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ItemKind {
+    /// Images, one frame each.
+    Image,
+    /// Videos (files or folders of frames), `frames` sampled from each
+    /// uniformly; their examples' `videos`.
+    Video { frames: usize },
+    /// Images cut into tower-sized tiles (+ a thumbnail) by
+    /// `glimpse_data::preprocess_tiles`, as many frames as each image's
+    /// grid has; `side` is the tower's input size.
+    Tiled { tiling: TilingConfig, side: usize },
+}
+
 /// Images (or videos) decoded from disk per batch; the ones that fail are
 /// reported as bad rows once and left out from then on.
 pub struct ImageFiles {
@@ -79,14 +99,12 @@ pub struct ImageFiles {
     pub paths: Vec<PathBuf>,
     pub processor: ProcessorConfig,
     pub bad_rows: Arc<BadRows>,
-    /// `Some(F)`: the paths are videos (files or folders of frames), F
-    /// frames sampled from each uniformly; their examples' `videos`.
-    pub video_frames: Option<usize>,
+    pub kind: ItemKind,
     /// Pixels of the items the current batch needs: (3, H, W) an image,
-    /// (F, 3, H, W) a video.
+    /// (F, 3, H, W) a video or a tiled image.
     batch: Mutex<HashMap<usize, Tensor>>,
     /// A frozen tower's features by item: (L, Dv) an image, (F, L, Dv) a
-    /// video; and their bytes.
+    /// video or a tiled image; and their bytes.
     features: Mutex<(HashMap<usize, Tensor>, usize)>,
     /// Items that could not be read.
     unreadable: Mutex<BTreeSet<usize>>,
@@ -104,7 +122,7 @@ impl ImageFiles {
             paths,
             processor,
             bad_rows,
-            video_frames: None,
+            kind: ItemKind::Image,
             batch: Mutex::default(),
             features: Mutex::default(),
             unreadable: Mutex::default(),
@@ -120,32 +138,55 @@ impl ImageFiles {
         frames: usize,
     ) -> Self {
         Self {
-            video_frames: Some(frames),
+            kind: ItemKind::Video { frames },
+            ..Self::new(source, paths, processor, bad_rows)
+        }
+    }
+
+    /// The same over images a tiling model reads as tiles.
+    pub fn tiled(
+        source: PathBuf,
+        paths: Vec<PathBuf>,
+        processor: ProcessorConfig,
+        bad_rows: Arc<BadRows>,
+        tiling: TilingConfig,
+        side: usize,
+    ) -> Self {
+        Self {
+            kind: ItemKind::Tiled { tiling, side },
             ..Self::new(source, paths, processor, bad_rows)
         }
     }
 
     /// The items of `ex` these files hold: its images, or its videos.
     fn items<'e>(&self, ex: &'e VlmExample) -> &'e [usize] {
-        match self.video_frames {
-            None => &ex.images,
-            Some(_) => &ex.videos,
+        match self.kind {
+            ItemKind::Image | ItemKind::Tiled { .. } => &ex.images,
+            ItemKind::Video { .. } => &ex.videos,
         }
     }
 
     /// One item's pixels: (3, H, W) an image, (F, 3, H, W) a video's
-    /// sampled frames; the error is why it cannot be read.
+    /// sampled frames or a tiled image's frames; the error is why it
+    /// cannot be read.
     fn decode(&self, path: &std::path::Path) -> std::result::Result<Tensor, String> {
         let name = path.display().to_string();
-        match self.video_frames {
-            None => {
+        match self.kind {
+            ItemKind::Tiled { tiling, side } => {
+                let img = load_rgb(path, &ImageLimits::default()).map_err(|e| e.to_string())?;
+                // (F, 3, side, side)
+                let (pixels, _) = preprocess_tiles(&img, &name, &self.processor, side, &tiling)
+                    .map_err(|e| e.to_string())?;
+                Ok(pixels)
+            }
+            ItemKind::Image => {
                 let img = load_rgb(path, &ImageLimits::default()).map_err(|e| e.to_string())?;
                 // (1, 3, H, W) -> (3, H, W)
                 let t =
                     preprocess_batch(&[(name, img)], &self.processor).map_err(|e| e.to_string())?;
                 t.squeeze(0).map_err(|e| e.to_string())
             }
-            Some(frames) => {
+            ItemKind::Video { frames } => {
                 let options = VideoOptions {
                     sampling: FrameSampling::frames(frames),
                     ..VideoOptions::default()
@@ -173,9 +214,9 @@ impl ImageFiles {
     /// a bad row of the example that brought it (under `fail`, the error).
     fn prepare(&self, examples: &[&VlmExample]) -> Result<Vec<bool>> {
         let mut pixels = HashMap::new();
-        let kind = match self.video_frames {
-            None => BadKind::UnreadableImage,
-            Some(_) => BadKind::UnreadableVideo,
+        let kind = match self.kind {
+            ItemKind::Image | ItemKind::Tiled { .. } => BadKind::UnreadableImage,
+            ItemKind::Video { .. } => BadKind::UnreadableVideo,
         };
         let mut ok = Vec::with_capacity(examples.len());
         for ex in examples {
@@ -217,7 +258,8 @@ impl ImageFiles {
     /// up to [`FEATURE_CACHE_BYTES`]).
     ///
     /// # Shapes
-    /// -> (n, L, Dv) for images, (n, F, L, Dv) for videos
+    /// -> (n, L, Dv) for images, (n, F, L, Dv) for videos, (ΣF_k, L, Dv)
+    /// for tiled images (each image's frames in turn)
     fn features(&self, model: &Vlm, items: &[usize], frozen: bool) -> Result<Tensor> {
         let batch = Self::lock(&self.batch)?;
         let mut cache = Self::lock(&self.features)?;
@@ -244,22 +286,47 @@ impl ImageFiles {
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            // (n, 3, H, W) or (n, F, 3, H, W)
-            let pixels = Tensor::stack(&pixels, 0)?;
-            let feats = match self.video_frames {
+            let feats: Vec<Tensor> = match self.kind {
                 // (n, 3, H, W) -> (n, L, Dv)
-                None => tower_features(model, &pixels)?,
-                Some(_) => {
+                ItemKind::Image => {
+                    let f = tower_features(model, &Tensor::stack(&pixels, 0)?)?;
+                    (0..missing.len())
+                        .map(|k| f.get(k))
+                        .collect::<candle_core::Result<_>>()?
+                }
+                // each (F_k, 3, H, W) -> (ΣF_k, 3, H, W) -> (ΣF_k, L, Dv),
+                // then each image's (F_k, L, Dv)
+                ItemKind::Tiled { .. } => {
+                    let counts: Vec<usize> = pixels
+                        .iter()
+                        .map(|p| p.dim(0))
+                        .collect::<candle_core::Result<_>>()?;
+                    let f = tower_features(model, &Tensor::cat(&pixels, 0)?)?;
+                    let mut start = 0;
+                    counts
+                        .iter()
+                        .map(|&n| {
+                            let part = f.narrow(0, start, n);
+                            start += n;
+                            part
+                        })
+                        .collect::<candle_core::Result<_>>()?
+                }
+                ItemKind::Video { .. } => {
+                    // (n, F, 3, H, W)
+                    let pixels = Tensor::stack(&pixels, 0)?;
                     let (n, f, c, h, w) = pixels.dims5()?;
                     // (n, F, 3, H, W) -> (n·F, 3, H, W) -> (n·F, L, Dv)
                     let per_frame = tower_features(model, &pixels.reshape((n * f, c, h, w))?)?;
                     let (_, l, d) = per_frame.dims3()?;
                     // (n·F, L, Dv) -> (n, F, L, Dv)
-                    per_frame.reshape((n, f, l, d))?
+                    let f = per_frame.reshape((n, f, l, d))?;
+                    (0..n)
+                        .map(|k| f.get(k))
+                        .collect::<candle_core::Result<_>>()?
                 }
             };
-            for (k, &i) in missing.iter().enumerate() {
-                let f = feats.get(k)?;
+            for (&i, f) in missing.iter().zip(feats) {
                 if frozen {
                     let bytes = f.elem_count() * 4;
                     if cache.1 + bytes <= FEATURE_CACHE_BYTES {
@@ -280,7 +347,10 @@ impl ImageFiles {
                     .ok_or_else(|| TrainError::State(format!("no features for item {i}")))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Tensor::stack(&parts, 0)?)
+        Ok(match self.kind {
+            ItemKind::Tiled { .. } => Tensor::cat(&parts, 0)?,
+            _ => Tensor::stack(&parts, 0)?,
+        })
     }
 }
 
@@ -425,8 +495,13 @@ impl<'a> VlmTask<'a> {
             .map(|v| v.temporal.num_frames());
         let max_tokens = model.config().text.max_position_embeddings;
         let cross = matches!(model.config().fusion, FusionConfig::Cross { .. });
-        let build = |(source, rows): (PathBuf, Vec<Row>),
-                     limit: Option<usize>|
+        let tiling = model.config().tiling;
+        let side = model.config().vision.image_size;
+        // a tiling model's grid of each image (its size decides it), read
+        // once per distinct file; `Err`: why the image cannot be read
+        let mut grids: HashMap<PathBuf, std::result::Result<TileGrid, String>> = HashMap::new();
+        let mut build = |(source, rows): (PathBuf, Vec<Row>),
+                         limit: Option<usize>|
          -> Result<(Vec<VlmExample>, Box<ImageFiles>, Box<ImageFiles>)> {
             let rows: Vec<&Row> = match limit {
                 Some(n) => spread(&rows, n),
@@ -460,9 +535,46 @@ impl<'a> VlmTask<'a> {
                     bad_rows.report(&source, &row.id, BadKind::Placeholders, why)?;
                     continue;
                 }
-                let tokens = (m, m);
+                // a tiling model: each image's tags and rows, by its grid
+                let mut tiled: Vec<Vec<u32>> = Vec::new();
+                if tiling.is_some() {
+                    // every tile tag starts so (`<tile_3>`, `<tile_global_thumbnail>`)
+                    if row.messages.iter().any(|(_, c)| c.contains("<tile_")) {
+                        let why = "its text holds a tile tag (<tile_…>), which only the image layout may use";
+                        bad_rows.report(&source, &row.id, BadKind::Placeholders, why)?;
+                        continue;
+                    }
+                    let mut unreadable = None;
+                    for path in &row.images {
+                        let grid = grids
+                            .entry(path.clone())
+                            .or_insert_with(|| {
+                                let img = load_rgb(path, &ImageLimits::default())
+                                    .map_err(|e| e.to_string())?;
+                                let cfg = model.config();
+                                cfg.tile_grid(img.height() as usize, img.width() as usize)
+                                    .ok_or_else(|| "the model does not tile".to_string())
+                            })
+                            .clone();
+                        match grid {
+                            Ok(g) => tiled.push(tile_prompt_ids(text, &g, m)?),
+                            Err(e) => {
+                                unreadable = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(why) = unreadable {
+                        bad_rows.report(&source, &row.id, BadKind::UnreadableImage, &why)?;
+                        continue;
+                    }
+                }
+                let images_ids = match tiling {
+                    Some(_) => ImageIds::Each(&tiled),
+                    None => ImageIds::Repeat(m),
+                };
                 let Some(segments) =
-                    row_segments(&source, row, text, tokens, max_tokens, &bad_rows)?
+                    row_segments(&source, row, text, images_ids, m, max_tokens, &bad_rows)?
                 else {
                     continue;
                 };
@@ -483,12 +595,22 @@ impl<'a> VlmTask<'a> {
                     kind: answer_kind_label(last_answer),
                 });
             }
-            let files = Box::new(ImageFiles::new(
-                source.clone(),
-                images_at.0,
-                processor.clone(),
-                bad_rows.clone(),
-            ));
+            let files = Box::new(match tiling {
+                Some(t) => ImageFiles::tiled(
+                    source.clone(),
+                    images_at.0,
+                    processor.clone(),
+                    bad_rows.clone(),
+                    t,
+                    side,
+                ),
+                None => ImageFiles::new(
+                    source.clone(),
+                    images_at.0,
+                    processor.clone(),
+                    bad_rows.clone(),
+                ),
+            });
             let videos = Box::new(ImageFiles::videos(
                 source,
                 videos_at.0,
@@ -681,6 +803,29 @@ impl<'a> VlmTask<'a> {
     }
 }
 
+/// The ids an image's `<image>` becomes in a tiling model's prompt: each
+/// frame's tag, then `rows` placeholders, the text [`TileGrid::prompt`]
+/// lays out tokenised without special tokens, as the engine expands an
+/// image's placeholder at inference, so that training and `glimpse ask`
+/// read the same tokens.
+pub fn tile_prompt_ids(text: &TextSide, grid: &TileGrid, rows: usize) -> Result<Vec<u32>> {
+    let image = text.ids.image;
+    let token = text.tokenizer.id_to_token(image).ok_or_else(|| {
+        TrainError::Config(format!(
+            "the image placeholder {image} is not in the tokenizer"
+        ))
+    })?;
+    let ids = text.encode(&grid.prompt(&token, rows))?;
+    let slots = ids.iter().filter(|&&id| id == image).count();
+    if slots != grid.frames() * rows {
+        return Err(TrainError::State(format!(
+            "a tiled image's prompt holds {slots} {token} tokens for its {} frames of {rows} rows",
+            grid.frames()
+        )));
+    }
+    Ok(ids)
+}
+
 /// The tokens a VLM stage trains: the answer's (the collate labels them,
 /// and each shard's loss divides by their count).
 fn trained(kind: SegmentKind) -> bool {
@@ -752,11 +897,21 @@ fn splice(text: &Tensor, visual: &[(u32, Tensor)], rows: &[Vec<u32>]) -> Result<
         let mut next = 0usize;
         for (r, row) in rows.iter().enumerate() {
             for (p, &id) in row.iter().enumerate() {
-                if id == *placeholder && next < n * m {
-                    index[r * t + p] = (start + next) as u32;
+                if id == *placeholder {
+                    if next < n * m {
+                        index[r * t + p] = (start + next) as u32;
+                    }
                     next += 1;
                 }
             }
+        }
+        // every prompt's layout (placeholders per image, per tile, per
+        // video) must hold exactly the rows its pictures became
+        if next != n * m {
+            return Err(TrainError::State(format!(
+                "the batch's prompts hold {next} placeholder(s) {placeholder} for {} visual rows",
+                n * m
+            )));
         }
         start += n * m;
     }
