@@ -231,7 +231,8 @@ fn bad_input_is_one_line() {
         s(&out_png),
         "--cfg=-1",
     ]);
-    expect_error(&out, 1, &["guidance scale"]);
+    // a bad setting is a usage error (exit 2), as ask's --temperature -1
+    expect_error(&out, 2, &["guidance scale"]);
     let soft = repo_root().join("models/glimpse-easy-vqa");
     let out = glimpse(&[
         "draw",

@@ -1,6 +1,7 @@
 //! A loaded model of any family behind one request API: generation
-//! (vision-language and language models, through the scheduler) and
-//! embeddings (CLIP / SigLIP dual encoders).
+//! (vision-language, discrete-token and language models, through the
+//! scheduler), drawing (discrete-token models) and embeddings (CLIP /
+//! SigLIP dual encoders).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +14,8 @@ use tokenizers::Tokenizer;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::pipeline::{
-    causal_lm, vlm, CausalLm, DualPipeline, PipelineError, Result, VlmPipeline, VlmPrompt,
+    causal_lm, vlm, CausalLm, DiscretePipeline, DrawOptions, Drawing, DualPipeline, PipelineError,
+    Result, VlmPipeline, VlmPrompt,
 };
 use crate::request::{GenerateParams, ImageInput, Prompt};
 use crate::scheduler::{BatchModel, Event, Prepared, Scheduler, SchedulerOptions, SchedulerStats};
@@ -21,7 +23,7 @@ use crate::scheduler::{BatchModel, Event, Prepared, Scheduler, SchedulerOptions,
 /// What a model does, as `/v1/models` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelKind {
-    /// Text and images in, text out.
+    /// Text and images in, text out (a discrete-token model also draws).
     Vlm,
     /// Text in, text out.
     Lm,
@@ -46,6 +48,12 @@ enum Family {
     },
     Lm {
         pipeline: Arc<CausalLm>,
+        scheduler: Scheduler<Vec<u32>>,
+    },
+    /// Images as VQ codes in the prompt: once expanded, a prompt is ids,
+    /// scheduled as a language model's.
+    Discrete {
+        pipeline: Arc<DiscretePipeline>,
         scheduler: Scheduler<Vec<u32>>,
     },
     Embedding(Box<DualPipeline>),
@@ -76,8 +84,8 @@ pub struct LoadedModel {
 impl LoadedModel {
     /// Loads a model directory or GGUF file, finding its family from
     /// `config.json`'s `model_type`: `llava` / `llava_next` / `llava_next_video` / `mllama` / `idefics3` / `smolvlm` / `qwen2_vl` / `glimpse` are vision-language
-    /// models, `clip` / `siglip` dual encoders, anything else (and a
-    /// `.gguf` file) a language model.
+    /// models, `glimpse_discrete` a discrete-token model, `clip` / `siglip`
+    /// dual encoders, anything else (and a `.gguf` file) a language model.
     pub fn load(
         path: &Path,
         id: Option<String>,
@@ -125,6 +133,21 @@ impl LoadedModel {
                 }
                 Family::Embedding(Box::new(DualPipeline::load(&base, device)?))
             }
+            Some(glimpse_models::discrete::MODEL_TYPE) => {
+                if let Some(a) = &adapter {
+                    return Err(PipelineError::Usage(format!(
+                        "{} is a discrete-token model; LoRA adapters ({}) are not supported on it",
+                        base.display(),
+                        a.display()
+                    )));
+                }
+                let pipeline = Arc::new(DiscretePipeline::load(&base, device)?);
+                let scheduler = Scheduler::start(pipeline.clone(), options, &id)?;
+                Family::Discrete {
+                    pipeline,
+                    scheduler,
+                }
+            }
             _ => {
                 let pipeline = Arc::new(CausalLm::load_with_lora(
                     &base,
@@ -148,7 +171,7 @@ impl LoadedModel {
 
     pub fn kind(&self) -> ModelKind {
         match self.family {
-            Family::Vlm { .. } => ModelKind::Vlm,
+            Family::Vlm { .. } | Family::Discrete { .. } => ModelKind::Vlm,
             Family::Lm { .. } => ModelKind::Lm,
             Family::Embedding(_) => ModelKind::Embedding,
         }
@@ -156,6 +179,48 @@ impl LoadedModel {
 
     pub fn accepts_images(&self) -> bool {
         self.kind() != ModelKind::Lm
+    }
+
+    /// Whether `/v1/images/generations` can draw with it: a discrete-token
+    /// model, whose vocabulary holds image codes.
+    pub fn can_draw(&self) -> bool {
+        matches!(self.family, Family::Discrete { .. })
+    }
+
+    /// Side of the square images it draws (`None`: it draws none).
+    pub fn image_size(&self) -> Option<usize> {
+        match &self.family {
+            Family::Discrete { pipeline, .. } => Some(pipeline.config().image_size),
+            _ => None,
+        }
+    }
+
+    /// Draws an image of `caption` (a discrete-token model only); CPU
+    /// work on the caller's thread, outside the scheduler, each drawing
+    /// in caches of its own.
+    pub fn draw(&self, caption: &str, opts: &DrawOptions) -> Result<Drawing> {
+        match &self.family {
+            Family::Discrete { pipeline, .. } => pipeline.draw(caption, opts, |_, _| {}),
+            _ => Err(self.no_image_tokens()),
+        }
+    }
+
+    /// Refuses a model without image tokens before any drawing work.
+    pub fn check_draws(&self) -> Result<()> {
+        if self.can_draw() {
+            Ok(())
+        } else {
+            Err(self.no_image_tokens())
+        }
+    }
+
+    fn no_image_tokens(&self) -> PipelineError {
+        PipelineError::Usage(format!(
+            "model \"{}\" ({}) has no image tokens: drawing needs a discrete-token model ({}), whose vocabulary holds VQ codes",
+            self.id,
+            self.model_type(),
+            glimpse_models::discrete::MODEL_TYPE
+        ))
     }
 
     /// Whether video parts are read (a VLM family with a video processor).
@@ -168,6 +233,7 @@ impl LoadedModel {
     pub fn model_type(&self) -> String {
         match &self.family {
             Family::Vlm { pipeline, .. } => pipeline.model_type(),
+            Family::Discrete { .. } => glimpse_models::discrete::MODEL_TYPE.into(),
             Family::Lm { .. } => "language".into(),
             Family::Embedding(_) => "embedding".into(),
         }
@@ -179,6 +245,7 @@ impl LoadedModel {
         match &self.family {
             Family::Vlm { pipeline, .. } => pipeline.model.config().text.max_position_embeddings,
             Family::Lm { pipeline, .. } => pipeline.model.config().max_position_embeddings,
+            Family::Discrete { pipeline, .. } => pipeline.config().text.max_position_embeddings,
             Family::Embedding(p) => p.model.config().text.max_position_embeddings,
         }
     }
@@ -187,7 +254,9 @@ impl LoadedModel {
     pub fn stats(&self) -> Option<&SchedulerStats> {
         match &self.family {
             Family::Vlm { scheduler, .. } => Some(scheduler.stats()),
-            Family::Lm { scheduler, .. } => Some(scheduler.stats()),
+            Family::Lm { scheduler, .. } | Family::Discrete { scheduler, .. } => {
+                Some(scheduler.stats())
+            }
             Family::Embedding(_) => None,
         }
     }
@@ -233,6 +302,24 @@ impl LoadedModel {
                 scheduler.submit(prepared, events)?;
                 Ok(admitted)
             }
+            Family::Discrete {
+                pipeline,
+                scheduler,
+            } => {
+                let prompt = pipeline.prepare(prompt)?;
+                let generation =
+                    generation_config(params, pipeline.lm.sampling.clone(), &pipeline.lm.eos_ids)?;
+                let (prepared, admitted) = admit(
+                    prompt.ids.clone(),
+                    prompt.image_tokens,
+                    prompt.ids,
+                    generation,
+                    params,
+                    ctx,
+                )?;
+                scheduler.submit(prepared, events)?;
+                Ok(admitted)
+            }
             Family::Embedding(_) => Err(PipelineError::Usage(format!(
                 "{} is an embedding model; it generates no text",
                 self.id
@@ -247,6 +334,7 @@ impl LoadedModel {
             Family::Embedding(p) => p.tokenizer.inner(),
             Family::Vlm { pipeline, .. } => &pipeline.tokenizer,
             Family::Lm { pipeline, .. } => &pipeline.tokenizer,
+            Family::Discrete { pipeline, .. } => &pipeline.lm.tokenizer,
         };
         texts
             .filter_map(|t| tokenizer.encode(t, true).ok())
@@ -436,5 +524,24 @@ impl BatchModel for CausalLm {
             .model
             .embed(&Tensor::from_slice(ids, (ids.len(), 1), device)?)?;
         Ok(self.model.step_many(&embeds, caches)?.to_vec2::<f32>()?)
+    }
+}
+
+/// A discrete-token model's expanded prompt is ids: its decoder runs as
+/// a language model's.
+impl BatchModel for DiscretePipeline {
+    type Prompt = Vec<u32>;
+    type Cache = DecoderCache;
+
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.lm.tokenizer
+    }
+
+    fn prefill(&self, ids: &Vec<u32>) -> Result<(DecoderCache, Vec<f32>)> {
+        self.lm.prefill(ids)
+    }
+
+    fn step_many(&self, ids: &[u32], caches: &mut [&mut DecoderCache]) -> Result<Vec<Vec<f32>>> {
+        self.lm.step_many(ids, caches)
     }
 }

@@ -266,6 +266,7 @@ fn router(state: Arc<AppState>) -> anyhow::Result<Router> {
         .route("/v1/chat/completions", post(routes::generate::chat))
         .route("/v1/completions", post(routes::generate::completions))
         .route("/v1/embeddings", post(routes::embeddings::embeddings))
+        .route("/v1/images/generations", post(routes::images::generations))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     let mut app = Router::new()

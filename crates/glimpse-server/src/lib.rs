@@ -4,7 +4,8 @@
 //!
 //! - [`app`]: state, router, API key, CORS, body cap, lifecycle;
 //! - [`routes`]: `/v1/chat/completions`, `/v1/completions`,
-//!   `/v1/embeddings`, `/v1/models`;
+//!   `/v1/embeddings`, `/v1/images/generations` (discrete-token models),
+//!   `/v1/models`;
 //! - [`openai`]: request bodies as OpenAI clients send them;
 //! - [`media`]: image URLs to bytes under the media policy;
 //! - [`metrics`]: Prometheus text at `/metrics`;

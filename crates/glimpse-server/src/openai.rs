@@ -1,9 +1,10 @@
 //! The request bodies of OpenAI's API as the official clients send them
-//! (plus vLLM's `video_url` content parts), and their conversion into
-//! engine requests. Fields glimpse does not act on are accepted and ignored
+//! (plus vLLM's `video_url` content parts and glimpse's drawing settings),
+//! and their conversion into engine requests. Fields glimpse does not act on are accepted and ignored
 //! unless ignoring them would change the answer the client expects (`n`,
 //! `logprobs`, `tools`), which are refused.
 
+use glimpse_engine::pipeline::DrawOptions;
 use glimpse_engine::GenerateParams;
 use serde::Deserialize;
 use serde_json::Value;
@@ -147,6 +148,102 @@ impl SamplingFields {
             stop,
             ignore_eos: false,
         })
+    }
+}
+
+/// Most images one `/v1/images/generations` request draws (`n`): each is
+/// a full sampling run on the CPU, outside the scheduler's slots.
+pub const MAX_IMAGES_PER_DRAW: u64 = 4;
+
+/// `POST /v1/images/generations` as OpenAI's clients send it. glimpse's
+/// extensions (the Python client's `extra_body`): `cfg` (classifier-free
+/// guidance scale), `seed` (image i of `n` is drawn with seed + i),
+/// `temperature`, `top_k`, `top_p`, each defaulting as `glimpse draw` does
+/// (the seed excepted: a request without one draws a fresh one, which the
+/// response names).
+/// `quality`, `style`, `background` and `user` are accepted and ignored.
+#[derive(Debug, Deserialize)]
+pub struct ImagesRequest {
+    pub model: Option<String>,
+    pub prompt: String,
+    pub n: Option<u64>,
+    /// `WIDTHxHEIGHT`; only the model's own size (or `auto`).
+    pub size: Option<String>,
+    /// `b64_json` only: an offline server hosts no image URLs.
+    pub response_format: Option<String>,
+    /// `png` only (gpt-image's field).
+    pub output_format: Option<String>,
+    /// Partial images as server-sent events: not supported.
+    #[serde(default)]
+    pub stream: bool,
+    pub cfg: Option<f32>,
+    pub seed: Option<i64>,
+    pub temperature: Option<f32>,
+    pub top_k: Option<usize>,
+    pub top_p: Option<f32>,
+}
+
+impl ImagesRequest {
+    /// How many images, and how the first is drawn; refuses what glimpse
+    /// cannot honour. Sampling fields are checked as chat completions'.
+    pub fn draw_options(&self) -> Result<(usize, DrawOptions), ApiError> {
+        let n = self.n.unwrap_or(1);
+        if n == 0 {
+            return Err(ApiError::bad_request("n must be at least 1").param("n"));
+        }
+        if n > MAX_IMAGES_PER_DRAW {
+            return Err(ApiError::bad_request(format!(
+                "n = {n}: glimpse draws at most {MAX_IMAGES_PER_DRAW} images per request"
+            ))
+            .param("n"));
+        }
+        match self.response_format.as_deref() {
+            None | Some("b64_json") => {}
+            Some("url") => {
+                return Err(ApiError::bad_request(
+                    "response_format \"url\" is not supported: glimpse serves offline and hosts no image URLs; send b64_json (or leave it out)",
+                )
+                .param("response_format"))
+            }
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "response_format \"{other}\" is not supported (b64_json)"
+                ))
+                .param("response_format"))
+            }
+        }
+        if self.stream {
+            return Err(ApiError::bad_request(
+                "stream is not supported for images: send stream false",
+            )
+            .param("stream"));
+        }
+        if let Some(f) = self.output_format.as_deref().filter(|f| *f != "png") {
+            return Err(ApiError::bad_request(format!(
+                "output_format \"{f}\" is not supported: glimpse draws PNG"
+            ))
+            .param("output_format"));
+        }
+        let sampling = SamplingFields {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed: self.seed,
+            ..SamplingFields::default()
+        }
+        .params()?;
+        let defaults = DrawOptions::with_seed(0);
+        let mut opts = DrawOptions {
+            cfg_scale: self.cfg.unwrap_or(defaults.cfg_scale),
+            sampling: sampling.sampling(defaults.sampling)?,
+        };
+        if self.seed.is_none() {
+            // A fresh seed under 2^53, so that the response's `glimpse.seed`
+            // survives any JSON client (JavaScript's numbers included) and
+            // `glimpse draw --seed` takes it as is.
+            opts.sampling.seed &= (1 << 53) - 1;
+        }
+        Ok((n as usize, opts))
     }
 }
 

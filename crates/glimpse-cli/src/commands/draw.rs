@@ -9,8 +9,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use glimpse_cli::heatmap::check_target;
 use glimpse_engine::device::default_device;
+use glimpse_engine::pipeline::discrete::png_bytes;
 use glimpse_engine::pipeline::{DiscretePipeline, DrawOptions, PipelineError};
-use glimpse_infer::SamplingConfig;
 use glimpse_models::discrete::{is_discrete_dir, MODEL_TYPE};
 
 #[derive(Args)]
@@ -23,13 +23,13 @@ pub struct DrawArgs {
     #[arg(long, value_name = "OUT.png")]
     out: PathBuf,
     /// Classifier-free guidance scale: logits = uncond + S * (cond - uncond); 1 = no guidance
-    #[arg(long = "cfg", value_name = "S", default_value_t = 4.0)]
+    #[arg(long = "cfg", value_name = "S", default_value_t = DrawOptions::DEFAULT_CFG)]
     cfg_scale: f32,
     /// Seed of the code draws
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Sampling temperature of each code (0 = greedy)
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = DrawOptions::DEFAULT_TEMPERATURE)]
     temperature: f32,
     /// Keep only the K most likely codes at each draw
     #[arg(long)]
@@ -60,16 +60,11 @@ pub fn run(args: DrawArgs) -> Result<()> {
             (codes, image, Vec::new(), None)
         }
         None => {
-            let opts = DrawOptions {
-                cfg_scale: args.cfg_scale,
-                sampling: SamplingConfig {
-                    temperature: args.temperature,
-                    top_k: args.top_k,
-                    top_p: args.top_p,
-                    repetition_penalty: 1.0,
-                    seed: args.seed,
-                },
-            };
+            let mut opts = DrawOptions::with_seed(args.seed);
+            opts.cfg_scale = args.cfg_scale;
+            opts.sampling.temperature = args.temperature;
+            opts.sampling.top_k = args.top_k;
+            opts.sampling.top_p = args.top_p;
             let prompt = args.prompt.as_deref().unwrap_or_default();
             let d = pipeline.draw(prompt, &opts, |_, _| {})?;
             (
@@ -80,10 +75,7 @@ pub fn run(args: DrawArgs) -> Result<()> {
             )
         }
     };
-    let mut png = Vec::new();
-    image
-        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .context("encoding the PNG")?;
+    let png = png_bytes(&image)?;
     std::fs::write(&args.out, png).with_context(|| format!("writing {}", args.out.display()))?;
     let (sample, decode) = timing.unwrap_or((0.0, 0.0));
     eprintln!(

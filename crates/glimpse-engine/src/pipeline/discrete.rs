@@ -15,13 +15,16 @@ use glimpse_infer::{
     draw_image_tokens, Generation, GenerationConfig, GuidedModel, ImageSampling, OutputError,
     SamplingConfig,
 };
+/// The `model_type` of a discrete-token model's `config.json`.
+pub use glimpse_models::discrete::MODEL_TYPE;
 use glimpse_models::discrete::{DiscreteConfig, DiscreteModel};
 use glimpse_models::{Decoder, DecoderCache, ModelError};
 use image::RgbImage;
-use serde_json::json;
 
 use super::causal_lm::{generation_defaults, load_tokenizer, one_line, prefill, CausalLm};
+use super::vlm::template_messages;
 use super::{PipelineError, Result};
+use crate::request::{ImageInput, Message, Part, Prompt};
 
 pub struct DiscretePipeline {
     pub model: DiscreteModel,
@@ -50,6 +53,29 @@ pub struct DrawOptions {
     pub cfg_scale: f32,
     /// Temperature, top-k, top-p and seed of each code.
     pub sampling: SamplingConfig,
+}
+
+impl DrawOptions {
+    /// The guidance scale `glimpse draw` and `/v1/images/generations` use
+    /// when none is given (the shipped model's measured best, BENCHMARKS.md).
+    pub const DEFAULT_CFG: f32 = 4.0;
+    /// The code temperature both use when none is given.
+    pub const DEFAULT_TEMPERATURE: f32 = 0.7;
+
+    /// The defaults with `seed`: guidance 4, temperature 0.7, no top-k or
+    /// top-p, no repetition penalty (it does not apply to image codes).
+    pub fn with_seed(seed: u64) -> Self {
+        Self {
+            cfg_scale: Self::DEFAULT_CFG,
+            sampling: SamplingConfig {
+                temperature: Self::DEFAULT_TEMPERATURE,
+                top_k: None,
+                top_p: None,
+                repetition_penalty: 1.0,
+                seed,
+            },
+        }
+    }
 }
 
 /// A drawn image and how it was made.
@@ -118,20 +144,58 @@ impl DiscretePipeline {
     /// images and the question as one user message through the chat
     /// template, or `raw` text with `<image>` marking each image.
     pub fn prompt(&self, text: &str, images: &[PathBuf], raw: bool) -> Result<DiscretePrompt> {
-        let (rendered, add_special) = if raw {
-            (text.to_string(), true)
+        let images = images
+            .iter()
+            .map(|p| ImageInput::from_path(p))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let prompt = if raw {
+            Prompt::Raw {
+                text: text.to_string(),
+                images,
+                videos: Vec::new(),
+            }
         } else {
-            let template = self.lm.template.as_ref().ok_or_else(|| {
-                PipelineError::Usage(format!(
-                    "{}: the model has no chat template; send a raw prompt with <image> placeholders",
-                    self.lm.path.display()
-                ))
-            })?;
-            let mut content: Vec<serde_json::Value> =
-                images.iter().map(|_| json!({"type": "image"})).collect();
-            content.push(json!({"type": "text", "text": text}));
-            let user = json!({"role": "user", "content": content});
-            (template.render_with(&[user], true)?, false)
+            let mut parts: Vec<Part> = images.into_iter().map(Part::Image).collect();
+            parts.push(Part::Text(text.to_string()));
+            Prompt::Chat(vec![Message {
+                role: "user".into(),
+                parts,
+            }])
+        };
+        self.prepare(&prompt)
+    }
+
+    /// The prompt of a request (the CLI's `ask` and the server's chat
+    /// completions): a conversation through the chat template, each image
+    /// part where the template puts `<image>`, or raw text with `<image>`
+    /// marking each image; then every `<image>` replaced by `<boi>`, the
+    /// image's VQ codes as tokens, `<eoi>`.
+    pub fn prepare(&self, prompt: &Prompt) -> Result<DiscretePrompt> {
+        let (rendered, add_special, images) = match prompt {
+            Prompt::Raw {
+                text,
+                images,
+                videos,
+            } => {
+                if !videos.is_empty() {
+                    return Err(self.no_video());
+                }
+                (text.clone(), true, images.iter().collect::<Vec<_>>())
+            }
+            Prompt::Chat(messages) => {
+                if messages.iter().any(|m| m.videos().next().is_some()) {
+                    return Err(self.no_video());
+                }
+                let template = self.lm.template.as_ref().ok_or_else(|| {
+                    PipelineError::Usage(format!(
+                        "{}: the model has no chat template; send a raw prompt with <image> placeholders",
+                        self.lm.path.display()
+                    ))
+                })?;
+                let rendered = template.render_with(&template_messages(messages), true)?;
+                let images = messages.iter().flat_map(Message::images).collect();
+                (rendered, false, images)
+            }
         };
         let ids = self
             .lm
@@ -148,6 +212,7 @@ impl DiscretePipeline {
                 images.len()
             )));
         }
+        // checked before any image is decoded
         let per_image = cfg.codes_per_image() + 2;
         let ctx = cfg.text.max_position_embeddings;
         let len = ids.len() - slots + slots * per_image;
@@ -160,7 +225,7 @@ impl DiscretePipeline {
         let start = Instant::now();
         let codes = images
             .iter()
-            .map(|p| self.encode_file(p))
+            .map(|im| self.encode_bytes(&im.bytes, &im.name))
             .collect::<Result<Vec<_>>>()?;
         let mut expanded = Vec::with_capacity(len);
         let mut next = codes.iter();
@@ -176,6 +241,14 @@ impl DiscretePipeline {
             image_tokens: slots * per_image,
             vision_secs: start.elapsed().as_secs_f64(),
         })
+    }
+
+    fn no_video(&self) -> PipelineError {
+        PipelineError::Usage(format!(
+            "{} is a discrete-token model ({}), which takes no video input",
+            self.lm.path.display(),
+            glimpse_models::discrete::MODEL_TYPE
+        ))
     }
 
     /// The answer to a prepared prompt (the causal-LM generation loop).
@@ -228,7 +301,17 @@ impl DiscretePipeline {
             scale: opts.cfg_scale,
             sampling: opts.sampling.clone(),
         };
-        sampling.validate()?;
+        // the request's settings are at fault, not the model
+        sampling
+            .validate()
+            .map_err(|e| PipelineError::Usage(e.to_string()))?;
+        let codes_count = sampling.codes.len();
+        // a top-k past the code range would silently mean "all codes"
+        if let Some(k) = opts.sampling.top_k.filter(|&k| k > codes_count) {
+            return Err(PipelineError::Usage(format!(
+                "top_k {k} is more than the model's {codes_count} image codes"
+            )));
+        }
         let uncond = sampling.guided().then(|| cfg.generation_prompt(&[]));
         let start = Instant::now();
         let mut session = DrawSession::new(&self.model.decoder, cond.clone(), uncond);
@@ -265,6 +348,16 @@ impl DiscretePipeline {
         let values = pixels.flatten_all()?.to_vec1::<f32>()?;
         Ok(self.processor.to_rgb(&values, h, w)?)
     }
+}
+
+/// An image as PNG bytes: what `glimpse draw` writes and
+/// `/v1/images/generations` sends, byte for byte.
+pub fn png_bytes(image: &RgbImage) -> Result<Vec<u8>> {
+    let mut png = Vec::new();
+    image
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| PipelineError::Internal(format!("encoding the PNG: {e}")))?;
+    Ok(png)
 }
 
 /// The tokenizer must name the config's markers and codes as the

@@ -1125,7 +1125,7 @@ impl TokenModel for VlmSession<'_> {
 /// parts (`{"type": "image"}` where an image goes, `{"type": "video"}` where
 /// a video goes, as transformers' processors pass them), other turns'
 /// content is their text.
-fn template_messages(messages: &[Message]) -> Vec<Value> {
+pub(crate) fn template_messages(messages: &[Message]) -> Vec<Value> {
     messages
         .iter()
         .map(|m| {

@@ -3,4 +3,5 @@
 pub mod body;
 pub mod embeddings;
 pub mod generate;
+pub mod images;
 pub mod models;

@@ -28,6 +28,8 @@ pub async fn list(State(state): State<Arc<AppState>>) -> Result<Json<Value>, Api
                     "kind": m.kind().as_str(),
                     "accepts": accepts,
                     "context_length": m.context_length(),
+                    // /v1/images/generations takes it, at this size
+                    "draws": m.image_size().map(|s| format!("{s}x{s}")),
                 },
             })
         })

@@ -47,6 +47,29 @@ pub fn smollm2() -> Option<PathBuf> {
     None
 }
 
+/// The official `openai` client's venv python, as
+/// `scripts/setup_openai_venv.sh` leaves it. Missing: `None` (the test
+/// skips, saying so), or a failure under CI, which sets it up first.
+pub fn openai_python() -> Option<PathBuf> {
+    let cache = std::env::var_os("GLIMPSE_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/glimpse")))?;
+    let python = cache.join("openai-venv/bin/python");
+    if python.exists() {
+        return Some(python);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} is missing under CI: scripts/setup_openai_venv.sh should have made it",
+        python.display()
+    );
+    eprintln!(
+        "SKIPPED: {} is absent; run scripts/setup_openai_venv.sh",
+        python.display()
+    );
+    None
+}
+
 /// Starts a server on 127.0.0.1, port 0, and waits (bounded) for its
 /// models to load.
 pub async fn start(models: Vec<ModelSpec>, configure: impl FnOnce(&mut ServerOptions)) -> Running {
