@@ -79,6 +79,7 @@ impl Activation {
         match self {
             Activation::QuickGelu => Some(simd_act::Kernel::QuickGelu),
             Activation::Silu => Some(simd_act::Kernel::Silu),
+            Activation::GeluTanh => Some(simd_act::Kernel::GeluTanh),
             _ => None,
         }
     }
