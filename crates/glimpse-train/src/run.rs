@@ -33,7 +33,7 @@ use crate::init::name_seed;
 use crate::lock::RunLock;
 use crate::losses::{SigLipParams, CLIP_INIT_LOGIT_SCALE};
 use crate::metrics::{read_metrics, MetricsLog};
-use crate::optim::{param_groups_by_dim, AdamW, AdamWConfig, ParamGroup, WarmupCosine};
+use crate::optim::{param_groups_by_dim, AdamW, AdamWConfig, ParamGroup};
 use crate::params::{StageWeights, Trainable};
 use crate::recipe::{expand, Recipe, StageSpec};
 use crate::stages::contrastive::ContrastiveTask;
@@ -285,27 +285,9 @@ pub fn run_recipe(opts: &RunOptions) -> Result<RunReport> {
             _ => None,
         };
         let seed = name_seed(recipe.seed, stage);
-        let mut cfg = LoopConfig {
-            stage: stage.into(),
-            steps: spec.steps,
-            batch_size: spec.batch_size,
-            accumulate: spec.accumulate,
-            shards: spec.shards,
-            schedule: WarmupCosine {
-                max_lr: spec.lr,
-                min_lr: spec.lr * spec.min_lr_ratio,
-                warmup_steps: spec.warmup_steps,
-                total_steps: spec.steps,
-            },
-            grad_clip: (spec.grad_clip > 0.0).then_some(spec.grad_clip),
-            log_every: spec.log_every,
-            eval_every: spec.eval_every,
-            save_every: spec.save_every,
-            seed,
-            architecture: String::new(),
-            progress: opts.progress,
-            stop_after: opts.stop_after,
-        };
+        let mut cfg = spec
+            .loop_spec()
+            .loop_config(stage, seed, String::new(), opts);
         // Each arm builds its stage's task, weights and exporter; the loop
         // runs once below.
         // every stage with a `data` file reports its unusable rows here

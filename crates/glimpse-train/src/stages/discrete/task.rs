@@ -89,7 +89,16 @@ impl DiscreteTask {
         let question =
             |split: &Split, codes: &[Vec<u32>], q: &glimpse_data::datasets::VqaExample| {
                 let row = split.image_row(&q.image);
-                let image = image_ids(codes.get(row).map(Vec::as_slice).unwrap_or(&[]))?;
+                // every split image was tokenised; a missing row would
+                // train the question on an empty image
+                let codes = codes.get(row).ok_or_else(|| {
+                    TrainError::State(format!(
+                        "{}: no image codes for row {row} of {}",
+                        q.image.display(),
+                        codes.len()
+                    ))
+                })?;
+                let image = image_ids(codes)?;
                 understanding_row(corpus, &q.question, &q.answer, image)
             };
         let understanding = corpus
