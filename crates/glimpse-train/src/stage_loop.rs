@@ -36,6 +36,30 @@ pub struct LoopSpec {
     pub save_every: usize,
 }
 
+/// A [`LoopSpec`] from a recipe section whose optimisation fields carry
+/// the usual names (`[instruct]`, `[vq]`, `[discrete]`; serde's `flatten`
+/// cannot share them, as it does not go with `deny_unknown_fields`), with
+/// `accumulate` and `shards` given (the `vq` stage has neither).
+macro_rules! loop_spec_of {
+    ($s:expr, $accumulate:expr, $shards:expr) => {
+        $crate::stage_loop::LoopSpec {
+            steps: $s.steps,
+            batch_size: $s.batch_size,
+            accumulate: $accumulate,
+            shards: $shards,
+            lr: $s.lr,
+            min_lr_ratio: $s.min_lr_ratio,
+            warmup_steps: $s.warmup_steps,
+            weight_decay: $s.weight_decay,
+            grad_clip: $s.grad_clip,
+            log_every: $s.log_every,
+            eval_every: $s.eval_every,
+            save_every: $s.save_every,
+        }
+    };
+}
+pub(crate) use loop_spec_of;
+
 impl LoopSpec {
     /// The loop's settings: warmup then cosine from `lr` down to
     /// `lr · min_lr_ratio` over the stage's steps.

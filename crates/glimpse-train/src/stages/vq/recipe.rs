@@ -127,20 +127,7 @@ impl VqSpec {
     /// The optimisation fields (whole batches, one shard: the EMA update
     /// and dead-code restarts read the whole batch).
     pub fn loop_spec(&self) -> crate::stage_loop::LoopSpec {
-        crate::stage_loop::LoopSpec {
-            steps: self.steps,
-            batch_size: self.batch_size,
-            accumulate: 1,
-            shards: 1,
-            lr: self.lr,
-            min_lr_ratio: self.min_lr_ratio,
-            warmup_steps: self.warmup_steps,
-            weight_decay: self.weight_decay,
-            grad_clip: self.grad_clip,
-            log_every: self.log_every,
-            eval_every: self.eval_every,
-            save_every: self.save_every,
-        }
+        crate::stage_loop::loop_spec_of!(self, 1, 1)
     }
 }
 
